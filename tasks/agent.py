@@ -1,0 +1,808 @@
+"""The target half of fabserve: one stdlib-only program sent with every command.
+
+The client ships this file (compressed) inside a single `python3 -c ...` command,
+so each operation costs one SSH round trip and nothing is installed on the host.
+It reads one request (base64 JSON, the last argv element), acts, and prints one
+result line prefixed by MARKER. It must run on CPython 3.6+, so: no walrus, no
+dataclasses, no `from __future__ import annotations`, no 3.7+ subprocess flags.
+Linux only: process identity comes from /proc.
+"""
+
+import base64
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+MARKER = "@@fabserve@@"
+POLL = 0.05
+KILL_WAIT = 5.0  # how long a group may take to vanish after SIGKILL
+PORT_WAIT = 2.0  # how long a listener may linger after its process is gone
+TAIL_LINES = 20
+INTERPRETER = re.compile(r"^(python|pypy)[0-9.]*$")
+# runserver options whose value is the next argv element
+RUNSERVER_VALUE_OPTIONS = {"--settings", "--pythonpath", "-v", "--verbosity"}
+
+
+class AgentError(Exception):
+    """An expected failure: reported as one line, never as a traceback."""
+
+    def __init__(self, message, state="failed", **extra):
+        Exception.__init__(self, message)
+        self.state = state
+        self.extra = extra
+
+
+# ---------------------------------------------------------------- pure parsing
+
+
+def parse_stat(text):
+    """Fields of /proc/PID/stat we use. The command name (field 2) may hold
+    spaces and parentheses, so split after the last ')'."""
+    rest = text[text.rindex(")") + 2:].split()
+    return {
+        "state": rest[0],
+        "ppid": int(rest[1]),
+        "pgrp": int(rest[2]),
+        "session": int(rest[3]),
+        "starttime": int(rest[19]),
+    }
+
+
+def parse_pid(text, pid_max):
+    """A pidfile's PID, or ValueError saying why it is unusable. 0, 1 and
+    negative numbers would make kill() signal whole groups or everything."""
+    value = text.strip()
+    if not value:
+        raise ValueError("pidfile is empty")
+    if not value.isdigit():
+        raise ValueError("pidfile holds {!r}, not a PID".format(value[:40]))
+    pid = int(value)
+    if pid < 2 or pid > pid_max:
+        raise ValueError("pidfile holds {}, outside 2..{}".format(pid, pid_max))
+    return pid
+
+
+def parse_listen_inodes(text, port):
+    """Socket inodes listening on `port` in /proc/net/tcp or tcp6 text."""
+    inodes = set()
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10 or fields[3] != "0A":  # 0A: TCP_LISTEN
+            continue
+        if int(fields[1].rsplit(":", 1)[1], 16) == port:
+            inodes.add(fields[9])
+    return inodes
+
+
+def addrport_port(value):
+    """The port of a runserver addrport argument: "8000", "0:8000",
+    "127.0.0.1:8000", "[::1]:8000". None if it names no port."""
+    tail = value.rsplit(":", 1)[-1] if not value.endswith("]") else ""
+    return int(tail) if tail.isdigit() else None
+
+
+def runserver_args(argv):
+    """(script, port) when argv is `<python> [opts] <script> runserver ...`, else None.
+
+    Only a Python interpreter running a script counts: `vim manage.py runserver`,
+    `tail -f`, `grep runserver` or `sh -c '...'` name the words but are not servers.
+    """
+    if not argv or not INTERPRETER.match(os.path.basename(argv[0])):
+        return None
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-c", "-m"):
+            return None
+        if arg in ("-W", "-X"):
+            i += 2
+            continue
+        if arg.startswith("-"):
+            i += 1
+            continue
+        break
+    if i + 1 >= len(argv) or argv[i + 1] != "runserver":
+        return None
+    script = argv[i]
+    port = 8000  # Django's default when no addrport is given
+    rest = argv[i + 2:]
+    j = 0
+    while j < len(rest):
+        arg = rest[j]
+        if arg in RUNSERVER_VALUE_OPTIONS:
+            j += 2
+            continue
+        if not arg.startswith("-"):
+            found = addrport_port(arg)
+            if found is None:
+                return None
+            port = found
+            break
+        j += 1
+    return script, port
+
+
+def is_candidate(proc, manage_py, port, uid, token, excluded):
+    """Whether a process snapshot is a server of this instance.
+
+    Ours when it carries the instance's token, or when it is a Python
+    `manage.py runserver` whose script resolves (against its cwd) to this
+    project's manage.py on this port. Always the same user, never `excluded`
+    (this agent and its ancestors).
+    """
+    if proc["pid"] in excluded or proc["uid"] != uid or proc["state"] == "Z":
+        return False
+    if token and proc.get("token") == token:
+        return True
+    found = runserver_args(proc["argv"])
+    if found is None or found[1] != port or proc.get("cwd") is None:
+        return False
+    script = os.path.normpath(os.path.join(proc["cwd"], found[0]))
+    return script == manage_py
+
+
+def instance_name(project, port):
+    """A directory name unique per (project path, port), readable by humans."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(project)).strip("._") or "project"
+    digest = hashlib.sha256("{}\0{}".format(project, port).encode()).hexdigest()[:10]
+    return "{}-{}-{}".format(slug[:40], port, digest)
+
+
+def connect_host(addr):
+    """Where to connect to reach a server bound to `addr`."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr, addr)
+
+
+def server_url(addr, port):
+    return "http://{}:{}/".format("[{}]".format(addr) if ":" in addr else addr, port)
+
+
+def tail_text(data, lines):
+    """The last `lines` lines of bytes `data`, decoded leniently."""
+    text = data.decode("utf-8", "replace")
+    return text.splitlines()[-lines:] if lines > 0 else []
+
+
+def read_tail(handle, lines, start=0):
+    """The last `lines` lines of an open binary file from offset `start` on,
+    reading backwards in blocks so a large log costs only what is shown."""
+    end = handle.seek(0, os.SEEK_END)
+    pos, data = end, b""
+    while pos > start and data.count(b"\n") <= lines:
+        step = min(65536, pos - start)
+        pos -= step
+        handle.seek(pos)
+        data = handle.read(step) + data
+    handle.seek(end)
+    return tail_text(data, lines)
+
+
+# ------------------------------------------------------------- /proc readers
+
+
+def read_file(path, mode="r"):
+    with open(path, mode) as handle:
+        return handle.read()
+
+
+def boot_id():
+    return read_file("/proc/sys/kernel/random/boot_id").strip()
+
+
+def pid_max():
+    return int(read_file("/proc/sys/kernel/pid_max"))
+
+
+def proc_stat(pid):
+    try:
+        return parse_stat(read_file("/proc/{}/stat".format(pid)))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def all_pids():
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def snapshot(pid, token):
+    """What is_candidate needs to know of one process, or None if it is gone."""
+    info = proc_stat(pid)
+    if info is None:
+        return None
+    try:
+        info["uid"] = os.stat("/proc/{}".format(pid)).st_uid
+        raw = read_file("/proc/{}/cmdline".format(pid), "rb")
+    except OSError:
+        return None
+    info["pid"] = pid
+    info["argv"] = [part.decode("utf-8", "replace") for part in raw.split(b"\0")[:-1]]
+    try:
+        info["cwd"] = os.readlink("/proc/{}/cwd".format(pid))
+    except OSError:
+        info["cwd"] = None
+    info["token"] = environ_token(pid) if token else None
+    return info
+
+
+def environ_token(pid):
+    try:
+        raw = read_file("/proc/{}/environ".format(pid), "rb")
+    except OSError:
+        return None
+    for entry in raw.split(b"\0"):
+        if entry.startswith(b"FABSERVE_TOKEN="):
+            return entry.split(b"=", 1)[1].decode("ascii", "replace")
+    return None
+
+
+def ancestors():
+    """This process and every ancestor: never signalled, never candidates."""
+    found = set()
+    pid = os.getpid()
+    while pid > 0 and pid not in found:
+        found.add(pid)
+        info = proc_stat(pid)
+        pid = info["ppid"] if info else 0
+    return found
+
+
+def group_members(pgid):
+    members = []
+    for pid in all_pids():
+        info = proc_stat(pid)
+        if info and info["pgrp"] == pgid and info["state"] != "Z":
+            members.append(pid)
+    return sorted(members)
+
+
+def listen_inodes(port):
+    inodes = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            inodes |= parse_listen_inodes(read_file(name), port)
+        except OSError:
+            continue
+    return inodes
+
+
+def pids_holding(inodes, pids):
+    """Those of `pids` holding one of the socket `inodes` open."""
+    wanted = {"socket:[{}]".format(inode) for inode in inodes}
+    holders = []
+    for pid in pids:
+        fd_dir = "/proc/{}/fd".format(pid)
+        try:
+            names = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for name in names:
+            try:
+                if os.readlink(os.path.join(fd_dir, name)) in wanted:
+                    holders.append(pid)
+                    break
+            except OSError:
+                continue
+    return holders
+
+
+def port_answers(addr, port):
+    try:
+        socket.create_connection((connect_host(addr), port), timeout=1.0).close()
+        return True
+    except OSError:
+        return False
+
+
+def uptime_seconds(starttime):
+    since_boot = float(read_file("/proc/uptime").split()[0])
+    return max(0, int(since_boot - starttime / os.sysconf("SC_CLK_TCK")))
+
+
+# -------------------------------------------------------------- state on disk
+
+
+def check_private(path, what):
+    """Refuse state that someone else could have planted or can rewrite."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise AgentError("refusing {} {}: it is a symlink".format(what, path))
+    if info.st_uid != os.getuid():
+        raise AgentError("refusing {} {}: owned by uid {}, not {}".format(what, path, info.st_uid, os.getuid()))
+    if info.st_mode & 0o022:
+        raise AgentError("refusing {} {}: writable by others (mode {:o})".format(what, path, info.st_mode & 0o777))
+
+
+def private_dir(path):
+    try:
+        os.makedirs(path, mode=0o700)
+    except OSError as exc:
+        if exc.errno != errno.EEXIST:
+            raise AgentError("cannot create state directory {}: {}".format(path, exc.strerror))
+    check_private(path, "state directory")
+    return path
+
+
+def write_atomic(path, text):
+    """Readers see the old file or the whole new one, never a torn write."""
+    tmp = "{}.tmp{}".format(path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        remove(tmp)
+        raise
+
+
+def remove(path):
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+
+
+class Instance(object):
+    """One server: a project directory and a port on this host, and its files."""
+
+    def __init__(self, req):
+        self.project = os.path.realpath(os.path.expanduser(req["project"]))
+        self.port = req["port"]
+        self.addr = req["addr"]
+        self.req = req
+        self.manage_py = os.path.join(self.project, "manage.py")
+        self.base = os.path.expanduser(req.get("state_dir") or os.path.join(
+            os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "fabserve"))
+        self.dir = os.path.join(self.base, instance_name(self.project, self.port))
+        self.pidfile = os.path.join(self.dir, "server.pid")
+        self.meta_path = os.path.join(self.dir, "server.json")
+        self.log = os.path.join(self.dir, "server.log")
+        self.url = server_url(self.addr, self.port)
+
+    def require_project(self):
+        if not os.path.isdir(self.project):
+            raise AgentError("project directory {} does not exist".format(self.project))
+        if not os.path.isfile(self.manage_py):
+            raise AgentError("no manage.py in {}".format(self.project))
+
+    def lock(self):
+        """Serialise start/stop/restart of this instance across agents."""
+        private_dir(self.base)
+        private_dir(self.dir)
+        fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def read_meta(self):
+        """(pid, meta) recorded by our last start; pid None when there is no
+        pidfile. ValueError when the files are unusable."""
+        if not os.path.lexists(self.pidfile):
+            return None, None
+        check_private(self.pidfile, "pidfile")
+        pid = parse_pid(read_file(self.pidfile), pid_max())
+        try:
+            meta = json.loads(read_file(self.meta_path))
+        except (OSError, ValueError):
+            raise ValueError("metadata {} is missing or unreadable".format(self.meta_path))
+        if meta.get("pid") != pid:
+            raise ValueError("pidfile names {} but metadata names {}".format(pid, meta.get("pid")))
+        return pid, meta
+
+    def forget(self):
+        remove(self.pidfile)
+        remove(self.meta_path)
+
+
+# ------------------------------------------------------------------ locating
+
+
+class Found(object):
+    """What runs for an instance, as signal targets: a process group signalled
+    as a whole, or single processes matched by the fallback search."""
+
+    def __init__(self, pgid=None, pids=(), managed=True):
+        self.pgid = pgid
+        self.managed = managed
+        # Start times pin single PIDs, so a PID reused mid-stop is never signalled.
+        self.starts = {pid: (proc_stat(pid) or {}).get("starttime") for pid in pids}
+
+    def members(self):
+        if self.pgid is not None:
+            return group_members(self.pgid)
+        return sorted(pid for pid, start in self.starts.items() if alive(pid, start))
+
+
+def alive(pid, starttime):
+    info = proc_stat(pid)
+    return bool(info) and info["state"] != "Z" and info["starttime"] == starttime
+
+
+def verify(pid, meta):
+    """None when the recorded leader is still the process we started, else why not."""
+    if meta.get("boot_id") != boot_id():
+        return "pidfile is from before the last reboot"
+    info = proc_stat(pid)
+    if info is None or info["state"] == "Z":
+        return "process {} is gone".format(pid)
+    if info["starttime"] != meta.get("starttime"):
+        return "PID {} now belongs to another process".format(pid)
+    token = environ_token(pid)
+    if token is not None and token != meta.get("token"):
+        return "PID {} now belongs to another process".format(pid)
+    return None
+
+
+def locate(inst):
+    """The running server of `inst` (Found) or None, plus a note on stale state."""
+    note = ""
+    token = None
+    try:
+        pid, meta = inst.read_meta()
+    except ValueError as exc:
+        pid, meta, note = None, None, "ignored corrupt state: {}".format(exc)
+    if pid is not None:
+        token = meta.get("token")
+        why = verify(pid, meta)
+        if why is None:
+            return Found(pgid=pid), ""
+        note = "stale pidfile: {}".format(why)
+    return search(inst, token), note
+
+
+def search(inst, token):
+    """Fallback without a trusted pidfile: the equivalent of `pgrep -u $USER -f
+    'manage.py runserver'`, but on parsed argv, cwd and port, so decoys never match."""
+    excluded = ancestors()
+    uid = os.getuid()
+    matched = []
+    for pid in all_pids():
+        proc = snapshot(pid, token)
+        if proc and is_candidate(proc, inst.manage_py, inst.port, uid, token, excluded):
+            matched.append(proc)
+    if not matched:
+        return None
+    pids = sorted(proc["pid"] for proc in matched)
+    groups = {proc["pgrp"] for proc in matched}
+    own_groups = {info["pgrp"] for info in (proc_stat(pid) for pid in excluded) if info}
+    # A group is signalled whole only when every live member matched: a server
+    # started by hand may share its group with a shell that must survive.
+    if len(groups) == 1:
+        pgid = groups.pop()
+        if pgid > 1 and pgid not in own_groups and group_members(pgid) == pids:
+            return Found(pgid=pgid, managed=False)
+    return Found(pids=pids, managed=False)
+
+
+# ----------------------------------------------------------------- signalling
+
+
+def signal_found(found, sig, excluded):
+    if found.pgid is not None:
+        if found.pgid > 1 and found.pgid != os.getpgrp() and found.pgid not in excluded:
+            try:
+                os.killpg(found.pgid, sig)
+            except OSError as exc:
+                if exc.errno != errno.ESRCH:  # ESRCH: already gone
+                    raise
+        return
+    for pid in found.members():
+        if pid > 1 and pid not in excluded:
+            try:
+                os.kill(pid, sig)
+            except OSError as exc:
+                if exc.errno != errno.ESRCH:
+                    raise
+
+
+def wait_gone(found, deadline):
+    while True:
+        left = found.members()
+        if not left or time.time() >= deadline:
+            return left
+        time.sleep(POLL)
+
+
+def terminate(found, grace):
+    """TERM, then KILL after `grace` seconds. Returns (killed, survivors)."""
+    excluded = ancestors()
+    signal_found(found, signal.SIGTERM, excluded)
+    if not wait_gone(found, time.time() + grace):
+        return False, []
+    signal_found(found, signal.SIGKILL, excluded)
+    return True, wait_gone(found, time.time() + KILL_WAIT)
+
+
+def port_free(port):
+    deadline = time.time() + PORT_WAIT
+    while listen_inodes(port):
+        if time.time() >= deadline:
+            return False
+        time.sleep(POLL)
+    return True
+
+
+# -------------------------------------------------------------------- actions
+
+
+def describe(inst, found, **fields):
+    pids = found.members() if found else []
+    result = {
+        "pid": (found.pgid if found and found.pgid is not None else (pids[0] if pids else None)),
+        "pids": pids,
+        "url": inst.url,
+        "pidfile": inst.pidfile,
+        "log": inst.log,
+        "state_dir": inst.dir,
+        "project": inst.project,
+        "port": inst.port,
+        "managed": found.managed if found else None,
+    }
+    result.update(fields)
+    return result
+
+
+def health(inst, found):
+    """(state, message) of a located server: running only when our processes
+    hold the listening socket and a connection to it succeeds."""
+    pids = found.members()
+    if not pids:
+        return "stopped", "not running"
+    if pids_holding(listen_inodes(inst.port), pids) and port_answers(inst.addr, inst.port):
+        return "running", "running on {}".format(inst.url)
+    return "failed", "process alive (pids {}) but nothing of it answers on port {}".format(
+        " ".join(map(str, pids)), inst.port)
+
+
+def do_status(inst):
+    found, note = locate(inst)
+    if found is None:
+        return describe(inst, None, ok=True, changed=False, state="stopped",
+                        message=join("not running", note))
+    state, message = health(inst, found)
+    extra = {}
+    pids = found.members()
+    leader = proc_stat(found.pgid if found.pgid is not None else pids[0]) if pids else None
+    if leader:
+        extra["uptime"] = uptime_seconds(leader["starttime"])
+    if not found.managed:
+        message = join(message, "not started by fabserve")
+    return describe(inst, found, ok=state == "running", changed=False, state=state,
+                    message=join(message, note), **extra)
+
+
+def do_stop(inst):
+    found, note = locate(inst)
+    if found is None:
+        inst.forget()
+        return describe(inst, None, ok=True, changed=False, state="stopped",
+                        message=join("not running", note))
+    pids = found.members()
+    killed, survivors = terminate(found, inst.req["stop_timeout"])
+    if survivors:
+        raise AgentError("still running after SIGKILL: pids {}".format(" ".join(map(str, survivors))),
+                         pids=survivors)
+    inst.forget()
+    free = port_free(inst.port)
+    message = "stopped pids {}{}".format(" ".join(map(str, pids)),
+                                         " with SIGKILL after {}s grace".format(inst.req["stop_timeout"])
+                                         if killed else "")
+    if not free:
+        message = join(message, "port {} is still held by another program".format(inst.port))
+    return describe(inst, None, ok=True, changed=True, state="stopped", pids=pids,
+                    pid=pids[0] if pids else None, killed=killed, port_free=free,
+                    message=join(message, note))
+
+
+def resolve_python(inst):
+    """The interpreter that runs manage.py: --python (relative to the project),
+    else the project's .venv or venv, else python3 on PATH."""
+    given = inst.req.get("python")
+    if given:
+        path = os.path.join(inst.project, os.path.expanduser(given)) if "/" in given else shutil.which(given)
+        if not path or not os.path.isfile(path) or not os.access(path, os.X_OK):
+            raise AgentError("interpreter {} not found or not executable".format(given))
+        return path
+    for candidate in (".venv/bin/python", "venv/bin/python"):
+        path = os.path.join(inst.project, candidate)
+        if os.access(path, os.X_OK):
+            return path
+    path = shutil.which("python3")
+    if not path:
+        raise AgentError("no interpreter: {} has no .venv or venv and python3 is not on PATH".format(inst.project))
+    return path
+
+
+def server_argv(inst, python):
+    host = "[{}]".format(inst.addr) if ":" in inst.addr else inst.addr
+    argv = [python, inst.manage_py, "runserver", "{}:{}".format(host, inst.port)]
+    if inst.req.get("noreload"):
+        argv.append("--noreload")
+    if inst.req.get("settings"):
+        argv.append("--settings={}".format(inst.req["settings"]))
+    return argv
+
+
+def launch(inst, python):
+    """Start the server detached: own session and group, SIGHUP ignored, stdin
+    from /dev/null, output appended to the log. Returns (Popen, log offset)."""
+    argv = server_argv(inst, python)
+    token = secrets.token_hex(16)
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"  # so the log shows Django's lines as they happen
+    env.update(inst.req.get("env") or {})
+    env["FABSERVE_TOKEN"] = token
+    fd = os.open(inst.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "ab") as log:
+        offset = log.seek(0, os.SEEK_END)
+        log.write("--- fabserve {} {}\n".format(time.strftime("%Y-%m-%d %H:%M:%S"), " ".join(argv)).encode())
+        log.flush()
+        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited across exec
+        try:
+            proc = subprocess.Popen(argv, cwd=inst.project, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            signal.signal(signal.SIGHUP, previous)
+    info = proc_stat(proc.pid)
+    meta = {"pid": proc.pid, "starttime": info["starttime"] if info else None, "boot_id": boot_id(),
+            "token": token, "argv": argv, "project": inst.project, "port": inst.port,
+            "addr": inst.addr, "started": time.time()}
+    # Metadata first: a pidfile never names a process without its identity.
+    write_atomic(inst.meta_path, json.dumps(meta))
+    write_atomic(inst.pidfile, "{}\n".format(proc.pid))
+    return proc, offset
+
+
+def log_tail(inst, offset=0, lines=TAIL_LINES):
+    try:
+        with open(inst.log, "rb") as handle:
+            return read_tail(handle, lines, offset)
+    except OSError:
+        return []
+
+
+def do_start(inst):
+    inst.require_project()
+    python = resolve_python(inst)
+    found, note = locate(inst)
+    if found is not None:
+        state, message = health(inst, found)
+        if state == "running":
+            message = "already running on {}".format(inst.url)
+            if not found.managed:
+                message = join(message, "not started by fabserve")
+        else:
+            message = join("already started but " + message, "use restart")
+        return describe(inst, found, ok=state == "running", changed=False, state=state,
+                        message=message)
+    inst.forget()
+    proc, offset = launch(inst, python)
+    found = Found(pgid=proc.pid)
+    deadline = time.time() + inst.req["start_timeout"]
+    while True:
+        code = proc.poll()
+        if code is not None:
+            why = "server exited with status {}".format(code)
+            break
+        if pids_holding(listen_inodes(inst.port), found.members()) and port_answers(inst.addr, inst.port):
+            return describe(inst, found, ok=True, changed=True, state="running", python=python,
+                            message=join("started on {}".format(inst.url), note))
+        if time.time() >= deadline:
+            why = "nothing answered on port {} within {}s".format(inst.port, inst.req["start_timeout"])
+            break
+        time.sleep(POLL)
+    terminate(found, min(inst.req["stop_timeout"], 5))
+    proc.poll()
+    inst.forget()
+    raise AgentError("start failed: " + why, log_tail=log_tail(inst, offset))
+
+
+def do_restart(inst):
+    inst.require_project()
+    resolve_python(inst)  # fail before stopping anything if start cannot work
+    stopped = do_stop(inst)
+    started = do_start(inst)
+    started["changed"] = True
+    started["stopped_pids"] = stopped["pids"]
+    return started
+
+
+def do_logs(inst):
+    lines = inst.req.get("lines", 50)
+    if not os.path.exists(inst.log):
+        raise AgentError("no log yet at {}".format(inst.log))
+    if inst.req.get("follow"):
+        follow(inst, lines)
+        return None
+    found, _ = locate(inst)
+    tail = log_tail(inst, lines=lines)
+    return describe(inst, found, ok=True, changed=False,
+                    state="running" if found and found.members() else "stopped",
+                    lines=tail, message="{} lines of {}".format(len(tail), inst.log))
+
+
+def follow(inst, lines):
+    """Print the log's tail, then what is appended, until our caller goes away."""
+    parent = os.getppid()
+    out = sys.stdout.buffer
+    with open(inst.log, "rb") as handle:
+        tail = read_tail(handle, lines)
+        out.write(("\n".join(tail) + "\n").encode() if tail else b"")
+        out.flush()
+        try:
+            while os.getppid() == parent:  # the SSH session or shell that ran us is gone
+                chunk = handle.read(65536)
+                if chunk:
+                    out.write(chunk)
+                    out.flush()
+                else:
+                    time.sleep(0.25)
+        except (BrokenPipeError, KeyboardInterrupt):
+            return
+
+
+def join(*parts):
+    return "; ".join(part for part in parts if part)
+
+
+ACTIONS = {"start": do_start, "stop": do_stop, "status": do_status, "restart": do_restart, "logs": do_logs}
+CODES = {"running": 0, "stopped": 3}
+
+
+def exit_code(action, result):
+    """0 success or no-op, 1 failed, 3 status: not running (LSB)."""
+    if action == "status" and result.get("error") is None:
+        return CODES.get(result["state"], 1)
+    return 0 if result["ok"] else 1
+
+
+def handle(req):
+    action = req["action"]
+    inst = Instance(req)
+    try:
+        if action in ("start", "stop", "restart"):
+            fd = inst.lock()
+            try:
+                result = ACTIONS[action](inst)
+            finally:
+                os.close(fd)
+        else:
+            result = ACTIONS[action](inst)
+        if result is None:
+            return None
+        result.setdefault("error", None)
+    except AgentError as exc:
+        result = describe(inst, None, ok=False, changed=False, state=exc.state, error=str(exc),
+                          message=str(exc), **exc.extra)
+    result["action"] = action
+    return result
+
+
+def main(argv):
+    req = json.loads(base64.b64decode(argv[-1]).decode("utf-8"))
+    result = handle(req)
+    if result is None:
+        return 0
+    if req.get("follow"):  # stdout is the stream itself: errors go to stderr
+        sys.stderr.write("fabserve: {}\n".format(result["error"]))
+        return 1
+    sys.stdout.write("\n{}{}\n".format(MARKER, json.dumps(result)))
+    sys.stdout.flush()
+    return exit_code(req["action"], result)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

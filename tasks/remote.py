@@ -1,0 +1,107 @@
+"""Running the agent on a host: one shell command per operation, over SSH or locally.
+
+The agent's source travels compressed inside the command itself, so a host
+needs nothing but a Python 3.6+ interpreter.
+"""
+
+import base64
+import json
+import shlex
+import socket
+import zlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from invoke import Context
+from invoke.exceptions import CommandTimedOut
+from paramiko.ssh_exception import AuthenticationException, NoValidConnectionsError, SSHException
+
+from .agent import MARKER
+
+AGENT_SOURCE = Path(__file__).with_name("agent.py")
+# Runs first on the target: refuses old interpreters in words, not a SyntaxError.
+BOOTSTRAP = (
+    "import sys,base64,zlib;"
+    "sys.version_info<(3,6) and sys.exit('fabserve: the target needs Python 3.6 or newer, not '"
+    "+sys.version.split()[0]);"
+    "exec(compile(zlib.decompress(base64.b64decode(sys.argv[1])),'fabserve-agent','exec'))"
+)
+# Seconds on top of the agent's own deadlines before a hung call is given up.
+SLACK = 30
+
+
+class HostError(Exception):
+    """The host could not be reached or the agent could not run there."""
+
+
+@lru_cache(maxsize=1)
+def payload() -> str:
+    return base64.b64encode(zlib.compress(AGENT_SOURCE.read_bytes(), 9)).decode("ascii")
+
+
+def command(request: Dict[str, Any], agent_python: str) -> str:
+    """The shell command that runs the agent with `request`; every part quoted."""
+    encoded = base64.b64encode(json.dumps(request).encode("utf-8")).decode("ascii")
+    return " ".join(shlex.quote(part) for part in (agent_python, "-c", BOOTSTRAP, payload(), encoded))
+
+
+def parse_result(stdout: str) -> Optional[Dict[str, Any]]:
+    """The agent's result line; login-shell chatter before it is ignored."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(MARKER):
+            return json.loads(line[len(MARKER):])
+    return None
+
+
+def host_label(c: Context) -> str:
+    return getattr(c, "original_host", None) or "local"
+
+
+def is_remote(c: Context) -> bool:
+    return hasattr(c, "original_host")
+
+
+def call(c: Context, request: Dict[str, Any], agent_python: str) -> Dict[str, Any]:
+    """Run one agent action on `c` and return its result; HostError otherwise."""
+    deadline = request["start_timeout"] + 2 * request["stop_timeout"] + SLACK
+    result = run(c, command(request, agent_python), timeout=deadline, hide=True)
+    parsed = parse_result(result.stdout)
+    if parsed is None:
+        raise HostError(agent_failure(result.exited, result.stderr, agent_python))
+    return parsed
+
+
+def stream(c: Context, request: Dict[str, Any], agent_python: str) -> None:
+    """Run an agent action whose output is streamed (logs --follow)."""
+    result = run(c, command(request, agent_python), timeout=None, hide="stderr")
+    if result.exited not in (0, None):
+        raise HostError(agent_failure(result.exited, result.stderr, agent_python))
+
+
+def run(c: Context, cmd: str, timeout: Optional[float], hide: Any) -> Any:
+    # in_stream=False: never forward our stdin (CI has none, pytest captures it).
+    try:
+        return c.run(cmd, hide=hide, warn=True, in_stream=False, timeout=timeout)
+    except CommandTimedOut as exc:
+        raise HostError("no answer within {}s; the operation may still be running there, "
+                        "rerunning it is safe".format(exc.timeout)) from None
+    except AuthenticationException as exc:
+        raise HostError("authentication failed ({}); check the user and key (-i)".format(exc)) from None
+    except NoValidConnectionsError as exc:
+        reasons = sorted({error.strerror or str(error) for error in exc.errors.values()})
+        raise HostError("cannot connect: {}".format(", ".join(reasons))) from None
+    except socket.gaierror as exc:
+        raise HostError("cannot resolve host name: {}".format(exc.strerror)) from None
+    except socket.timeout:
+        raise HostError("connection timed out; check the host and port, or raise -t") from None
+    except (SSHException, EOFError, OSError) as exc:
+        raise HostError("SSH failed: {}".format(exc or type(exc).__name__)) from None
+
+
+def agent_failure(exited: Optional[int], stderr: str, agent_python: str) -> str:
+    if exited == 127:
+        return "interpreter {!r} not found on the host; set fabserve.agent_python".format(agent_python)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    detail = lines[-1] if lines else "no output"
+    return "agent failed (exit {}): {}".format(exited, detail)

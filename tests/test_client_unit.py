@@ -1,0 +1,116 @@
+"""Unit tests of the client's pure parts: option merging, validation, command building."""
+
+import base64
+import json
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from tasks import options, remote, report
+from tasks.agent import MARKER
+
+
+def values(**flags):
+    return options.merged({}, flags)
+
+
+def test_flags_beat_config_beat_defaults():
+    merged = options.merged({"port": 9000, "addr": "0.0.0.0", "unknown": 1}, {"port": "9100", "addr": None})
+    assert merged["port"] == "9100"
+    assert merged["addr"] == "0.0.0.0"
+    assert merged["stop_timeout"] == options.DEFAULTS["stop_timeout"]
+    assert "unknown" not in merged
+
+
+@pytest.mark.parametrize("port", ["abc", "0", "65536", "8000;id", "-1", "", " ", "80.0"])
+def test_bad_ports_are_usage_errors(port):
+    with pytest.raises(options.UsageError, match="--port"):
+        options.request("start", values(port=port), [], local=True)
+
+
+@pytest.mark.parametrize("addr", ["localhost", "1.2.3", "127.0.0.1;id", "::g"])
+def test_bad_addresses_are_usage_errors(addr):
+    with pytest.raises(options.UsageError, match="--addr"):
+        options.request("start", values(addr=addr), [], local=True)
+
+
+def test_a_remote_host_needs_a_project_and_local_defaults_to_the_example():
+    with pytest.raises(options.UsageError, match="--project is required"):
+        options.request("status", values(), [], local=False)
+    assert options.request("status", values(), [], local=True)["project"] == str(options.EXAMPLE_PROJECT)
+    assert (options.EXAMPLE_PROJECT / "manage.py").is_file()
+
+
+def test_timeout_flag_overrides_the_setting_of_its_verb():
+    req = options.request("stop", values(timeout="2.5"), [], local=True, timeout_key="stop_timeout")
+    assert req["stop_timeout"] == 2.5
+    assert req["start_timeout"] == options.DEFAULTS["start_timeout"]
+    for bad in ("0", "-3", "soon", "100000"):
+        with pytest.raises(options.UsageError, match="--timeout"):
+            options.request("stop", values(timeout=bad), [], local=True, timeout_key="stop_timeout")
+
+
+def test_env_pairs_merge_over_config_and_are_validated():
+    config = options.merged({"env": {"A": "1", "B": "2"}}, {})
+    req = options.request("start", config, ["B=x=y", "C="], local=True)
+    assert req["env"] == {"A": "1", "B": "x=y", "C": ""}
+    for bad in (["NOEQUALS"], ["1X=a"], ["A B=c"], ["A=\0"]):
+        with pytest.raises(options.UsageError):
+            options.request("start", config, bad, local=True)
+
+
+def test_settings_and_paths_are_validated():
+    with pytest.raises(options.UsageError, match="--settings"):
+        options.request("start", values(settings="x;id"), [], local=True)
+    with pytest.raises(options.UsageError, match="--project"):
+        options.request("start", values(project="a\nb"), [], local=True)
+    assert options.request("start", values(settings="site.settings_dev"), [], local=True)["settings"] == \
+        "site.settings_dev"
+
+
+def test_command_quotes_everything_and_round_trips():
+    req = options.request("status", values(project="/srv/it's $(touch PWNED) `id`; \"x\""), [], local=False)
+    cmd = remote.command(req, "python3")
+    words = shlex.split(cmd)
+    assert words[0] == "python3" and words[1] == "-c" and words[2] == remote.BOOTSTRAP
+    assert json.loads(base64.b64decode(words[4]))["project"] == "/srv/it's $(touch PWNED) `id`; \"x\""
+
+
+def test_command_runs_the_shipped_agent_through_a_real_shell(tmp_path):
+    marker = tmp_path / "PWNED"
+    project = f"{tmp_path}/a b'c$(touch {marker})"
+    req = options.request("status", values(project=project, state_dir=str(tmp_path / "state")), [], local=False)
+    done = subprocess.run(["sh", "-c", remote.command(req, sys.executable)], capture_output=True, text=True)
+    result = remote.parse_result(done.stdout)
+    assert result["action"] == "status" and result["state"] == "stopped"
+    assert result["project"] == project
+    assert done.returncode == 3
+    assert not marker.exists()
+
+
+def test_parse_result_ignores_login_chatter():
+    out = "Welcome!\nmotd line\n\n" + MARKER + json.dumps({"ok": True}) + "\n"
+    assert remote.parse_result(out) == {"ok": True}
+    assert remote.parse_result("bash: python3: command not found\n") is None
+
+
+def test_agent_failure_messages():
+    assert "not found on the host" in remote.agent_failure(127, "sh: python9: not found", "python9")
+    assert remote.agent_failure(1, "x\nfabserve: the target needs Python 3.6\n", "python3").endswith(
+        "fabserve: the target needs Python 3.6")
+
+
+def test_human_output_names_the_host_and_failure_carries_the_log_tail():
+    result = report.failure("web1", "start", "cannot connect: Connection refused")
+    assert report.human(result) == "web1: start failed: cannot connect: Connection refused"
+    result.update(error="start failed: server exited with status 1", log="/x/server.log",
+                  log_tail=["Error: That port is already in use."])
+    assert report.human(result).splitlines()[-1] == "    Error: That port is already in use."
+
+
+@pytest.mark.parametrize("seconds,text", [(0, "0s"), (59, "59s"), (61, "1m1s"), (3600, "1h"),
+                                          (90061, "1d1h"), (None, "?")])
+def test_duration(seconds, text):
+    assert report.duration(seconds) == text
