@@ -1,0 +1,60 @@
+"""The agent runs a whole start/status/stop cycle under every CPython >= 3.6 on
+this machine. pyenv's interpreters live under /root, out of the test user's
+reach, so these run as root inside a fresh PID namespace: a signal sent by a
+bug cannot reach anything outside it."""
+
+import glob
+import re
+import subprocess
+
+import pytest
+
+from helpers import free_port
+from tasks import options, remote
+
+MARKER_RESULTS = re.compile("^" + re.escape(remote.MARKER) + ".*$", re.M)
+
+
+def interpreters():
+    found = {"system": "/usr/bin/python3"}
+    for path in sorted(glob.glob("/root/.pyenv/versions/*/bin/python3")):
+        version = path.split("/")[-3]
+        if re.match(r"^3\.(\d+)\.\d+$", version) and int(version.split(".")[1]) >= 6:
+            found[version] = path
+    return found
+
+
+INTERPRETERS = interpreters()
+
+
+@pytest.mark.parametrize("version", sorted(INTERPRETERS))
+def test_full_cycle_under_each_interpreter(version, make_project, target, tmp_path):
+    project = make_project("site")
+    port = free_port()
+    values = options.merged({}, {"project": str(project), "port": port, "python": str(target.python),
+                                 "state_dir": str(tmp_path / "state")})
+
+    def cmd(action):
+        return remote.command(options.request(action, values, [], local=False), INTERPRETERS[version])
+
+    script = "; ".join(cmd(action) for action in ("start", "status", "stop", "status"))
+    done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    results = [remote.parse_result(line) for line in MARKER_RESULTS.findall(done.stdout)]
+    assert [r["action"] for r in results] == ["start", "status", "stop", "status"], done.stderr
+    start, status, stop, after = results
+    assert start["ok"] and start["state"] == "running" and len(start["pids"]) == 2, start
+    assert status["state"] == "running" and status["pids"] == start["pids"]
+    assert stop["changed"] and sorted(stop["pids"]) == sorted(start["pids"])
+    assert after["state"] == "stopped"
+
+
+def test_python2_is_refused_in_words():
+    python2 = sorted(glob.glob("/root/.pyenv/versions/2.*/bin/python"))
+    if not python2:
+        pytest.skip("no Python 2 interpreter on this machine")
+    req = options.request("status", options.merged({}, {"project": "/tmp"}), [], local=False)
+    done = subprocess.run(["sh", "-c", remote.command(req, python2[0])], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "the target needs Python 3.6 or newer" in done.stderr
+    assert remote.parse_result(done.stdout) is None

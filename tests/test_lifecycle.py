@@ -1,0 +1,290 @@
+"""start / status / logs / restart / stop against a real Django project, over a
+real OpenSSH sshd and locally (no -H), as an unprivileged user."""
+
+import os
+import signal
+import socket
+
+import pytest
+
+from helpers import alive, free_port, group_members, http_status, kill_pids, port_listening, wait_for
+
+MODES = ["ssh", "local"]
+
+
+@pytest.fixture(params=MODES)
+def mode(request):
+    return request.param
+
+
+@pytest.fixture
+def run(fab, mode):
+    """fab in the mode under test; --json unless told otherwise."""
+    def call(*args, json=True, **kw):
+        words = list(args) + (["--json"] if json else [])
+        return fab(*words, local=mode == "local", **kw)
+    return call
+
+
+@pytest.fixture
+def site(make_project):
+    return make_project("site")
+
+
+def where(project, port):
+    return ["--project", str(project), "--port", str(port)]
+
+
+def started(run, project, port, *extra):
+    result = run("start", *where(project, port), *extra)
+    assert result.returncode == 0, result.stderr + result.stdout
+    data = result.json
+    assert data["state"] == "running" and data["ok"] and len(data["pids"]) == 2
+    return data
+
+
+def assert_gone(data, port, host=None):
+    assert not any(alive(pid) for pid in data["pids"]), data["pids"]
+    assert group_members(data["pid"]) == []
+    assert not port_listening(port, host)
+
+
+def test_start_status_stop_round_trip(run, site, mode):
+    port = free_port()
+    data = started(run, site, port)
+    assert http_status(data["url"]) == 200
+    for key in ("host", "action", "ok", "changed", "state", "pid", "pids", "url", "pidfile", "log",
+                "message", "error"):
+        assert key in data
+    assert data["changed"] is True and data["error"] is None
+    assert data["host"] == ("local" if mode == "local" else "fabserve-target")
+    assert group_members(data["pid"]) == sorted(data["pids"])  # parent and reloader child, one group
+
+    status = run("status", *where(site, port))
+    assert status.returncode == 0
+    assert status.json["pids"] == data["pids"] and status.json["uptime"] >= 0
+
+    stop = run("stop", *where(site, port))
+    assert stop.returncode == 0, stop.stderr
+    assert stop.json["changed"] is True and stop.json["state"] == "stopped"
+    assert_gone(data, port)
+    assert not os.path.exists(data["pidfile"])
+
+    after = run("status", *where(site, port))
+    assert after.returncode == 3 and after.json["state"] == "stopped"
+
+
+def test_state_directory_is_private_to_the_user(run, site, target):
+    data = started(run, site, free_port())
+    state_dir = os.path.dirname(data["pidfile"])
+    info = os.stat(state_dir)
+    assert info.st_uid == target.uid and info.st_mode & 0o777 == 0o700
+    assert os.stat(data["pidfile"]).st_mode & 0o777 == 0o600
+    assert run("stop", *where(site, data["port"])).returncode == 0
+
+
+def test_human_output_is_one_line_per_host(run, site, mode):
+    port = free_port()
+    out = run("start", *where(site, port), json=False)
+    assert out.returncode == 0, out.stderr
+    host = "local" if mode == "local" else "fabserve-target"
+    assert out.stdout.startswith(f"{host}: started on http://127.0.0.1:{port}/")
+    assert "stop it with: fab" in out.stdout
+    status = run("status", *where(site, port), json=False)
+    assert status.stdout.startswith(f"{host}: running on http://127.0.0.1:{port}/, pids ")
+    stop = run("stop", *where(site, port), json=False)
+    assert stop.stdout.startswith(f"{host}: stopped pids ") and stop.stderr == ""
+    again = run("status", *where(site, port), json=False)
+    assert again.returncode == 3 and again.stdout.strip() == f"{host}: not running"
+
+
+def test_start_twice_is_one_server(run, site):
+    port = free_port()
+    first = started(run, site, port)
+    second = run("start", *where(site, port))
+    assert second.returncode == 0
+    assert second.json["changed"] is False and "already running" in second.json["message"]
+    assert second.json["pids"] == first["pids"]
+    assert run("stop", *where(site, port)).returncode == 0
+
+
+def test_stop_twice_exits_zero(run, site):
+    port = free_port()
+    data = started(run, site, port)
+    assert run("stop", *where(site, port)).json["changed"] is True
+    again = run("stop", *where(site, port))
+    assert again.returncode == 0 and again.json["changed"] is False
+    assert_gone(data, port)
+
+
+def test_restart_replaces_the_processes(run, site):
+    port = free_port()
+    before = started(run, site, port)
+    after = run("restart", *where(site, port))
+    assert after.returncode == 0, after.stderr
+    assert after.json["changed"] is True and after.json["state"] == "running"
+    assert not set(after.json["pids"]) & set(before["pids"])
+    assert not any(alive(pid) for pid in before["pids"])
+    assert http_status(after.json["url"]) == 200
+    assert run("stop", *where(site, port)).returncode == 0
+
+
+def test_logs_show_django_output(run, site):
+    port = free_port()
+    data = started(run, site, port)
+    http_status(data["url"])
+    logs = run("logs", *where(site, port), "--lines", "50")
+    assert logs.returncode == 0
+    assert any("Starting development server at http://127.0.0.1:%d/" % port in line for line in logs.json["lines"])
+    plain = run("logs", *where(site, port), "--lines", "1", json=False)
+    assert plain.returncode == 0 and len(plain.stdout.splitlines()) == 1
+    assert run("stop", *where(site, port)).returncode == 0
+
+
+def test_stale_pidfile_of_a_dead_process_does_not_block_start(run, site):
+    port = free_port()
+    data = started(run, site, port)
+    kill_pids(data["pids"])
+    assert wait_for(lambda: not any(alive(pid) for pid in data["pids"]))
+    assert os.path.exists(data["pidfile"])
+    status = run("status", *where(site, port))
+    assert status.returncode == 3 and "stale pidfile" in status.json["message"]
+    again = started(run, site, port)
+    assert again["pid"] != data["pid"]
+    assert run("stop", *where(site, port)).returncode == 0
+
+
+def test_pidfile_naming_an_unrelated_live_process_spares_it(run, site, spawn_as_user, as_user):
+    port = free_port()
+    data = started(run, site, port)
+    kill_pids(data["pids"])
+    assert wait_for(lambda: not any(alive(pid) for pid in data["pids"]))
+    bystander = spawn_as_user(["sleep", "600"])
+    assert wait_for(lambda: len(group_members(bystander.pid)) == 2)  # runuser and its sleep
+    sleeper = max(group_members(bystander.pid), key=lambda pid: os.stat(f"/proc/{pid}").st_uid)
+    # The pidfile now names a live process of the same user that we did not start.
+    as_user(["sh", "-c", 'printf "%s\\n" "$1" > "$2"', "sh", str(sleeper), data["pidfile"]])
+    stop = run("stop", *where(site, port))
+    assert stop.returncode == 0 and stop.json["changed"] is False
+    assert alive(sleeper)
+    assert not os.path.exists(data["pidfile"])
+
+
+@pytest.mark.parametrize("content", ["0", "1", "-1", "", "abc", "12 34"])
+def test_garbage_pidfile_signals_nothing_and_start_replaces_it(run, site, as_user, content):
+    port = free_port()
+    data = started(run, site, port)
+    assert run("stop", *where(site, port)).returncode == 0
+    as_user(["sh", "-c", 'printf "%s" "$1" > "$2"', "sh", content, data["pidfile"]])
+    status = run("status", *where(site, port))
+    assert status.returncode == 3 and "corrupt" in status.json["message"]
+    again = started(run, site, port)
+    assert run("stop", *where(site, port)).returncode == 0
+    assert_gone(again, port)
+
+
+def test_orphaned_reloader_child_is_found_and_stopped(run, site):
+    port = free_port()
+    data = started(run, site, port)
+    parent, child = data["pid"], [pid for pid in data["pids"] if pid != data["pid"]][0]
+    os.kill(parent, signal.SIGKILL)
+    assert wait_for(lambda: not alive(parent))
+    assert alive(child) and http_status(data["url"]) == 200  # the child keeps serving
+    stop = run("stop", *where(site, port))
+    assert stop.returncode == 0 and stop.json["changed"] is True
+    assert child in stop.json["pids"]
+    assert wait_for(lambda: not alive(child), timeout=2)
+    assert not port_listening(port)
+
+
+def test_decoys_survive_stop(run, site, make_project, spawn_as_user, target):
+    port, other_port = free_port(), free_port()
+    ours = started(run, site, port)
+    same_project_other_port = started(run, site, other_port)
+    other = make_project("other")
+    other_project = started(run, other, port, "--addr", "127.0.0.2")  # same port number, other address
+    python = str(target.python)
+    decoys = [
+        spawn_as_user(["tail", "-f", "manage.py", "runserver"], cwd=site),
+        spawn_as_user(["bash", "-c", f"exec -a vim {python} -c 'import time; time.sleep(600)' "
+                                     f"manage.py runserver {port}"], cwd=site),
+        spawn_as_user([python, "-c", "import time; time.sleep(600)", "manage.py", "runserver", str(port)],
+                      cwd=site),
+        spawn_as_user(["bash", "-c", f"sleep 600; grep 'manage.py runserver {port}'"], cwd=site),
+    ]
+    decoy_pids = [pid for proc in decoys for pid in group_members(proc.pid)]
+    assert len(decoy_pids) >= len(decoys)
+    # Lose the pidfile so stop has to search by command line, cwd and port.
+    os.unlink(ours["pidfile"])
+    stop = run("stop", *where(site, port))
+    assert stop.returncode == 0 and stop.json["changed"] is True
+    assert sorted(stop.json["pids"]) == sorted(ours["pids"])
+    assert_gone(ours, port, "127.0.0.1")
+    for survivor in decoy_pids + same_project_other_port["pids"] + other_project["pids"]:
+        assert alive(survivor), survivor
+    assert http_status(same_project_other_port["url"]) == 200
+    assert http_status(other_project["url"]) == 400  # answering: DisallowedHost, 127.0.0.2 is not in DEBUG's hosts
+    assert run("stop", *where(site, other_port)).returncode == 0
+    assert run("stop", *where(other, port), "--timeout", "5").returncode == 0
+
+
+def test_project_path_with_spaces_quotes_and_shell_syntax(run, make_project, target):
+    marker = target.home / "PWNED"
+    odd = make_project(f"it's a \"site\" $(touch {marker}) `touch {marker}`; -x")
+    port = free_port()
+    data = started(run, odd, port)
+    assert data["project"] == str(odd)
+    assert http_status(data["url"]) == 200
+    assert run("status", *where(odd, port)).returncode == 0
+    assert run("stop", *where(odd, port)).returncode == 0
+    assert_gone(data, port)
+    assert not marker.exists()
+
+
+def test_port_held_by_another_program_fails_and_leaves_it_alone(run, site):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        result = run("start", *where(site, port))
+        assert result.returncode == 1
+        assert "That port is already in use" in "\n".join(result.json["log_tail"])
+        assert not os.path.exists(result.json["pidfile"])
+        holder.getsockname()  # still ours, still open
+        human = run("start", *where(site, port), json=False)
+        assert human.returncode == 1 and "That port is already in use" in human.stderr
+        assert ": start failed: server exited with status 1" in human.stderr.splitlines()[0]
+    finally:
+        holder.close()
+
+
+def test_broken_project_fails_within_timeout_and_leaves_nothing(run, site):
+    urls = site / "mysite" / "urls.py"
+    urls.write_text(urls.read_text() + "\ndef (\n")
+    port = free_port()
+    result = run("start", *where(site, port), "--timeout", "4")
+    assert result.returncode == 1
+    assert "nothing answered on port" in result.json["error"]
+    assert any("SyntaxError" in line for line in result.json["log_tail"])
+    assert not os.path.exists(result.json["pidfile"])
+    status = run("status", *where(site, port))
+    assert status.returncode == 3
+
+
+@pytest.mark.parametrize("port", ["abc", "0", "65536", "8000;id"])
+def test_bad_port_is_a_usage_error(run, site, port):
+    result = run("status", "--project", str(site), "--port", port, json=False)
+    assert result.returncode == 2
+    assert "--port must be a number from 1 to 65535" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_project_and_interpreter_are_one_line_errors(run, target, site):
+    missing = run("start", "--project", str(target.home / "nope"), "--port", str(free_port()), json=False)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().endswith(f"project directory {target.home / 'nope'} does not exist")
+    no_python = run("start", *where(site, free_port()), "--python", "/nonexistent/python", json=False)
+    assert no_python.returncode == 1
+    assert "interpreter /nonexistent/python not found" in no_python.stderr
+    assert len(no_python.stderr.strip().splitlines()) == 1
