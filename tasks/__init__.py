@@ -3,7 +3,8 @@
 from invoke import Collection
 
 from . import verbs
-from .options import DEFAULTS
+from .options import CONNECT_TIMEOUT, DEFAULTS
 
 ns = Collection.from_module(verbs)
-ns.configure({"fabserve": DEFAULTS})
+# Fabric waits forever on a silent host by default; -t and config files still win.
+ns.configure({"fabserve": DEFAULTS, "timeouts": {"connect": CONNECT_TIMEOUT}})

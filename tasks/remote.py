@@ -55,7 +55,26 @@ def parse_result(stdout: str) -> Optional[Dict[str, Any]]:
 
 
 def host_label(c: Context) -> str:
-    return getattr(c, "original_host", None) or "local"
+    """The host as the user wrote it for -H: `user@` and `:port` only where they were given.
+
+    Fabric keeps just the bare name, so a part is shown when it differs from what
+    ssh_config and the config would have supplied on their own.
+    """
+    name = getattr(c, "original_host", None)
+    if not name:
+        return "local"
+    ssh_config = c.ssh_config
+    default_user = ssh_config.get("user", c.config.user)
+    default_port = int(ssh_config.get("port", c.config.port))
+    return shorthand(name, c.user if c.user != default_user else None,
+                     c.port if c.port != default_port else None)
+
+
+def shorthand(name: str, user: Optional[str], port: Optional[int]) -> str:
+    # Fabric reads no port from an IPv6 shorthand, so such a name never gets one here.
+    if port is not None and ":" not in name:
+        name = "{}:{}".format(name, port)
+    return "{}@{}".format(user, name) if user else name
 
 
 def is_remote(c: Context) -> bool:

@@ -96,6 +96,21 @@ def test_parse_result_ignores_login_chatter():
     assert remote.parse_result("bash: python3: command not found\n") is None
 
 
+def test_host_label_shows_only_the_parts_given_in_the_shorthand(tmp_path):
+    from fabric import Config, Connection
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text("Host web1\n  HostName 10.0.0.5\n  User deploy\n  Port 2222\n")
+    config = Config(runtime_ssh_path=str(ssh_config))
+    config.load_ssh_config()
+    label = lambda host: remote.host_label(Connection(host, config=config))
+    assert label("web1") == "web1"
+    assert label("ops@web1:2200") == "ops@web1:2200"
+    assert label("other") == "other"
+    assert label("ops@other:2200") == "ops@other:2200"
+    assert label("other:22") == "other"
+    assert remote.shorthand("::1", "ops", 2200) == "ops@::1"
+
+
 def test_agent_failure_messages():
     assert "not found on the host" in remote.agent_failure(127, "sh: python9: not found", "python9")
     assert remote.agent_failure(1, "x\nfabserve: the target needs Python 3.6\n", "python3").endswith(
