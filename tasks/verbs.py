@@ -1,6 +1,8 @@
 """The fabserve tasks: one per verb, each a thin shell around one agent call."""
 
+import os
 import shlex
+import sys
 from typing import Any, Dict, List, Optional
 
 from invoke import Context, task
@@ -55,8 +57,14 @@ def operate(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[s
 
 def stop_hint(c: Context, result: Dict[str, Any]) -> str:
     hosts = ["-H", remote.host_label(c)] if remote.is_remote(c) else []
-    words = ["fab", *hosts, "stop", "--project", result.get("project") or "", "--port", str(result.get("port"))]
+    words = [program(), *hosts, "stop", "--project", result.get("project") or "", "--port", str(result.get("port"))]
     return " ".join(shlex.quote(word) for word in words)
+
+
+def program() -> str:
+    """How the user ran fab (e.g. `.venv/bin/fab`), so the hint can be pasted as is."""
+    invoked = sys.argv[0] if sys.argv else ""
+    return invoked if os.path.basename(invoked) == "fab" else "fab"
 
 
 STARTING = ("project", "port", "addr", "python", "settings", "env", "noreload", "json")
