@@ -2,6 +2,7 @@
 real OpenSSH sshd and locally (no -H), as an unprivileged user."""
 
 import os
+import re
 import signal
 import socket
 
@@ -89,7 +90,9 @@ def test_human_output_is_one_line_per_host(run, site, mode):
     assert out.returncode == 0, out.stderr
     host = "local" if mode == "local" else "fabserve-target"
     assert out.stdout.startswith(f"{host}: started on http://127.0.0.1:{port}/")
-    assert "stop it with: fab" in out.stdout
+    hosts = "" if mode == "local" else "-H fabserve-target "
+    hint = re.escape(f"fab {hosts}stop --project {site} --port {port}")
+    assert re.search(rf"\n{host}: stop it with: (\S*/)?{hint}\n", out.stdout), out.stdout
     status = run("status", *where(site, port), json=False)
     assert status.stdout.startswith(f"{host}: running on http://127.0.0.1:{port}/, pids ")
     stop = run("stop", *where(site, port), json=False)
