@@ -220,8 +220,8 @@ def snapshot(pid, token):
     info = proc_stat(pid)
     if info is None:
         return None
+    info["uid"] = owner(pid)
     try:
-        info["uid"] = os.stat("/proc/{}".format(pid)).st_uid
         raw = read_file("/proc/{}/cmdline".format(pid), "rb")
     except OSError:
         return None
@@ -233,6 +233,13 @@ def snapshot(pid, token):
         info["cwd"] = None
     info["token"] = environ_token(pid) if token else None
     return info
+
+
+def owner(pid):
+    try:
+        return os.stat("/proc/{}".format(pid)).st_uid
+    except OSError:
+        return None
 
 
 def environ_token(pid):
@@ -390,6 +397,9 @@ class Instance(object):
     def read_meta(self):
         """(pid, meta) recorded by our last start; pid None when there is no
         pidfile. ValueError when the files are unusable."""
+        for path in (self.base, self.dir):
+            if os.path.lexists(path):
+                check_private(path, "state directory")
         if not os.path.lexists(self.pidfile):
             return None, None
         check_private(self.pidfile, "pidfile")
@@ -438,8 +448,12 @@ def verify(pid, meta):
     info = proc_stat(pid)
     if info is None or info["state"] == "Z":
         return "process {} is gone".format(pid)
-    if info["starttime"] != meta.get("starttime"):
+    if info["starttime"] != meta.get("starttime") or owner(pid) != os.getuid():
         return "PID {} now belongs to another process".format(pid)
+    # Signals go to the group named by this PID: it must still lead one, and
+    # never the group of the agent or of anything that called it.
+    if info["pgrp"] != pid or pid in ancestors() or pid == os.getpgrp():
+        return "PID {} is not a server we started".format(pid)
     token = environ_token(pid)
     if token is not None and token != meta.get("token"):
         return "PID {} now belongs to another process".format(pid)
@@ -598,7 +612,7 @@ def do_stop(inst):
     inst.forget()
     free = port_free(inst.port)
     message = "stopped pids {}{}".format(" ".join(map(str, pids)),
-                                         " with SIGKILL after {}s grace".format(inst.req["stop_timeout"])
+                                         " with SIGKILL after {:g}s grace".format(inst.req["stop_timeout"])
                                          if killed else "")
     if not free:
         message = join(message, "port {} is still held by another program".format(inst.port))
@@ -645,11 +659,15 @@ def launch(inst, python):
     env["PYTHONUNBUFFERED"] = "1"  # so the log shows Django's lines as they happen
     env.update(inst.req.get("env") or {})
     env["FABSERVE_TOKEN"] = token
-    fd = os.open(inst.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "ab") as log:
+    try:
+        fd = os.open(inst.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log = os.fdopen(fd, "ab")
         offset = log.seek(0, os.SEEK_END)
         log.write("--- fabserve {} {}\n".format(time.strftime("%Y-%m-%d %H:%M:%S"), " ".join(argv)).encode())
         log.flush()
+    except OSError as exc:
+        raise AgentError("cannot write the log {}: {}; nothing was started".format(inst.log, exc.strerror))
+    with log:
         previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited across exec
         try:
             proc = subprocess.Popen(argv, cwd=inst.project, env=env, stdin=subprocess.DEVNULL,
@@ -660,9 +678,17 @@ def launch(inst, python):
     meta = {"pid": proc.pid, "starttime": info["starttime"] if info else None, "boot_id": boot_id(),
             "token": token, "argv": argv, "project": inst.project, "port": inst.port,
             "addr": inst.addr, "started": time.time()}
-    # Metadata first: a pidfile never names a process without its identity.
-    write_atomic(inst.meta_path, json.dumps(meta))
-    write_atomic(inst.pidfile, "{}\n".format(proc.pid))
+    try:
+        # Metadata first: a pidfile never names a process without its identity.
+        write_atomic(inst.meta_path, json.dumps(meta))
+        write_atomic(inst.pidfile, "{}\n".format(proc.pid))
+    except OSError as exc:
+        # A server nobody can find again must not outlive this call.
+        terminate(Found(pgid=proc.pid), 0)
+        proc.poll()
+        inst.forget()
+        raise AgentError("cannot write state in {}: {}; the server was stopped again".format(
+            inst.dir, exc.strerror))
     return proc, offset
 
 
@@ -787,6 +813,9 @@ def handle(req):
     except AgentError as exc:
         result = describe(inst, None, ok=False, changed=False, state=exc.state, error=str(exc),
                           message=str(exc), **exc.extra)
+    except OSError as exc:  # e.g. a state directory that turned read-only or full mid-way
+        error = "{}: {}".format(exc.filename, exc.strerror) if exc.filename else str(exc)
+        result = describe(inst, None, ok=False, changed=False, state="failed", error=error, message=error)
     result["action"] = action
     return result
 
