@@ -551,3 +551,68 @@ class FabRunner:
 @pytest.fixture
 def fab(target: Target, product: Path) -> FabRunner:
     return FabRunner(target, product)
+
+
+# --- a second user and a full filesystem, for the hardening tests -------------
+
+OTHER_USER = "fabserve-other"
+
+
+@pytest.fixture(scope="session")
+def other_user(target: Target) -> pwd.struct_passwd:
+    """Another unprivileged user: fabserve must never touch their processes."""
+    with _state_lock():
+        try:
+            pwd.getpwnam(OTHER_USER)
+        except KeyError:
+            _run(["useradd", "-m", "-s", "/bin/bash", OTHER_USER])
+    return pwd.getpwnam(OTHER_USER)
+
+
+@pytest.fixture
+def spawn_as_other(other_user: pwd.struct_passwd) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(args: Argv, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [str(RUNUSER), "-u", OTHER_USER, "--", *(str(arg) for arg in args)],
+            cwd=other_user.pw_dir,
+            env={"HOME": other_user.pw_dir, "PATH": USER_PATH, "LANG": "C.UTF-8"} | (env or {}),
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        return proc
+
+    yield spawn
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture
+def tiny_tmpfs(target: Target) -> Iterator[Path]:
+    """A 64 KiB tmpfs owned by the test user, to fill up."""
+    _ensure_state_dir()
+    mountpoint = Path(tempfile.mkdtemp(prefix="tmpfs-", dir=STATE_DIR))
+    mountpoint.chmod(0o755)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o",
+         f"size=64k,mode=0700,uid={target.uid},gid={pwd.getpwnam(target.user).pw_gid}",
+         "fabserve-test", str(mountpoint)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True,
+    )
+    if mounted.returncode != 0:
+        mountpoint.rmdir()
+        reason = f"cannot mount a tmpfs: {mounted.stderr.strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    try:
+        yield mountpoint
+    finally:
+        _run(["umount", mountpoint])
+        mountpoint.rmdir()

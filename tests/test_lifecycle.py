@@ -173,7 +173,10 @@ def test_pidfile_naming_an_unrelated_live_process_spares_it(run, site, spawn_as_
     assert not os.path.exists(data["pidfile"])
 
 
-@pytest.mark.parametrize("content", ["0", "1", "-1", "", "abc", "12 34"])
+PID_MAX = int(open("/proc/sys/kernel/pid_max").read())
+
+
+@pytest.mark.parametrize("content", ["0", "1", "-1", "-123", "", "abc", "12 34", str(PID_MAX + 1)])
 def test_garbage_pidfile_signals_nothing_and_start_replaces_it(run, site, as_user, content):
     port = free_port()
     data = started(run, site, port)
@@ -181,6 +184,10 @@ def test_garbage_pidfile_signals_nothing_and_start_replaces_it(run, site, as_use
     as_user(["sh", "-c", 'printf "%s" "$1" > "$2"', "sh", content, data["pidfile"]])
     status = run("status", *where(site, port))
     assert status.returncode == 3 and "corrupt" in status.json["message"]
+    cleanup = run("stop", *where(site, port))
+    assert cleanup.returncode == 0 and cleanup.json["changed"] is False
+    assert not os.path.exists(data["pidfile"])
+    as_user(["sh", "-c", 'printf "%s" "$1" > "$2"', "sh", content, data["pidfile"]])
     again = started(run, site, port)
     assert run("stop", *where(site, port)).returncode == 0
     assert_gone(again, port)
@@ -275,9 +282,9 @@ def test_broken_project_fails_within_timeout_and_leaves_nothing(run, site):
     assert status.returncode == 3
 
 
-@pytest.mark.parametrize("port", ["abc", "0", "65536", "8000;id"])
+@pytest.mark.parametrize("port", ["abc", "0", "65536", "8000;id", "-1"])
 def test_bad_port_is_a_usage_error(run, site, port):
-    result = run("status", "--project", str(site), "--port", port, json=False)
+    result = run("status", "--project", str(site), f"--port={port}", json=False)
     assert result.returncode == 2
     assert "--port must be a number from 1 to 65535" in result.stderr
     assert "Traceback" not in result.stderr
