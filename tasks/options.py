@@ -26,6 +26,8 @@ DEFAULTS: Dict[str, Any] = {
     "json": False,
     "agent_python": "python3",
     "state_dir": None,
+    # Refuse hosts that are not in known_hosts, whatever ssh_config says (for CI).
+    "strict_host_keys": False,
 }
 
 CONNECT_TIMEOUT = 10  # seconds; Fabric's own default is to wait forever

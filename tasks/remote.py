@@ -9,6 +9,7 @@ import json
 import shlex
 import socket
 import zlib
+from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -17,6 +18,7 @@ from invoke import Context
 from invoke.exceptions import CommandTimedOut
 from paramiko.ssh_exception import AuthenticationException, NoValidConnectionsError, SSHException
 
+from . import hostkeys, options
 from .agent import MARKER
 
 AGENT_SOURCE = Path(__file__).with_name("agent.py")
@@ -101,7 +103,10 @@ def stream(c: Context, request: Dict[str, Any], agent_python: str) -> None:
 def run(c: Context, cmd: str, timeout: Optional[float], hide: Any) -> Any:
     # in_stream=False: never forward our stdin (CI has none, pytest captures it).
     try:
-        return c.run(cmd, hide=hide, warn=True, in_stream=False, timeout=timeout)
+        with hostkeys.verified(c, strict_host_keys(c)) if is_remote(c) else nullcontext():
+            return c.run(cmd, hide=hide, warn=True, in_stream=False, timeout=timeout)
+    except hostkeys.HostKeyError as exc:
+        raise HostError(str(exc)) from None
     except CommandTimedOut as exc:
         raise HostError("no answer within {}s; the operation may still be running there, "
                         "rerunning it is safe".format(exc.timeout)) from None
@@ -116,6 +121,12 @@ def run(c: Context, cmd: str, timeout: Optional[float], hide: Any) -> Any:
         raise HostError("connection timed out; check the host and port, or raise -t") from None
     except (SSHException, EOFError, OSError) as exc:
         raise HostError("SSH failed: {}".format(exc or type(exc).__name__)) from None
+
+
+def strict_host_keys(c: Context) -> bool:
+    # Invoke's rule for booleans from the environment: anything but "0" or "" is on.
+    value = options.merged(c.config.get("fabserve", {}), {})["strict_host_keys"]
+    return bool(value) and value != "0"
 
 
 def agent_failure(exited: Optional[int], stderr: str, agent_python: str) -> str:

@@ -8,11 +8,23 @@ import sys
 import threading
 import time
 
+import pytest
+
 from helpers import REPO, alive, free_port, http_status, wait_for
 
 
+@pytest.fixture(autouse=True)
+def own_home(tmp_path, monkeypatch):
+    """fab runs with a HOME of the test's own: under accept-new it records host keys
+    in ~/.ssh/known_hosts, which must not be root's real one."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
 def fab_plain(*args, timeout=60):
-    """fab without the fixture's ssh_config: hosts as users type them."""
+    """fab without the fixture's ssh_config: hosts as users type them (HOME: `own_home`)."""
     return subprocess.run([sys.executable, "-m", "fabric", "-r", str(REPO), *args], cwd=REPO,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
