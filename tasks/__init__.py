@@ -6,5 +6,8 @@ from . import verbs
 from .options import CONNECT_TIMEOUT, DEFAULTS
 
 ns = Collection.from_module(verbs)
-# Fabric waits forever on a silent host by default; -t and config files still win.
-ns.configure({"fabserve": DEFAULTS, "timeouts": {"connect": CONNECT_TIMEOUT}})
+ns.configure({
+    "fabserve": DEFAULTS,
+    # Fabric waits forever on a silent host by default; -t and config files still win.
+    "timeouts": {"connect": CONNECT_TIMEOUT},
+})

@@ -26,10 +26,15 @@ DEFAULTS: Dict[str, Any] = {
     "json": False,
     "agent_python": "python3",
     "state_dir": None,
+    # Inventory file for -H group and host names; default: inventory/hosts.yml here.
+    "inventory": None,
+    # Hosts worked on at the same time.
+    "concurrency": 10,
     # Refuse hosts that are not in known_hosts, whatever ssh_config says (for CI).
     "strict_host_keys": False,
 }
 
+DEFAULT_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "hosts.yml"
 CONNECT_TIMEOUT = 10  # seconds; Fabric's own default is to wait forever
 EXAMPLE_PROJECT = Path(__file__).resolve().parent.parent / "example"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -8,6 +8,8 @@ import base64
 import json
 import shlex
 import socket
+import sys
+import threading
 import zlib
 from contextlib import nullcontext
 from functools import lru_cache
@@ -62,6 +64,8 @@ def host_label(c: Context) -> str:
     Fabric keeps just the bare name, so a part is shown when it differs from what
     ssh_config and the config would have supplied on their own.
     """
+    if getattr(c, "fabserve_name", None):  # as -H or the inventory named it
+        return c.fabserve_name
     name = getattr(c, "original_host", None)
     if not name:
         return "local"
@@ -93,18 +97,20 @@ def call(c: Context, request: Dict[str, Any], agent_python: str) -> Dict[str, An
     return parsed
 
 
-def stream(c: Context, request: Dict[str, Any], agent_python: str) -> None:
-    """Run an agent action whose output is streamed (logs --follow)."""
-    result = run(c, command(request, agent_python), timeout=None, hide="stderr")
+def stream(c: Context, request: Dict[str, Any], agent_python: str, prefix: str = "") -> None:
+    """Run an agent action whose output is streamed (logs --follow); with a
+    prefix, each line carries it, so several hosts can share the terminal."""
+    out = PrefixedLines(prefix) if prefix else None
+    result = run(c, command(request, agent_python), timeout=None, hide="stderr", out_stream=out)
     if result.exited not in (0, None):
         raise HostError(agent_failure(result.exited, result.stderr, agent_python))
 
 
-def run(c: Context, cmd: str, timeout: Optional[float], hide: Any) -> Any:
+def run(c: Context, cmd: str, timeout: Optional[float], hide: Any, **kwargs: Any) -> Any:
     # in_stream=False: never forward our stdin (CI has none, pytest captures it).
     try:
         with hostkeys.verified(c, strict_host_keys(c)) if is_remote(c) else nullcontext():
-            return c.run(cmd, hide=hide, warn=True, in_stream=False, timeout=timeout)
+            return c.run(cmd, hide=hide, warn=True, in_stream=False, timeout=timeout, **kwargs)
     except hostkeys.HostKeyError as exc:
         raise HostError(str(exc)) from None
     except CommandTimedOut as exc:
@@ -127,6 +133,27 @@ def strict_host_keys(c: Context) -> bool:
     # Invoke's rule for booleans from the environment: anything but "0" or "" is on.
     value = options.merged(c.config.get("fabserve", {}), {})["strict_host_keys"]
     return bool(value) and value != "0"
+
+
+class PrefixedLines:
+    """A stream for invoke's out_stream: whole lines only, each with a prefix."""
+
+    lock = threading.Lock()  # one for all hosts: lines never interleave mid-way
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.pending = ""
+
+    def write(self, data: str) -> None:
+        lines = (self.pending + data).split("\n")
+        self.pending = lines.pop()
+        if lines:
+            with self.lock:
+                sys.stdout.write("".join(self.prefix + line + "\n" for line in lines))
+                sys.stdout.flush()
+
+    def flush(self) -> None:
+        pass
 
 
 def agent_failure(exited: Optional[int], stderr: str, agent_python: str) -> str:

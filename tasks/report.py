@@ -8,8 +8,6 @@ import json
 import sys
 from typing import Any, Dict, List, Optional
 
-from invoke.exceptions import Exit
-
 from .agent import exit_code
 
 #: Keys every JSON result carries, so consumers need no `in` checks.
@@ -60,22 +58,30 @@ def human(result: Dict[str, Any], stop_hint: str = "") -> str:
     return text
 
 
-def emit(result: Dict[str, Any], as_json: bool, stop_hint: str = "") -> None:
-    """Print one host's result; raise Exit when its exit code is not 0."""
+def emit(result: Dict[str, Any], as_json: bool, stop_hint: str = "") -> Dict[str, Any]:
+    """Print one host's result (failures on stderr) and return it; the executor
+    turns all hosts' results into the exit code."""
     for key in FIELDS:
         result.setdefault(key, None)
-    code = exit_code(result["action"], result)
     if as_json:
         print(json.dumps(result, sort_keys=True), flush=True)
-        if code:
-            raise Exit(code=code)
-        return
+        return result
     text = human(result, stop_hint)
-    if code == 0 or (result["action"] == "status" and code == 3):
-        if text:
-            print(text, flush=True)
-        if code:
-            raise Exit(code=code)
-        return
-    sys.stdout.flush()
-    raise Exit(text, code)
+    failed = exit_code(result["action"], result) not in (0, 3)
+    if text:
+        print(text, file=sys.stderr if failed else sys.stdout, flush=True)
+    return result
+
+
+def summary(results: List[Dict[str, Any]], unreported: int = 0) -> str:
+    """One line for a multi-host run, e.g. `4 ok, 1 failed: web3 (cannot connect: ...)`."""
+    failed = [result for result in results if exit_code(result["action"], result) not in (0, 3)]
+    stopped = [result for result in results if exit_code(result["action"], result) == 3]
+    word = "running" if results[0]["action"] == "status" else "ok"
+    parts = [f"{len(results) - len(failed) - len(stopped)} {word}"]
+    if stopped:
+        parts.append(f"{len(stopped)} not running: " + ", ".join(result["host"] for result in stopped))
+    if failed or unreported:
+        reasons = ", ".join(f"{result['host']} ({result['error']})" for result in failed)
+        parts.append(f"{len(failed) + unreported} failed" + (f": {reasons}" if reasons else ""))
+    return ", ".join(parts)

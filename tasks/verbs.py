@@ -35,6 +35,12 @@ def section(c: Context) -> Dict[str, Any]:
     return options.merged(c.config.get("fabserve", {}), {})
 
 
+def host_settings(c: Context, flags: Dict[str, Any]) -> Dict[str, Any]:
+    """Flags over the host's inventory vars over the `fabserve` config section."""
+    config = {**c.config.get("fabserve", {}), **getattr(c, "fabserve_settings", {})}
+    return options.merged(config, flags)
+
+
 def operate(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[str]],
             timeout_key: Optional[str] = None) -> Dict[str, Any]:
     """Validate, run `action` on the host behind `c`, and return its result.
@@ -42,7 +48,7 @@ def operate(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[s
     Bad input ends the task with exit 2 before anything connects.
     """
     host = remote.host_label(c)
-    values = options.merged(c.config.get("fabserve", {}), flags)
+    values = host_settings(c, flags)
     try:
         req = options.request(action, values, env, local=not remote.is_remote(c), timeout_key=timeout_key)
     except options.UsageError as exc:
@@ -59,6 +65,11 @@ def stop_hint(c: Context, result: Dict[str, Any]) -> str:
     hosts = ["-H", remote.host_label(c)] if remote.is_remote(c) else []
     words = [program(), *hosts, "stop", "--project", result.get("project") or "", "--port", str(result.get("port"))]
     return " ".join(shlex.quote(word) for word in words)
+
+
+def multiple(c: Context) -> bool:
+    """True when this host is one of several running at once."""
+    return bool(getattr(c, "fabserve_fanout", False))
 
 
 def program() -> str:
@@ -81,7 +92,7 @@ def start(c, project=None, port=None, addr=None, python=None, settings=None, env
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings,
                  noreload=noreload or None, timeout=timeout)
     result = operate(c, "start", flags, env, "start_timeout")
-    report.emit(result, json or section(c)["json"], stop_hint(c, result))
+    return report.emit(result, json or section(c)["json"], stop_hint(c, result))
 
 
 @task(help=helps("project", "port", "json", timeout=STOP_TIMEOUT))
@@ -92,7 +103,7 @@ def stop(c, project=None, port=None, timeout=None, json=False):
     command line, project directory and port. Not running: exit 0.
     """
     result = operate(c, "stop", dict(project=project, port=port, timeout=timeout), None, "stop_timeout")
-    report.emit(result, json or section(c)["json"])
+    return report.emit(result, json or section(c)["json"])
 
 
 @task(help=helps("project", "port", "addr", "json"))
@@ -102,7 +113,7 @@ def status(c, project=None, port=None, addr=None, json=False):
     Prints its pids, uptime, URL, log and pidfile.
     """
     result = operate(c, "status", dict(project=project, port=port, addr=addr), None)
-    report.emit(result, json or section(c)["json"])
+    return report.emit(result, json or section(c)["json"])
 
 
 @task(help=helps(*STARTING, timeout=START_TIMEOUT), iterable=["env"])
@@ -112,7 +123,7 @@ def restart(c, project=None, port=None, addr=None, python=None, settings=None, e
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings,
                  noreload=noreload or None, timeout=timeout)
     result = operate(c, "restart", flags, env, "start_timeout")
-    report.emit(result, json or section(c)["json"], stop_hint(c, result))
+    return report.emit(result, json or section(c)["json"], stop_hint(c, result))
 
 
 @task(help=helps("project", "port", "json", lines="how many of the last lines to show (default 50)",
@@ -122,15 +133,14 @@ def logs(c, project=None, port=None, lines=None, follow=False, json=False):
     flags = dict(project=project, port=port, lines=lines, follow=follow or None)
     as_json = json or section(c)["json"]
     if not follow:
-        report.emit(operate(c, "logs", flags, None), as_json)
-        return
+        return report.emit(operate(c, "logs", flags, None), as_json)
     host = remote.host_label(c)
     if as_json:
         raise Exit(f"{host}: --follow streams plain text; it cannot be combined with --json", 2)
-    values = options.merged(c.config.get("fabserve", {}), flags)
+    values = host_settings(c, flags)
     try:
         req = options.request("logs", values, None, local=not remote.is_remote(c))
-        remote.stream(c, req, values["agent_python"])
+        remote.stream(c, req, values["agent_python"], prefix=f"{host}: " if multiple(c) else "")
     except options.UsageError as exc:
         raise Exit(f"{host}: {exc}", 2) from None
     except remote.HostError as exc:

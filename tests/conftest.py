@@ -49,7 +49,7 @@ USER_PATH = "/usr/local/bin:/usr/bin:/bin"
 # keys left behind by crashed sessions can be recognised and pruned.
 KEY_TAG = "fabserve-test-session-"
 TARGET_REQUIREMENTS = (REPO / "requirements.txt", REPO / "example" / "requirements.txt")
-PRODUCT_FILES = ("fabfile.py", "tasks", "fabric.yaml", "fabric.yml", "fabric.json")
+PRODUCT_FILES = ("fabfile.py", "tasks", "inventory", "fabric.yaml", "fabric.yml", "fabric.json")
 PR_SET_PDEATHSIG = 1
 
 Argv = Sequence[str | os.PathLike[str]]

@@ -1,0 +1,172 @@
+"""Running a task on many hosts at once: fabserve's executor for `fab`.
+
+Fabric runs `-H a,b,c` one host after another and knows no groups. This
+executor (selected through invoke's `tasks.executor_class` setting) expands -H
+through the inventory, runs the hosts concurrently (at most `fabserve.concurrency`
+at a time), lets each host print its own line as it finishes, and ends with one
+summary line and one exit code for the whole run.
+"""
+
+import sys
+import threading
+from itertools import groupby
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from fabric import Connection
+from fabric.executor import Executor
+from fabric.tasks import ConnectionCall
+from invoke import Context
+from invoke.exceptions import Exit
+
+from . import options, report
+from .inventory import Inventory, InventoryError, expand
+
+#: Keys the executor adds to Connection init kwargs; the Connection never sees them.
+NAME, SETTINGS = "fabserve_name", "fabserve_settings"
+
+
+class HostCall(ConnectionCall):
+    """A ConnectionCall that also hands the host's inventory name and settings to the task."""
+
+    def make_context(self, config: Any) -> Connection:
+        kwargs = dict(self.init_kwargs)
+        name, settings = kwargs.pop(NAME), kwargs.pop(SETTINGS)
+        kwargs["config"] = config
+        cxn = Connection(**kwargs)
+        # _set: a plain attribute assignment on a Context would land in the shared config.
+        cxn._set(fabserve_name=name, fabserve_settings=settings)
+        return cxn
+
+
+class FleetExecutor(Executor):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._inventory: Optional[Inventory] = None
+        self._inventory_loaded = False
+
+    def inventory(self) -> Optional[Inventory]:
+        """The configured inventory file; the bundled default only if it exists."""
+        if not self._inventory_loaded:
+            configured = self.config.get("fabserve", {}).get("inventory")
+            path = Path(configured).expanduser() if configured else options.DEFAULT_INVENTORY
+            self._inventory = Inventory.load(path) if configured or path.exists() else None
+            self._inventory_loaded = True
+        return self._inventory
+
+    def normalize_hosts(self, hosts: List[Any]) -> List[Dict[str, Any]]:
+        names = [value for value in hosts or [] if isinstance(value, str)]
+        given = [dict(value) for value in hosts or [] if isinstance(value, dict)]
+        ssh_hosts = self.config.base_ssh_config.get_hostnames()
+        expanded = [{**host.connect, NAME: host.name, SETTINGS: host.settings}
+                    for host in expand(names, self.inventory(), ssh_hosts)]
+        return expanded + [{**value, NAME: value["host"], SETTINGS: {}} for value in given]
+
+    def parameterize(self, call: Any, connection_init_kwargs: Dict[str, Any]) -> HostCall:
+        return call.clone(into=HostCall, with_=dict(init_kwargs=connection_init_kwargs))
+
+    def execute(self, *tasks: Any) -> Dict[Any, Any]:
+        try:
+            calls = self.expand_calls(self.normalize(tasks))
+        except InventoryError as exc:
+            raise Exit(str(exc), 2) from None
+        results: Dict[Any, Any] = {}
+        # `fab -H a,b start status`: all hosts start, then all report status.
+        for task, batch in groupby(calls, key=lambda call: call.task):
+            results[task] = self.run_batch(list(batch))
+        return results
+
+    def run_batch(self, calls: List[Any]) -> List[Any]:
+        config = self.config
+        config.load_collection(self.collection.configuration(calls[0].called_as))
+        config.load_shell_env()
+        contexts = [call.make_context(config) for call in calls]
+        for context in contexts:
+            context._set(fabserve_fanout=len(calls) > 1)
+        if len(calls) == 1:  # in the main thread, so Ctrl-C and tracebacks behave as usual
+            outcomes = [run_one(calls[0], contexts[0])]
+        else:
+            outcomes = run_concurrently(calls, contexts, concurrency(config))
+        code = finish(calls, contexts, outcomes, as_json(config, calls))
+        if code:
+            raise Exit(code=code)
+        return [value for kind, value in outcomes if kind == "result"]
+
+
+Outcome = Tuple[str, Any]
+
+
+def run_one(call: Any, context: Context) -> Outcome:
+    try:
+        return "result", call.task(context, *call.args, **call.kwargs)
+    except Exit as exc:
+        return "exit", exc
+    except Exception as exc:  # a bug on one host must not take the others down
+        return "error", exc
+
+
+def run_concurrently(calls: List[Any], contexts: List[Context], limit: int) -> List[Outcome]:
+    outcomes: List[Optional[Outcome]] = [None] * len(calls)
+    slots = threading.BoundedSemaphore(limit)
+
+    def work(index: int) -> None:
+        with slots:
+            outcomes[index] = run_one(calls[index], contexts[index])
+
+    # Daemon threads: Ctrl-C ends the run instead of waiting for hung hosts.
+    threads = [threading.Thread(target=work, args=(index,), daemon=True) for index in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.2)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def concurrency(config: Any) -> int:
+    value = config.get("fabserve", {}).get("concurrency", options.DEFAULTS["concurrency"])
+    try:
+        limit = int(value)
+    except (TypeError, ValueError):
+        limit = 0
+    if limit < 1:
+        raise Exit(f"fabserve.concurrency must be a whole number of at least 1, not {value!r}", 2)
+    return limit
+
+
+def as_json(config: Any, calls: List[Any]) -> bool:
+    return bool(calls[0].kwargs.get("json") or config.get("fabserve", {}).get("json"))
+
+
+def finish(calls: List[Any], contexts: List[Context], outcomes: List[Outcome], json_mode: bool) -> int:
+    """Report what did not report itself, print the summary, and return the run's exit code."""
+    codes: List[int] = []
+    results: List[Dict[str, Any]] = []
+    for context, (kind, value) in zip(contexts, outcomes):
+        if kind == "result":
+            if isinstance(value, dict):
+                results.append(value)
+                codes.append(report.exit_code(value["action"], value))
+            else:
+                codes.append(0)
+        elif kind == "exit":
+            if value.message:
+                print(value.message, file=sys.stderr, flush=True)
+            codes.append(value.code)
+        else:
+            label = getattr(context, "fabserve_name", "local")
+            print(f"{label}: internal error: {value!r}", file=sys.stderr, flush=True)
+            codes.append(1)
+    if len(calls) > 1 and not json_mode and results:
+        print(report.summary(results, len(calls) - len(results)), flush=True)
+    return combined(codes)
+
+
+def combined(codes: List[int]) -> int:
+    """2 for any usage error, else 1 for any failure, else 3 when a status found
+    something not running, else 0."""
+    if 2 in codes:
+        return 2
+    if any(code not in (0, 3) for code in codes):
+        return 1
+    return 3 if 3 in codes else 0

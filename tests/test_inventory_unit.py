@@ -1,0 +1,143 @@
+"""Inventory parsing, group expansion and variable precedence, on inventory files."""
+
+import re
+
+import pytest
+from fabric import Config
+
+from tasks import fleet, options
+from tasks.inventory import Inventory, InventoryError, expand
+
+INVENTORY = """
+all:
+  vars:
+    port: 8000
+    project: /srv/all
+    ansible_user: deploy
+  hosts:
+    solo:
+  children:
+    staging:
+      vars:
+        project: /srv/staging
+        addr: 0.0.0.0
+      hosts:
+        web1:
+          ansible_host: 10.0.0.1
+        web2:
+          ansible_host: 10.0.0.2
+          ansible_port: 2222
+          project: /srv/web2
+      children:
+        canary:
+          vars:
+            project: /srv/canary
+          hosts:
+            web2:
+              port: 8002
+    db:
+      hosts:
+        pg1:
+          ansible_ssh_private_key_file: ~/.ssh/pg
+          ansible_user: postgres
+"""
+
+
+@pytest.fixture
+def inv():
+    return Inventory.parse(INVENTORY, "hosts.yml")
+
+
+def names(hosts):
+    return [host.name for host in hosts]
+
+
+def test_groups_expand_to_their_members_and_all_to_every_host(inv):
+    assert names(expand(["staging"], inv, [])) == ["web1", "web2"]
+    assert names(expand(["canary"], inv, [])) == ["web2"]
+    assert sorted(names(expand(["all"], inv, []))) == ["pg1", "solo", "web1", "web2"]
+
+
+def test_mixed_names_keep_order_and_drop_duplicates(inv):
+    hosts = expand(["web2", "staging", "user@box:2200", "db", "web1"], inv, [])
+    assert names(hosts) == ["web2", "web1", "user@box:2200", "pg1"]
+    assert hosts[2].connect == {"host": "user@box:2200"} and hosts[2].settings == {}
+
+
+def test_precedence_host_over_child_group_over_parent_over_all(inv):
+    web1, web2 = expand(["web1", "web2"], inv, [])
+    assert web1.settings == {"port": 8000, "project": "/srv/staging", "addr": "0.0.0.0"}
+    # web2 is in staging and in its child canary: canary's vars beat staging's,
+    # and the host's own vars (from either listing) beat both.
+    assert web2.settings == {"port": 8002, "project": "/srv/web2", "addr": "0.0.0.0"}
+
+
+def test_flags_beat_host_vars_beat_config(inv):
+    web2 = expand(["web2"], inv, [])[0]
+    config = {"project": "/from/config", "port": 9999, "stop_timeout": 3}
+    values = options.merged({**config, **web2.settings}, {"port": "7000"})
+    assert values["port"] == "7000" and values["project"] == "/srv/web2" and values["stop_timeout"] == 3
+
+
+def test_connection_variables_become_connection_arguments(inv, monkeypatch):
+    monkeypatch.setenv("HOME", "/home/me")
+    web2, pg1, solo = expand(["web2", "pg1", "solo"], inv, [])
+    assert web2.connect == {"host": "10.0.0.2", "user": "deploy", "port": 2222}
+    assert pg1.connect == {"host": "pg1", "user": "postgres",
+                           "connect_kwargs": {"key_filename": ["/home/me/.ssh/pg"]}}
+    assert solo.connect == {"host": "solo", "user": "deploy"}
+
+
+def test_unknown_bare_names_are_errors_but_real_host_forms_pass(inv):
+    with pytest.raises(InventoryError, match="unknown host or group 'stagin' in hosts.yml"):
+        expand(["stagin"], inv, [])
+    for name in ("box.example.com", "10.1.2.3", "me@box", "box:22", "localhost"):
+        assert names(expand([name], inv, [])) == [name]
+    assert names(expand(["myalias"], inv, ["myalias", "*"])) == ["myalias"]
+    assert names(expand(["plain.host"], None, [])) == ["plain.host"]
+    with pytest.raises(InventoryError, match="no inventory file"):
+        expand(["web1"], None, [])
+
+
+@pytest.mark.parametrize("text,message", [
+    ("all:\n  hosts:\n    a: 1\n", "vars of host 'a' must be a mapping"),
+    ("all:\n  hosts: [a, b]\n", "hosts of group 'all' must be a mapping"),
+    ("all:\n  host:\n    a:\n", "group 'all' has unknown keys ['host']"),
+    ("- a\n- b\n", "the top level must map group names to groups"),
+    ("all:\n  hosts:\n    a:\n      ansible_port: ssh\n", "ansible_port must be a number"),
+])
+def test_malformed_inventories_say_what_is_wrong(text, message):
+    with pytest.raises(InventoryError, match=re.escape(message)):
+        expand(["all"], Inventory.parse(text, "bad.yml"), [])
+
+
+def test_yaml_errors_name_the_file_and_line():
+    with pytest.raises(InventoryError, match=r"^bad.yml:3: invalid YAML: mapping values are not allowed here$"):
+        Inventory.parse("all:\n  hosts:\n    a: b: c\n", "bad.yml")
+
+
+def test_cycles_are_refused():
+    text = "all:\n  children:\n    a:\n      children:\n        b:\n          children:\n            a:\n"
+    with pytest.raises(InventoryError, match="cycle"):
+        Inventory.parse(text, "loop.yml")
+
+
+def test_the_shipped_example_inventory_parses():
+    inv = Inventory.load(options.DEFAULT_INVENTORY)
+    assert names(expand(["staging"], inv, [])) == ["web1", "web2"]
+
+
+def test_the_run_exit_code_combines_hosts():
+    assert fleet.combined([0, 0]) == 0
+    assert fleet.combined([0, 3]) == 3
+    assert fleet.combined([3, 1, 0]) == 1
+    assert fleet.combined([1, 2]) == 2
+
+
+def test_executor_reads_the_configured_inventory(tmp_path):
+    path = tmp_path / "inv.yml"
+    path.write_text("all:\n  hosts:\n    h1:\n      ansible_host: 10.9.9.9\n      port: 8123\n")
+    config = Config(overrides={"fabserve": {"inventory": str(path)}})
+    executor = fleet.FleetExecutor(collection=None, config=config)
+    [kwargs] = executor.normalize_hosts(["h1"])
+    assert kwargs == {"host": "10.9.9.9", fleet.NAME: "h1", fleet.SETTINGS: {"port": 8123}}
