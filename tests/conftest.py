@@ -616,3 +616,20 @@ def tiny_tmpfs(target: Target) -> Iterator[Path]:
     finally:
         _run(["umount", mountpoint])
         mountpoint.rmdir()
+
+
+# --- BEGIN fleet_hosts (owned by tests/fleet_bed.py; append-only block) --------------
+
+
+@pytest.fixture(scope="session")
+def fleet_hosts(target: Target) -> Iterator[Any]:
+    """fleet_bed.FLEET_SIZE isolated hosts (network, PID, mount and UTS namespaces), each
+    with its own sshd on <address>:22 that lets target.key in as TEST_USER. Yields a
+    fleet_bed.Fleet (a list of fleet_bed.FleetHost, fleet1 first). See tests/fleet_bed.py."""
+    import fleet_bed  # imported here: fleet_bed itself imports this module's helpers
+
+    with fleet_bed.fleet_for_pytest(target) as bed:
+        yield bed.hosts
+
+
+# --- END fleet_hosts -------------------------------------------------------------------
