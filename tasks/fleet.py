@@ -66,6 +66,10 @@ class FleetExecutor(Executor):
         return call.clone(into=HostCall, with_=dict(init_kwargs=connection_init_kwargs))
 
     def execute(self, *tasks: Any) -> Dict[Any, Any]:
+        # The collection's defaults first: only keys they define are read from
+        # FABRIC_* variables, and expanding -H already needs fabserve.inventory.
+        self.config.load_collection(self.collection.configuration())
+        self.config.load_shell_env()
         try:
             calls = self.expand_calls(self.normalize(tasks))
         except InventoryError as exc:
