@@ -1,0 +1,47 @@
+"""How people manage runserver over SSH today, without fabserve: a plain Fabric
+fabfile with `nohup ... &`, `ps | grep` and `kill`.
+
+The benchmark runs the same three shell commands through Ansible too
+(`-m shell` and `-m raw`), so all three tools do exactly the same work on the
+host. Each is one POSIX sh command line (Ansible's shell module runs /bin/sh);
+the port probes use bash's /dev/tcp. `start` waits until the port answers and
+`stop` until it is free, so they do what fabserve's start and stop promise.
+"""
+
+from fabric import task
+
+PROJECT = "~/site"
+BIND = "127.0.0.1:8000"
+PROBE = "bash -c ': </dev/tcp/127.0.0.1/8000' 2>/dev/null"
+# The [m] keeps grep from matching itself (and the shell that runs this line).
+FIND = "ps -u \"$(id -u)\" -o pid=,args= | grep '[m]anage.py runserver {}'".format(BIND)
+
+START = (
+    "cd {project} || exit 1; "
+    "nohup .venv/bin/python manage.py runserver {bind} >>runserver.log 2>&1 </dev/null & "
+    "i=0; until {probe}; do i=$((i+1)); [ $i -lt 600 ] || exit 1; sleep 0.05; done"
+).format(project=PROJECT, bind=BIND, probe=PROBE)
+STATUS = FIND
+STOP = (
+    "pids=$({find} | awk '{{print $1}}'); "
+    "[ -z \"$pids\" ] || kill $pids; "
+    "i=0; while {probe}; do i=$((i+1)); [ $i -lt 600 ] || exit 1; sleep 0.05; done"
+).format(find=FIND, probe=PROBE)
+
+
+@task
+def start(c):
+    """nohup runserver in the background, then wait for the port."""
+    c.run(START, hide=True, in_stream=False)
+
+
+@task
+def status(c):
+    """ps | grep: exit 0 when a runserver process is there."""
+    c.run(STATUS, hide=True, in_stream=False)
+
+
+@task
+def stop(c):
+    """kill what ps | grep found, then wait until the port is free."""
+    c.run(STOP, hide=True, in_stream=False)
