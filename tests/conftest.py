@@ -553,6 +553,25 @@ def fab(target: Target, product: Path) -> FabRunner:
     return FabRunner(target, product)
 
 
+@pytest.fixture(params=["ssh", "local"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Over the real sshd, or without -H as the test user: the same scenarios in both."""
+    return request.param
+
+
+@pytest.fixture
+def run(fab: FabRunner, mode: str) -> Callable[..., FabResult]:
+    """fab in the mode under test; --json unless told otherwise."""
+    def call(*args: str, json: bool = True, **kw: Any) -> FabResult:
+        return fab(*args, *(["--json"] if json else []), local=mode == "local", **kw)
+    return call
+
+
+@pytest.fixture
+def site(make_project: ProjectMaker) -> Path:
+    return make_project("site")
+
+
 # --- a second user and a full filesystem, for the hardening tests -------------
 
 OTHER_USER = "fabserve-other"

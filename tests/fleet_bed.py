@@ -64,6 +64,7 @@ from conftest import (
     _ensure_state_dir,
     _keygen,
     _run,
+    _run_in_group,
     _runuser,
     _sshd_config,
 )
@@ -313,22 +314,9 @@ class FleetHost:
         The environment is fixed (HOME, USER, LOGNAME, PATH, LANG) plus env. A
         timeout kills nsenter's whole process group.
         """
-        argv = self.argv(args, user=user, cwd=cwd)
-        with subprocess.Popen(
-            argv, env=self._env(user, env), start_new_session=True,
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ) as proc:
-            try:
-                stdout, stderr = proc.communicate(input, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                raise
-        result = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
-        if check:
-            result.check_returncode()
-        return result
+        return _run_in_group(self.argv(args, user=user, cwd=cwd), timeout=timeout, input=input,
+                             check=check, env=self._env(user, env), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def as_user(self, args: Sequence[str | os.PathLike[str]], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """run() as the fleet's user."""

@@ -196,3 +196,8 @@ def kill_pids(pids: Iterable[int], sig: int = signal.SIGKILL) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def where(project: str | os.PathLike[str], port: int | str) -> list[str]:
+    """The flags naming one server instance."""
+    return ["--project", str(project), "--port", str(port)]

@@ -15,32 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, alive, free_port, group_members, http_status, pids_with_cwd_under, port_listening, wait_for
+from helpers import (REPO, alive, free_port, group_members, http_status, pids_with_cwd_under, port_listening,
+                     wait_for, where)
 from tasks import remote
-
-MODES = ["ssh", "local"]
-
-
-@pytest.fixture(params=MODES)
-def mode(request):
-    return request.param
-
-
-@pytest.fixture
-def run(fab, mode):
-    def call(*args, json=True, **kw):
-        return fab(*args, *(["--json"] if json else []), local=mode == "local", **kw)
-    return call
-
-
-@pytest.fixture
-def site(make_project):
-    return make_project("site")
-
-
-def where(project, port):
-    return ["--project", str(project), "--port", str(port)]
-
 
 def started(run, project, port, *extra):
     result = run("start", *where(project, port), *extra)

@@ -197,11 +197,17 @@ def test_unknown_host_refused_under_strict_setting_and_strict_ssh_config(target,
     assert not (home / ".ssh").exists()
 
 
-def test_changed_key_refused_even_under_accept_new(target, tmp_path, home, host):
+def stale_known_hosts(home, tmp_path, host):
+    """~/.ssh/known_hosts holding another key for the host, as after a reinstall."""
     known = home / ".ssh" / "known_hosts"
     known.parent.mkdir()
     stale = f"{host['name']} {fresh_key(tmp_path)}\n"
     known.write_text(stale)
+    return known, stale
+
+
+def test_changed_key_refused_even_under_accept_new(target, tmp_path, home, host):
+    known, stale = stale_known_hosts(home, tmp_path, host)
     config = ssh_config(target, tmp_path)
     result = assert_refused_before_login(target, lambda: fab(home, config))
     assert result.returncode == 1
@@ -271,10 +277,7 @@ def test_global_known_hosts_file_is_read_not_written(target, tmp_path, home, hos
 
 
 def test_strict_host_key_checking_no_accepts_and_records_nothing(target, tmp_path, home, host):
-    known = home / ".ssh" / "known_hosts"
-    known.parent.mkdir()
-    stale = f"{host['name']} {fresh_key(tmp_path)}\n"
-    known.write_text(stale)
+    known, stale = stale_known_hosts(home, tmp_path, host)
     result = fab(home, ssh_config(target, tmp_path, "StrictHostKeyChecking no"))
     assert result.returncode == 3, result.stderr
     # The fixture's own ssh_config (no, plus UserKnownHostsFile /dev/null), as the other test modules use it.

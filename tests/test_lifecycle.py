@@ -8,33 +8,8 @@ import socket
 
 import pytest
 
-from helpers import alive, free_port, group_members, http_status, kill_pids, port_listening, wait_for
-
-MODES = ["ssh", "local"]
-
-
-@pytest.fixture(params=MODES)
-def mode(request):
-    return request.param
-
-
-@pytest.fixture
-def run(fab, mode):
-    """fab in the mode under test; --json unless told otherwise."""
-    def call(*args, json=True, **kw):
-        words = list(args) + (["--json"] if json else [])
-        return fab(*words, local=mode == "local", **kw)
-    return call
-
-
-@pytest.fixture
-def site(make_project):
-    return make_project("site")
-
-
-def where(project, port):
-    return ["--project", str(project), "--port", str(port)]
-
+from helpers import (alive, free_port, group_members, http_status, kill_pids, port_listening, wait_for,
+                     where)
 
 def started(run, project, port, *extra):
     result = run("start", *where(project, port), *extra)
