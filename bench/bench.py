@@ -103,6 +103,7 @@ class Sample:
     seconds: float
     rc: int
     maxrss_kib: int
+    cpu_seconds: float = 0.0  # user + system time of the client and the children it reaped
     sessions: int = 0      # "Starting session:" lines, all hosts of the call
     connections: int = 0   # "Accepted publickey" lines, all hosts of the call
     output: str = ""
@@ -130,7 +131,7 @@ def execute(argv: Sequence[Any], env: Optional[Dict[str, str]] = None, cwd: Path
         except ValueError:
             return Sample(time.perf_counter() - began, proc.returncode or -1, 0,
                           output=text + "\n(no measurement: timed out after {} s or the launcher failed)".format(timeout))
-    return Sample(measured["seconds"], measured["rc"], measured["maxrss_kib"], output=text)
+    return Sample(measured["seconds"], measured["rc"], measured["maxrss_kib"], measured["cpu_seconds"], output=text)
 
 
 # -------------------------------------------------------------------- hosts
@@ -839,6 +840,12 @@ def ratios(cases: Dict[str, Case], sizes: Sequence[int]) -> List[Ratio]:
                   "fanout_{}_{}".format(verb, size), "fanout_{}_1".format(verb), 1.5 if size == 10 else None)
         ratio("fanout_trivial_{}/1".format(size), "trivial fab {} hosts / 1 host (serial)".format(size),
               "fanout_trivial_{}".format(size), "fanout_trivial_1")
+    if len(sizes) > 1:
+        top = sizes[-1]
+        for verb, what in (("status", "fabserve status"), ("stop", "fabserve stop"), ("trivial", "trivial fab (serial)")):
+            out.append(Ratio("fanout_{}_per_host".format(verb), "{}: s per extra host (1->{})".format(what, top),
+                             pairwise(cases, ["fanout_{}_{}".format(verb, top), "fanout_{}_1".format(verb)],
+                                      lambda n, one: (n - one) / (top - 1)), "s"))
     for size in sizes:
         ratio("fanout_status_{}/trivial".format(size), "status {0} hosts / trivial fab {0} hosts".format(size),
               "fanout_status_{}".format(size), "fanout_trivial_{}".format(size))
@@ -885,6 +892,7 @@ def case_row(case: Case) -> Dict[str, Any]:
         row["ssh_commands_per_host"] = [sample.sessions / case.hosts for sample in good]
         row["ssh_connections_per_host"] = [sample.connections / case.hosts for sample in good]
         row["peak_rss_mib"] = [sample.maxrss_kib / 1024 for sample in good]  # floor: the launcher's ~9 MiB
+        row["client_cpu_seconds"] = [sample.cpu_seconds for sample in good]
     return row
 
 
@@ -892,8 +900,8 @@ def render(meta: Dict[str, Any], rows: Dict[str, Dict[str, Any]], ratio_rows: Li
            targets: List[Dict[str, Any]], prof: Optional[Dict[str, Any]], memory: List[str]) -> str:
     lines = ["fabserve benchmark  {date}  {cpus} CPUs, {mem_gib} GiB RAM, {reps} reps (+{warmup} warm-up), "
              "{hosts} hosts, fabserve {commit}, load {loadavg_start} -> {loadavg_end}".format(**meta), ""]
-    header = "{:<44} {:>8} {:>15} {:>9} {:>9} {:>8}".format(
-        "case", "median s", "min-max s", "SSH cmds", "SSH conns", "RSS MiB")
+    header = "{:<40} {:>8} {:>13} {:>8} {:>8} {:>6} {:>7}".format(
+        "case", "median s", "min-max s", "SSH cmds", "SSH conn", "CPU s", "RSS MiB")
     lines += [header, "-" * len(header)]
     group = None
     for name, row in rows.items():
@@ -901,14 +909,15 @@ def render(meta: Dict[str, Any], rows: Dict[str, Dict[str, Any]], ratio_rows: Li
             group = row["group"]
             lines.append("[{}]".format(group))
         rss = row.get("peak_rss_mib") or []
-        lines.append("{:<44} {:>8} {:>15} {:>9} {:>9} {:>8}".format(
+        cpu = row.get("client_cpu_seconds") or []
+        lines.append("{:<40} {:>8} {:>13} {:>8} {:>8} {:>6} {:>7}".format(
             "  " + row["label"], fmt_s(row["median"]),
-            "-" if row["min"] is None else "{:.3f}-{:.3f}".format(row["min"], row["max"]),
+            "-" if row["min"] is None else "{:.2f}-{:.2f}".format(row["min"], row["max"]),
             fmt_count(row.get("ssh_commands_per_host", [])), fmt_count(row.get("ssh_connections_per_host", [])),
-            "{:.0f}".format(max(rss)) if rss else "-"))
+            "{:.2f}".format(statistics.median(cpu)) if cpu else "-", "{:.0f}".format(max(rss)) if rss else "-"))
     lines += ["", "SSH cmds / SSH conns: per host per call, counted in the sshd logs "
-              "(\"Starting session:\" / \"Accepted publickey\"); RSS: peak of the client process (max over reps; "
-              "ssh shows the launcher's ~9 MiB floor).", ""]
+              "(\"Starting session:\" / \"Accepted publickey\"); CPU s: the client's user+system time (median);",
+              "RSS: the client's peak resident memory (max over reps; 9 MiB is the launcher's floor).", ""]
     header = "{:<46} {:>8} {:>17} {:>8} {:>7}".format("ratio (pairwise within a rep)", "median", "min-max",
                                                       "target", "")
     lines += [header, "-" * len(header)]
@@ -980,6 +989,23 @@ def machine() -> Dict[str, Any]:
     }
 
 
+IDLE_LOAD = 0.7
+
+
+def load1() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def wait_idle(limit: float) -> None:
+    deadline = time.monotonic() + limit
+    if limit > 0 and load1() >= IDLE_LOAD:
+        log("bench: load average {:.2f}; waiting up to {:.0f} s for it to fall below {}".format(
+            load1(), limit, IDLE_LOAD))
+        while load1() >= IDLE_LOAD and time.monotonic() < deadline:
+            time.sleep(5)
+        log("bench: load average now {:.2f}; starting".format(load1()))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/run", description="fabserve's benchmark (run as root).")
     parser.add_argument("--reps", type=int, default=5, help="measured repetitions of every case (default 5)")
@@ -988,6 +1014,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--skip", default="", help="comma list of: ansible, diy, fanout, profile")
     parser.add_argument("--out", type=Path, help="JSON file to write (default bench/results/<timestamp>.json)")
     parser.add_argument("--compare", type=Path, help="an earlier JSON result to compare the medians with")
+    parser.add_argument("--wait-idle", type=float, default=0, metavar="S",
+                        help="first wait up to S seconds for the 1-minute load average to fall below "
+                             "{} (other jobs on the machine skew the numbers)".format(IDLE_LOAD))
     args = parser.parse_args(argv)
     args.skip = {word.strip() for word in args.skip.split(",") if word.strip()}
     unknown = args.skip - {"ansible", "diy", "fanout", "profile"}
@@ -1004,6 +1033,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    wait_idle(args.wait_idle)
     meta = {**machine(), "reps": args.reps, "warmup": args.warmup, "hosts": args.hosts,
             "skip": sorted(args.skip), "project": PROJECT, "port": PORT}
     sizes = fanout_sizes(args.hosts) if "fanout" not in args.skip else []

@@ -1,4 +1,4 @@
-"""Run one command; write its wall time, exit code and peak RSS as JSON.
+"""Run one command; write its wall time, exit code, CPU time and peak RSS as JSON.
 
 usage: /usr/bin/python3 -I -S measure.py RESULT_FILE ARGV...
 
@@ -23,7 +23,8 @@ def main() -> None:
     _, status, usage = os.wait4(pid, 0)
     seconds = time.perf_counter() - began
     with open(result, "w") as out:
-        json.dump({"seconds": seconds, "rc": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss}, out)
+        json.dump({"seconds": seconds, "rc": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss,
+                   "cpu_seconds": usage.ru_utime + usage.ru_stime}, out)
 
 
 if __name__ == "__main__":
