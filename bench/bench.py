@@ -104,6 +104,7 @@ class Sample:
     rc: int
     maxrss_kib: int
     cpu_seconds: float = 0.0  # user + system time of the client and the children it reaped
+    busy: float = 0.0         # share of the machine's CPU time in use during the call (all cores, 0-1)
     sessions: int = 0      # "Starting session:" lines, all hosts of the call
     connections: int = 0   # "Accepted publickey" lines, all hosts of the call
     output: str = ""
@@ -172,6 +173,13 @@ class Host:
                 if len(fields) > 3 and fields[1].endswith(wanted) and fields[3] == "0A":
                     return True
         return False
+
+
+def machine_cpu() -> tuple:
+    """(busy, total) CPU jiffies of the whole machine, all cores, from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def uids_processes(uids: Sequence[int]) -> List[int]:
@@ -533,7 +541,10 @@ class Runner:
         """One timed call; `check` runs afterwards (untimed) and names what is wrong, if anything."""
         case = self.case(name, label, group, len(hosts))
         marks = self.bed.log_marks(hosts)
+        cpu_before = machine_cpu()
         sample = execute(argv, env=env, cwd=cwd)
+        busy, total = (after - before for after, before in zip(machine_cpu(), cpu_before))
+        sample.busy = busy / total if total else 0.0
         sample.sessions, sample.connections = self.bed.log_counts(hosts, marks)
         problem = None if sample.rc == 0 else "exit {}".format(sample.rc)
         if problem is None and check is not None:
@@ -613,6 +624,9 @@ class Runner:
                                  "ansible -m {} {}".format(module, DIY_LABELS[verb]), "ansible -m " + module,
                                  self.ansible(host, module, command), one, env=self.bed.ansible_env,
                                  cwd=self.bed.work, check=check)
+            # A repetition outlasts ControlPersist's 60 s anyway; closing the master now keeps
+            # its connection out of the fan-out's host CPU figures.
+            self.bed.end_ansible_masters()
 
     def django_ready(self, host: Host) -> None:
         case = self.case("django_ready", "Django runserver ready (no SSH)", "Django")
@@ -893,6 +907,7 @@ def case_row(case: Case) -> Dict[str, Any]:
         row["ssh_connections_per_host"] = [sample.connections / case.hosts for sample in good]
         row["peak_rss_mib"] = [sample.maxrss_kib / 1024 for sample in good]  # floor: the launcher's ~9 MiB
         row["client_cpu_seconds"] = [sample.cpu_seconds for sample in good]
+        row["machine_busy"] = [sample.busy for sample in good]
     return row
 
 
@@ -900,8 +915,8 @@ def render(meta: Dict[str, Any], rows: Dict[str, Dict[str, Any]], ratio_rows: Li
            targets: List[Dict[str, Any]], prof: Optional[Dict[str, Any]], memory: List[str]) -> str:
     lines = ["fabserve benchmark  {date}  {cpus} CPUs, {mem_gib} GiB RAM, {reps} reps (+{warmup} warm-up), "
              "{hosts} hosts, fabserve {commit}, load {loadavg_start} -> {loadavg_end}".format(**meta), ""]
-    header = "{:<40} {:>8} {:>13} {:>8} {:>8} {:>6} {:>7}".format(
-        "case", "median s", "min-max s", "SSH cmds", "SSH conn", "CPU s", "RSS MiB")
+    header = "{:<40} {:>8} {:>11} {:>8} {:>8} {:>6} {:>6} {:>7}".format(
+        "case", "median s", "min-max s", "SSH cmds", "SSH conn", "CPU s", "busy", "RSS MiB")
     lines += [header, "-" * len(header)]
     group = None
     for name, row in rows.items():
@@ -910,14 +925,19 @@ def render(meta: Dict[str, Any], rows: Dict[str, Dict[str, Any]], ratio_rows: Li
             lines.append("[{}]".format(group))
         rss = row.get("peak_rss_mib") or []
         cpu = row.get("client_cpu_seconds") or []
-        lines.append("{:<40} {:>8} {:>13} {:>8} {:>8} {:>6} {:>7}".format(
+        busy = row.get("machine_busy") or []
+        lines.append("{:<40} {:>8} {:>11} {:>8} {:>8} {:>6} {:>6} {:>7}".format(
             "  " + row["label"], fmt_s(row["median"]),
             "-" if row["min"] is None else "{:.2f}-{:.2f}".format(row["min"], row["max"]),
             fmt_count(row.get("ssh_commands_per_host", [])), fmt_count(row.get("ssh_connections_per_host", [])),
-            "{:.2f}".format(statistics.median(cpu)) if cpu else "-", "{:.0f}".format(max(rss)) if rss else "-"))
+            "{:.2f}".format(statistics.median(cpu)) if cpu else "-",
+            "{:.0%}".format(statistics.median(busy)) if busy else "-",
+            "{:.0f}".format(max(rss)) if rss else "-"))
     lines += ["", "SSH cmds / SSH conns: per host per call, counted in the sshd logs "
-              "(\"Starting session:\" / \"Accepted publickey\"); CPU s: the client's user+system time (median);",
-              "RSS: the client's peak resident memory (max over reps; 9 MiB is the launcher's floor).", ""]
+              "(\"Starting session:\" / \"Accepted publickey\").",
+              "CPU s: the client's user+system time. busy: the machine's CPU use during the call, all cores",
+              "(client, hosts' sshd and agents, servers: they share them). RSS: the client's peak resident",
+              "memory (max over reps; 9 MiB is the launcher's floor).", ""]
     header = "{:<46} {:>8} {:>17} {:>8} {:>7}".format("ratio (pairwise within a rep)", "median", "min-max",
                                                       "target", "")
     lines += [header, "-" * len(header)]
