@@ -508,15 +508,12 @@ class Case:
     label: str
     group: str
     hosts: int = 1
-    samples: List[Sample] = field(default_factory=list)  # one per measured rep (None-free)
+    samples: List[Sample] = field(default_factory=list)  # one per measured rep, failed ones too
     reps: List[int] = field(default_factory=list)         # the rep each sample belongs to
     failures: List[str] = field(default_factory=list)
 
     def by_rep(self) -> Dict[int, Sample]:
         return {rep: sample for rep, sample in zip(self.reps, self.samples) if sample.rc == 0}
-
-    def times(self) -> List[float]:
-        return [sample.seconds for sample in self.samples if sample.rc == 0]
 
 
 class Runner:
@@ -525,7 +522,6 @@ class Runner:
         self.args = args
         self.cases: Dict[str, Case] = {}
         self.rep = 0          # 0 = warm-up
-        self.notes: List[str] = []
         self.diy = load_diy()
         self.agent_command = agent_command()
 
@@ -537,7 +533,7 @@ class Runner:
 
     def measure(self, name: str, label: str, group: str, argv: Sequence[Any], hosts: Sequence[Host],
                 env: Optional[Dict[str, str]] = None, cwd: Path = REPO,
-                check: Optional[Callable[[], Optional[str]]] = None) -> Sample:
+                check: Optional[Callable[[Sample], Optional[str]]] = None) -> Sample:
         """One timed call; `check` runs afterwards (untimed) and names what is wrong, if anything."""
         case = self.case(name, label, group, len(hosts))
         marks = self.bed.log_marks(hosts)
@@ -548,7 +544,7 @@ class Runner:
         sample.sessions, sample.connections = self.bed.log_counts(hosts, marks)
         problem = None if sample.rc == 0 else "exit {}".format(sample.rc)
         if problem is None and check is not None:
-            problem = check()
+            problem = check(sample)
         if problem is not None:
             sample.rc = sample.rc or 1
             tail = "\n".join(sample.output.strip().splitlines()[-6:])
@@ -581,19 +577,23 @@ class Runner:
 
     # -- checks
     @staticmethod
-    def up(hosts: Sequence[Host]) -> Callable[[], Optional[str]]:
-        def check() -> Optional[str]:
+    def up(hosts: Sequence[Host]) -> Callable[[Sample], Optional[str]]:
+        def check(_sample: Sample) -> Optional[str]:
             down = [host.alias for host in hosts if not host.listening()]
             return "port {} not listening on {}".format(PORT, ", ".join(down)) if down else None
         return check
 
     @staticmethod
-    def down(hosts: Sequence[Host]) -> Callable[[], Optional[str]]:
-        def check() -> Optional[str]:
+    def down(hosts: Sequence[Host]) -> Callable[[Sample], Optional[str]]:
+        def check(_sample: Sample) -> Optional[str]:
             # stop returns once the port is free; allow no grace at all here.
             up = [host.alias for host in hosts if host.listening()]
             return "port {} still taken on {}".format(PORT, ", ".join(up)) if up else None
         return check
+
+    @staticmethod
+    def answered(sample: Sample) -> Optional[str]:
+        return None if '"state": "running"' in sample.output else "the agent did not report the server running"
 
     # -- one repetition
     def single_host(self) -> None:
@@ -607,7 +607,7 @@ class Runner:
         self.measure("fabserve_status", "fabserve status (running)", "fabserve", self.fab(one, "status"), one)
         if self.agent_command:
             self.measure("ssh_agent_status", "ssh host <fabserve agent status>", "fabserve",
-                         self.ssh(host, self.agent_command), one)
+                         self.ssh(host, self.agent_command), one, check=self.answered)
         self.measure("fabserve_restart", "fabserve restart", "fabserve", self.fab(one, "restart"), one,
                      check=self.up(one))
         self.measure("fabserve_stop", "fabserve stop (to port free)", "fabserve", self.fab(one, "stop"), one,
@@ -651,7 +651,7 @@ class Runner:
                          self.trivial(hosts), hosts)
             # Untimed: every host runs a fabserve-started server before status and stop.
             started = execute(self.fab(hosts, "start"))
-            problem = self.up(hosts)()
+            problem = self.up(hosts)(started)
             if started.rc != 0 or problem:
                 message = "fan-out start on {} hosts: exit {}, {}\n{}".format(
                     size, started.rc, problem, "\n".join(started.output.splitlines()[-6:]))
