@@ -15,14 +15,13 @@ import hashlib
 import json
 import os
 import re
-import secrets
-import shutil
 import signal
-import socket
 import stat
-import subprocess
 import sys
 import time
+
+# socket, subprocess and shutil are imported inside the functions that need them:
+# the agent starts afresh for every call, and most calls (status, stop) need none.
 
 MARKER = "@@fabserve@@"
 POLL = 0.05
@@ -216,21 +215,27 @@ def all_pids():
 
 
 def snapshot(pid, token):
-    """What is_candidate needs to know of one process, or None if it is gone."""
+    """What is_candidate needs to know of one process, or None if it is gone or
+    cannot be ours (another user's). Cheap checks first: this runs for every process."""
+    uid = owner(pid)
+    if uid != os.getuid():
+        return None
     info = proc_stat(pid)
     if info is None:
         return None
-    info["uid"] = owner(pid)
     try:
         raw = read_file("/proc/{}/cmdline".format(pid), "rb")
     except OSError:
         return None
+    info["uid"] = uid
     info["pid"] = pid
     info["argv"] = [part.decode("utf-8", "replace") for part in raw.split(b"\0")[:-1]]
-    try:
-        info["cwd"] = os.readlink("/proc/{}/cwd".format(pid))
-    except OSError:
-        info["cwd"] = None
+    info["cwd"] = None
+    if b"runserver" in raw:  # only a runserver command line is matched by its cwd
+        try:
+            info["cwd"] = os.readlink("/proc/{}/cwd".format(pid))
+        except OSError:
+            pass
     info["token"] = environ_token(pid) if token else None
     return info
 
@@ -305,6 +310,7 @@ def pids_holding(inodes, pids):
 
 def port_answers(addr, port):
     try:
+        import socket
         socket.create_connection((connect_host(addr), port), timeout=1.0).close()
         return True
     except OSError:
@@ -553,7 +559,8 @@ def port_free(port):
 
 
 def describe(inst, found, **fields):
-    pids = found.members() if found else []
+    # Callers that already scanned /proc for the group pass `pids`: one scan per call.
+    pids = fields["pids"] if "pids" in fields else (found.members() if found else [])
     result = {
         "pid": (found.pgid if found and found.pgid is not None else (pids[0] if pids else None)),
         "pids": pids,
@@ -569,10 +576,9 @@ def describe(inst, found, **fields):
     return result
 
 
-def health(inst, found):
-    """(state, message) of a located server: running only when our processes
+def health(inst, pids):
+    """(state, message) of a located server's processes: running only when they
     hold the listening socket and a connection to it succeeds."""
-    pids = found.members()
     if not pids:
         return "stopped", "not running"
     if pids_holding(listen_inodes(inst.port), pids) and port_answers(inst.addr, inst.port):
@@ -586,15 +592,15 @@ def do_status(inst):
     if found is None:
         return describe(inst, None, ok=True, changed=False, state="stopped",
                         message=join("not running", note))
-    state, message = health(inst, found)
-    extra = {}
     pids = found.members()
+    state, message = health(inst, pids)
+    extra = {}
     leader = proc_stat(found.pgid if found.pgid is not None else pids[0]) if pids else None
     if leader:
         extra["uptime"] = uptime_seconds(leader["starttime"])
     if not found.managed:
         message = join(message, "not started by fabserve")
-    return describe(inst, found, ok=state == "running", changed=False, state=state,
+    return describe(inst, found, ok=state == "running", changed=False, state=state, pids=pids,
                     message=join(message, note), **extra)
 
 
@@ -624,6 +630,7 @@ def do_stop(inst):
 def resolve_python(inst):
     """The interpreter that runs manage.py: --python (relative to the project),
     else the project's .venv or venv, else python3 on PATH."""
+    import shutil
     given = inst.req.get("python")
     if given:
         path = os.path.join(inst.project, os.path.expanduser(given)) if "/" in given else shutil.which(given)
@@ -653,8 +660,9 @@ def server_argv(inst, python):
 def launch(inst, python):
     """Start the server detached: own session and group, SIGHUP ignored, stdin
     from /dev/null, output appended to the log. Returns (Popen, log offset)."""
+    import subprocess
     argv = server_argv(inst, python)
-    token = secrets.token_hex(16)
+    token = os.urandom(16).hex()
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"  # so the log shows Django's lines as they happen
     env.update(inst.req.get("env") or {})
@@ -705,14 +713,15 @@ def do_start(inst):
     python = resolve_python(inst)
     found, note = locate(inst)
     if found is not None:
-        state, message = health(inst, found)
+        pids = found.members()
+        state, message = health(inst, pids)
         if state == "running":
             message = "already running on {}".format(inst.url)
             if not found.managed:
                 message = join(message, "not started by fabserve")
         else:
             message = join("already started but " + message, "use restart")
-        return describe(inst, found, ok=state == "running", changed=False, state=state,
+        return describe(inst, found, ok=state == "running", changed=False, state=state, pids=pids,
                         message=message)
     inst.forget()
     proc, offset = launch(inst, python)
@@ -723,8 +732,9 @@ def do_start(inst):
         if code is not None:
             why = "server exited with status {}".format(code)
             break
-        if pids_holding(listen_inodes(inst.port), found.members()) and port_answers(inst.addr, inst.port):
-            return describe(inst, found, ok=True, changed=True, state="running", python=python,
+        pids = found.members()
+        if pids_holding(listen_inodes(inst.port), pids) and port_answers(inst.addr, inst.port):
+            return describe(inst, found, ok=True, changed=True, state="running", python=python, pids=pids,
                             message=join("started on {}".format(inst.url), note))
         if time.time() >= deadline:
             why = "nothing answered on port {} within {}s".format(inst.port, inst.req["start_timeout"])
