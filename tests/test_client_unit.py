@@ -74,8 +74,9 @@ def test_command_quotes_everything_and_round_trips():
     req = options.request("status", values(project="/srv/it's $(touch PWNED) `id`; \"x\""), [], local=False)
     cmd = remote.command(req, "python3")
     words = shlex.split(cmd)
-    assert words[0] == "python3" and words[1] == "-c" and words[2] == remote.BOOTSTRAP
-    assert json.loads(base64.b64decode(words[4]))["project"] == "/srv/it's $(touch PWNED) `id`; \"x\""
+    assert words[:4] == ["python3", "-E", "-S", "-c"] and words[4] == remote.BOOTSTRAP
+    assert (words[5], words[6]) == remote.payload()
+    assert json.loads(base64.b64decode(words[7]))["project"] == "/srv/it's $(touch PWNED) `id`; \"x\""
 
 
 def test_command_runs_the_shipped_agent_through_a_real_shell(tmp_path):
@@ -88,6 +89,39 @@ def test_command_runs_the_shipped_agent_through_a_real_shell(tmp_path):
     assert result["project"] == project
     assert done.returncode == 3
     assert not marker.exists()
+
+
+def test_a_json_py_in_the_login_directory_is_not_imported(tmp_path):
+    (tmp_path / "json.py").write_text("raise SystemExit('shadowed')\n")
+    req = options.request("status", values(project=str(tmp_path / "p"), state_dir=str(tmp_path / "state")), [],
+                          local=False)
+    done = subprocess.run(["sh", "-c", remote.command(req, sys.executable)], capture_output=True, text=True,
+                          cwd=tmp_path, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert remote.parse_result(done.stdout)["state"] == "stopped", done.stderr
+
+
+def test_compiled_agent_is_cached_per_source_and_interpreter(tmp_path):
+    req = options.request("status", values(project=str(tmp_path / "p"), state_dir=str(tmp_path / "state")), [],
+                          local=False)
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+
+    def status():
+        done = subprocess.run(["sh", "-c", remote.command(req, sys.executable)], capture_output=True, text=True,
+                              env=env)
+        assert remote.parse_result(done.stdout)["state"] == "stopped", done.stderr
+        return done
+
+    status()
+    tag = sys.implementation.cache_tag
+    [cache] = (tmp_path / ".cache" / "fabserve").iterdir()
+    assert cache.name == f"agent-{remote.payload()[0]}-{tag}" and cache.stat().st_size > 1000
+    assert (tmp_path / ".cache" / "fabserve").stat().st_mode & 0o777 == 0o700
+    cached = cache.read_bytes()
+    status()
+    assert cache.read_bytes() == cached
+    cache.write_bytes(b"garbage")  # a torn or foreign file is recompiled over, never trusted
+    status()
+    assert cache.read_bytes() == cached
 
 
 def test_parse_result_ignores_login_chatter():
