@@ -289,11 +289,14 @@ def test_stop_converges_after_the_connection_drops_mid_grace(fab, site, target):
     data = first.json
     cmd = [sys.executable, "-m", "fabric", "-r", str(REPO), "-S", str(target.ssh_config), "-H", target.alias,
            "stop", *where(site, port), "--timeout", "8"]
+    earlier = set(agents_of(target.uid))
     stopper = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
     try:
-        assert wait_for(lambda: agents_of(target.uid), timeout=30)
-        session = sshd_session_of(agents_of(target.uid)[0])
+        sessions = []
+        assert wait_for(lambda: sessions.extend(sessions_above(agents_of(target.uid), earlier)) or sessions,
+                        timeout=30)
+        session = sessions[0]
         time.sleep(0.5)  # inside the grace: TERM sent and ignored
         assert all(alive(pid) for pid in data["pids"])
         os.kill(session, signal.SIGKILL)
@@ -308,13 +311,23 @@ def test_stop_converges_after_the_connection_drops_mid_grace(fab, site, target):
     assert fab("status", *where(site, port)).returncode == 3
 
 
-def sshd_session_of(pid):
-    """The per-connection sshd process above `pid`: killing it drops the connection."""
-    while pid > 1:
-        if open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"sshd: "):
-            return pid
-        pid = int(stat_fields(pid)[1])
-    raise AssertionError("no sshd session above the agent")
+def sessions_above(agents, earlier):
+    """The per-connection sshd processes above agents not in `earlier`: killing
+    one drops that connection. An agent of an earlier call may still be exiting,
+    and any of them may vanish while its ancestry is read."""
+    sessions = []
+    for pid in agents:
+        if pid in earlier:
+            continue
+        try:
+            while pid > 1:
+                if open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"sshd: "):
+                    sessions.append(pid)
+                    break
+                pid = int(stat_fields(pid)[1])
+        except (OSError, TypeError):
+            continue
+    return sessions
 
 
 def agents_of(uid):
