@@ -24,6 +24,9 @@ import time
 # the agent starts afresh for every call, and most calls (status, stop) need none.
 
 MARKER = "@@fabserve@@"
+# Waits poll quickly at first, when the answer usually comes (Django exits on
+# TERM within milliseconds), then back off to POLL so a long wait costs little CPU.
+FIRST_POLL = 0.005
 POLL = 0.05
 KILL_WAIT = 5.0  # how long a group may take to vanish after SIGKILL
 PORT_WAIT = 2.0  # how long a listener may linger after its process is gone
@@ -528,12 +531,20 @@ def signal_found(found, sig, excluded):
                     raise
 
 
-def wait_gone(found, deadline):
+def pauses():
+    """Sleep lengths for a polling loop: FIRST_POLL, doubling up to POLL."""
+    pause = FIRST_POLL
     while True:
+        yield pause
+        pause = min(pause * 2, POLL)
+
+
+def wait_gone(found, deadline):
+    for pause in pauses():
         left = found.members()
         if not left or time.time() >= deadline:
             return left
-        time.sleep(POLL)
+        time.sleep(pause)
 
 
 def terminate(found, grace):
@@ -548,11 +559,12 @@ def terminate(found, grace):
 
 def port_free(port):
     deadline = time.time() + PORT_WAIT
-    while listen_inodes(port):
+    for pause in pauses():
+        if not listen_inodes(port):
+            return True
         if time.time() >= deadline:
             return False
-        time.sleep(POLL)
-    return True
+        time.sleep(pause)
 
 
 # -------------------------------------------------------------------- actions
@@ -727,7 +739,7 @@ def do_start(inst):
     proc, offset = launch(inst, python)
     found = Found(pgid=proc.pid)
     deadline = time.time() + inst.req["start_timeout"]
-    while True:
+    for pause in pauses():
         code = proc.poll()
         if code is not None:
             why = "server exited with status {}".format(code)
@@ -739,7 +751,7 @@ def do_start(inst):
         if time.time() >= deadline:
             why = "nothing answered on port {} within {}s".format(inst.port, inst.req["start_timeout"])
             break
-        time.sleep(POLL)
+        time.sleep(pause)
     terminate(found, min(inst.req["stop_timeout"], 5))
     proc.poll()
     inst.forget()

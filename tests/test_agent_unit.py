@@ -154,3 +154,10 @@ def test_read_tail_reads_only_from_the_offset(tmp_path):
 ])
 def test_exit_codes(action, result, code):
     assert agent.exit_code(action, result) == code
+
+
+def test_polls_start_fast_and_back_off_to_the_steady_interval():
+    pauses = agent.pauses()
+    first = [next(pauses) for _ in range(8)]
+    assert first[0] == agent.FIRST_POLL
+    assert first == sorted(first) and first[-1] == first[-2] == agent.POLL
