@@ -1,4 +1,8 @@
-"""Unit tests of the agent's pure parts, on inputs captured from a real host."""
+"""Unit tests of the agent's pure parts, on inputs captured from a real host,
+and of its wait on short-lived processes of its own."""
+
+import subprocess
+import threading
 
 import pytest
 
@@ -161,3 +165,25 @@ def test_polls_start_fast_and_back_off_to_the_steady_interval():
     first = [next(pauses) for _ in range(8)]
     assert first[0] == agent.FIRST_POLL
     assert first == sorted(first) and first[-1] == first[-2] == agent.POLL
+
+
+def test_await_exit_returns_at_the_exit_not_at_the_end_of_the_pause():
+    child = subprocess.Popen(["sleep", "0.2"])
+    waiter = threading.Thread(target=agent.await_exit, args=([child.pid], 600), daemon=True)
+    waiter.start()
+    waiter.join(60)  # far below the 600 s pause: only the exit can have ended the wait
+    try:
+        assert not waiter.is_alive()
+        assert child.poll() == 0
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_await_exit_of_a_process_already_gone_returns_at_once():
+    child = subprocess.Popen(["true"])
+    child.wait()  # reaped: its PID names nothing now
+    waiter = threading.Thread(target=agent.await_exit, args=([child.pid], 600), daemon=True)
+    waiter.start()
+    waiter.join(60)
+    assert not waiter.is_alive()
