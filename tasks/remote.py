@@ -28,7 +28,8 @@ AGENT_SOURCE = Path(__file__).with_name("agent.py")
 # Runs first on the target, with the agent's hash and source as arguments. It
 # refuses old interpreters in words (it must itself compile under Python 2), and
 # keeps the compiled agent in ~/.cache/fabserve, keyed by source hash and
-# interpreter, so later calls skip compiling it (a fifth of the agent's run time).
+# interpreter, so later calls skip compiling it (a fifth of the agent's run time);
+# a new entry replaces the older versions' entries for the same interpreter.
 BOOTSTRAP = """\
 import sys
 sys.path = [entry for entry in sys.path if entry]  # not the login directory: no stray json.py
@@ -50,6 +51,9 @@ except Exception:
             with open(cache + '.%d' % os.getpid(), 'wb') as handle:
                 marshal.dump(code, handle)
             os.replace(cache + '.%d' % os.getpid(), cache)
+            for name in os.listdir(os.path.dirname(cache)):  # older versions' entries
+                if name.startswith('agent-') and name.endswith('-' + tag) and name != os.path.basename(cache):
+                    os.remove(os.path.join(os.path.dirname(cache), name))
         except OSError:
             pass
 exec(code)

@@ -122,6 +122,13 @@ def test_compiled_agent_is_cached_per_source_and_interpreter(tmp_path):
     cache.write_bytes(b"garbage")  # a torn or foreign file is recompiled over, never trusted
     status()
     assert cache.read_bytes() == cached
+    older = cache.with_name(f"agent-0123456789abcdef-{tag}")
+    other = cache.with_name("agent-0123456789abcdef-cpython-36")
+    older.write_bytes(cached)
+    other.write_bytes(cached)
+    cache.unlink()
+    status()  # a new entry replaces older versions' entries for this interpreter only
+    assert sorted(path.name for path in cache.parent.iterdir()) == sorted([cache.name, other.name])
 
 
 def test_parse_result_ignores_login_chatter():
