@@ -814,12 +814,22 @@ class Ratio:
 
 
 def pairwise(cases: Dict[str, Case], names: Sequence[str], fn: Callable[..., float]) -> List[float]:
+    """fn over the wall times of `names`' samples that belong to the same repetition."""
+    return pairwise_samples(cases, names, lambda *samples: fn(*(sample.seconds for sample in samples)))
+
+
+def pairwise_samples(cases: Dict[str, Case], names: Sequence[str], fn: Callable[..., float]) -> List[float]:
     """fn over the samples of `names` that belong to the same repetition."""
     if not all(name in cases for name in names):
         return []
     reps = [cases[name].by_rep() for name in names]
     common = sorted(set.intersection(*(set(rep) for rep in reps)))
-    return [fn(*(rep[index].seconds for rep in reps)) for index in common]
+    return [fn(*(rep[index] for rep in reps)) for index in common]
+
+
+def machine_cpu_seconds(sample: Sample) -> float:
+    """CPU seconds the whole machine spent during a call, all cores."""
+    return sample.busy * sample.seconds * (os.cpu_count() or 1)
 
 
 def ratios(cases: Dict[str, Case], sizes: Sequence[int]) -> List[Ratio]:
@@ -860,6 +870,15 @@ def ratios(cases: Dict[str, Case], sizes: Sequence[int]) -> List[Ratio]:
             out.append(Ratio("fanout_{}_per_host".format(verb), "{}: s per extra host (1->{})".format(what, top),
                              pairwise(cases, ["fanout_{}_{}".format(verb, top), "fanout_{}_1".format(verb)],
                                       lambda n, one: (n - one) / (top - 1)), "s"))
+        # Every host of this bed shares the machine's cores: what each extra host
+        # costs in CPU (client, sshd, agent, server), divided by the cores, is time
+        # the fan-out cannot hide here, however concurrent it is.
+        for verb in ("status", "stop"):
+            out.append(Ratio("fanout_{}_cpu_per_host".format(verb),
+                             "{}: machine CPU s per extra host (1->{})".format(verb, top),
+                             pairwise_samples(cases, ["fanout_{}_{}".format(verb, top), "fanout_{}_1".format(verb)],
+                                              lambda n, one: (machine_cpu_seconds(n) - machine_cpu_seconds(one))
+                                              / (top - 1)), "s"))
     for size in sizes:
         ratio("fanout_status_{}/trivial".format(size), "status {0} hosts / trivial fab {0} hosts".format(size),
               "fanout_status_{}".format(size), "fanout_trivial_{}".format(size))
