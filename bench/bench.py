@@ -870,9 +870,9 @@ def ratios(cases: Dict[str, Case], sizes: Sequence[int]) -> List[Ratio]:
             out.append(Ratio("fanout_{}_per_host".format(verb), "{}: s per extra host (1->{})".format(what, top),
                              pairwise(cases, ["fanout_{}_{}".format(verb, top), "fanout_{}_1".format(verb)],
                                       lambda n, one: (n - one) / (top - 1)), "s"))
-        # Every host of this bed shares the machine's cores: what each extra host
-        # costs in CPU (client, sshd, agent, server), divided by the cores, is time
-        # the fan-out cannot hide here, however concurrent it is.
+        # Every host of this bed shares the machine's cores, so a call on N hosts
+        # needs at least its machine CPU (client, sshds, agents, servers) over the
+        # cores in wall time, however concurrent it is: this is that CPU's growth.
         for verb in ("status", "stop"):
             out.append(Ratio("fanout_{}_cpu_per_host".format(verb),
                              "{}: machine CPU s per extra host (1->{})".format(verb, top),
