@@ -28,17 +28,27 @@ AGENT_SOURCE = Path(__file__).with_name("agent.py")
 # Runs first on the target, with the agent's hash and source as arguments. It
 # refuses old interpreters in words (it must itself compile under Python 2), and
 # keeps the compiled agent in ~/.cache/fabserve, keyed by source hash and
-# interpreter, so later calls skip compiling it (a fifth of the agent's run time);
-# a new entry replaces the older versions' entries for the same interpreter.
+# interpreter, so later calls skip compiling it (a fifth of the agent's run time).
+# The cache is trusted only while it is the user's own directory that no one else
+# can write; a new entry replaces older versions' entries for the same interpreter.
 BOOTSTRAP = """\
 import sys
 sys.path = [entry for entry in sys.path if entry]  # not the login directory: no stray json.py
 if sys.version_info < (3, 6):
     sys.exit('fabserve: the target needs Python 3.6 or newer, not ' + sys.version.split()[0])
-import binascii, marshal, os, zlib
+import binascii, marshal, os, stat, zlib
 tag = sys.implementation.cache_tag
-cache = os.path.join(os.path.expanduser('~'), '.cache', 'fabserve', 'agent-%s-%s' % (sys.argv[1], tag))
+folder = os.path.join(os.path.expanduser('~'), '.cache', 'fabserve')
+cache = os.path.join(folder, 'agent-%s-%s' % (sys.argv[1], tag))
+def private(path):  # code is loaded only from our own directory that no one else can write
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
 try:
+    if not private(folder):
+        raise ValueError(folder)
     with open(cache, 'rb') as handle:
         code = marshal.load(handle)
     if code.co_filename != 'fabserve-agent':
@@ -47,13 +57,14 @@ except Exception:
     code = compile(zlib.decompress(binascii.a2b_base64(sys.argv[2])), 'fabserve-agent', 'exec')
     if tag:
         try:
-            os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
-            with open(cache + '.%d' % os.getpid(), 'wb') as handle:
-                marshal.dump(code, handle)
-            os.replace(cache + '.%d' % os.getpid(), cache)
-            for name in os.listdir(os.path.dirname(cache)):  # older versions' entries
-                if name.startswith('agent-') and name.endswith('-' + tag) and name != os.path.basename(cache):
-                    os.remove(os.path.join(os.path.dirname(cache), name))
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            if private(folder):
+                with open(cache + '.%d' % os.getpid(), 'wb') as handle:
+                    marshal.dump(code, handle)
+                os.replace(cache + '.%d' % os.getpid(), cache)
+                for name in os.listdir(folder):  # older versions' entries
+                    if name.startswith('agent-') and name.endswith('-' + tag) and name != os.path.basename(cache):
+                        os.remove(os.path.join(folder, name))
         except OSError:
             pass
 exec(code)

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import marshal
 import shlex
 import subprocess
 import sys
@@ -130,6 +131,23 @@ def test_compiled_agent_is_cached_per_source_and_interpreter(tmp_path):
     status()  # a new entry replaces older versions' entries for this interpreter only
     assert sorted(path.name for path in cache.parent.iterdir()) == sorted([cache.name, other.name])
 
+
+
+def test_agent_cache_others_can_write_is_never_loaded(tmp_path):
+    req = options.request("status", values(project=str(tmp_path / "p"), state_dir=str(tmp_path / "state")), [],
+                          local=False)
+    folder = tmp_path / ".cache" / "fabserve"
+    folder.mkdir(parents=True)
+    folder.chmod(0o777)
+    marker = tmp_path / "PLANTED"
+    planted = compile(f"open({str(marker)!r}, 'w').close()", "fabserve-agent", "exec")
+    entry = folder / f"agent-{remote.payload()[0]}-{sys.implementation.cache_tag}"
+    entry.write_bytes(marshal.dumps(planted))
+    done = subprocess.run(["sh", "-c", remote.command(req, sys.executable)], capture_output=True, text=True,
+                          env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert remote.parse_result(done.stdout)["state"] == "stopped", done.stderr
+    assert not marker.exists()
+    assert entry.read_bytes() == marshal.dumps(planted)  # nor written to: the agent ran uncached
 
 def test_parse_result_ignores_login_chatter():
     out = "Welcome!\nmotd line\n\n" + MARKER + json.dumps({"ok": True}) + "\n"
