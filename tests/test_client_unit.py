@@ -92,50 +92,43 @@ def test_command_runs_the_shipped_agent_through_a_real_shell(tmp_path):
     assert not marker.exists()
 
 
-def test_a_json_py_in_the_login_directory_is_not_imported(tmp_path):
-    (tmp_path / "json.py").write_text("raise SystemExit('shadowed')\n")
-    req = options.request("status", values(project=str(tmp_path / "p"), state_dir=str(tmp_path / "state")), [],
+def agent_status(home, cwd=None):
+    """`status` of a missing project, sent through a real shell as remote.command
+    sends it, with `home` as HOME; asserts the agent answered."""
+    req = options.request("status", values(project=str(home / "p"), state_dir=str(home / "state")), [],
                           local=False)
     done = subprocess.run(["sh", "-c", remote.command(req, sys.executable)], capture_output=True, text=True,
-                          cwd=tmp_path, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+                          cwd=cwd, env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
     assert remote.parse_result(done.stdout)["state"] == "stopped", done.stderr
 
 
+def test_a_json_py_in_the_login_directory_is_not_imported(tmp_path):
+    (tmp_path / "json.py").write_text("raise SystemExit('shadowed')\n")
+    agent_status(tmp_path, cwd=tmp_path)
+
+
 def test_compiled_agent_is_cached_per_source_and_interpreter(tmp_path):
-    req = options.request("status", values(project=str(tmp_path / "p"), state_dir=str(tmp_path / "state")), [],
-                          local=False)
-    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-
-    def status():
-        done = subprocess.run(["sh", "-c", remote.command(req, sys.executable)], capture_output=True, text=True,
-                              env=env)
-        assert remote.parse_result(done.stdout)["state"] == "stopped", done.stderr
-        return done
-
-    status()
+    agent_status(tmp_path)
     tag = sys.implementation.cache_tag
     [cache] = (tmp_path / ".cache" / "fabserve").iterdir()
     assert cache.name == f"agent-{remote.payload()[0]}-{tag}" and cache.stat().st_size > 1000
     assert (tmp_path / ".cache" / "fabserve").stat().st_mode & 0o777 == 0o700
     cached = cache.read_bytes()
-    status()
+    agent_status(tmp_path)
     assert cache.read_bytes() == cached
     cache.write_bytes(b"garbage")  # a torn or foreign file is recompiled over, never trusted
-    status()
+    agent_status(tmp_path)
     assert cache.read_bytes() == cached
     older = cache.with_name(f"agent-0123456789abcdef-{tag}")
     other = cache.with_name("agent-0123456789abcdef-cpython-36")
     older.write_bytes(cached)
     other.write_bytes(cached)
     cache.unlink()
-    status()  # a new entry replaces older versions' entries for this interpreter only
+    agent_status(tmp_path)  # a new entry replaces older versions' entries for this interpreter only
     assert sorted(path.name for path in cache.parent.iterdir()) == sorted([cache.name, other.name])
 
 
-
 def test_agent_cache_others_can_write_is_never_loaded(tmp_path):
-    req = options.request("status", values(project=str(tmp_path / "p"), state_dir=str(tmp_path / "state")), [],
-                          local=False)
     folder = tmp_path / ".cache" / "fabserve"
     folder.mkdir(parents=True)
     folder.chmod(0o777)
@@ -143,11 +136,10 @@ def test_agent_cache_others_can_write_is_never_loaded(tmp_path):
     planted = compile(f"open({str(marker)!r}, 'w').close()", "fabserve-agent", "exec")
     entry = folder / f"agent-{remote.payload()[0]}-{sys.implementation.cache_tag}"
     entry.write_bytes(marshal.dumps(planted))
-    done = subprocess.run(["sh", "-c", remote.command(req, sys.executable)], capture_output=True, text=True,
-                          env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
-    assert remote.parse_result(done.stdout)["state"] == "stopped", done.stderr
+    agent_status(tmp_path)
     assert not marker.exists()
     assert entry.read_bytes() == marshal.dumps(planted)  # nor written to: the agent ran uncached
+
 
 def test_parse_result_ignores_login_chatter():
     out = "Welcome!\nmotd line\n\n" + MARKER + json.dumps({"ok": True}) + "\n"
