@@ -1,0 +1,33 @@
+"""fabserve's test bed: plain modules (no pytest) that build real hosts to test against.
+
+Used by tests/conftest.py, the multi-host tests and bench/. Failures raise
+BedError with a one-line-first message; callers decide whether that skips,
+fails or aborts.
+
+  procs   process inspection and signalling by PID, from /proc
+  net     ports, TCP and HTTP probes
+  run     running setup commands
+  state   the machine-wide state directory and its locks
+  users   unprivileged accounts and their authorized_keys
+  sshd    host keys, sshd and ssh client configuration, starting sshd
+  venv    virtualenvs keyed by their requirements
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class BedError(Exception):
+    """The test bed could not be set up, used or torn down; the message says why."""
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """Poll predicate until it is truthy or timeout expires; return its final truthiness."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

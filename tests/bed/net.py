@@ -1,0 +1,76 @@
+"""Ports, TCP and HTTP probes of servers under test."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+_TCP_LISTEN = "0A"
+# A proxy from the CI environment must never see requests for local servers.
+_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on host a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def accepts(address: str, port: int, timeout: float = 1) -> bool:
+    """True if address:port accepts a TCP connection."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _decode_address(hex_address: str) -> str:
+    """/proc/net/tcp{,6} print addresses as host-order 32-bit words in hex."""
+    raw = bytes.fromhex(hex_address)
+    host_order = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, host_order)
+
+
+def _listening(table: Path) -> Iterator[tuple[str, int]]:
+    """(address, port) of each LISTEN socket in one /proc/net table."""
+    try:
+        lines = table.read_text().splitlines()[1:]
+    except OSError:
+        return
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == _TCP_LISTEN:
+            address, port = fields[1].rsplit(":", 1)
+            yield _decode_address(address), int(port, 16)
+
+
+def port_listening(port: int, host: str | None = None, proc_root: str | Path = "/proc") -> bool:
+    """True if some socket listens on TCP port: on any address, or only on host if given.
+
+    Reads <proc_root>/net/tcp and tcp6 without connecting; pass /proc/<pid> to look
+    into the network namespace that process is in.
+    """
+    root = Path(proc_root)
+    return any(
+        listen_port == port and host in (None, address)
+        for table in ("tcp", "tcp6")
+        for address, listen_port in _listening(root / "net" / table)
+    )
+
+
+def http_status(url: str, timeout: float = 5) -> int | None:
+    """Status code of a GET (error statuses included); None if nothing answered HTTP."""
+    try:
+        with _NO_PROXY_OPENER.open(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except (OSError, http.client.HTTPException):
+        return None
