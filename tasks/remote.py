@@ -31,7 +31,7 @@ AGENT_SOURCE = Path(__file__).with_name("agent.py")
 # interpreter, so later calls skip compiling it (a fifth of the agent's run time).
 # The cache is trusted only while it is the user's own directory that no one else
 # can write; a new entry replaces older versions' entries for the same interpreter.
-BOOTSTRAP = """\
+LOADER = """\
 import sys
 sys.path = [entry for entry in sys.path if entry]  # not the login directory: no stray json.py
 if sys.version_info < (3, 6):
@@ -69,6 +69,13 @@ except Exception:
             pass
 exec(code)
 """
+# The -c program: one line with nothing any login shell treats specially inside
+# single quotes (csh and tcsh reject a newline there and expand `!` even there).
+# The loader travels compressed as the last argument and takes itself off argv,
+# so the loader and the agent read the arguments they always had, the request last.
+# It must run under Python 2 as well, for the loader to refuse it in words.
+BOOTSTRAP = "import sys,binascii,zlib;exec(zlib.decompress(binascii.a2b_base64(sys.argv.pop())))"
+LOADER_WORD = base64.b64encode(zlib.compress(LOADER.encode("ascii"), 9)).decode("ascii")
 # Seconds on top of the agent's own deadlines before a hung call is given up.
 SLACK = 30
 
@@ -86,15 +93,18 @@ def payload() -> Tuple[str, str]:
 
 
 def command(request: Dict[str, Any], agent_python: str) -> str:
-    """The shell command that runs the agent with `request`; every part quoted.
+    """The shell command that runs the agent with `request`, as one line.
 
+    sshd hands it to the user's login shell, whichever it is (bash, dash, zsh,
+    fish, tcsh, csh), so apart from the quoted interpreter and -c program it is
+    only options, hex and base64, which every shell passes on unchanged.
     -E -S: no PYTHON* variables, no site-packages; the agent needs only the
     standard library, and skipping site is a quarter of the interpreter's start.
     (-I would say it at once, but Python 2 rejects it before it can be refused in words.)
     """
     encoded = base64.b64encode(json.dumps(request).encode("utf-8")).decode("ascii")
-    words = (agent_python, "-E", "-S", "-c", BOOTSTRAP, *payload(), encoded)
-    return " ".join(shlex.quote(word) for word in words)
+    words = (*payload(), encoded, LOADER_WORD)
+    return " ".join((shlex.quote(agent_python), "-E", "-S", "-c", shlex.quote(BOOTSTRAP), *words))
 
 
 def parse_result(stdout: str) -> Optional[Dict[str, Any]]:
