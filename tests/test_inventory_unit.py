@@ -5,7 +5,7 @@ import re
 import pytest
 from fabric import Config
 
-from tasks import fleet, options
+from tasks import executor, options
 from tasks.inventory import Inventory, InventoryError, expand
 
 INVENTORY = """
@@ -128,16 +128,16 @@ def test_the_shipped_example_inventory_parses():
 
 
 def test_the_run_exit_code_combines_hosts():
-    assert fleet.combined([0, 0]) == 0
-    assert fleet.combined([0, 3]) == 3
-    assert fleet.combined([3, 1, 0]) == 1
-    assert fleet.combined([1, 2]) == 2
+    assert executor.combined([0, 0]) == 0
+    assert executor.combined([0, 3]) == 3
+    assert executor.combined([3, 1, 0]) == 1
+    assert executor.combined([1, 2]) == 2
 
 
 def test_executor_reads_the_configured_inventory(tmp_path):
     path = tmp_path / "inv.yml"
     path.write_text("all:\n  hosts:\n    h1:\n      ansible_host: 10.9.9.9\n      port: 8123\n")
     config = Config(overrides={"fabserve": {"inventory": str(path)}})
-    executor = fleet.FleetExecutor(collection=None, config=config)
-    [kwargs] = executor.normalize_hosts(["h1"])
-    assert kwargs == {"host": "10.9.9.9", fleet.NAME: "h1", fleet.SETTINGS: {"port": 8123}}
+    runner = executor.ConcurrentExecutor(collection=None, config=config)
+    [kwargs] = runner.normalize_hosts(["h1"])
+    assert kwargs == {"host": "10.9.9.9", executor.NAME: "h1", executor.SETTINGS: {"port": 8123}}

@@ -9,9 +9,10 @@ summary line and one exit code for the whole run.
 
 import sys
 import threading
+from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from fabric import Connection
 from fabric.executor import Executor
@@ -20,6 +21,7 @@ from invoke import Context
 from invoke.exceptions import Exit
 
 from . import options, report
+from .agent import exit_code
 from .inventory import Inventory, InventoryError, expand
 
 #: Keys the executor adds to Connection init kwargs; the Connection never sees them.
@@ -39,7 +41,9 @@ class HostCall(ConnectionCall):
         return cxn
 
 
-class FleetExecutor(Executor):
+class ConcurrentExecutor(Executor):
+    """Runs each task on every -H host at once, at most `fabserve.concurrency` at a time."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._inventory: Optional[Inventory] = None
@@ -94,19 +98,29 @@ class FleetExecutor(Executor):
         code = finish(calls, contexts, outcomes, as_json(config, calls))
         if code:
             raise Exit(code=code)
-        return [value for kind, value in outcomes if kind == "result"]
+        return [outcome.returned for outcome in outcomes if outcome.completed]
 
 
-Outcome = Tuple[str, Any]
+@dataclass(frozen=True)
+class Outcome:
+    """How one host's task ended: it returned, it ended with Exit, or it crashed."""
+
+    returned: Any = None
+    exit: Optional[Exit] = None
+    crash: Optional[Exception] = None
+
+    @property
+    def completed(self) -> bool:
+        return self.exit is None and self.crash is None
 
 
 def run_one(call: Any, context: Context) -> Outcome:
     try:
-        return "result", call.task(context, *call.args, **call.kwargs)
+        return Outcome(returned=call.task(context, *call.args, **call.kwargs))
     except Exit as exc:
-        return "exit", exc
+        return Outcome(exit=exc)
     except Exception as exc:  # a bug on one host must not take the others down
-        return "error", exc
+        return Outcome(crash=exc)
 
 
 def run_concurrently(calls: List[Any], contexts: List[Context], limit: int) -> List[Outcome]:
@@ -146,21 +160,20 @@ def finish(calls: List[Any], contexts: List[Context], outcomes: List[Outcome], j
     """Report what did not report itself, print the summary, and return the run's exit code."""
     codes: List[int] = []
     results: List[Dict[str, Any]] = []
-    for context, (kind, value) in zip(contexts, outcomes):
-        if kind == "result":
-            if isinstance(value, dict):
-                results.append(value)
-                codes.append(report.exit_code(value["action"], value))
-            else:
-                codes.append(0)
-        elif kind == "exit":
-            if value.message:
-                print(value.message, file=sys.stderr, flush=True)
-            codes.append(value.code)
-        else:
+    for context, outcome in zip(contexts, outcomes):
+        if outcome.crash is not None:
             label = getattr(context, "fabserve_name", "local")
-            print(f"{label}: internal error: {value!r}", file=sys.stderr, flush=True)
+            print(f"{label}: internal error: {outcome.crash!r}", file=sys.stderr, flush=True)
             codes.append(1)
+        elif outcome.exit is not None:
+            if outcome.exit.message:
+                print(outcome.exit.message, file=sys.stderr, flush=True)
+            codes.append(outcome.exit.code)
+        elif isinstance(outcome.returned, dict):
+            results.append(outcome.returned)
+            codes.append(exit_code(outcome.returned["action"], outcome.returned))
+        else:
+            codes.append(0)
     if len(calls) > 1 and not json_mode and results:
         print(report.summary(results, len(calls) - len(results)), flush=True)
     return combined(codes)
