@@ -1,0 +1,141 @@
+"""Ratios between cases, computed pair by pair within a repetition, and the
+targets' PASS/MISS verdicts. Pure functions of the cases' samples."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench.samples import Case, Sample, fmt_count, spread
+
+FABSERVE_OPS = ["fabserve_status", "fabserve_start", "fabserve_stop", "fabserve_restart"]
+FANOUT_TARGET_SIZE = 10  # fan-out target: this many hosts take at most FANOUT_LIMIT x one host
+FANOUT_LIMIT = 1.5
+
+
+@dataclass
+class Ratio:
+    name: str
+    label: str
+    values: list[float]
+    unit: str = "x"            # "x": a ratio; "s": a difference in seconds
+    limit: float | None = None
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.values) if self.values else None
+
+    def verdict(self) -> str | None:
+        if self.limit is None:
+            return None
+        if self.median is None:
+            return "n/a"
+        return "PASS" if self.median <= self.limit else "MISS"
+
+    def row(self) -> dict[str, Any]:
+        return {"name": self.name, "label": self.label, "unit": self.unit, "limit": self.limit,
+                "values": self.values, **spread(self.values), "verdict": self.verdict()}
+
+
+def pairwise(cases: dict[str, Case], names: Sequence[str], fn: Callable[..., float]) -> list[float]:
+    """fn over the wall times of `names`' samples that belong to the same repetition."""
+    return pairwise_samples(cases, names, lambda *samples: fn(*(sample.seconds for sample in samples)))
+
+
+def pairwise_samples(cases: dict[str, Case], names: Sequence[str], fn: Callable[..., float]) -> list[float]:
+    """fn over the samples of `names` that belong to the same repetition."""
+    if not all(name in cases for name in names):
+        return []
+    reps = [cases[name].by_rep() for name in names]
+    common = sorted(set.intersection(*(set(rep) for rep in reps)))
+    return [fn(*(rep[index] for rep in reps)) for index in common]
+
+
+def machine_cpu_seconds(sample: Sample, cpus: int) -> float:
+    """CPU seconds the whole machine spent during a call, all cores."""
+    return sample.busy * sample.seconds * cpus
+
+
+def ratios(cases: dict[str, Case], sizes: Sequence[int], cpus: int) -> list[Ratio]:
+    """Every ratio the cases allow; those with no values and no target are left out."""
+    out: list[Ratio] = []
+
+    def ratio(name: str, label: str, a: str, b: str, limit: float | None = None) -> None:
+        out.append(Ratio(name, label, pairwise(cases, [a, b], lambda x, y: x / y), "x", limit))
+
+    ratio("fab_trivial/ssh_true", "Fabric floor / OpenSSH", "fab_trivial", "ssh_true")
+    ratio("status/fab_trivial", "status / trivial fab task", "fabserve_status", "fab_trivial", 1.10)
+    ratio("stop/fab_trivial", "stop / trivial fab task", "fabserve_stop", "fab_trivial", 1.20)
+    ratio("restart/fab_trivial", "restart / trivial fab task", "fabserve_restart", "fab_trivial")
+    ratio("start/fab_trivial", "start / trivial fab task", "fabserve_start", "fab_trivial")
+    out.append(Ratio("start-fab_trivial-django_ready", "start - trivial - Django ready (overhead)",
+                     pairwise(cases, ["fabserve_start", "fab_trivial", "django_ready"],
+                              lambda s, t, d: s - t - d), "s", 0.15))
+    for verb in ("status", "start", "stop", "restart"):
+        ratio(f"{verb}/ssh_true", f"{verb} / ssh true", "fabserve_" + verb, "ssh_true")
+    ratio("ssh_agent_status/ssh_true", "agent status over OpenSSH / ssh true", "ssh_agent_status", "ssh_true")
+    ratio("status/ssh_agent_status", "fab status / agent status over OpenSSH", "fabserve_status",
+          "ssh_agent_status")
+    for verb in ("status", "start", "stop"):
+        ratio(f"{verb}/ansible_shell", f"{verb} / ansible -m shell", "fabserve_" + verb,
+              "ansible_shell_" + verb, 0.35)
+    for verb in ("status", "start", "stop"):
+        ratio(f"{verb}/ansible_raw", f"{verb} / ansible -m raw", "fabserve_" + verb, "ansible_raw_" + verb)
+        ratio(f"{verb}/fabric_diy", f"{verb} / plain Fabric", "fabserve_" + verb, "fabric_" + verb)
+    for size in sizes[1:]:
+        for verb in ("status", "stop"):
+            ratio(f"fanout_{verb}_{size}/1", f"{verb} {size} hosts / 1 host", f"fanout_{verb}_{size}",
+                  f"fanout_{verb}_1", FANOUT_LIMIT if size == FANOUT_TARGET_SIZE else None)
+        ratio(f"fanout_trivial_{size}/1", f"trivial fab {size} hosts / 1 host (serial)",
+              f"fanout_trivial_{size}", "fanout_trivial_1")
+    if len(sizes) > 1:
+        top = sizes[-1]
+        for verb, what in (("status", "fabserve status"), ("stop", "fabserve stop"), ("trivial", "trivial fab (serial)")):
+            out.append(Ratio(f"fanout_{verb}_per_host", f"{what}: s per extra host (1->{top})",
+                             pairwise(cases, [f"fanout_{verb}_{top}", f"fanout_{verb}_1"],
+                                      lambda n, one: (n - one) / (top - 1)), "s"))
+        # Every host of this bed shares the machine's cores, so a call on N hosts
+        # needs at least its machine CPU (client, sshds, agents, servers) over the
+        # cores in wall time, however concurrent it is: this is that CPU's growth.
+        for verb in ("status", "stop"):
+            out.append(Ratio(f"fanout_{verb}_cpu_per_host", f"{verb}: machine CPU s per extra host (1->{top})",
+                             pairwise_samples(cases, [f"fanout_{verb}_{top}", f"fanout_{verb}_1"],
+                                              lambda n, one: (machine_cpu_seconds(n, cpus)
+                                                              - machine_cpu_seconds(one, cpus)) / (top - 1)),
+                             "s"))
+    for size in sizes:
+        ratio(f"fanout_status_{size}/trivial", f"status {size} hosts / trivial fab {size} hosts",
+              f"fanout_status_{size}", f"fanout_trivial_{size}")
+    return [item for item in out if item.values or item.limit is not None]
+
+
+def command_targets(cases: dict[str, Case], sizes: Sequence[int]) -> list[dict[str, Any]]:
+    """Exactly one SSH command per host per fabserve operation, in every sample."""
+    names = FABSERVE_OPS + [f"fanout_{verb}_{size}" for size in sizes for verb in ("status", "stop")]
+    rows = []
+    for name in names:
+        case = cases.get(name)
+        if not case or not case.samples:
+            continue
+        per_host = [sample.sessions / case.hosts for sample in case.samples if sample.rc == 0]
+        rows.append({"name": "ssh_commands:" + name, "label": "SSH commands/host, " + case.label,
+                     "values": per_host, "limit": "== 1",
+                     "verdict": "PASS" if per_host and all(value == 1 for value in per_host) else "MISS"})
+    return rows
+
+
+def targets(ratio_rows: Sequence[dict[str, Any]], cases: dict[str, Case], sizes: Sequence[int]) -> list[dict[str, Any]]:
+    """One line per target: the ratios that have a limit, the fan-out target when the bed
+    is too small for it, and the SSH commands per host of every fabserve operation."""
+    out = [{"name": row["name"], "label": row["label"], "limit": f"<= {row['limit']:g}{row['unit']}",
+            "value": "-" if row["median"] is None else f"{row['median']:.2f}{row['unit']}",
+            "verdict": row["verdict"]} for row in ratio_rows if row["limit"] is not None]
+    if FANOUT_TARGET_SIZE not in sizes:
+        out.append({"name": f"fanout_{FANOUT_TARGET_SIZE}/1", "label": f"{FANOUT_TARGET_SIZE} hosts / 1 host",
+                    "limit": f"<= {FANOUT_LIMIT:g}x", "value": "-", "verdict": f"n/a (fewer than {FANOUT_TARGET_SIZE} hosts)"})
+    for row in command_targets(cases, sizes):
+        out.append({"name": row["name"], "label": row["label"], "limit": row["limit"],
+                    "value": fmt_count(row["values"]), "verdict": row["verdict"]})
+    return out
