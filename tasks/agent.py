@@ -136,12 +136,13 @@ def runserver_args(argv):
 
 
 def is_candidate(proc, manage_py, port, uid, token, excluded):
-    """Whether a process snapshot is a server of this instance.
+    """Whether a process snapshot looks like a server of this instance, judged
+    on what is cheap to read for every process; `is_ours` then confirms it.
 
-    Ours when it carries the instance's token, or when it is a Python
-    `manage.py runserver` whose script resolves (against its cwd) to this
-    project's manage.py on this port. Always the same user, never `excluded`
-    (this agent and its ancestors).
+    It looks like one when it carries the instance's token, or when its argv is
+    `<python> manage.py runserver` on this port with a script that resolves,
+    symlinks and all, against its cwd to `manage_py` (itself resolved). Always
+    the same user, never `excluded` (this agent and its ancestors).
     """
     if proc["pid"] in excluded or proc["uid"] != uid or proc["state"] == "Z":
         return False
@@ -150,8 +151,39 @@ def is_candidate(proc, manage_py, port, uid, token, excluded):
     found = runserver_args(proc["argv"])
     if found is None or found[1] != port or proc.get("cwd") is None:
         return False
-    script = os.path.normpath(os.path.join(proc["cwd"], found[0]))
-    return script == manage_py
+    # realpath, not normpath: in `link/../site/manage.py` the kernel follows
+    # `link` before `..`, so the lexical answer can name another project.
+    return os.path.realpath(os.path.join(proc["cwd"], found[0])) == manage_py
+
+
+# The interpreter binary as /proc/PID/exe names it: python3.11, python3.6m
+# (ABI flags d, m, t), pypy3.9. argv[0] alone proves nothing: `exec -a python3`.
+EXECUTABLE = re.compile(r"^(python|pypy)[0-9.]*[dmt]*$")
+DELETED = " (deleted)"  # what the kernel appends once the binary was replaced (an upgrade)
+
+
+def is_interpreter(exe):
+    """Whether a /proc/PID/exe target is a Python interpreter."""
+    if not exe:
+        return False
+    if exe.endswith(DELETED):
+        exe = exe[:-len(DELETED)]
+    return bool(EXECUTABLE.match(os.path.basename(exe)))
+
+
+def is_ours(proc, token, own_namespaces):
+    """Whether a candidate (see is_candidate) is confirmed as this instance's.
+
+    It must live in the agent's own PID, network and mount namespaces: a
+    container or `unshare` twin of the same project and port is not ours, and
+    neither is a process whose namespaces cannot be read. Then it carries the
+    instance's token, or its executable is a Python interpreter.
+    """
+    if not own_namespaces or proc.get("ns") != own_namespaces:
+        return False
+    if token and proc.get("token") == token:
+        return True
+    return is_interpreter(proc.get("exe"))
 
 
 def instance_name(project, port):
@@ -259,6 +291,41 @@ def environ_token(pid):
         if entry.startswith(b"FABSERVE_TOKEN="):
             return entry.split(b"=", 1)[1].decode("ascii", "replace")
     return None
+
+
+NAMESPACES = ("pid", "net", "mnt")
+
+
+def namespaces(pid):
+    """{"pid": "pid:[4026531836]", ...} of a process ("self" for the agent),
+    or None when any of them cannot be read."""
+    try:
+        return {name: os.readlink("/proc/{}/ns/{}".format(pid, name)) for name in NAMESPACES}
+    except OSError:
+        return None
+
+
+def own_namespaces():
+    found = namespaces("self")
+    if found is None:
+        raise AgentError("cannot read /proc/self/ns: without it a server cannot be told "
+                         "from one in a container")
+    return found
+
+
+def executable(pid):
+    try:
+        return os.readlink("/proc/{}/exe".format(pid))
+    except OSError:
+        return None
+
+
+def identify(proc):
+    """Add what is_ours needs to a candidate's snapshot: read only for
+    candidates, since the search takes a snapshot of every process."""
+    proc["ns"] = namespaces(proc["pid"])
+    proc["exe"] = executable(proc["pid"])
+    return proc
 
 
 def ancestors():
@@ -417,6 +484,8 @@ class Instance(object):
             meta = json.loads(read_file(self.meta_path))
         except (OSError, ValueError):
             raise ValueError("metadata {} is missing or unreadable".format(self.meta_path))
+        if not isinstance(meta, dict):
+            raise ValueError("metadata {} is not a JSON object".format(self.meta_path))
         if meta.get("pid") != pid:
             raise ValueError("pidfile names {} but metadata names {}".format(pid, meta.get("pid")))
         return pid, meta
@@ -463,8 +532,17 @@ def verify(pid, meta):
     # never the group of the agent or of anything that called it.
     if info["pgrp"] != pid or pid in ancestors() or pid == os.getpgrp():
         return "PID {} is not a server we started".format(pid)
-    token = environ_token(pid)
-    if token is not None and token != meta.get("token"):
+    found = namespaces(pid)
+    if found is None:
+        return "the namespaces of PID {} cannot be read".format(pid)
+    if found != own_namespaces():
+        return "PID {} runs in another PID, network or mount namespace".format(pid)
+    # fabserve always records a token, and the server inherits it: metadata
+    # without one is not fabserve's, a process without it is not the server.
+    recorded = meta.get("token")
+    if not recorded or not isinstance(recorded, str):
+        return "the metadata records no token for PID {}".format(pid)
+    if environ_token(pid) != recorded:
         return "PID {} now belongs to another process".format(pid)
     return None
 
@@ -488,13 +566,17 @@ def locate(inst):
 
 def search(inst, token):
     """Fallback without a trusted pidfile: the equivalent of `pgrep -u $USER -f
-    'manage.py runserver'`, but on parsed argv, cwd and port, so decoys never match."""
+    'manage.py runserver'`, but on parsed argv, resolved paths, port, executable
+    and namespaces, so decoys and containerised twins never match."""
     excluded = ancestors()
     uid = os.getuid()
+    manage_py = os.path.realpath(inst.manage_py)
+    own = own_namespaces()
     matched = []
     for pid in all_pids():
         proc = snapshot(pid, token)
-        if proc and is_candidate(proc, inst.manage_py, inst.port, uid, token, excluded):
+        if (proc and is_candidate(proc, manage_py, inst.port, uid, token, excluded)
+                and is_ours(identify(proc), token, own)):
             matched.append(proc)
     if not matched:
         return None
