@@ -73,8 +73,10 @@ exec(code)
 # single quotes (csh and tcsh reject a newline there and expand `!` even there).
 # The loader travels compressed as the last argument and takes itself off argv,
 # so the loader and the agent read the arguments they always had, the request last.
-# It must run under Python 2 as well, for the loader to refuse it in words.
-BOOTSTRAP = "import sys,binascii,zlib;exec(zlib.decompress(binascii.a2b_base64(sys.argv.pop())))"
+# It must run under Python 2 as well, for the loader to refuse it in words. Its
+# comment names the agent's processes in ps and /proc/PID/cmdline.
+BOOTSTRAP = ("import sys,binascii,zlib;exec(zlib.decompress(binascii.a2b_base64(sys.argv.pop())))"
+             "  # fabserve-agent")
 LOADER_WORD = base64.b64encode(zlib.compress(LOADER.encode("ascii"), 9)).decode("ascii")
 # Seconds on top of the agent's own deadlines before a hung call is given up.
 SLACK = 30
