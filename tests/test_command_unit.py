@@ -33,7 +33,8 @@ def status_request(project, state_dir="/tmp/fabserve-state"):
 
 
 def test_the_program_is_one_line_with_nothing_a_shell_expands_inside_single_quotes():
-    assert re.fullmatch(r"[\w .,;()]+", remote.BOOTSTRAP), remote.BOOTSTRAP
+    assert re.fullmatch(r"[\w .,;()#-]+", remote.BOOTSTRAP), remote.BOOTSTRAP
+    assert remote.BOOTSTRAP.endswith("# fabserve-agent")  # what ps shows of the agent
 
 
 def test_the_command_is_one_line_of_plain_words_after_the_interpreter_and_program():
