@@ -259,7 +259,7 @@ def snapshot(pid, token):
     if info is None:
         return None
     try:
-        raw = read_file("/proc/{}/cmdline".format(pid), "rb")
+        raw = read_file(f"/proc/{pid}/cmdline", "rb")
     except OSError:
         return None
     info["uid"] = uid
@@ -268,7 +268,7 @@ def snapshot(pid, token):
     info["cwd"] = None
     if b"runserver" in raw:  # only a runserver command line is matched by its cwd
         try:
-            info["cwd"] = os.readlink("/proc/{}/cwd".format(pid))
+            info["cwd"] = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             pass
     info["token"] = environ_token(pid) if token else None
@@ -277,14 +277,14 @@ def snapshot(pid, token):
 
 def owner(pid):
     try:
-        return os.stat("/proc/{}".format(pid)).st_uid
+        return os.stat(f"/proc/{pid}").st_uid
     except OSError:
         return None
 
 
 def environ_token(pid):
     try:
-        raw = read_file("/proc/{}/environ".format(pid), "rb")
+        raw = read_file(f"/proc/{pid}/environ", "rb")
     except OSError:
         return None
     for entry in raw.split(b"\0"):
@@ -300,7 +300,7 @@ def namespaces(pid):
     """{"pid": "pid:[4026531836]", ...} of a process ("self" for the agent),
     or None when any of them cannot be read."""
     try:
-        return {name: os.readlink("/proc/{}/ns/{}".format(pid, name)) for name in NAMESPACES}
+        return {name: os.readlink(f"/proc/{pid}/ns/{name}") for name in NAMESPACES}
     except OSError:
         return None
 
@@ -315,7 +315,7 @@ def own_namespaces():
 
 def executable(pid):
     try:
-        return os.readlink("/proc/{}/exe".format(pid))
+        return os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return None
 
@@ -483,11 +483,11 @@ class Instance(object):
         try:
             meta = json.loads(read_file(self.meta_path))
         except (OSError, ValueError):
-            raise ValueError("metadata {} is missing or unreadable".format(self.meta_path))
+            raise ValueError(f"metadata {self.meta_path} is missing or unreadable")
         if not isinstance(meta, dict):
-            raise ValueError("metadata {} is not a JSON object".format(self.meta_path))
+            raise ValueError(f"metadata {self.meta_path} is not a JSON object")
         if meta.get("pid") != pid:
-            raise ValueError("pidfile names {} but metadata names {}".format(pid, meta.get("pid")))
+            raise ValueError(f"pidfile names {pid} but metadata names {meta.get('pid')}")
         return pid, meta
 
     def forget(self):
@@ -525,25 +525,25 @@ def verify(pid, meta):
         return "pidfile is from before the last reboot"
     info = proc_stat(pid)
     if info is None or info["state"] == "Z":
-        return "process {} is gone".format(pid)
+        return f"process {pid} is gone"
     if info["starttime"] != meta.get("starttime") or owner(pid) != os.getuid():
-        return "PID {} now belongs to another process".format(pid)
+        return f"PID {pid} now belongs to another process"
     # Signals go to the group named by this PID: it must still lead one, and
     # never the group of the agent or of anything that called it.
     if info["pgrp"] != pid or pid in ancestors() or pid == os.getpgrp():
-        return "PID {} is not a server we started".format(pid)
+        return f"PID {pid} is not a server we started"
     found = namespaces(pid)
     if found is None:
-        return "the namespaces of PID {} cannot be read".format(pid)
+        return f"the namespaces of PID {pid} cannot be read"
     if found != own_namespaces():
-        return "PID {} runs in another PID, network or mount namespace".format(pid)
+        return f"PID {pid} runs in another PID, network or mount namespace"
     # fabserve always records a token, and the server inherits it: metadata
     # without one is not fabserve's, a process without it is not the server.
     recorded = meta.get("token")
     if not recorded or not isinstance(recorded, str):
-        return "the metadata records no token for PID {}".format(pid)
+        return f"the metadata records no token for PID {pid}"
     if environ_token(pid) != recorded:
-        return "PID {} now belongs to another process".format(pid)
+        return f"PID {pid} now belongs to another process"
     return None
 
 
@@ -554,13 +554,13 @@ def locate(inst):
     try:
         pid, meta = inst.read_meta()
     except ValueError as exc:
-        pid, meta, note = None, None, "ignored corrupt state: {}".format(exc)
+        pid, meta, note = None, None, f"ignored corrupt state: {exc}"
     if pid is not None:
         token = meta.get("token")
         why = verify(pid, meta)
         if why is None:
             return Found(pgid=pid), ""
-        note = "stale pidfile: {}".format(why)
+        note = f"stale pidfile: {why}"
     return search(inst, token), note
 
 
