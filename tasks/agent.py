@@ -24,6 +24,8 @@ import time
 # the agent starts afresh for every call, and most calls (status, stop) need none.
 
 MARKER = "@@fabserve@@"
+# The states a result reports; the client shares these names.
+RUNNING, STOPPED, FAILED = "running", "stopped", "failed"
 # Waits poll quickly at first, when the answer usually comes (Django exits on
 # TERM within milliseconds), then back off to POLL so a long wait costs little CPU.
 FIRST_POLL = 0.005
@@ -39,7 +41,7 @@ RUNSERVER_VALUE_OPTIONS = {"--settings", "--pythonpath", "-v", "--verbosity"}
 class AgentError(Exception):
     """An expected failure: reported as one line, never as a traceback."""
 
-    def __init__(self, message, state="failed", **extra):
+    def __init__(self, message, state=FAILED, **extra):
         Exception.__init__(self, message)
         self.state = state
         self.extra = extra
@@ -68,10 +70,10 @@ def parse_pid(text, pid_max):
     if not value:
         raise ValueError("pidfile is empty")
     if not value.isdigit():
-        raise ValueError("pidfile holds {!r}, not a PID".format(value[:40]))
+        raise ValueError(f"pidfile holds {value[:40]!r}, not a PID")
     pid = int(value)
     if pid < 2 or pid > pid_max:
-        raise ValueError("pidfile holds {}, outside 2..{}".format(pid, pid_max))
+        raise ValueError(f"pidfile holds {pid}, outside 2..{pid_max}")
     return pid
 
 
@@ -189,8 +191,8 @@ def is_ours(proc, token, own_namespaces):
 def instance_name(project, port):
     """A directory name unique per (project path, port), readable by humans."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(project)).strip("._") or "project"
-    digest = hashlib.sha256("{}\0{}".format(project, port).encode()).hexdigest()[:10]
-    return "{}-{}-{}".format(slug[:40], port, digest)
+    digest = hashlib.sha256(f"{project}\0{port}".encode()).hexdigest()[:10]
+    return f"{slug[:40]}-{port}-{digest}"
 
 
 def connect_host(addr):
@@ -199,7 +201,8 @@ def connect_host(addr):
 
 
 def server_url(addr, port):
-    return "http://{}:{}/".format("[{}]".format(addr) if ":" in addr else addr, port)
+    host = f"[{addr}]" if ":" in addr else addr
+    return f"http://{host}:{port}/"
 
 
 def tail_text(data, lines):
@@ -240,7 +243,7 @@ def pid_max():
 
 def proc_stat(pid):
     try:
-        return parse_stat(read_file("/proc/{}/stat".format(pid)))
+        return parse_stat(read_file(f"/proc/{pid}/stat"))
     except (OSError, ValueError, IndexError):
         return None
 
@@ -360,10 +363,10 @@ def listen_inodes(port):
 
 def pids_holding(inodes, pids):
     """Those of `pids` holding one of the socket `inodes` open."""
-    wanted = {"socket:[{}]".format(inode) for inode in inodes}
+    wanted = {f"socket:[{inode}]" for inode in inodes}
     holders = []
     for pid in pids:
-        fd_dir = "/proc/{}/fd".format(pid)
+        fd_dir = f"/proc/{pid}/fd"
         try:
             names = os.listdir(fd_dir)
         except OSError:
@@ -399,11 +402,11 @@ def check_private(path, what):
     """Refuse state that someone else could have planted or can rewrite."""
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode):
-        raise AgentError("refusing {} {}: it is a symlink".format(what, path))
+        raise AgentError(f"refusing {what} {path}: it is a symlink")
     if info.st_uid != os.getuid():
-        raise AgentError("refusing {} {}: owned by uid {}, not {}".format(what, path, info.st_uid, os.getuid()))
+        raise AgentError(f"refusing {what} {path}: owned by uid {info.st_uid}, not {os.getuid()}")
     if info.st_mode & 0o022:
-        raise AgentError("refusing {} {}: writable by others (mode {:o})".format(what, path, info.st_mode & 0o777))
+        raise AgentError(f"refusing {what} {path}: writable by others (mode {info.st_mode & 0o777:o})")
 
 
 def private_dir(path):
@@ -411,14 +414,14 @@ def private_dir(path):
         os.makedirs(path, mode=0o700)
     except OSError as exc:
         if exc.errno != errno.EEXIST:
-            raise AgentError("cannot create state directory {}: {}".format(path, exc.strerror))
+            raise AgentError(f"cannot create state directory {path}: {exc.strerror}")
     check_private(path, "state directory")
     return path
 
 
 def write_atomic(path, text):
     """Readers see the old file or the whole new one, never a torn write."""
-    tmp = "{}.tmp{}".format(path, os.getpid())
+    tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "w") as handle:
@@ -458,9 +461,9 @@ class Instance(object):
 
     def require_project(self):
         if not os.path.isdir(self.project):
-            raise AgentError("project directory {} does not exist".format(self.project))
+            raise AgentError(f"project directory {self.project} does not exist")
         if not os.path.isfile(self.manage_py):
-            raise AgentError("no manage.py in {}".format(self.project))
+            raise AgentError(f"no manage.py in {self.project}")
 
     def lock(self):
         """Serialise start/stop/restart of this instance across agents."""
@@ -680,10 +683,55 @@ def port_free(port):
 # -------------------------------------------------------------------- actions
 
 
+# The fields of a result (README's "JSON output" is checked against these).
+# Always present, also for a host that never answered:
+ALWAYS = (
+    ("host", "the host as -H or the inventory named it (set by the client)"),
+    ("action", "the verb that ran"),
+    ("ok", "whether the verb did what it was asked"),
+    ("changed", "whether it started or stopped a server"),
+    ("state", "running, stopped or failed"),
+    ("pid", "the process group (or, found by the /proc search, the first process)"),
+    ("pids", "every process of the server"),
+    ("url", "where the server answers"),
+    ("pidfile", "the pidfile on the target"),
+    ("log", "the server's log on the target"),
+    ("message", "what happened, in one line"),
+    ("error", "why it failed; null unless it failed"),
+)
+# Present once the host answered:
+ANSWERED = (
+    ("project", "the project directory, resolved"),
+    ("port", "the instance's port"),
+    ("state_dir", "the instance's state directory"),
+    ("managed", "true when found through its pidfile, false when found by the /proc search"),
+)
+# Added by some verbs: (field, verbs, description).
+EXTRAS = (
+    ("uptime", ("status",), "seconds since the server started"),
+    ("python", ("start", "restart"), "the interpreter that runs manage.py"),
+    ("log_tail", ("start", "restart"), "the log's last lines, when the start failed"),
+    ("killed", ("stop",), "true when TERM was not enough and KILL was sent"),
+    ("port_free", ("stop",), "whether the port is free afterwards"),
+    ("stopped_pids", ("restart",), "the processes the restart stopped"),
+    ("lines", ("logs",), "the log's last lines"),
+)
+
+
+def result_of(**fields):
+    """A result: every ALWAYS field (null, and pids empty, unless given) plus
+    `fields`. The one builder of results, for the agent's and the client's."""
+    result = dict.fromkeys(name for name, _ in ALWAYS)
+    result["pids"] = []
+    result.update(fields)
+    return result
+
+
 def describe(inst, found, **fields):
+    """The result for instance `inst`, whose server is `found` (or None)."""
     # Callers that already scanned /proc for the group pass `pids`: one scan per call.
     pids = fields["pids"] if "pids" in fields else (found.members() if found else [])
-    result = {
+    answered = {
         "pid": (found.pgid if found and found.pgid is not None else (pids[0] if pids else None)),
         "pids": pids,
         "url": inst.url,
@@ -694,25 +742,40 @@ def describe(inst, found, **fields):
         "port": inst.port,
         "managed": found.managed if found else None,
     }
-    result.update(fields)
-    return result
+    answered.update(fields)
+    return result_of(**answered)
+
+
+# The verbs: name -> (function of an Instance returning a result, whether it
+# holds the instance's lock). Filled by @verb.
+VERBS = {}
+
+
+def verb(name, locks=False):
+    """Register the decorated function as verb `name`; `locks`: it runs holding
+    the instance's lock, so start, stop and restart never overlap."""
+    def register(function):
+        VERBS[name] = (function, locks)
+        return function
+    return register
 
 
 def health(inst, pids):
     """(state, message) of a located server's processes: running only when they
     hold the listening socket and a connection to it succeeds."""
     if not pids:
-        return "stopped", "not running"
+        return STOPPED, "not running"
     if pids_holding(listen_inodes(inst.port), pids) and port_answers(inst.addr, inst.port):
-        return "running", "running on {}".format(inst.url)
-    return "failed", "process alive (pids {}) but nothing of it answers on port {}".format(
-        " ".join(map(str, pids)), inst.port)
+        return RUNNING, f"running on {inst.url}"
+    listed = " ".join(map(str, pids))
+    return FAILED, f"process alive (pids {listed}) but nothing of it answers on port {inst.port}"
 
 
+@verb("status")
 def do_status(inst):
     found, note = locate(inst)
     if found is None:
-        return describe(inst, None, ok=True, changed=False, state="stopped",
+        return describe(inst, None, ok=True, changed=False, state=STOPPED,
                         message=join("not running", note))
     pids = found.members()
     state, message = health(inst, pids)
@@ -722,29 +785,29 @@ def do_status(inst):
         extra["uptime"] = uptime_seconds(leader["starttime"])
     if not found.managed:
         message = join(message, "not started by fabserve")
-    return describe(inst, found, ok=state == "running", changed=False, state=state, pids=pids,
+    return describe(inst, found, ok=state == RUNNING, changed=False, state=state, pids=pids,
                     message=join(message, note), **extra)
 
 
+@verb("stop", locks=True)
 def do_stop(inst):
     found, note = locate(inst)
     if found is None:
         inst.forget()
-        return describe(inst, None, ok=True, changed=False, state="stopped",
+        return describe(inst, None, ok=True, changed=False, state=STOPPED,
                         message=join("not running", note))
     pids = found.members()
     killed, survivors = terminate(found, inst.req["stop_timeout"])
     if survivors:
-        raise AgentError("still running after SIGKILL: pids {}".format(" ".join(map(str, survivors))),
+        raise AgentError(f"still running after SIGKILL: pids {' '.join(map(str, survivors))}",
                          pids=survivors)
     inst.forget()
     free = port_free(inst.port)
-    message = "stopped pids {}{}".format(" ".join(map(str, pids)),
-                                         " with SIGKILL after {:g}s grace".format(inst.req["stop_timeout"])
-                                         if killed else "")
+    grace = f" with SIGKILL after {inst.req['stop_timeout']:g}s grace" if killed else ""
+    message = f"stopped pids {' '.join(map(str, pids))}{grace}"
     if not free:
-        message = join(message, "port {} is still held by another program".format(inst.port))
-    return describe(inst, None, ok=True, changed=True, state="stopped", pids=pids,
+        message = join(message, f"port {inst.port} is still held by another program")
+    return describe(inst, None, ok=True, changed=True, state=STOPPED, pids=pids,
                     pid=pids[0] if pids else None, killed=killed, port_free=free,
                     message=join(message, note))
 
@@ -757,7 +820,7 @@ def resolve_python(inst):
     if given:
         path = os.path.join(inst.project, os.path.expanduser(given)) if "/" in given else shutil.which(given)
         if not path or not os.path.isfile(path) or not os.access(path, os.X_OK):
-            raise AgentError("interpreter {} not found or not executable".format(given))
+            raise AgentError(f"interpreter {given} not found or not executable")
         return path
     for candidate in (".venv/bin/python", "venv/bin/python"):
         path = os.path.join(inst.project, candidate)
@@ -765,17 +828,17 @@ def resolve_python(inst):
             return path
     path = shutil.which("python3")
     if not path:
-        raise AgentError("no interpreter: {} has no .venv or venv and python3 is not on PATH".format(inst.project))
+        raise AgentError(f"no interpreter: {inst.project} has no .venv or venv and python3 is not on PATH")
     return path
 
 
 def server_argv(inst, python):
-    host = "[{}]".format(inst.addr) if ":" in inst.addr else inst.addr
-    argv = [python, inst.manage_py, "runserver", "{}:{}".format(host, inst.port)]
+    host = f"[{inst.addr}]" if ":" in inst.addr else inst.addr
+    argv = [python, inst.manage_py, "runserver", f"{host}:{inst.port}"]
     if inst.req.get("noreload"):
         argv.append("--noreload")
     if inst.req.get("settings"):
-        argv.append("--settings={}".format(inst.req["settings"]))
+        argv.append(f"--settings={inst.req['settings']}")
     return argv
 
 
@@ -793,10 +856,10 @@ def launch(inst, python):
         fd = os.open(inst.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         log = os.fdopen(fd, "ab")
         offset = log.seek(0, os.SEEK_END)
-        log.write("--- fabserve {} {}\n".format(time.strftime("%Y-%m-%d %H:%M:%S"), " ".join(argv)).encode())
+        log.write(f"--- fabserve {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
         log.flush()
     except OSError as exc:
-        raise AgentError("cannot write the log {}: {}; nothing was started".format(inst.log, exc.strerror))
+        raise AgentError(f"cannot write the log {inst.log}: {exc.strerror}; nothing was started")
     with log:
         previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited across exec
         try:
@@ -811,14 +874,13 @@ def launch(inst, python):
     try:
         # Metadata first: a pidfile never names a process without its identity.
         write_atomic(inst.meta_path, json.dumps(meta))
-        write_atomic(inst.pidfile, "{}\n".format(proc.pid))
+        write_atomic(inst.pidfile, f"{proc.pid}\n")
     except OSError as exc:
         # A server nobody can find again must not outlive this call.
         terminate(Found(pgid=proc.pid), 0)
         proc.poll()
         inst.forget()
-        raise AgentError("cannot write state in {}: {}; the server was stopped again".format(
-            inst.dir, exc.strerror))
+        raise AgentError(f"cannot write state in {inst.dir}: {exc.strerror}; the server was stopped again")
     return proc, offset
 
 
@@ -830,6 +892,7 @@ def log_tail(inst, offset=0, lines=TAIL_LINES):
         return []
 
 
+@verb("start", locks=True)
 def do_start(inst):
     inst.require_project()
     python = resolve_python(inst)
@@ -837,13 +900,13 @@ def do_start(inst):
     if found is not None:
         pids = found.members()
         state, message = health(inst, pids)
-        if state == "running":
-            message = "already running on {}".format(inst.url)
+        if state == RUNNING:
+            message = f"already running on {inst.url}"
             if not found.managed:
                 message = join(message, "not started by fabserve")
         else:
             message = join("already started but " + message, "use restart")
-        return describe(inst, found, ok=state == "running", changed=False, state=state, pids=pids,
+        return describe(inst, found, ok=state == RUNNING, changed=False, state=state, pids=pids,
                         message=message)
     inst.forget()
     proc, offset = launch(inst, python)
@@ -852,14 +915,14 @@ def do_start(inst):
     for pause in pauses():
         code = proc.poll()
         if code is not None:
-            why = "server exited with status {}".format(code)
+            why = f"server exited with status {code}"
             break
         pids = found.members()
         if pids_holding(listen_inodes(inst.port), pids) and port_answers(inst.addr, inst.port):
-            return describe(inst, found, ok=True, changed=True, state="running", python=python, pids=pids,
-                            message=join("started on {}".format(inst.url), note))
+            return describe(inst, found, ok=True, changed=True, state=RUNNING, python=python, pids=pids,
+                            message=join(f"started on {inst.url}", note))
         if time.time() >= deadline:
-            why = "nothing answered on port {} within {}s".format(inst.port, inst.req["start_timeout"])
+            why = f"nothing answered on port {inst.port} within {inst.req['start_timeout']}s"
             break
         time.sleep(pause)
     terminate(found, min(inst.req["stop_timeout"], 5))
@@ -868,6 +931,7 @@ def do_start(inst):
     raise AgentError("start failed: " + why, log_tail=log_tail(inst, offset))
 
 
+@verb("restart", locks=True)
 def do_restart(inst):
     inst.require_project()
     resolve_python(inst)  # fail before stopping anything if start cannot work
@@ -878,18 +942,19 @@ def do_restart(inst):
     return started
 
 
+@verb("logs")
 def do_logs(inst):
     lines = inst.req.get("lines", 50)
     if not os.path.exists(inst.log):
-        raise AgentError("no log yet at {}".format(inst.log))
+        raise AgentError(f"no log yet at {inst.log}")
     if inst.req.get("follow"):
         follow(inst, lines)
         return None
     found, _ = locate(inst)
     tail = log_tail(inst, lines=lines)
     return describe(inst, found, ok=True, changed=False,
-                    state="running" if found and found.members() else "stopped",
-                    lines=tail, message="{} lines of {}".format(len(tail), inst.log))
+                    state=RUNNING if found and found.members() else STOPPED,
+                    lines=tail, message=f"{len(tail)} lines of {inst.log}")
 
 
 def follow(inst, lines):
@@ -916,8 +981,7 @@ def join(*parts):
     return "; ".join(part for part in parts if part)
 
 
-ACTIONS = {"start": do_start, "stop": do_stop, "status": do_status, "restart": do_restart, "logs": do_logs}
-CODES = {"running": 0, "stopped": 3}
+CODES = {RUNNING: 0, STOPPED: 3}
 
 
 def exit_code(action, result):
@@ -929,25 +993,25 @@ def exit_code(action, result):
 
 def handle(req):
     action = req["action"]
+    run, locks = VERBS[action]
     inst = Instance(req)
     try:
-        if action in ("start", "stop", "restart"):
+        if locks:
             fd = inst.lock()
             try:
-                result = ACTIONS[action](inst)
+                result = run(inst)
             finally:
                 os.close(fd)
         else:
-            result = ACTIONS[action](inst)
+            result = run(inst)
         if result is None:
             return None
-        result.setdefault("error", None)
     except AgentError as exc:
         result = describe(inst, None, ok=False, changed=False, state=exc.state, error=str(exc),
                           message=str(exc), **exc.extra)
     except OSError as exc:  # e.g. a state directory that turned read-only or full mid-way
-        error = "{}: {}".format(exc.filename, exc.strerror) if exc.filename else str(exc)
-        result = describe(inst, None, ok=False, changed=False, state="failed", error=error, message=error)
+        error = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+        result = describe(inst, None, ok=False, changed=False, state=FAILED, error=error, message=error)
     result["action"] = action
     return result
 
@@ -958,9 +1022,9 @@ def main(argv):
     if result is None:
         return 0
     if req.get("follow"):  # stdout is the stream itself: errors go to stderr
-        sys.stderr.write("fabserve: {}\n".format(result["error"]))
+        sys.stderr.write(f"fabserve: {result['error']}\n")
         return 1
-    sys.stdout.write("\n{}{}\n".format(MARKER, json.dumps(result)))
+    sys.stdout.write(f"\n{MARKER}{json.dumps(result)}\n")
     sys.stdout.flush()
     return exit_code(req["action"], result)
 
