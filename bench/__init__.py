@@ -23,3 +23,12 @@ messages), samples (Sample, Case, summaries), hosts (the test bed), cases (the
 measured calls), ratios (ratios and targets), profile (client-side profile),
 results (table, comparison, machine facts), main (command line).
 """
+
+import sys
+from pathlib import Path
+
+# The test bed's primitives (tests/bed: processes, ports, sshd, accounts, venvs) serve
+# the benchmark too, imported as `bed`.
+_TESTS = str(Path(__file__).resolve().parent.parent / "tests")
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bed import BedError
+
 from bench.cases import Runner
 from bench.hosts import Bed
 from bench.layout import PORT, PROJECT, RESULTS, fanout_sizes
@@ -74,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner.run()
         if "profile" not in args.skip:
             prof = profile(bed)
-    except BenchError as exc:
+    except (BenchError, BedError) as exc:
         log(f"bench: {exc}")
         return 1
     except KeyboardInterrupt:
