@@ -52,8 +52,8 @@ class ConcurrentExecutor(Executor):
     def inventory(self) -> Optional[Inventory]:
         """The configured inventory file; the bundled default only if it exists."""
         if not self._inventory_loaded:
-            configured = self.config.get("fabserve", {}).get("inventory")
-            path = Path(configured).expanduser() if configured else options.DEFAULT_INVENTORY
+            configured = options.setting(self.config, "inventory")
+            path = configured or options.DEFAULT_INVENTORY
             self._inventory = Inventory.load(path) if configured or path.exists() else None
             self._inventory_loaded = True
         return self._inventory
@@ -142,18 +142,14 @@ def run_concurrently(calls: List[Any], contexts: List[Context], limit: int) -> L
 
 
 def concurrency(config: Any) -> int:
-    value = config.get("fabserve", {}).get("concurrency", options.DEFAULTS["concurrency"])
     try:
-        limit = int(value)
-    except (TypeError, ValueError):
-        limit = 0
-    if limit < 1:
-        raise Exit(f"fabserve.concurrency must be a whole number of at least 1, not {value!r}", 2)
-    return limit
+        return options.setting(config, "concurrency")
+    except options.UsageError as exc:
+        raise Exit(str(exc), 2) from None
 
 
 def as_json(config: Any, calls: List[Any]) -> bool:
-    return bool(calls[0].kwargs.get("json") or config.get("fabserve", {}).get("json"))
+    return options.setting(config, "json", {"json": calls[0].kwargs.get("json")})
 
 
 def finish(calls: List[Any], contexts: List[Context], outcomes: List[Outcome], json_mode: bool) -> int:

@@ -12,13 +12,7 @@ from typing import Any, Dict, Iterable, List, Optional, Set
 
 import yaml
 
-from .options import DEFAULTS
-
-#: Ansible's connection variables and the Fabric Connection arguments they become.
-CONNECTION_VARS = ("ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file")
-#: fabserve settings an inventory may give per group or host; output format is the caller's.
-SETTING_VARS = tuple(key for key in DEFAULTS
-                     if key not in ("json", "inventory", "concurrency", "strict_host_keys"))
+from .options import PER_HOST
 
 
 class InventoryError(Exception):
@@ -165,7 +159,7 @@ def host_from_vars(name: str, merged: Dict[str, Any], source: str) -> Host:
     key = merged.get("ansible_ssh_private_key_file")
     if key is not None:
         connect["connect_kwargs"] = {"key_filename": [str(Path(str(key)).expanduser())]}
-    settings = {key: value for key, value in merged.items() if key in SETTING_VARS}
+    settings = {key: value for key, value in merged.items() if key in PER_HOST}
     return Host(name=name, connect=connect, settings=settings)
 
 

@@ -138,8 +138,8 @@ def host_label(c: Context) -> str:
 def shorthand(name: str, user: Optional[str], port: Optional[int]) -> str:
     # Fabric reads no port from an IPv6 shorthand, so such a name never gets one here.
     if port is not None and ":" not in name:
-        name = "{}:{}".format(name, port)
-    return "{}@{}".format(user, name) if user else name
+        name = f"{name}:{port}"
+    return f"{user}@{name}" if user else name
 
 
 def is_remote(c: Context) -> bool:
@@ -168,30 +168,25 @@ def stream(c: Context, request: Dict[str, Any], agent_python: str, prefix: str =
 def run(c: Context, cmd: str, timeout: Optional[float], hide: Any, **kwargs: Any) -> Any:
     # in_stream=False: never forward our stdin (CI has none, pytest captures it).
     try:
-        with hostkeys.verified(c, strict_host_keys(c)) if is_remote(c) else nullcontext():
+        strict = options.setting(c.config, "strict_host_keys")
+        with hostkeys.verified(c, strict) if is_remote(c) else nullcontext():
             return c.run(cmd, hide=hide, warn=True, in_stream=False, timeout=timeout, **kwargs)
     except hostkeys.HostKeyError as exc:
         raise HostError(str(exc)) from None
     except CommandTimedOut as exc:
-        raise HostError("no answer within {}s; the operation may still be running there, "
-                        "rerunning it is safe".format(exc.timeout)) from None
+        raise HostError(f"no answer within {exc.timeout}s; the operation may still be running there, "
+                        f"rerunning it is safe") from None
     except AuthenticationException as exc:
-        raise HostError("authentication failed ({}); check the user and key (-i)".format(exc)) from None
+        raise HostError(f"authentication failed ({exc}); check the user and key (-i)") from None
     except NoValidConnectionsError as exc:
         reasons = sorted({error.strerror or str(error) for error in exc.errors.values()})
-        raise HostError("cannot connect: {}".format(", ".join(reasons))) from None
+        raise HostError(f"cannot connect: {', '.join(reasons)}") from None
     except socket.gaierror as exc:
-        raise HostError("cannot resolve host name: {}".format(exc.strerror)) from None
+        raise HostError(f"cannot resolve host name: {exc.strerror}") from None
     except socket.timeout:
         raise HostError("connection timed out; check the host and port, or raise -t") from None
     except (SSHException, EOFError, OSError) as exc:
-        raise HostError("SSH failed: {}".format(exc or type(exc).__name__)) from None
-
-
-def strict_host_keys(c: Context) -> bool:
-    # Invoke's rule for booleans from the environment: anything but "0" or "" is on.
-    value = options.merged(c.config.get("fabserve", {}), {})["strict_host_keys"]
-    return bool(value) and value != "0"
+        raise HostError(f"SSH failed: {exc or type(exc).__name__}") from None
 
 
 class PrefixedLines:
@@ -217,7 +212,7 @@ class PrefixedLines:
 
 def agent_failure(exited: Optional[int], stderr: str, agent_python: str) -> str:
     if exited == 127:
-        return "interpreter {!r} not found on the host; set fabserve.agent_python".format(agent_python)
+        return f"interpreter {agent_python!r} not found on the host; set fabserve.agent_python"
     lines = [line for line in stderr.splitlines() if line.strip()]
     detail = lines[-1] if lines else "no output"
-    return "agent failed (exit {}): {}".format(exited, detail)
+    return f"agent failed (exit {exited}): {detail}"

@@ -1,25 +1,23 @@
-"""Turning a host's result into output and an exit code.
+"""Turning a host's result into output and an exit code: the parts every verb shares.
 
 Human mode: one line per host (a failed start adds the log's tail), failures on
-stderr. JSON mode: exactly one object per host on stdout, nothing else.
+stderr; each verb's task says how its successful result reads. JSON mode:
+exactly one object per host on stdout, nothing else.
 """
 
 import json
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-from .agent import exit_code
+from .agent import FAILED, RUNNING, exit_code, result_of
 
-#: Keys every JSON result carries, so consumers need no `in` checks.
-FIELDS = ("host", "action", "ok", "changed", "state", "pid", "pids", "url", "pidfile", "log",
-          "message", "error")
+#: How a verb's successful result reads for people.
+Formatter = Callable[[Dict[str, Any]], str]
 
 
 def failure(host: str, action: str, error: str) -> Dict[str, Any]:
     """The result of an operation that never reached the agent."""
-    return {"host": host, "action": action, "ok": False, "changed": False, "state": "failed",
-            "pid": None, "pids": [], "url": None, "pidfile": None, "log": None,
-            "message": error, "error": error}
+    return result_of(host=host, action=action, ok=False, changed=False, state=FAILED, message=error, error=error)
 
 
 def duration(seconds: Optional[int]) -> str:
@@ -37,36 +35,30 @@ def pid_list(pids: List[int]) -> str:
     return " ".join(str(pid) for pid in pids) or "-"
 
 
-def human(result: Dict[str, Any], stop_hint: str = "") -> str:
-    host, action, state = result["host"], result["action"], result["state"]
-    if result.get("error"):
-        text = f"{host}: {action} failed: {result['error']}"
-        tail = result.get("log_tail") or []
-        if tail:
-            text += f"\n{host}: last lines of {result['log']}:\n" + "\n".join("    " + line for line in tail)
-        return text
-    if action == "logs":
-        return "\n".join(result.get("lines") or [])
-    if action == "status" and state == "running":
-        return (f"{host}: running on {result['url']}, pids {pid_list(result['pids'])}, "
-                f"up {duration(result.get('uptime'))}; log {result['log']}; pidfile {result['pidfile']}")
-    text = f"{host}: {result['message']}"
-    if action in ("start", "restart") and state == "running":
-        text += f" (pids {pid_list(result['pids'])}); log {result['log']}"
-        if stop_hint:
-            text += f"\n{host}: stop it with: {stop_hint}"
+def plain(result: Dict[str, Any]) -> str:
+    """The host and the agent's message: how most results read."""
+    return f"{result['host']}: {result['message']}"
+
+
+def human(result: Dict[str, Any], formatter: Formatter = plain) -> str:
+    """A failure (with the log's tail where there is one), else what `formatter` says."""
+    if not result.get("error"):
+        return formatter(result)
+    host = result["host"]
+    text = f"{host}: {result['action']} failed: {result['error']}"
+    tail = result.get("log_tail") or []
+    if tail:
+        text += f"\n{host}: last lines of {result['log']}:\n" + "\n".join("    " + line for line in tail)
     return text
 
 
-def emit(result: Dict[str, Any], as_json: bool, stop_hint: str = "") -> Dict[str, Any]:
+def emit(result: Dict[str, Any], as_json: bool, formatter: Formatter = plain) -> Dict[str, Any]:
     """Print one host's result (failures on stderr) and return it; the executor
     turns all hosts' results into the exit code."""
-    for key in FIELDS:
-        result.setdefault(key, None)
     if as_json:
         print(json.dumps(result, sort_keys=True), flush=True)
         return result
-    text = human(result, stop_hint)
+    text = human(result, formatter)
     failed = exit_code(result["action"], result) not in (0, 3)
     if text:
         print(text, file=sys.stderr if failed else sys.stdout, flush=True)
@@ -77,7 +69,7 @@ def summary(results: List[Dict[str, Any]], unreported: int = 0) -> str:
     """One line for a multi-host run, e.g. `4 ok, 1 failed: web3 (cannot connect: ...)`."""
     failed = [result for result in results if exit_code(result["action"], result) not in (0, 3)]
     stopped = [result for result in results if exit_code(result["action"], result) == 3]
-    word = "running" if results[0]["action"] == "status" else "ok"
+    word = RUNNING if results[0]["action"] == "status" else "ok"
     parts = [f"{len(results) - len(failed) - len(stopped)} {word}"]
     if stopped:
         parts.append(f"{len(stopped)} not running: " + ", ".join(result["host"] for result in stopped))

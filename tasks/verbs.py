@@ -1,64 +1,56 @@
-"""The fabserve tasks: one per verb, each a thin shell around one agent call."""
+"""The fabserve tasks: one per verb, each a thin shell around one agent call,
+with how its result reads for people next to it.
+
+A task's flags, their help and which may repeat come from options.SETTINGS:
+its parameters must be exactly the flags the table gives its verb.
+"""
 
 import os
 import shlex
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from invoke import Context, task
 from invoke.exceptions import Exit
 
 from . import options, remote, report
-
-HELP: Dict[str, str] = {
-    "project": "Django project directory (holding manage.py) on the target; "
-               "default: fabserve.project, or the bundled example when local",
-    "port": "port runserver listens on (default 8000); with --project it names the instance",
-    "addr": "IP address runserver binds to (default 127.0.0.1)",
-    "python": "interpreter on the target, relative paths from the project "
-              "(default: the project's .venv or venv, else python3)",
-    "settings": "Django settings module, passed as runserver --settings",
-    "env": "KEY=VALUE set in the server's environment (repeatable)",
-    "noreload": "run without Django's autoreloader (a single process)",
-    "json": "print one JSON object per host on stdout and nothing else",
-}
-START_TIMEOUT = "seconds to wait for the port to answer (default 30)"
-STOP_TIMEOUT = "seconds between TERM and KILL (default 10)"
+from .agent import RUNNING
+from .report import Formatter, pid_list, plain
 
 
-def helps(*names: str, **extra: str) -> Dict[str, str]:
-    """Help texts for the named flags: invoke refuses help for absent ones."""
-    return {**{name: HELP[name] for name in names}, **extra}
+def verb(body: Callable[..., Any]) -> Any:
+    """@task for the verb named like `body`, with its flags' help from the settings table."""
+    name = body.__name__
+    return task(help=options.helps(name), iterable=options.repeatable(name))(body)
 
 
-def section(c: Context) -> Dict[str, Any]:
-    return options.merged(c.config.get("fabserve", {}), {})
-
-
-def host_settings(c: Context, flags: Dict[str, Any]) -> Dict[str, Any]:
+def host_values(c: Context, flags: Dict[str, Any]) -> Dict[str, Any]:
     """Flags over the host's inventory vars over the `fabserve` config section."""
-    config = {**c.config.get("fabserve", {}), **getattr(c, "fabserve_settings", {})}
-    return options.merged(config, flags)
+    return options.host_values(c.config, getattr(c, "fabserve_settings", {}), flags)
 
 
-def operate(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[str]],
-            timeout_key: Optional[str] = None) -> Dict[str, Any]:
+def operate(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[str]] = None) -> Dict[str, Any]:
     """Validate, run `action` on the host behind `c`, and return its result.
 
     Bad input ends the task with exit 2 before anything connects.
     """
     host = remote.host_label(c)
-    values = host_settings(c, flags)
+    values = host_values(c, flags)
     try:
-        req = options.request(action, values, env, local=not remote.is_remote(c), timeout_key=timeout_key)
+        req = options.request(action, values, env, local=not remote.is_remote(c))
     except options.UsageError as exc:
         raise Exit(f"{host}: {exc}", 2) from None
     try:
-        result = remote.call(c, req, values["agent_python"])
+        result = remote.call(c, req, options.checked(values, "agent_python"))
     except remote.HostError as exc:
         result = report.failure(host, action, str(exc))
     result["host"] = host
     return result
+
+
+def finish(c: Context, result: Dict[str, Any], flags: Dict[str, Any],
+           formatter: Formatter = plain) -> Dict[str, Any]:
+    return report.emit(result, options.setting(c.config, "json", flags), formatter)
 
 
 def stop_hint(c: Context, result: Dict[str, Any]) -> str:
@@ -78,10 +70,18 @@ def program() -> str:
     return invoked if os.path.basename(invoked) == "fab" else "fab"
 
 
-STARTING = ("project", "port", "addr", "python", "settings", "env", "noreload", "json")
+def started(c: Context) -> Formatter:
+    """How start and restart read: a running server adds its pids, log and the stop command."""
+    def show(result: Dict[str, Any]) -> str:
+        text = plain(result)
+        if result["state"] == RUNNING:
+            text += (f" (pids {pid_list(result['pids'])}); log {result['log']}"
+                     f"\n{result['host']}: stop it with: {stop_hint(c, result)}")
+        return text
+    return show
 
 
-@task(help=helps(*STARTING, timeout=START_TIMEOUT), iterable=["env"])
+@verb
 def start(c, project=None, port=None, addr=None, python=None, settings=None, env=None,
           noreload=False, timeout=None, json=False):
     """Start runserver detached; return once its port answers.
@@ -90,57 +90,64 @@ def start(c, project=None, port=None, addr=None, python=None, settings=None, env
     broken project, timeout) it kills what it launched and shows the log's tail.
     """
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings,
-                 noreload=noreload or None, timeout=timeout)
-    result = operate(c, "start", flags, env, "start_timeout")
-    return report.emit(result, json or section(c)["json"], stop_hint(c, result))
+                 noreload=noreload, timeout=timeout, json=json)
+    return finish(c, operate(c, "start", flags, env), flags, started(c))
 
 
-@task(help=helps("project", "port", "json", timeout=STOP_TIMEOUT))
+@verb
 def stop(c, project=None, port=None, timeout=None, json=False):
     """Stop the server: TERM to its process group, KILL after the grace period.
 
     Finds it by pidfile (verified by start time and boot id), else by its
     command line, project directory and port. Not running: exit 0.
     """
-    result = operate(c, "stop", dict(project=project, port=port, timeout=timeout), None, "stop_timeout")
-    return report.emit(result, json or section(c)["json"])
+    flags = dict(project=project, port=port, timeout=timeout, json=json)
+    return finish(c, operate(c, "stop", flags), flags)
 
 
-@task(help=helps("project", "port", "addr", "json"))
+def show_status(result: Dict[str, Any]) -> str:
+    if result["state"] != RUNNING:
+        return plain(result)
+    return (f"{result['host']}: running on {result['url']}, pids {pid_list(result['pids'])}, "
+            f"up {report.duration(result.get('uptime'))}; log {result['log']}; pidfile {result['pidfile']}")
+
+
+@verb
 def status(c, project=None, port=None, addr=None, json=False):
     """Show whether the server runs and answers: exit 0 yes, 3 not running, 1 failed.
 
     Prints its pids, uptime, URL, log and pidfile.
     """
-    result = operate(c, "status", dict(project=project, port=port, addr=addr), None)
-    return report.emit(result, json or section(c)["json"])
+    flags = dict(project=project, port=port, addr=addr, json=json)
+    return finish(c, operate(c, "status", flags), flags, show_status)
 
 
-@task(help=helps(*STARTING, timeout=START_TIMEOUT), iterable=["env"])
+@verb
 def restart(c, project=None, port=None, addr=None, python=None, settings=None, env=None,
             noreload=False, timeout=None, json=False):
     """Stop the server if it runs, then start it and wait until it answers."""
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings,
-                 noreload=noreload or None, timeout=timeout)
-    result = operate(c, "restart", flags, env, "start_timeout")
-    return report.emit(result, json or section(c)["json"], stop_hint(c, result))
+                 noreload=noreload, timeout=timeout, json=json)
+    return finish(c, operate(c, "restart", flags, env), flags, started(c))
 
 
-@task(help=helps("project", "port", "json", lines="how many of the last lines to show (default 50)",
-                follow="keep printing lines as they are appended, until interrupted"))
+def show_logs(result: Dict[str, Any]) -> str:
+    return "\n".join(result.get("lines") or [])
+
+
+@verb
 def logs(c, project=None, port=None, lines=None, follow=False, json=False):
     """Show the server's log: its last lines, or follow it."""
-    flags = dict(project=project, port=port, lines=lines, follow=follow or None)
-    as_json = json or section(c)["json"]
+    flags = dict(project=project, port=port, lines=lines, follow=follow, json=json)
     if not follow:
-        return report.emit(operate(c, "logs", flags, None), as_json)
+        return finish(c, operate(c, "logs", flags), flags, show_logs)
     host = remote.host_label(c)
-    if as_json:
+    if options.setting(c.config, "json", flags):
         raise Exit(f"{host}: --follow streams plain text; it cannot be combined with --json", 2)
-    values = host_settings(c, flags)
+    values = host_values(c, flags)
     try:
         req = options.request("logs", values, None, local=not remote.is_remote(c))
-        remote.stream(c, req, values["agent_python"], prefix=f"{host}: " if multiple(c) else "")
+        remote.stream(c, req, options.checked(values, "agent_python"), prefix=f"{host}: " if multiple(c) else "")
     except options.UsageError as exc:
         raise Exit(f"{host}: {exc}", 2) from None
     except remote.HostError as exc:

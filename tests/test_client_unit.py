@@ -45,12 +45,15 @@ def test_a_remote_host_needs_a_project_and_local_defaults_to_the_example():
 
 
 def test_timeout_flag_overrides_the_setting_of_its_verb():
-    req = options.request("stop", values(timeout="2.5"), [], local=True, timeout_key="stop_timeout")
+    req = options.request("stop", values(timeout="2.5"), [], local=True)
     assert req["stop_timeout"] == 2.5
     assert req["start_timeout"] == options.DEFAULTS["start_timeout"]
+    for verb in ("start", "restart"):
+        req = options.request(verb, values(timeout="7"), [], local=True)
+        assert req["start_timeout"] == 7 and req["stop_timeout"] == options.DEFAULTS["stop_timeout"]
     for bad in ("0", "-3", "soon", "100000"):
         with pytest.raises(options.UsageError, match="--timeout"):
-            options.request("stop", values(timeout=bad), [], local=True, timeout_key="stop_timeout")
+            options.request("stop", values(timeout=bad), [], local=True)
 
 
 def test_env_pairs_merge_over_config_and_are_validated():
