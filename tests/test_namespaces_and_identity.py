@@ -1,0 +1,209 @@
+"""What counts as this instance's server (README "Safety"): a process in the
+agent's own PID, network and mount namespaces, running a Python interpreter
+(by its executable, not its argv[0]) on this project's manage.py as resolved by
+the kernel, and, through the pidfile, carrying the token fabserve recorded.
+Look-alikes are neither reported nor signalled. Real sshd, real Django projects,
+the unprivileged test user."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import alive, free_port, group_members, http_status, kill_pids, port_listening, wait_for, where
+
+USER_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def started(run, project, port):
+    result = run("start", *where(project, port))
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert result.json["changed"] is True
+    return result.json
+
+
+def stat_fields(pid: int) -> list[str]:
+    text = open(f"/proc/{pid}/stat").read()
+    return text[text.rindex(")") + 2:].split()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if int(stat_fields(int(name))[1]) == pid:
+                    found.append(int(name))
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def listening_in_netns_of(pid: int, port: int) -> bool:
+    """Whether something listens on `port` in the network namespace of `pid`."""
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = open(f"/proc/{pid}/net/{table}").read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def assert_untouched(result, survivors: list[int]) -> None:
+    assert result.returncode == 0 and result.json["changed"] is False, result.stdout + result.stderr
+    assert all(alive(pid) for pid in survivors), survivors
+
+
+# ------------------------------------------------------------------ namespaces
+
+
+@pytest.fixture
+def spawn_in_namespaces(target) -> Iterator[Callable[[Path, int], list[int]]]:
+    """Start, as root, `manage.py runserver` of a project in new PID, network
+    and mount namespaces, dropped to the test user with its cwd in the project:
+    what `docker run --user $(id -u) -v $PWD:$PWD -w $PWD` gives. Returns the
+    server's PIDs (the reloader parent, PID 1 inside, and its serving child)."""
+    user = pwd.getpwnam(target.user)
+    tools = {name: shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin") for name in ("unshare", "setpriv", "ip")}
+    missing = [name for name, path in tools.items() if path is None]
+    assert not missing, f"missing {missing} (util-linux, iproute2)"
+    env = {"HOME": str(target.home), "USER": target.user, "LOGNAME": target.user, "PATH": USER_PATH,
+           "LANG": "C.UTF-8"}
+    launched: list[subprocess.Popen[bytes]] = []
+
+    def spawn(project: Path, port: int) -> list[int]:
+        inner = ('"$1" link set lo up && cd "$2" && exec "$3" --reuid="$4" --regid="$5" --init-groups '
+                 '"$6" manage.py runserver "$7"')
+        proc = subprocess.Popen(
+            [tools["unshare"], "--net", "--pid", "--fork", "--mount-proc", "--kill-child",
+             "sh", "-c", inner, "sh", tools["ip"], str(project), tools["setpriv"], str(user.pw_uid),
+             str(user.pw_gid), str(project / ".venv" / "bin" / "python"), f"127.0.0.1:{port}"],
+            env=env, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        launched.append(proc)
+        parents: list[int] = []
+        assert wait_for(lambda: parents.extend(children(proc.pid)) or parents, timeout=10)
+        servers: list[int] = []
+        assert wait_for(lambda: servers.extend(children(parents[0])) or servers, timeout=30)
+        assert wait_for(lambda: listening_in_netns_of(servers[0], port), timeout=30)
+        return [parents[0], servers[0]]
+
+    yield spawn
+    for proc in launched:
+        os.killpg(proc.pid, signal.SIGKILL)  # unshare leads the group the namespaced server stays in
+        proc.wait()
+
+
+def test_a_twin_in_other_namespaces_is_neither_reported_nor_signalled(run, site, target, spawn_in_namespaces):
+    port = free_port()
+    twin = spawn_in_namespaces(site, port)
+    assert all(os.stat(f"/proc/{pid}").st_uid == target.uid for pid in twin)
+    assert not port_listening(port)  # it listens in its own network namespace only
+    status = run("status", *where(site, port))
+    assert status.returncode == 3 and status.json["state"] == "stopped", status.stdout
+    assert status.json["pids"] == []
+    assert_untouched(run("stop", *where(site, port)), twin)
+
+    ours = started(run, site, port)  # the port is free in our namespace
+    assert not set(ours["pids"]) & set(twin) and http_status(ours["url"]) == 200
+    status = run("status", *where(site, port))
+    assert status.returncode == 0 and sorted(status.json["pids"]) == sorted(ours["pids"])
+    os.unlink(ours["pidfile"])  # stop searches /proc, where both are
+    stop = run("stop", *where(site, port))
+    assert stop.returncode == 0 and sorted(stop.json["pids"]) == sorted(ours["pids"]), stop.stdout
+    assert not any(alive(pid) for pid in ours["pids"]) and not port_listening(port)
+    assert all(alive(pid) for pid in twin) and listening_in_netns_of(twin[1], port)
+
+
+# ------------------------------------------------------------------- identity
+
+
+def test_a_program_renamed_python3_is_not_a_server(run, site, spawn_as_user):
+    port = free_port()
+    runner = spawn_as_user(["bash", "-c", f"exec -a python3 tail -f manage.py runserver {port}"], cwd=site)
+    decoys: list[int] = []
+    assert wait_for(lambda: decoys.extend(children(runner.pid)) or decoys)
+    decoy = decoys[0]
+    assert wait_for(lambda: open(f"/proc/{decoy}/cmdline", "rb").read().startswith(b"python3\0-f\0manage.py\0"))
+    assert os.path.basename(os.readlink(f"/proc/{decoy}/exe")) == "tail"
+    status = run("status", *where(site, port))
+    assert status.returncode == 3 and status.json["state"] == "stopped", status.stdout
+    assert_untouched(run("stop", *where(site, port)), [decoy])
+    ours = started(run, site, port)
+    stop = run("stop", *where(site, port))
+    assert stop.returncode == 0 and sorted(stop.json["pids"]) == sorted(ours["pids"])
+    assert alive(decoy) and not port_listening(port)
+
+
+def test_a_script_reached_through_a_symlink_belongs_to_the_project_it_resolves_to(run, make_project, as_user,
+                                                                                   spawn_as_user):
+    """`sub/../site/manage.py` reads as this project's, but `sub` links into
+    another project's tree, so the kernel runs the other project's manage.py."""
+    mine = make_project("site")
+    theirs = make_project("x/site")
+    workdir = mine.parent
+    as_user(["ln", "-s", str(theirs), str(workdir / "sub")], check=True)
+    assert os.path.normpath(workdir / "sub/../site/manage.py") == str(mine / "manage.py")
+    assert os.path.realpath(workdir / "sub/../site/manage.py") == str(theirs / "manage.py")
+    port = free_port()
+    runner = spawn_as_user([mine / ".venv" / "bin" / "python", "sub/../site/manage.py", "runserver",
+                            f"127.0.0.1:{port}"], cwd=workdir)
+    assert wait_for(lambda: port_listening(port), timeout=30)
+    server = [pid for pid in group_members(runner.pid) if pid != runner.pid]
+    status = run("status", *where(mine, port))
+    assert status.returncode == 3 and status.json["state"] == "stopped", status.stdout
+    assert_untouched(run("stop", *where(mine, port)), server)
+    assert port_listening(port)
+    theirs_status = run("status", *where(theirs, port))
+    assert theirs_status.returncode == 0 and "not started by fabserve" in theirs_status.json["message"]
+    assert sorted(theirs_status.json["pids"]) == sorted(server)
+    stop = run("stop", *where(theirs, port))
+    assert stop.returncode == 0 and sorted(stop.json["pids"]) == sorted(server)
+    assert wait_for(lambda: not port_listening(port))
+
+
+@pytest.fixture
+def own_group_leader(spawn_as_user, target) -> Iterator[int]:
+    """A process of the test user that leads its own process group, has no
+    FABSERVE_TOKEN and is no server: the pidfile check passes everything else."""
+    runner = spawn_as_user([target.python, "-c", "import os, time; os.setpgid(0, 0); time.sleep(600)"])
+    found: list[int] = []
+    assert wait_for(lambda: found.extend(pid for pid in children(runner.pid)
+                                         if int(stat_fields(pid)[2]) == pid) or found)
+    yield found[0]
+    kill_pids(found[:1])  # its own group: the spawner's cleanup does not reach it
+
+
+@pytest.mark.parametrize("recorded,reason", [
+    ({}, "the metadata records no token for PID {pid}"),
+    ({"token": "0123456789abcdef0123456789abcdef"}, "PID {pid} now belongs to another process"),
+])
+def test_a_pidfile_is_trusted_only_with_the_recorded_token(run, site, as_user, own_group_leader, recorded, reason):
+    """server.json rewritten without its token, or naming one the process does
+    not carry, while the pidfile, start time and boot id all fit."""
+    port = free_port()
+    data = started(run, site, port)
+    assert run("stop", *where(site, port)).returncode == 0
+    pid = own_group_leader
+    meta = {"pid": pid, "starttime": int(stat_fields(pid)[19]),
+            "boot_id": open("/proc/sys/kernel/random/boot_id").read().strip(), **recorded}
+    meta_path = os.path.join(data["state_dir"], "server.json")
+    script = 'printf "%s\\n" "$1" > "$2" && printf "%s" "$3" > "$4"'
+    as_user(["sh", "-c", script, "sh", str(pid), data["pidfile"], json.dumps(meta), meta_path], check=True)
+    status = run("status", *where(site, port))
+    assert status.returncode == 3 and status.json["state"] == "stopped", status.stdout
+    assert f"stale pidfile: {reason.format(pid=pid)}" in status.json["message"]
+    assert_untouched(run("stop", *where(site, port)), [pid])
+    assert not os.path.exists(data["pidfile"])
