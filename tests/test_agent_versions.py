@@ -49,7 +49,7 @@ def test_full_cycle_under_each_interpreter(version, make_project, target, tmp_pa
     assert after["state"] == "stopped"
 
 
-def test_python2_is_refused_in_words():
+def test_python2_is_refused_in_words(root):
     python2 = sorted(glob.glob("/root/.pyenv/versions/2.*/bin/python"))
     if not python2:
         pytest.skip("no Python 2 interpreter on this machine")

@@ -2,7 +2,7 @@
 
 It checks that the benchmark runs end to end and writes its JSON, not the
 numbers: targets are reported, never asserted. Needs root and network
-namespaces, like the fleet tests; the first run also installs Ansible into
+namespaces, like the multi-host tests; the first run also installs Ansible into
 bench/.venv, later runs take about 40 s.
 """
 
@@ -17,6 +17,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "bench" / "run"
+
+pytestmark = pytest.mark.bench
 
 
 def _require_environment() -> None:

@@ -10,23 +10,11 @@ import time
 
 import pytest
 
-from helpers import REPO, alive, free_port, http_status, wait_for
+from helpers import REPO, alive, fab_plain, free_port, http_status, wait_for
 
 
-@pytest.fixture(autouse=True)
-def own_home(tmp_path, monkeypatch):
-    """fab runs with a HOME of the test's own: under accept-new it records host keys
-    in ~/.ssh/known_hosts, which must not be root's real one."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    return home
-
-
-def fab_plain(*args, timeout=60, wrapper=()):
-    """fab without the fixture's ssh_config: hosts as users type them (HOME: `own_home`)."""
-    return subprocess.run([*wrapper, sys.executable, "-m", "fabric", "-r", str(REPO), *args], cwd=REPO,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+# fab runs with a HOME of the test's own: under accept-new it records host keys.
+pytestmark = pytest.mark.usefixtures("own_home")
 
 
 def test_user_at_host_colon_port_with_identity_flag(target, make_project):
@@ -42,17 +30,6 @@ def test_user_at_host_colon_port_with_identity_flag(target, make_project):
     assert stop.returncode == 0 and stop.stdout.startswith(f"{host}: stopped pids ")
 
 
-def test_unreachable_host_is_one_line_and_exit_1():
-    host = f"nobody@127.0.0.1:{free_port()}"
-    result = fab_plain("-H", host, "status", "--project", "/srv/site", "--json")
-    assert result.returncode == 1
-    lines = result.stdout.splitlines()
-    assert len(lines) == 1 and '"error": "cannot connect: Connection refused"' in lines[0]
-    human = fab_plain("-H", host, "status", "--project", "/srv/site")
-    assert human.returncode == 1
-    assert human.stderr.strip() == f"{host}: status failed: cannot connect: Connection refused"
-
-
 def test_authentication_failure_is_one_line(target, tmp_path):
     wrong_key = tmp_path / "wrong"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong_key)], check=True)
@@ -63,7 +40,7 @@ def test_authentication_failure_is_one_line(target, tmp_path):
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_dns_failure_is_one_line():
+def test_dns_failure_is_one_line(root):
     # In a network namespace of its own, the lookup fails without a packet leaving the machine.
     result = fab_plain("-H", "no-such-host.invalid", "status", "--project", "/srv/site",
                        wrapper=["unshare", "--net"])

@@ -126,36 +126,6 @@ def test_pidfile_naming_a_zombie_is_stale(run, site, as_user, spawn_as_user, tar
     assert alive(python) and not os.path.exists(data["pidfile"])
 
 
-def test_pidfile_naming_the_agent_itself_is_never_signalled(tmp_path):
-    """The agent runs in a process whose pidfile and metadata name that very
-    process (exec keeps the PID), as leader of its own group: a perfect trap."""
-    project = tmp_path / "proj"
-    project.mkdir()
-    (project / "manage.py").write_text("")
-    state = tmp_path / "state"
-    request = {"action": "stop", "project": str(project), "port": free_port(), "addr": "127.0.0.1",
-               "python": None, "settings": None, "env": {}, "noreload": False, "start_timeout": 5.0,
-               "stop_timeout": 1.0, "lines": 10, "follow": False, "state_dir": str(state)}
-    agent_cmd = remote.command(request, sys.executable)
-    trap = (
-        "import json, os, subprocess, sys\n"
-        "sys.path.insert(0, {repo!r})\n"
-        "from tasks import agent\n"
-        "inst = agent.Instance(json.loads({req!r}))\n"
-        "agent.private_dir(inst.base); agent.private_dir(inst.dir)\n"
-        "me = os.getpid()\n"
-        "meta = {{'pid': me, 'starttime': agent.proc_stat(me)['starttime'], 'boot_id': agent.boot_id()}}\n"
-        "agent.write_atomic(inst.meta_path, json.dumps(meta))\n"
-        "agent.write_atomic(inst.pidfile, str(me))\n"
-        "os.execv('/bin/sh', ['sh', '-c', {cmd!r}])\n"
-    ).format(repo=str(REPO), req=json.dumps(request), cmd="exec " + agent_cmd)
-    proc = subprocess.run([sys.executable, "-c", trap], capture_output=True, text=True, timeout=60,
-                          start_new_session=True)
-    assert proc.returncode == 0, (proc.returncode, proc.stderr)  # not killed by a signal
-    result = remote.parse_result(proc.stdout)
-    assert result["changed"] is False and "not a server we started" in result["message"]
-
-
 @pytest.mark.parametrize("make_link", ["state directory", "pidfile"])
 def test_symlinked_state_is_refused(run, site, as_user, target, make_link):
     port = free_port()

@@ -1,10 +1,9 @@
-"""The fleet test bed itself: FLEET_SIZE real, isolated hosts, each with its own sshd,
+"""The host test bed itself: BED_SIZE real, isolated hosts, each with its own sshd,
 network, process table, /tmp and ~/.local/state; one can be made unreachable; and a
 bed leaves nothing behind. Real OpenSSH client and server, real Django runserver."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 import subprocess
@@ -13,41 +12,41 @@ from pathlib import Path
 
 import pytest
 
-import fleet_bed
-from fleet_bed import FLEET_SIZE, FleetHost
-from helpers import Target, alive, wait_for
+from bed import procs
+from bed.hosts import BED_SIZE, NamespacedHost, host_bed
+from helpers import Target, alive, bed_outcome, wait_for
 
 RUNSERVER_PORT = 8000
 
 
-def ssh_ok(host: FleetHost, *command: str) -> str:
+def ssh_ok(host: NamespacedHost, *command: str) -> str:
     result = host.ssh(*command)
     assert result.returncode == 0, f"{host.name}: {command} exited {result.returncode}: {result.stderr}"
     return result.stdout
 
 
-def group_of(host: FleetHost, pgid: int) -> list[str]:
+def group_of(host: NamespacedHost, pgid: int) -> list[str]:
     """PIDs (inside host) of the live members of process group pgid."""
     listing = ssh_ok(host, "ps", "-e", "-o", "pgid=,pid=,stat=")
     return [pid for group, pid, stat in (line.split() for line in listing.splitlines())
             if int(group) == pgid and not stat.startswith("Z")]
 
 
-def test_fleet_has_fleet_size_distinct_hosts(fleet_hosts) -> None:
-    assert len(fleet_hosts) == FLEET_SIZE == 5
-    assert [host.name for host in fleet_hosts] == [f"fleet{i}" for i in range(1, FLEET_SIZE + 1)]
+def test_bed_has_bed_size_distinct_hosts(bed_hosts) -> None:
+    assert len(bed_hosts) == BED_SIZE == 5
+    assert [host.name for host in bed_hosts] == [f"host{i}" for i in range(1, BED_SIZE + 1)]
     for field in ("address", "netns", "tini_pid", "sshd_pid", "host_key"):
-        values = [getattr(host, field) for host in fleet_hosts]
-        assert len(set(values)) == FLEET_SIZE, (field, values)
-    for host in fleet_hosts:
+        values = [getattr(host, field) for host in bed_hosts]
+        assert len(set(values)) == BED_SIZE, (field, values)
+    for host in bed_hosts:
         assert Path("/run/netns", host.netns).exists()
         assert os.readlink(f"/proc/{host.tini_pid}/exe") == "/usr/bin/tini"
         assert host.host_key.startswith("ssh-ed25519 ")
-    assert fleet_hosts.setup_seconds is not None
+    assert bed_hosts.setup_seconds is not None
 
 
-def test_ssh_reaches_each_host_as_the_test_user_and_hostname_is_its_name(fleet_hosts, target: Target) -> None:
-    for host in fleet_hosts:
+def test_ssh_reaches_each_host_as_the_test_user_and_hostname_is_its_name(bed_hosts, target: Target) -> None:
+    for host in bed_hosts:
         # Exactly the client invocation the brief names, spelled out.
         result = subprocess.run(
             ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -60,8 +59,8 @@ def test_ssh_reaches_each_host_as_the_test_user_and_hostname_is_its_name(fleet_h
         assert f"Accepted publickey for {target.user}" in host.sshd_log.read_text()
 
 
-def test_host_key_is_the_one_each_sshd_presents(fleet_hosts, tmp_path: Path) -> None:
-    for host in fleet_hosts:
+def test_host_key_is_the_one_each_sshd_presents(bed_hosts, tmp_path: Path) -> None:
+    for host in bed_hosts:
         known_hosts = tmp_path / f"known_hosts-{host.name}"
         known_hosts.write_text(host.known_hosts_line() + "\n")
         result = subprocess.run(
@@ -73,9 +72,9 @@ def test_host_key_is_the_one_each_sshd_presents(fleet_hosts, tmp_path: Path) -> 
         assert result.returncode == 0, f"{host.name}: {result.stderr}"
 
 
-def test_each_host_has_its_own_process_table_with_tini_as_pid_1(fleet_hosts) -> None:
+def test_each_host_has_its_own_process_table_with_tini_as_pid_1(bed_hosts) -> None:
     root_pids = {int(entry) for entry in os.listdir("/proc") if entry.isdigit()}
-    for host in fleet_hosts:
+    for host in bed_hosts:
         # comm of every process in the host's /proc, as the test user over ssh.
         listing = ssh_ok(host, "sh", "-c", 'for p in /proc/[0-9]*; do echo "${p#/proc/} $(cat $p/comm)"; done')
         processes = dict(line.split(" ", 1) for line in listing.splitlines() if line.strip())
@@ -86,14 +85,14 @@ def test_each_host_has_its_own_process_table_with_tini_as_pid_1(fleet_hosts) -> 
         assert "pytest" not in " ".join(processes.values())
 
 
-def test_each_host_has_its_own_tmp_and_state_directory(fleet_hosts, target: Target) -> None:
-    first, second = fleet_hosts[0], fleet_hosts[1]
-    marker = f"fleet-marker-{uuid.uuid4().hex}"
+def test_each_host_has_its_own_tmp_and_state_directory(bed_hosts, target: Target) -> None:
+    first, second = bed_hosts[0], bed_hosts[1]
+    marker = f"host-marker-{uuid.uuid4().hex}"
     ssh_ok(first, "sh", "-c", f"echo {first.name} > /tmp/{marker} && echo {first.name} > ~/.local/state/{marker}")
 
     assert ssh_ok(first, "cat", f"/tmp/{marker}").strip() == first.name
     assert ssh_ok(first, "sh", "-c", f"cat ~/.local/state/{marker}").strip() == first.name
-    for other in fleet_hosts[1:]:
+    for other in bed_hosts[1:]:
         result = other.ssh("sh", "-c", f"test -e /tmp/{marker} || test -e ~/.local/state/{marker}")
         assert result.returncode == 1, f"{other.name} sees {first.name}'s files: {result.stderr}"
     assert not Path("/tmp", marker).exists()
@@ -104,15 +103,15 @@ def test_each_host_has_its_own_tmp_and_state_directory(fleet_hosts, target: Targ
         owner_mode = ssh_ok(host, "sh", "-c", "stat -c '%U %a' ~/.local/state; stat -f -c %T ~/.local/state /tmp")
         assert owner_mode.split() == [target.user, "700", "tmpfs", "tmpfs"], owner_mode
     # Nothing mounted in a host shows up in the machine's mount table.
-    assert "fleet-state-" not in Path("/proc/self/mountinfo").read_text()
-    assert "fleet-tmp-" not in Path("/proc/self/mountinfo").read_text()
+    assert "host-state-" not in Path("/proc/self/mountinfo").read_text()
+    assert "host-tmp-" not in Path("/proc/self/mountinfo").read_text()
 
 
 def test_same_django_project_runs_on_two_hosts_on_their_own_loopback(
-    fleet_hosts, make_project, target: Target
+    bed_hosts, make_project, target: Target
 ) -> None:
     project = make_project("site")
-    first, second, bystander = fleet_hosts[0], fleet_hosts[1], fleet_hosts[2]
+    first, second, bystander = bed_hosts[0], bed_hosts[1], bed_hosts[2]
     start = (f"cd {project} && setsid {target.python} manage.py runserver 127.0.0.1:{RUNSERVER_PORT} "
              f"</dev/null >/tmp/runserver.log 2>&1 & echo $!")
     pids: dict[str, int] = {}
@@ -148,8 +147,8 @@ def test_same_django_project_runs_on_two_hosts_on_their_own_loopback(
                 host.run(["kill", "-KILL", "--", f"-{pids[host.name]}"])
 
 
-def test_run_and_http_status_reach_inside_the_host(fleet_hosts) -> None:
-    host = fleet_hosts[0]
+def test_run_and_http_status_reach_inside_the_host(bed_hosts) -> None:
+    host = bed_hosts[0]
     result = host.as_user(["sh", "-c", "id -un; hostname; pwd"])
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [host.user, host.name, str(host.home)]
@@ -159,8 +158,8 @@ def test_run_and_http_status_reach_inside_the_host(fleet_hosts) -> None:
     assert not host.connects(22)
 
 
-def test_stop_sshd_makes_only_that_host_unreachable(fleet_hosts) -> None:
-    victim, others = fleet_hosts[-1], fleet_hosts[:-1]
+def test_stop_sshd_makes_only_that_host_unreachable(bed_hosts) -> None:
+    victim, others = bed_hosts[-1], bed_hosts[:-1]
     old_pid = victim.sshd_pid
     assert old_pid is not None and alive(old_pid)
     victim.stop_sshd()
@@ -182,23 +181,13 @@ def test_stop_sshd_makes_only_that_host_unreachable(fleet_hosts) -> None:
     assert ssh_ok(victim, "hostname").strip() == victim.name
 
 
-def test_busy_subnets_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
-    busy = ["10.213.1.0/30", "10.213.3.7/32", "10.213.4.128/25", "10.0.0.0/8", "192.0.2.0/24"]
-    monkeypatch.setattr(fleet_bed, "_busy_networks", lambda: [ipaddress.ip_network(net) for net in busy])
-    # A /8 route does not block a slot (our /30s are more specific); anything inside a
-    # slot's /24 does.
-    assert fleet_bed._free_slots(4) == [2, 5, 6, 7]
-    with pytest.raises(fleet_bed.FleetError, match="free"):
-        fleet_bed._free_slots(300)
-
-
-def test_a_bed_leaves_nothing_behind(fleet_hosts, target: Target) -> None:
-    with fleet_bed.fleet_for_pytest(target, count=2) as bed:
+def test_a_bed_leaves_nothing_behind(bed_hosts, target: Target) -> None:
+    with bed_outcome(), host_bed(target, count=2) as bed:
         hosts, workdir = bed.hosts, bed.workdir
         assert workdir.is_dir()
         # A second bed in the same session, beside the session's: nothing shared.
         for field in ("address", "gateway", "netns", "veth"):
-            assert not {getattr(h, field) for h in hosts} & {getattr(h, field) for h in fleet_hosts}, field
+            assert not {getattr(h, field) for h in hosts} & {getattr(h, field) for h in bed_hosts}, field
         recorded = [(host.netns, host.veth, host.tini_pid, host.sshd_pid, host.address) for host in hosts]
         # A process inside (an orphan, reparented to tini) must die with its host.
         orphans = []
@@ -206,7 +195,7 @@ def test_a_bed_leaves_nothing_behind(fleet_hosts, target: Target) -> None:
             host.as_user(["sh", "-c", "(sleep 600 >/dev/null 2>&1 &)"], check=True)
             orphan: list[int] = []
             assert wait_for(lambda: orphan.extend(
-                pid for pid in fleet_bed._children(host.tini_pid) if fleet_bed._cmdline(pid) == "sleep 600 "
+                pid for pid in procs.children(host.tini_pid) if procs.cmdline(pid) == "sleep 600 "
             ) or orphan, timeout=5)
             orphans += orphan
         for host in hosts:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from helpers import (
     REPO,
-    FabResult,
     Target,
     alive,
     free_port,
@@ -131,8 +130,3 @@ def test_fab_runs_in_remote_and_local_mode(fab) -> None:
         assert result.returncode == 0, result.stderr
         assert "Fabric 3.2.3" in result.stdout
     assert fab.remote_host == "fabserve-target"
-
-
-def test_fab_result_json_parses_json_lines() -> None:
-    assert FabResult(0, '{"host": "a"}\n', "").json == {"host": "a"}
-    assert FabResult(0, '{"host": "a"}\n\n{"host": "b"}\n', "").json == [{"host": "a"}, {"host": "b"}]

@@ -1,5 +1,5 @@
 """Many hosts at once: inventory groups, per-host settings, concurrency, one host
-down, JSON lines. Against the isolated test hosts of tests/fleet_bed.py, each with
+down, JSON lines. Against the isolated test hosts of tests/bed/hosts.py, each with
 its own sshd, process table and state, all running one project on port 8000."""
 
 import json
@@ -18,16 +18,16 @@ PORT = 8000
 
 
 @pytest.fixture
-def fleet(fleet_hosts, target, make_project, tmp_path):
-    """The fleet with an inventory and an ssh_config for it, and a `fab` that uses both."""
+def machines(bed_hosts, target, make_project, tmp_path):
+    """The hosts with an inventory and an ssh_config for it, and a `fab` that uses both."""
     site, other = make_project("site"), make_project("other")
     known_hosts = tmp_path / "known_hosts"
     ssh_config = tmp_path / "ssh_config"
     ssh_config.write_text(f"Host 10.*\n    StrictHostKeyChecking accept-new\n"
                           f"    UserKnownHostsFile {known_hosts}\n    IdentitiesOnly yes\n")
     hosts = {host.name: {"ansible_host": host.address, "ansible_user": host.user,
-                         "ansible_ssh_private_key_file": str(host.key)} for host in fleet_hosts}
-    names = [host.name for host in fleet_hosts]
+                         "ansible_ssh_private_key_file": str(host.key)} for host in bed_hosts}
+    names = [host.name for host in bed_hosts]
     inventory = {"all": {
         "vars": {"project": str(site), "port": PORT, "stop_timeout": 5},
         "children": {
@@ -39,9 +39,9 @@ def fleet(fleet_hosts, target, make_project, tmp_path):
     path = tmp_path / "hosts.yml"
     path.write_text(yaml.safe_dump(inventory))
 
-    class Fleet:
+    class Machines:
         def __init__(self):
-            self.hosts = {host.name: host for host in fleet_hosts}
+            self.hosts = {host.name: host for host in bed_hosts}
             self.site, self.other, self.known_hosts = site, other, known_hosts
 
         def command(self, *args):
@@ -58,9 +58,9 @@ def fleet(fleet_hosts, target, make_project, tmp_path):
             return subprocess.Popen(self.command(*args), cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
                                     stdout=stdout, stderr=subprocess.DEVNULL, start_new_session=True)
 
-    fleet = Fleet()
-    yield fleet
-    fleet.fab("-H", "all", "stop", "--json")  # whatever a failed test left running
+    machines = Machines()
+    yield machines
+    machines.fab("-H", "all", "stop", "--json")  # whatever a failed test left running
 
 
 def json_lines(result):
@@ -68,109 +68,109 @@ def json_lines(result):
     return {line["host"]: line for line in lines}
 
 
-def test_start_status_stop_on_every_host_at_once(fleet):
-    started = fleet.fab("-H", "all", "start", "--json")
+def test_start_status_stop_on_every_host_at_once(machines):
+    started = machines.fab("-H", "all", "start", "--json")
     assert started.returncode == 0, started.stdout + started.stderr
     results = json_lines(started)
-    assert sorted(results) == sorted(fleet.hosts)
+    assert sorted(results) == sorted(machines.hosts)
     assert all(result["state"] == "running" and result["changed"] for result in results.values())
-    for name, host in fleet.hosts.items():
+    for name, host in machines.hosts.items():
         assert host.http_status(PORT) == 200, name
-    status = fleet.fab("-H", "all", "status")
+    status = machines.fab("-H", "all", "status")
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
-    assert sorted(line.split(":")[0] for line in lines[:-1]) == sorted(fleet.hosts)
+    assert sorted(line.split(":")[0] for line in lines[:-1]) == sorted(machines.hosts)
     assert all(f"running on http://127.0.0.1:{PORT}/" in line for line in lines[:-1])
-    assert lines[-1] == f"{len(fleet.hosts)} running"
-    stopped = fleet.fab("-H", "all", "stop", "--json")
+    assert lines[-1] == f"{len(machines.hosts)} running"
+    stopped = machines.fab("-H", "all", "stop", "--json")
     assert stopped.returncode == 0 and all(r["changed"] for r in json_lines(stopped).values())
-    for host in fleet.hosts.values():
+    for host in machines.hosts.values():
         assert host.http_status(PORT) is None
-    assert fleet.fab("-H", "all", "status").returncode == 3
+    assert machines.fab("-H", "all", "status").returncode == 3
 
 
-def test_per_host_settings_reach_the_right_host(fleet):
-    result = fleet.fab("-H", "web,workers", "start", "--json")
+def test_per_host_settings_reach_the_right_host(machines):
+    result = machines.fab("-H", "web,workers", "start", "--json")
     assert result.returncode == 0, result.stderr
     results = json_lines(result)
-    names = sorted(fleet.hosts)
+    names = sorted(machines.hosts)
     for name in names[:3]:
-        assert results[name]["project"] == str(fleet.site)
+        assert results[name]["project"] == str(machines.site)
     for name in names[3:]:
-        assert results[name]["project"] == str(fleet.other)
+        assert results[name]["project"] == str(machines.other)
     # The server's working directory on each host is the project its vars name.
-    for name, host in fleet.hosts.items():
+    for name, host in machines.hosts.items():
         cwd = host.run(["readlink", f"/proc/{results[name]['pid']}/cwd"], check=True).stdout.strip()
         assert cwd == results[name]["project"]
     # A flag beats every inventory var.
-    moved = fleet.fab("-H", names[0], "status", "--port", "8001", "--json")
+    moved = machines.fab("-H", names[0], "status", "--port", "8001", "--json")
     assert moved.returncode == 3 and json_lines(moved)[names[0]]["port"] == 8001
 
 
-def test_one_host_down_leaves_the_others_working_and_is_named(fleet):
-    down = fleet.hosts[sorted(fleet.hosts)[2]]
+def test_one_host_down_leaves_the_others_working_and_is_named(machines):
+    down = machines.hosts[sorted(machines.hosts)[2]]
     down.stop_sshd()
     try:
         began = time.monotonic()
-        result = fleet.fab("-H", "all", "start")
+        result = machines.fab("-H", "all", "start")
         assert result.returncode == 1
         lines = result.stdout.splitlines()
         assert lines[-1] == f"4 ok, 1 failed: {down.name} (cannot connect: Connection refused)"
         assert result.stderr.strip() == f"{down.name}: start failed: cannot connect: Connection refused"
-        for name, host in fleet.hosts.items():
+        for name, host in machines.hosts.items():
             assert host.http_status(PORT) == (None if host is down else 200), name
-        status = fleet.fab("-H", "all", "status", "--json")
+        status = machines.fab("-H", "all", "status", "--json")
         assert status.returncode == 1
         assert json_lines(status)[down.name]["error"] == "cannot connect: Connection refused"
         print(f"start with one host down took {time.monotonic() - began:.2f}s")
     finally:
         down.start_sshd()
-    assert fleet.fab("-H", "all", "stop").returncode == 0
+    assert machines.fab("-H", "all", "stop").returncode == 0
 
 
-def test_status_exit_3_when_all_answer_but_one_is_not_running(fleet):
-    names = sorted(fleet.hosts)
-    assert fleet.fab("-H", "web", "start").returncode == 0
-    result = fleet.fab("-H", "web,workers", "status")
+def test_status_exit_3_when_all_answer_but_one_is_not_running(machines):
+    names = sorted(machines.hosts)
+    assert machines.fab("-H", "web", "start").returncode == 0
+    result = machines.fab("-H", "web,workers", "status")
     assert result.returncode == 3
     assert result.stdout.splitlines()[-1] == f"3 running, 2 not running: {names[3]}, {names[4]}"
 
 
-def test_json_output_is_only_one_object_per_host(fleet):
-    result = fleet.fab("-H", f"workers,{sorted(fleet.hosts)[0]},workers", "status", "--json")
+def test_json_output_is_only_one_object_per_host(machines):
+    result = machines.fab("-H", f"workers,{sorted(machines.hosts)[0]},workers", "status", "--json")
     assert result.returncode == 3
     objects = [json.loads(line) for line in result.stdout.splitlines()]
-    assert sorted(o["host"] for o in objects) == sorted([*sorted(fleet.hosts)[3:], sorted(fleet.hosts)[0]])
+    assert sorted(o["host"] for o in objects) == sorted([*sorted(machines.hosts)[3:], sorted(machines.hosts)[0]])
     assert result.stderr == ""
 
 
-def test_unknown_group_is_a_usage_error_before_connecting(fleet):
-    before = {name: host.sshd_log.read_text().count("Connection from") for name, host in fleet.hosts.items()}
-    result = fleet.fab("-H", "web,wbe", "status")
+def test_unknown_group_is_a_usage_error_before_connecting(machines):
+    before = {name: host.sshd_log.read_text().count("Connection from") for name, host in machines.hosts.items()}
+    result = machines.fab("-H", "web,wbe", "status")
     assert result.returncode == 2
     assert result.stderr.strip().startswith("unknown host or group 'wbe' in ")
     assert result.stdout == ""
-    after = {name: host.sshd_log.read_text().count("Connection from") for name, host in fleet.hosts.items()}
+    after = {name: host.sshd_log.read_text().count("Connection from") for name, host in machines.hosts.items()}
     assert after == before
 
 
-def test_new_host_keys_are_recorded_and_verified(fleet):
-    assert fleet.fab("-H", "all", "status").returncode == 3
-    recorded = fleet.known_hosts.read_text().splitlines()
-    assert len(recorded) == len(fleet.hosts)
-    assert fleet.fab("-H", "all", "status").returncode == 3
-    assert fleet.known_hosts.read_text().splitlines() == recorded
+def test_new_host_keys_are_recorded_and_verified(machines):
+    assert machines.fab("-H", "all", "status").returncode == 3
+    recorded = machines.known_hosts.read_text().splitlines()
+    assert len(recorded) == len(machines.hosts)
+    assert machines.fab("-H", "all", "status").returncode == 3
+    assert machines.known_hosts.read_text().splitlines() == recorded
 
 
-def test_logs_follow_prefixes_each_hosts_lines(fleet, tmp_path):
-    names = sorted(fleet.hosts)[:2]
-    assert fleet.fab("-H", ",".join(names), "start").returncode == 0
+def test_logs_follow_prefixes_each_hosts_lines(machines, tmp_path):
+    names = sorted(machines.hosts)[:2]
+    assert machines.fab("-H", ",".join(names), "start").returncode == 0
     out = tmp_path / "follow.out"
     with open(out, "w") as sink:
-        follower = fleet.popen("-H", ",".join(names), "logs", "--follow", "--lines", "5", stdout=sink)
+        follower = machines.popen("-H", ",".join(names), "logs", "--follow", "--lines", "5", stdout=sink)
         try:
             for name in names:  # a request on each host shows up, under that host's name
-                assert fleet.hosts[name].http_status(PORT, f"/probe-{name}") == 404
+                assert machines.hosts[name].http_status(PORT, f"/probe-{name}") == 404
             assert wait_for(lambda: all(f"{name}: " in line and f"/probe-{name}" in line
                                         for name in names
                                         for line in [next((l for l in out.read_text().splitlines()

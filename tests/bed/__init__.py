@@ -1,8 +1,8 @@
 """fabserve's test bed: plain modules (no pytest) that build real hosts to test against.
 
 Used by tests/conftest.py, the multi-host tests and bench/. Failures raise
-BedError with a one-line-first message; callers decide whether that skips,
-fails or aborts.
+BedError (BedUnavailable when the machine lacks a prerequisite) with a
+one-line-first message; callers decide whether that skips, fails or aborts.
 
   procs   process inspection and signalling by PID, from /proc
   net     ports, TCP and HTTP probes
@@ -11,6 +11,10 @@ fails or aborts.
   users   unprivileged accounts and their authorized_keys
   sshd    host keys, sshd and ssh client configuration, starting sshd
   venv    virtualenvs keyed by their requirements
+  target  the local sshd target and its accounts, as the integration tests use it
+  accounts  running and spawning commands as a test account, its Django projects
+  fab     running fab against the target
+  hosts   namespaced hosts, each with its own network, processes and sshd
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ from collections.abc import Callable
 
 class BedError(Exception):
     """The test bed could not be set up, used or torn down; the message says why."""
+
+
+class BedUnavailable(BedError):
+    """This machine cannot host that part of the bed (not root, a tool missing, no
+    namespaces): tests skip on it, or fail where everything must run (CI=true)."""
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05) -> bool:

@@ -1,4 +1,4 @@
-"""A fleet of real, isolated test hosts on this machine, for multi-host tests.
+"""Real, isolated test hosts on this machine, for tests that address many hosts at once.
 
 Each host is a Linux network namespace joined to the root namespace by a veth
 pair (root side 10.213.N.1/30, host side 10.213.N.2/30), in which
@@ -12,26 +12,25 @@ orphan so that it is tini's child, not the script's: stopping it (to make the
 host unreachable) leaves the host and its other processes running, and tini
 reaps it.
 
-Logins are the same as for conftest's `target`: TEST_USER with `target.key`
-(its authorized_keys lives in the shared home).
+Logins are the same as for the local target (bed.target): its user with its
+key (authorized_keys lives in the shared home).
 
-Use `fleet(target)` (a context manager yielding the hosts) or the
-session fixture `fleet_hosts` in conftest.py, which builds FLEET_SIZE hosts.
-Teardown SIGKILLs each host's tini by the PID this module started (through a
-pidfd, so a reused PID can never be hit; the kernel then kills the whole PID
-namespace), waits for it, deletes the network namespace and any veth left over.
-Nothing else is ever signalled.
+Use `host_bed(target, count)` (a context manager yielding the HostBed, whose
+.hosts are the hosts) or the session fixture `bed_hosts` in conftest.py, which
+builds BED_SIZE hosts. Teardown SIGKILLs each host's tini by the PID this module
+started (through a pidfd, so a reused PID can never be hit; the kernel then
+kills the whole PID namespace), waits for it, deletes the network namespace
+and any veth left over. Nothing else is ever signalled.
 
-Names include the pytest session's PID and a per-session bed number, so two
-sessions (and two beds in one session) never collide; subnets are allocated
-under a machine-wide lock after checking `ip -o addr` and `ip -o route`.
+Names include the creating process's PID and a per-process bed number, so two
+test sessions (and two beds in one session) never collide; subnets are
+allocated under a machine-wide lock after checking `ip -o addr` and `ip -o route`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import http.client
 import ipaddress
 import itertools
@@ -52,44 +51,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
+from . import BedError, BedUnavailable, procs, wait_for
+from .net import accepts
+from .run import run_checked, run_in_group
+from .sshd import IP, SSH, SSHD, keygen, log_tail, sshd_config, write_sshd_config
+from .state import STATE_DIR, locked
+from .target import Target
+from .users import RUNUSER, USER_PATH, runuser_argv, user_env
 
-from conftest import (
-    PR_SET_PDEATHSIG,
-    RUNUSER,
-    SSHD,
-    STATE_DIR,
-    TEST_USER,
-    USER_PATH,
-    _ensure_state_dir,
-    _keygen,
-    _run,
-    _run_in_group,
-    _runuser,
-    _sshd_config,
-)
-from helpers import Target, alive, wait_for
+BED_SIZE = 5
 
-FLEET_SIZE = 5
-
-IP = Path("/usr/sbin/ip")
 UNSHARE = Path("/usr/bin/unshare")
 NSENTER = Path("/usr/bin/nsenter")
 TINI = Path("/usr/bin/tini")
-SSH = Path("/usr/bin/ssh")
 SSH_PORT = 22
 
 # 10.213.N.0/30 for N in 1..254: host N's root side is .1, the host itself .2.
 SUBNET_PREFIX = "10.213"
 SUBNET_SLOTS = range(1, 255)
 NETNS_DIR = Path("/run/netns")
-NETNS_PREFIX = "fabserve-fleet-"
+NETNS_PREFIX = "fabserve-host-"
 # veth names are limited to 15 characters: fv<pid hex>b<bed hex>{r,n}<index hex>.
 _VETH_RE = re.compile(r"^fv([0-9a-f]+)b[0-9a-f]+[rn][0-9a-f]+$")
 _NETNS_RE = re.compile(rf"^{NETNS_PREFIX}(\d+)-\d+-\d+$")
-LOCK_FILE = STATE_DIR / ".fleet.lock"
+LOCK_FILE = STATE_DIR / ".hosts.lock"
 # Per-bed files (sshd configs, host keys, logs), private to root, removed on teardown.
-WORKDIR_PREFIX = "fleet-"
+WORKDIR_PREFIX = "hosts-"
 _WORKDIR_RE = re.compile(rf"^{WORKDIR_PREFIX}(\d+)-\d+$")
 CLONE_NEWNET = 0x40000000
 
@@ -106,57 +93,11 @@ _bed_numbers = itertools.count(1)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class FleetError(Exception):
-    """The fleet could not be built or torn down."""
-
-
-# --- small utilities -------------------------------------------------------------
-
-
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([str(IP), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if check and result.returncode != 0:
-        raise FleetError(f"ip {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
+        raise BedError(f"ip {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
     return result
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rindex(")") + 2 :].split()
-
-
-def _parent(pid: int) -> int | None:
-    fields = _stat_fields(pid)
-    return int(fields[1]) if fields else None
-
-
-def _children(pid: int) -> list[int]:
-    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit() and _parent(int(entry)) == pid]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _exe(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return None
-
-
-def _accepts(address: str, port: int, timeout: float = 1) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _socket_in_netns(netns: Path, family: int = socket.AF_INET) -> socket.socket:
@@ -181,7 +122,7 @@ def _socket_in_netns(netns: Path, family: int = socket.AF_INET) -> socket.socket
         except BaseException as error:  # handed to the caller's thread
             outcome["error"] = error
 
-    thread = threading.Thread(target=work, name="fleet-setns")
+    thread = threading.Thread(target=work, name="host-setns")
     thread.start()
     thread.join()
     if "error" in outcome:
@@ -205,31 +146,20 @@ class _NetnsHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-@contextlib.contextmanager
-def _fleet_lock() -> Iterator[None]:
-    """Machine-wide: subnet allocation and stale cleanup, across pytest sessions."""
-    _ensure_state_dir()
-    with open(LOCK_FILE, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
-def _die_with_creator() -> None:
-    """In the forked launcher: SIGKILL it if the thread that started it goes away
-    (a pytest killed outright). unshare --kill-child passes that on to tini, and
-    tini's death ends its whole PID namespace."""
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def _hosts_lock() -> contextlib.AbstractContextManager[None]:
+    """Machine-wide: subnet allocation and stale cleanup, across test sessions."""
+    return locked(LOCK_FILE)
 
 
 # --- what one host is ---------------------------------------------------------------
 
 
 @dataclass
-class FleetHost:
+class NamespacedHost:
     """One isolated host: its own network, PID, mount and UTS namespaces, its own sshd."""
 
-    name: str  # "fleet1" ...; also the host's hostname
-    index: int  # 1-based position in the fleet
+    name: str  # "host1" ...; also the host's hostname
+    index: int  # 1-based position in the bed
     address: str  # the host's own address (10.213.N.2); sshd listens on it, port 22
     gateway: str  # the root namespace's end of the veth pair (10.213.N.1)
     netns: str  # `ip netns` name
@@ -240,7 +170,7 @@ class FleetHost:
     host_key_path: Path  # the private host key file
     sshd_config: Path
     sshd_log: Path  # sshd's output (-e) and the startup script's
-    user: str  # the account to log in as (TEST_USER)
+    user: str  # the account to log in as (the target's)
     key: Path  # client private key that logs in as user
     home: Path  # user's home (shared with the machine)
     port: int = SSH_PORT
@@ -284,7 +214,7 @@ class FleetHost:
 
     def accepts_ssh(self, timeout: float = 1) -> bool:
         """True if something accepts TCP connections on address:22 (from the root namespace)."""
-        return _accepts(self.address, self.port, timeout)
+        return accepts(self.address, self.port, timeout)
 
     # -- commands inside the host ----------------------------------------------
 
@@ -294,16 +224,12 @@ class FleetHost:
         workdir = cwd if cwd is not None else (self.home if user else "/")
         enter = [str(NSENTER), f"--target={self.tini_pid}", "--net", "--pid", "--mount", "--uts",
                  f"--wd={workdir}", "--"]
-        as_user = [str(RUNUSER), "-u", user, "--"] if user else []
-        return [*enter, *as_user, *(str(arg) for arg in args)]
+        return [*enter, *(runuser_argv(user, args) if user else [str(arg) for arg in args])]
 
     def _env(self, user: str | None, env: dict[str, str] | None) -> dict[str, str]:
         if user:
-            home = pwd.getpwnam(user).pw_dir
-            base = {"HOME": home, "USER": user, "LOGNAME": user, "PATH": USER_PATH, "LANG": "C.UTF-8"}
-        else:
-            base = {"HOME": "/root", "PATH": f"{USER_PATH}:/usr/sbin:/sbin", "LANG": "C.UTF-8"}
-        return base | (env or {})
+            return user_env(user, pwd.getpwnam(user).pw_dir, env)
+        return {"HOME": "/root", "PATH": f"{USER_PATH}:/usr/sbin:/sbin", "LANG": "C.UTF-8"} | (env or {})
 
     def run(self, args: Sequence[str | os.PathLike[str]], *, user: str | None = None,
             cwd: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
@@ -314,12 +240,12 @@ class FleetHost:
         The environment is fixed (HOME, USER, LOGNAME, PATH, LANG) plus env. A
         timeout kills nsenter's whole process group.
         """
-        return _run_in_group(self.argv(args, user=user, cwd=cwd), timeout=timeout, input=input,
-                             check=check, env=self._env(user, env), stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return run_in_group(self.argv(args, user=user, cwd=cwd), timeout=timeout, input=input,
+                            check=check, env=self._env(user, env), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def as_user(self, args: Sequence[str | os.PathLike[str]], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-        """run() as the fleet's user."""
+        """run() as the bed's user."""
         return self.run(args, user=self.user, **kwargs)
 
     # -- talking to servers inside the host --------------------------------------
@@ -358,24 +284,24 @@ class FleetHost:
     def find_sshd(self) -> int | None:
         """Root-namespace PID of this host's listening sshd, found among tini's children
         (session processes retitle themselves and never show the config path)."""
-        for pid in _children(self.tini_pid):
-            if _exe(pid) == str(SSHD) and str(self.sshd_config) in _cmdline(pid):
+        for pid in procs.children(self.tini_pid):
+            if procs.exe(pid) == str(SSHD) and str(self.sshd_config) in procs.cmdline(pid):
                 return pid
         return None
 
     def _is_our_sshd(self, pid: int) -> bool:
-        return (alive(pid) and _parent(pid) == self.tini_pid and _exe(pid) == str(SSHD)
-                and str(self.sshd_config) in _cmdline(pid))
+        return (procs.alive(pid) and procs.parent(pid) == self.tini_pid and procs.exe(pid) == str(SSHD)
+                and str(self.sshd_config) in procs.cmdline(pid))
 
     def stop_sshd(self, timeout: float = 10) -> None:
         """Stop this host's sshd listener (only that process, by its PID): port 22 on
         the host's address then refuses connections; the host itself keeps running."""
         pid = self.sshd_pid
         if pid is None or not self._is_our_sshd(pid):
-            raise FleetError(f"{self.name}: sshd is not running (recorded pid {pid})")
+            raise BedError(f"{self.name}: sshd is not running (recorded pid {pid})")
         os.kill(pid, signal.SIGTERM)
-        if not wait_for(lambda: not alive(pid) and not self.accepts_ssh(), timeout=timeout):
-            raise FleetError(f"{self.name}: sshd (pid {pid}) did not stop within {timeout} s")
+        if not wait_for(lambda: not procs.alive(pid) and not self.accepts_ssh(), timeout=timeout):
+            raise BedError(f"{self.name}: sshd (pid {pid}) did not stop within {timeout} s")
         self.sshd_pid = None
 
     def start_sshd(self, timeout: float = 10) -> int:
@@ -387,20 +313,15 @@ class FleetHost:
                   f"</dev/null >>{log} 2>&1 &)"
         result = self.run(["/bin/sh", "-c", command], timeout=timeout)
         if result.returncode != 0:
-            raise FleetError(f"{self.name}: starting sshd failed: {result.stderr.strip()}")
+            raise BedError(f"{self.name}: starting sshd failed: {result.stderr.strip()}")
         if not wait_for(lambda: self.find_sshd() is not None and self.accepts_ssh(), timeout=timeout):
-            raise FleetError(f"{self.name}: sshd did not come back on {self.address}:{self.port}:\n"
-                             f"{_tail(self.sshd_log)}")
-        self.sshd_pid = self.find_sshd()
-        assert self.sshd_pid is not None
-        return self.sshd_pid
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as error:
-        return f"({path}: {error})"
+            raise BedError(f"{self.name}: sshd did not come back on {self.address}:{self.port}:\n"
+                           f"{log_tail(self.sshd_log, 30)}")
+        pid = self.find_sshd()
+        if pid is None:
+            raise BedError(f"{self.name}: sshd came back but exited at once:\n{log_tail(self.sshd_log, 30)}")
+        self.sshd_pid = pid
+        return pid
 
 
 # --- the startup script inside a host ---------------------------------------------
@@ -410,8 +331,8 @@ set -eu
 exec </dev/null >>"$LOG" 2>&1
 echo "$NAME: starting as PID $$"
 printf '%s\n' "$NAME" > /proc/sys/kernel/hostname
-mount -t tmpfs -o mode=1777,size=256m "fleet-tmp-$NAME" /tmp
-mount -t tmpfs -o "mode=0700,uid=$USER_UID,gid=$USER_GID,size=64m" "fleet-state-$NAME" "$STATE"
+mount -t tmpfs -o mode=1777,size=256m "host-tmp-$NAME" /tmp
+mount -t tmpfs -o "mode=0700,uid=$USER_UID,gid=$USER_GID,size=64m" "host-state-$NAME" "$STATE"
 # An orphan, so that tini is its parent: the host outlives a stopped sshd.
 ("$SSHD" -D -e -f "$CONFIG" &)
 exec sleep infinity
@@ -440,7 +361,7 @@ class _Plan:
         return f"{SUBNET_PREFIX}.{self.slot}.2"
 
 
-def _busy_networks() -> list[ipaddress.IPv4Network]:
+def busy_networks() -> list[ipaddress.IPv4Network]:
     """Networks of every IPv4 address and route in the root namespace."""
     busy = []
     for line in _ip("-o", "-4", "addr", "show").stdout.splitlines():
@@ -458,36 +379,36 @@ def _busy_networks() -> list[ipaddress.IPv4Network]:
     return busy
 
 
-def _free_slots(count: int) -> list[int]:
-    """count third octets N whose 10.213.N.0/24 touches no address or route here.
+def free_slots(count: int, busy: Sequence[ipaddress.IPv4Network]) -> list[int]:
+    """count third octets N whose 10.213.N.0/24 touches none of the busy networks.
     A network wider than /16 (a 10.0.0.0/8 route, say) does not make a slot busy:
     our /30s are more specific and win."""
-    busy = [net for net in _busy_networks() if net.prefixlen >= 16]
+    narrow = [net for net in busy if net.prefixlen >= 16]
     slots = []
     for slot in SUBNET_SLOTS:
         candidate = ipaddress.ip_network(f"{SUBNET_PREFIX}.{slot}.0/24")
-        if not any(candidate.overlaps(net) for net in busy):
+        if not any(candidate.overlaps(net) for net in narrow):
             slots.append(slot)
             if len(slots) == count:
                 return slots
-    raise FleetError(f"only {len(slots)} free /24 slots in {SUBNET_PREFIX}.0.0/16, need {count}")
+    raise BedError(f"only {len(slots)} free /24 slots in {SUBNET_PREFIX}.0.0/16, need {count}")
 
 
 def _prune_stale() -> None:
-    """Delete network namespaces and veths left by pytest sessions that no longer run."""
+    """Delete network namespaces, veths and work directories left by processes that no longer run."""
     if NETNS_DIR.is_dir():
         for entry in NETNS_DIR.iterdir():
             match = _NETNS_RE.match(entry.name)
-            if match and not alive(int(match[1])):
+            if match and not procs.alive(int(match[1])):
                 _ip("netns", "del", entry.name, check=False)
     for entry in STATE_DIR.glob(f"{WORKDIR_PREFIX}*"):
         match = _WORKDIR_RE.match(entry.name)
-        if match and not alive(int(match[1])):
+        if match and not procs.alive(int(match[1])):
             shutil.rmtree(entry, ignore_errors=True)
     for line in _ip("-o", "link", "show").stdout.splitlines():
         name = line.split(":")[1].strip().split("@")[0]
         match = _VETH_RE.match(name)
-        if match and not alive(int(match[1], 16)):
+        if match and not procs.alive(int(match[1], 16)):
             _ip("link", "del", name, check=False)
 
 
@@ -500,25 +421,25 @@ def prerequisites_missing() -> list[str]:
     return problems
 
 
-class Fleet(list[FleetHost]):
-    """The hosts of one bed, in order (fleet1 first), plus how long building took."""
+class Hosts(list[NamespacedHost]):
+    """The hosts of one bed, in order (host1 first), plus how long building took."""
 
     setup_seconds: float | None = None
 
 
-class FleetBed:
-    """Builds and tears down `count` FleetHosts. Build it from the thread that will
+class HostBed:
+    """Builds and tears down `count` NamespacedHosts. Build it from the thread that will
     outlive it (the hosts are set to die with that thread, e.g. pytest's main thread)."""
 
-    def __init__(self, target: Target, count: int = FLEET_SIZE) -> None:
+    def __init__(self, target: Target, count: int = BED_SIZE) -> None:
         if not 1 <= count <= 200:
-            raise ValueError(f"fleet size must be 1..200, not {count}")
+            raise ValueError(f"bed size must be 1..200, not {count}")
         self.target = target
         self.count = count
         self.bed = next(_bed_numbers)
         # Not under /tmp: every host mounts its own tmpfs there, hiding the machine's.
         self.workdir = STATE_DIR / f"{WORKDIR_PREFIX}{os.getpid()}-{self.bed}"
-        self.hosts = Fleet()
+        self.hosts = Hosts()
         self.setup_seconds: float | None = None
         self._plans: list[_Plan] = []
         self._launchers: list[subprocess.Popen[bytes]] = []
@@ -527,22 +448,21 @@ class FleetBed:
 
     # -- build ------------------------------------------------------------------
 
-    def build(self) -> Fleet:
+    def build(self) -> Hosts:
         problems = prerequisites_missing()
         if problems:
-            raise FleetError("the fleet needs " + ", ".join(problems))
+            raise BedUnavailable("the host test bed needs " + ", ".join(problems))
         started = time.monotonic()
         user = pwd.getpwnam(self.target.user)
         # The mount point of the per-host tmpfs; made in the shared home, as the user.
-        _run(_runuser(self.target, ["mkdir", "-p", "--", self.target.home / ".local" / "state"]))
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-        with _fleet_lock():
+        run_checked(runuser_argv(self.target.user, ["mkdir", "-p", "--", self.target.home / ".local" / "state"]))
+        with _hosts_lock():
             _prune_stale()
             self.workdir.mkdir(mode=0o700)
-            slots = _free_slots(self.count)
+            slots = free_slots(self.count, busy_networks())
             pid = os.getpid()
             for index, slot in enumerate(slots, start=1):
-                name = f"fleet{index}"
+                name = f"host{index}"
                 workdir = self.workdir / name
                 workdir.mkdir(parents=True, exist_ok=True)
                 self._plans.append(_Plan(
@@ -579,11 +499,9 @@ class FleetBed:
         host_key = plan.workdir / "ssh_host_ed25519_key"
         for stale in (host_key, host_key.with_suffix(".pub")):
             stale.unlink(missing_ok=True)
-        _keygen(host_key, f"fabserve-fleet {plan.name}")
-        config = _sshd_config(SSH_PORT, host_key, self.target.user).replace(
-            "ListenAddress 127.0.0.1", f"ListenAddress {plan.address}")
-        (plan.workdir / "sshd_config").write_text(config)
-        _run([SSHD, "-t", "-f", plan.workdir / "sshd_config"])
+        keygen(host_key, f"fabserve-host {plan.name}")
+        write_sshd_config(plan.workdir / "sshd_config", sshd_config(
+            listen=plan.address, port=SSH_PORT, host_key=host_key, users=[self.target.user]))
         return host_key
 
     def _launch(self, plan: _Plan, user: pwd.struct_passwd) -> subprocess.Popen[bytes]:
@@ -601,34 +519,36 @@ class FleetBed:
             "CONFIG": str(plan.workdir / "sshd_config"),
         }
         # `ip netns exec` execs unshare in place, so the launcher's PID is unshare's;
-        # unshare forks tini (PID 1 inside) and SIGKILLs it if unshare dies.
-        return subprocess.Popen(
-            [str(IP), "netns", "exec", plan.netns,
-             str(UNSHARE), "--pid", "--mount", "--uts", "--fork", "--mount-proc", "--kill-child=SIGKILL",
-             str(TINI), "--", "/bin/sh", "-c", _HOST_SCRIPT],
-            env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=log.open("ab"), preexec_fn=_die_with_creator,
-        )
+        # unshare forks tini (PID 1 inside) and SIGKILLs it if unshare dies, and the
+        # launcher gets SIGKILL if the thread that started it goes away.
+        with log.open("ab") as err:
+            return subprocess.Popen(
+                [str(IP), "netns", "exec", plan.netns,
+                 str(UNSHARE), "--pid", "--mount", "--uts", "--fork", "--mount-proc", "--kill-child=SIGKILL",
+                 str(TINI), "--", "/bin/sh", "-c", _HOST_SCRIPT],
+                env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=err, preexec_fn=procs.die_with_parent(signal.SIGKILL),
+            )
 
-    def _await(self, plan: _Plan, launcher: subprocess.Popen[bytes], host_key: Path) -> FleetHost:
+    def _await(self, plan: _Plan, launcher: subprocess.Popen[bytes], host_key: Path) -> NamespacedHost:
         log = plan.workdir / "host.log"
         tini: list[int] = []
 
         def tini_started() -> bool:
             if launcher.poll() is not None:
                 return True
-            tini[:] = [pid for pid in _children(launcher.pid) if _exe(pid) == str(TINI)]
+            tini[:] = [pid for pid in procs.children(launcher.pid) if procs.exe(pid) == str(TINI)]
             return bool(tini)
 
         wait_for(tini_started, timeout=10)
         if not tini:
             status = launcher.poll()
             what = "did not start" if status is None else f"exited during startup (exit {status})"
-            raise FleetError(f"{plan.name}: the host {what}:\n{_tail(log)}")
+            raise BedError(f"{plan.name}: the host {what}:\n{log_tail(log, 30)}")
         tini_pid = tini[0]
         pidfd = os.pidfd_open(tini_pid)
         self._pidfds.append(pidfd)
-        host = FleetHost(
+        host = NamespacedHost(
             name=plan.name, index=plan.index, address=plan.address, gateway=plan.gateway,
             netns=plan.netns, veth=plan.veth, tini_pid=tini_pid, sshd_pid=None,
             host_key=host_key.with_suffix(".pub").read_text().strip(), host_key_path=host_key,
@@ -637,8 +557,8 @@ class FleetBed:
         )
         if not wait_for(lambda: launcher.poll() is not None or (host.find_sshd() and host.accepts_ssh()),
                         timeout=15) or launcher.poll() is not None:
-            raise FleetError(f"{plan.name}: sshd did not come up on {plan.address}:{SSH_PORT} "
-                             f"(launcher exit {launcher.poll()}):\n{_tail(log)}")
+            raise BedError(f"{plan.name}: sshd did not come up on {plan.address}:{SSH_PORT} "
+                           f"(launcher exit {launcher.poll()}):\n{log_tail(log, 30)}")
         host.sshd_pid = host.find_sshd()
         return host
 
@@ -646,7 +566,7 @@ class FleetBed:
 
     def teardown(self) -> None:
         """Kill each host's tini (by pidfd), wait, delete namespaces and leftover veths.
-        Idempotent; raises FleetError listing anything that could not be cleaned up."""
+        Idempotent; raises BedError listing anything that could not be cleaned up."""
         if self._torn_down:
             return
         self._torn_down = True
@@ -678,10 +598,9 @@ class FleetBed:
                 _ip("link", "del", plan.veth, check=False)
                 if _link_exists(plan.veth):
                     problems.append(f"veth {plan.veth} is left")
-        if not problems:
-            shutil.rmtree(self.workdir, ignore_errors=True)
         if problems:
-            raise FleetError("fleet teardown: " + "; ".join(problems))
+            raise BedError("host bed teardown: " + "; ".join(problems))
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _pidfd_exited(pidfd: int) -> bool:
@@ -693,49 +612,20 @@ def _link_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
 
 
-# --- entry points ---------------------------------------------------------------------
-
-
 @contextlib.contextmanager
-def fleet(target: Target, count: int = FLEET_SIZE) -> Iterator[Fleet]:
-    """Build count hosts, yield them, tear them down. Raises FleetError if building fails
-    (after cleaning up what was built)."""
-    bed = FleetBed(target, count)
-    try:
-        bed.build()
-        yield bed.hosts
-    finally:
-        bed.teardown()
-
-
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
-
-
-@contextlib.contextmanager
-def fleet_for_pytest(target: Target, count: int = FLEET_SIZE) -> Iterator[FleetBed]:
-    """The bed behind the `fleet_hosts` fixture: a build failure skips the tests, or
-    fails them under CI=true."""
-    problems = prerequisites_missing()
-    if problems:
-        _skip_or_fail("the fleet test bed needs " + ", ".join(problems))
-    bed = FleetBed(target, count)
+def host_bed(target: Target, count: int = BED_SIZE) -> Iterator[HostBed]:
+    """Build count hosts, yield the bed, tear it down. A build failure is cleaned up and
+    raised as BedUnavailable: this machine cannot host the bed."""
+    bed = HostBed(target, count)
     try:
         try:
             bed.build()
-        except (Exception, pytest.fail.Exception) as error:
-            reason = f"cannot build the fleet test bed: {error}"
-            with contextlib.suppress(Exception):
+        except Exception as error:
+            with contextlib.suppress(BedError):
                 bed.teardown()
-            _skip_or_fail(reason)
+            if isinstance(error, BedUnavailable):
+                raise
+            raise BedUnavailable(f"cannot build the host test bed: {error}") from error
         yield bed
     finally:
         bed.teardown()
-
-
-__all__ = [
-    "FLEET_SIZE", "Fleet", "FleetBed", "FleetError", "FleetHost", "TEST_USER", "fleet", "fleet_for_pytest",
-    "prerequisites_missing",
-]

@@ -1,0 +1,132 @@
+"""Running commands as a test account: to completion, or spawned and killed later;
+and the Django projects those accounts own."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import BedError, procs, wait_for
+from .run import run_in_group
+from .target import Target
+from .users import runuser_argv, user_env
+
+Argv = Sequence[str | os.PathLike[str]]
+
+
+class UserRunner:
+    """Runs a command to completion as an account, from its home directory.
+
+    Keywords: cwd, env (added to the fixed user environment), timeout (120 s),
+    input, check; anything else goes to subprocess.Popen.
+    """
+
+    def __init__(self, user: str, home: Path) -> None:
+        self.user = user
+        self.home = home
+
+    def __call__(
+        self,
+        args: Argv,
+        *,
+        cwd: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+        **kwargs: Any,
+    ) -> subprocess.CompletedProcess[str]:
+        options: dict[str, Any] = {
+            "stdin": subprocess.DEVNULL,
+            "stdout": subprocess.PIPE,
+            "stderr": subprocess.PIPE,
+            "text": True,
+        }
+        return run_in_group(
+            runuser_argv(self.user, args),
+            cwd=cwd or self.home,
+            env=user_env(self.user, self.home, env),
+            timeout=timeout,
+            **(options | kwargs),
+        )
+
+
+class Spawner:
+    """Starts long-running processes as an account and kills them afterwards."""
+
+    def __init__(self, user: str, home: Path) -> None:
+        self.user = user
+        self.home = home
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __call__(
+        self,
+        args: Argv,
+        cwd: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            runuser_argv(self.user, args),
+            cwd=cwd or self.home,
+            env=user_env(self.user, self.home, env),
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def cleanup(self) -> None:
+        """Kill each spawned process group (runuser leads it; its child stays in it)."""
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        self.procs.clear()
+
+
+class ProjectMaker:
+    """Creates Django projects (startproject) owned by the target's user, each with a
+    .venv linked to the target venv."""
+
+    def __init__(self, target: Target, as_user: UserRunner) -> None:
+        self._target = target
+        self._as_user = as_user
+        self.roots: list[Path] = []
+
+    def __call__(self, name: str = "site") -> Path:
+        # The name is only ever an argv element, never shell text, so spaces,
+        # quotes, $, backticks and even "/" (nested directories) are fine; it
+        # just must not lead out of the per-project directory.
+        if not name or name.startswith("/") or ".." in name.split("/") or "\0" in name:
+            raise ValueError(f"project name must be a relative path without '..': {name!r}")
+        root = self._target.home / "projects" / uuid.uuid4().hex[:12]
+        self.roots.append(root)
+        project = root / name
+        venv = self._target.venv
+        for command in (
+            ["mkdir", "-p", "--", project],
+            [venv / "bin" / "django-admin", "startproject", "mysite", project],
+            # fabserve's default interpreter is <project>/.venv/bin/python; a link
+            # to the shared target venv is instant and Python follows it to pyvenv.cfg.
+            ["ln", "-s", "--", venv, project / ".venv"],
+        ):
+            result = self._as_user(command)
+            if result.returncode != 0:
+                raise BedError(f"{command} failed:\n{result.stdout}{result.stderr}")
+        return project
+
+    def cleanup(self) -> None:
+        """Kill the user's processes working inside the projects, then delete them."""
+        for root in self.roots:
+            pids = procs.pids_with_cwd_under(root, self._target.uid)
+            procs.kill_pids(pids)
+            wait_for(lambda: not any(procs.alive(pid) for pid in pids), timeout=5)
+            shutil.rmtree(root, ignore_errors=True)
+        self.roots.clear()

@@ -1,0 +1,74 @@
+"""The test bed's own logic: subnet picking, fab's JSON lines, reading listeners from
+/proc/net, the refusal to signal what must never be signalled. No root, no sshd."""
+
+import ipaddress
+import os
+import socket
+
+import pytest
+
+from bed import BedError, procs
+from bed.hosts import free_slots
+from bed.net import port_listening
+from helpers import FabResult
+
+
+def test_busy_subnets_are_skipped() -> None:
+    busy = ["10.213.1.0/30", "10.213.3.7/32", "10.213.4.128/25", "10.0.0.0/8", "192.0.2.0/24"]
+    networks = [ipaddress.ip_network(net) for net in busy]
+    # A /8 route does not block a slot (our /30s are more specific); anything inside a
+    # slot's /24 does.
+    assert free_slots(4, networks) == [2, 5, 6, 7]
+    with pytest.raises(BedError, match="free"):
+        free_slots(300, networks)
+
+
+def test_fab_result_json_parses_json_lines() -> None:
+    assert FabResult(0, '{"host": "a"}\n', "").json == {"host": "a"}
+    assert FabResult(0, '{"host": "a"}\n\n{"host": "b"}\n', "").json == [{"host": "a"}, {"host": "b"}]
+
+
+def test_port_listening_reads_the_tables_under_the_proc_root_it_is_given(tmp_path) -> None:
+    net = tmp_path / "net"
+    net.mkdir()
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
+    # 127.0.0.1:8000 listening (0A), 10.0.0.2:8001 connected (01), [::1]:8002 listening.
+    (net / "tcp").write_text(header
+                             + "   0: 0100007F:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000\n"
+                             + "   1: 0200000A:1F41 0100000A:D431 01 00000000:00000000 00:00000000 00000000  1000\n")
+    (net / "tcp6").write_text(header + "   0: 00000000000000000000000001000000:1F42 "
+                              "00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  0\n")
+    assert port_listening(8000, proc_root=tmp_path)
+    assert port_listening(8000, "127.0.0.1", proc_root=tmp_path)
+    assert not port_listening(8000, "127.0.0.2", proc_root=tmp_path)
+    assert not port_listening(8001, proc_root=tmp_path)
+    assert port_listening(8002, "::1", proc_root=tmp_path)
+    assert not port_listening(8000, proc_root=tmp_path / "missing")
+
+
+def test_port_listening_sees_a_real_listener_through_our_own_proc_entry() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+        assert not port_listening(port, proc_root=f"/proc/{os.getpid()}")
+        server.listen()
+        assert port_listening(port, "127.0.0.1", proc_root=f"/proc/{os.getpid()}")
+        assert port_listening(port)
+    assert not port_listening(port)
+
+
+@pytest.mark.parametrize("pid", [0, 1, -1, -123])
+def test_kill_pids_refuses_groups_and_init(pid) -> None:
+    with pytest.raises(ValueError, match=f"refusing to signal pid {pid}"):
+        procs.kill_pids([pid])
+
+
+def test_kill_pids_refuses_our_own_pid_and_ignores_gone_ones() -> None:
+    with pytest.raises(ValueError, match="refusing"):
+        procs.kill_pids([os.getpid()])
+    gone = os.fork()
+    if gone == 0:
+        os._exit(0)
+    os.waitpid(gone, 0)
+    procs.kill_pids([gone])
+    assert not procs.alive(gone)
