@@ -36,11 +36,11 @@ def main(user, project, port):
         project = os.path.join(account.pw_dir, project[2:])
     port = int(port)
     if answers(port):
-        sys.exit("port {} is already taken".format(port))
+        sys.exit(f"port {port} is already taken")
     env = {"HOME": account.pw_dir, "USER": user, "LOGNAME": user, "LANG": "C.UTF-8",
            "PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
     argv = [os.path.join(project, ".venv", "bin", "python"), os.path.join(project, "manage.py"),
-            "runserver", "127.0.0.1:{}".format(port)]
+            "runserver", f"127.0.0.1:{port}"]
     began = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=project, env=env, user=account.pw_uid, group=account.pw_gid,
                             extra_groups=[], start_new_session=True, stdin=subprocess.DEVNULL,
@@ -48,9 +48,9 @@ def main(user, project, port):
     try:
         while not answers(port):
             if proc.poll() is not None:
-                sys.exit("runserver exited with {} before the port answered".format(proc.returncode))
+                sys.exit(f"runserver exited with {proc.returncode} before the port answered")
             if time.perf_counter() - began > TIMEOUT:
-                sys.exit("the port did not answer within {} s".format(TIMEOUT))
+                sys.exit(f"the port did not answer within {TIMEOUT} s")
             time.sleep(POLL)
         seconds = time.perf_counter() - began
     finally:

@@ -16,8 +16,6 @@ from typing import Any
 from bench.layout import REPO
 from bench.samples import Case, fmt_count, spread
 
-CASE_ROW = "{:<40} {:>8} {:>11} {:>8} {:>8} {:>6} {:>6} {:>7}"
-RATIO_ROW = "{:<46} {:>8} {:>17} {:>8} {:>7}"
 
 
 def case_row(case: Case) -> dict[str, Any]:
@@ -47,12 +45,23 @@ def memory_lines(rows: dict[str, dict[str, Any]], sizes: Sequence[int]) -> list[
     return lines
 
 
+def case_line(case: str, median: str, span: str, commands: str, connections: str, cpu: str, busy: str,
+              rss: str) -> str:
+    """One line of the cases' table: the header or a case, in its columns."""
+    return f"{case:<40} {median:>8} {span:>11} {commands:>8} {connections:>8} {cpu:>6} {busy:>6} {rss:>7}"
+
+
+def ratio_line(ratio: str, median: str, span: str, target: str, verdict: str) -> str:
+    """One line of the ratios' table: the header or a ratio, in its columns."""
+    return f"{ratio:<46} {median:>8} {span:>17} {target:>8} {verdict:>7}"
+
+
 def fmt_s(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
 def render_cases(rows: dict[str, dict[str, Any]]) -> list[str]:
-    header = CASE_ROW.format("case", "median s", "min-max s", "SSH cmds", "SSH conn", "CPU s", "busy", "RSS MiB")
+    header = case_line("case", "median s", "min-max s", "SSH cmds", "SSH conn", "CPU s", "busy", "RSS MiB")
     lines = [header, "-" * len(header)]
     group = None
     for row in rows.values():
@@ -62,7 +71,7 @@ def render_cases(rows: dict[str, dict[str, Any]]) -> list[str]:
         rss = row.get("peak_rss_mib") or []
         cpu = row.get("client_cpu_seconds") or []
         busy = row.get("machine_busy") or []
-        lines.append(CASE_ROW.format(
+        lines.append(case_line(
             "  " + row["label"], fmt_s(row["median"]),
             "-" if row["min"] is None else f"{row['min']:.2f}-{row['max']:.2f}",
             fmt_count(row.get("ssh_commands_per_host", [])), fmt_count(row.get("ssh_connections_per_host", [])),
@@ -73,12 +82,12 @@ def render_cases(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def render_ratios(ratio_rows: Sequence[dict[str, Any]]) -> list[str]:
-    header = RATIO_ROW.format("ratio (pairwise within a rep)", "median", "min-max", "target", "")
+    header = ratio_line("ratio (pairwise within a rep)", "median", "min-max", "target", "")
     lines = [header, "-" * len(header)]
     for row in ratio_rows:
         unit = "s" if row["unit"] == "s" else "x"
         values = row["values"]
-        lines.append(RATIO_ROW.format(
+        lines.append(ratio_line(
             row["label"], "-" if row["median"] is None else f"{row['median']:.2f}{unit}",
             "-" if not values else f"{min(values):.2f}-{max(values):.2f}",
             "" if row["limit"] is None else f"<= {row['limit']:g}{unit}", row["verdict"] or ""))

@@ -14,19 +14,19 @@ PROJECT = "~/site"
 BIND = "127.0.0.1:8000"
 PROBE = "bash -c ': </dev/tcp/127.0.0.1/8000' 2>/dev/null"
 # The [m] keeps grep from matching itself (and the shell that runs this line).
-FIND = "ps -u \"$(id -u)\" -o pid=,args= | grep '[m]anage.py runserver {}'".format(BIND)
+FIND = f"ps -u \"$(id -u)\" -o pid=,args= | grep '[m]anage.py runserver {BIND}'"
 
 START = (
-    "cd {project} || exit 1; "
-    "nohup .venv/bin/python manage.py runserver {bind} >>runserver.log 2>&1 </dev/null & "
-    "i=0; until {probe}; do i=$((i+1)); [ $i -lt 600 ] || exit 1; sleep 0.05; done"
-).format(project=PROJECT, bind=BIND, probe=PROBE)
+    f"cd {PROJECT} || exit 1; "
+    f"nohup .venv/bin/python manage.py runserver {BIND} >>runserver.log 2>&1 </dev/null & "
+    f"i=0; until {PROBE}; do i=$((i+1)); [ $i -lt 600 ] || exit 1; sleep 0.05; done"
+)
 STATUS = FIND
 STOP = (
-    "pids=$({find} | awk '{{print $1}}'); "
+    f"pids=$({FIND} | awk '{{print $1}}'); "
     "[ -z \"$pids\" ] || kill $pids; "
-    "i=0; while {probe}; do i=$((i+1)); [ $i -lt 600 ] || exit 1; sleep 0.05; done"
-).format(find=FIND, probe=PROBE)
+    f"i=0; while {PROBE}; do i=$((i+1)); [ $i -lt 600 ] || exit 1; sleep 0.05; done"
+)
 
 
 @task
