@@ -1,0 +1,112 @@
+"""The settings table: README's options table and the tasks' flags agree with
+it, and the client-side settings are checked as they always were."""
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+from fabric import Config
+from invoke.exceptions import Exit
+
+from tasks import executor, ns, options
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_options() -> list:
+    """The rows of README's options table, as lists of cells."""
+    text = README.read_text()
+    section = text[text.index("### Options (every task)"):]
+    section = section[:section.index("\n#", 1)]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    header, cells = rows[0], [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[1:]]
+    assert [cell.strip() for cell in header.strip("|").split("|")] == ["setting", "flag", "per host", "meaning",
+                                                                       "default"]
+    return [row for row in cells if not set("".join(row)) <= set("-")]
+
+
+def stated(default) -> str:
+    """A default as the README's table writes it."""
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, str):
+        return f"`{default}`"
+    return str(default)
+
+
+def test_every_setting_has_a_row_that_matches_the_table():
+    rows = readme_options()
+    by_setting = {row[0].strip("`"): row for row in rows if row[0] != "—"}
+    flag_only = {re.match(r"`--([a-z_]+)", row[1]).group(1): row for row in rows if row[0] == "—"}
+    assert set(by_setting) == {setting.name for setting in options.SETTINGS if setting.config}
+    assert set(flag_only) == {setting.flag_name for setting in options.SETTINGS if not setting.config}
+    for setting in options.SETTINGS:
+        name, flag, per_host, meaning, default = by_setting[setting.name] if setting.config \
+            else flag_only[setting.flag_name]
+        assert meaning, setting.name
+        assert (per_host == "yes") == setting.per_host, setting.name
+        if setting.verbs:
+            assert flag.startswith(f"`--{setting.flag_name}"), setting.name
+            verbs = re.search(r"\(([a-z, ]+)\)$", flag)
+            listed = tuple(verbs.group(1).split(", ")) if verbs else options.VERBS
+            assert listed == setting.verbs, setting.name
+        else:
+            assert flag == "", setting.name
+        if setting.default not in (None, {}):
+            assert default == stated(setting.default), setting.name
+
+
+def test_each_task_takes_exactly_the_flags_the_table_gives_its_verb():
+    assert sorted(ns.tasks) == sorted(options.VERBS)
+    for verb in options.VERBS:
+        body = ns.tasks[verb].body
+        parameters = list(inspect.signature(body).parameters)[1:]  # after the context
+        assert sorted(parameters) == sorted(setting.flag_name for setting in options.flags_of(verb)), verb
+        assert set(ns.tasks[verb].help) == set(parameters), verb
+
+
+def test_defaults_and_per_host_settings_come_from_the_table():
+    assert options.DEFAULTS["port"] == 8000 and options.DEFAULTS["concurrency"] == 10
+    assert "follow" not in options.DEFAULTS  # a flag only: no config key
+    assert set(options.PER_HOST) == {"project", "port", "addr", "python", "settings", "env", "noreload",
+                                     "start_timeout", "stop_timeout", "lines", "agent_python", "state_dir"}
+    assert ns.configuration()["fabserve"] == options.DEFAULTS
+
+
+def test_the_request_holds_every_request_setting_and_nothing_else():
+    req = options.request("logs", options.merged({}, {"follow": True, "json": True}), [], local=True)
+    assert set(req) == {"action"} | {setting.name for setting in options.SETTINGS if setting.request}
+    assert req["follow"] is True and req["lines"] == 50
+
+
+def test_a_switch_left_off_does_not_override_the_config():
+    values = options.merged({"noreload": True, "json": True}, {"noreload": False, "json": False})
+    assert values["noreload"] is True and values["json"] is True
+
+
+@pytest.mark.parametrize("value", [0, "0", -1, "x", None, "2.5"])
+def test_concurrency_must_be_a_whole_number_of_at_least_one(value):
+    config = Config(overrides={"fabserve": {"concurrency": value}})
+    with pytest.raises(Exit) as caught:
+        executor.concurrency(config)
+    assert caught.value.code == 2
+    assert caught.value.message == f"fabserve.concurrency must be a whole number of at least 1, not {value!r}"
+
+
+def test_concurrency_accepts_numbers_and_defaults_to_ten():
+    assert executor.concurrency(Config(overrides={"fabserve": {"concurrency": "3"}})) == 3
+    assert executor.concurrency(Config(overrides={"fabserve": {}})) == 10
+
+
+@pytest.mark.parametrize("value,on", [(True, True), ("1", True), ("yes", True), ("false", True),
+                                      (False, False), ("0", False), ("", False), (None, False)])
+def test_strict_host_keys_is_on_for_anything_but_zero_empty_or_false(value, on):
+    assert options.setting(Config(overrides={"fabserve": {"strict_host_keys": value}}), "strict_host_keys") is on
+
+
+def test_json_is_on_from_the_flag_or_the_config():
+    off, on = Config(overrides={"fabserve": {}}), Config(overrides={"fabserve": {"json": True}})
+    assert options.setting(off, "json", {"json": False}) is False
+    assert options.setting(off, "json", {"json": True}) is True
+    assert options.setting(on, "json", {"json": False}) is True

@@ -1,0 +1,64 @@
+"""The result fields: README's "JSON output" names exactly the declared ones,
+and the results the agent and the client build carry them."""
+
+import re
+from pathlib import Path
+
+from tasks import agent, options, report
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+ALWAYS = [name for name, _ in agent.ALWAYS]
+ANSWERED = [name for name, _ in agent.ANSWERED]
+DECLARED = set(ALWAYS) | set(ANSWERED) | {name for name, _, _ in agent.EXTRAS}
+
+
+def json_section() -> str:
+    text = README.read_text()
+    section = text[text.index("### JSON output\n"):]
+    return section[:section.index("\n#", 1)]
+
+
+def test_the_readme_names_every_declared_field_and_no_other():
+    named = set(re.findall(r"`([a-z_]+)`", json_section()))
+    assert named - {agent.RUNNING, agent.STOPPED, agent.FAILED} == DECLARED
+
+
+def test_every_field_is_declared_once_with_a_description():
+    entries = list(agent.ALWAYS) + list(agent.ANSWERED) + [(name, text) for name, _, text in agent.EXTRAS]
+    assert len(entries) == len(DECLARED)
+    assert all(text for _, text in entries)
+    for _, verbs, _ in agent.EXTRAS:
+        assert set(verbs) <= set(agent.VERBS)
+
+
+def test_a_client_failure_carries_every_always_present_field():
+    result = report.failure("web1", "stop", "cannot connect: Connection refused")
+    assert list(result) == ALWAYS
+    assert result["state"] == agent.FAILED and result["pids"] == [] and result["ok"] is False
+    assert result["message"] == result["error"] == "cannot connect: Connection refused"
+
+
+def agent_answer(tmp_path, action, project):
+    req = options.request(action, options.merged({}, {"project": str(project),
+                                                      "state_dir": str(tmp_path / "state")}), [], local=False)
+    return agent.handle(req)
+
+
+def test_agent_answers_carry_the_answered_fields_and_only_declared_ones(tmp_path):
+    project = tmp_path / "site"
+    project.mkdir()
+    (project / "manage.py").write_text("")
+    for action in ("status", "stop"):
+        result = agent_answer(tmp_path, action, project)
+        assert result["action"] == action and result["state"] == agent.STOPPED and result["error"] is None
+        assert set(ALWAYS) | set(ANSWERED) <= set(result) <= DECLARED
+    failed = agent_answer(tmp_path, "logs", project)  # no log yet
+    assert failed["state"] == agent.FAILED and failed["error"].startswith("no log yet")
+    assert set(ALWAYS) | set(ANSWERED) <= set(failed) <= DECLARED
+    assert agent.exit_code("status", agent_answer(tmp_path, "status", project)) == 3
+
+
+def test_the_verbs_that_change_a_server_hold_its_lock():
+    assert {name: locks for name, (_, locks) in agent.VERBS.items()} == {
+        "start": True, "stop": True, "restart": True, "status": False, "logs": False}
+    assert sorted(agent.VERBS) == sorted(options.VERBS)
