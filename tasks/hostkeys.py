@@ -51,7 +51,7 @@ def rules_for(ssh_config: Mapping[str, Any], strict: bool) -> Rules:
     """
     setting = str(ssh_config.get("stricthostkeychecking", "accept-new")).lower()
     if setting not in MODES:
-        raise HostKeyError("StrictHostKeyChecking {!r} is not one of yes, ask, accept-new, no".format(setting))
+        raise HostKeyError(f"StrictHostKeyChecking {setting!r} is not one of yes, ask, accept-new, no")
     mode, why = MODES[setting], "StrictHostKeyChecking " + setting
     if strict:
         mode, why = "yes", "fabserve.strict_host_keys"
@@ -72,7 +72,7 @@ def paths(value: str) -> List[str]:
 
 def known_hosts_name(host: str, port: int) -> str:
     """The name OpenSSH (and paramiko's SSHClient.connect) files a host's key under."""
-    return host if port == 22 else "[{}]:{}".format(host, port)
+    return host if port == 22 else f"[{host}]:{port}"
 
 
 def fingerprint(blob: bytes) -> str:
@@ -81,21 +81,21 @@ def fingerprint(blob: bytes) -> str:
 
 
 def describe(key: PKey) -> str:
-    return "{} {}".format(key.get_name(), fingerprint(key.asbytes()))
+    return f"{key.get_name()} {fingerprint(key.asbytes())}"
 
 
 def unknown_message(host: str, port: int, offered: str, why: str, known_hosts: str) -> str:
-    port_flag = "-p {} ".format(port) if port != 22 else ""
-    return ("unknown host key for {} ({}), refused by {}; if that is the host's key, add it with: "
-            "ssh-keyscan {}{} >> {}").format(known_hosts_name(host, port), offered, why, port_flag,
-                                             shlex.quote(host), shlex.quote(known_hosts))
+    port_flag = f"-p {port} " if port != 22 else ""
+    return (f"unknown host key for {known_hosts_name(host, port)} ({offered}), refused by {why}; "
+            f"if that is the host's key, add it with: "
+            f"ssh-keyscan {port_flag}{shlex.quote(host)} >> {shlex.quote(known_hosts)}")
 
 
 def changed_message(name: str, offered: str, known_hosts: Optional[str]) -> str:
     where = " in " + known_hosts if known_hosts else ""
     file_flag = " -f " + shlex.quote(known_hosts) if known_hosts else ""
-    return ("host key for {} has CHANGED: it offered {}, not the key{}; refused. If the change is expected, "
-            "remove the old key with: ssh-keygen -R {}{}").format(name, offered, where, shlex.quote(name), file_flag)
+    return (f"host key for {name} has CHANGED: it offered {offered}, not the key{where}; refused. "
+            f"If the change is expected, remove the old key with: ssh-keygen -R {shlex.quote(name)}{file_flag}")
 
 
 def load(path: str, into: HostKeys) -> None:
@@ -156,10 +156,10 @@ class UnknownHost(MissingHostKeyPolicy):
             return
         name = HostKeys.hash_host(hostname) if self.rules.hashed else hostname
         try:
-            record(self.rules.record, "{} {} {}\n".format(name, key.get_name(), key.get_base64()))
+            record(self.rules.record, f"{name} {key.get_name()} {key.get_base64()}\n")
         except OSError as exc:
-            raise HostKeyError("cannot record the host key of {} in {}: {}".format(
-                hostname, self.rules.record, exc.strerror or exc)) from None
+            raise HostKeyError(f"cannot record the host key of {hostname} in {self.rules.record}: "
+                               f"{exc.strerror or exc}") from None
 
 
 def install(client: SSHClient, rules: Rules, host: str, port: int) -> None:
