@@ -11,7 +11,6 @@ import sys
 import threading
 from dataclasses import dataclass
 from itertools import groupby
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from fabric import Connection
