@@ -61,6 +61,16 @@ def listening_in_netns_of(pid: int, port: int) -> bool:
     return False
 
 
+def write_state(as_user, data: dict, pid: int, **recorded) -> None:
+    """A pidfile naming `pid` and metadata with its real start time and boot
+    id plus `recorded`, written as the test user, in the instance's state dir."""
+    meta = {"pid": pid, "starttime": int(stat_fields(pid)[19]),
+            "boot_id": open("/proc/sys/kernel/random/boot_id").read().strip(), **recorded}
+    meta_path = os.path.join(data["state_dir"], "server.json")
+    script = 'printf "%s\\n" "$1" > "$2" && printf "%s" "$3" > "$4"'
+    as_user(["sh", "-c", script, "sh", str(pid), data["pidfile"], json.dumps(meta), meta_path], check=True)
+
+
 def assert_untouched(result, survivors: list[int]) -> None:
     assert result.returncode == 0 and result.json["changed"] is False, result.stdout + result.stderr
     assert all(alive(pid) for pid in survivors), survivors
@@ -70,11 +80,13 @@ def assert_untouched(result, survivors: list[int]) -> None:
 
 
 @pytest.fixture
-def spawn_in_namespaces(target) -> Iterator[Callable[[Path, int], list[int]]]:
+def spawn_in_namespaces(target) -> Iterator[Callable[..., list[int]]]:
     """Start, as root, `manage.py runserver` of a project in new PID, network
     and mount namespaces, dropped to the test user with its cwd in the project:
     what `docker run --user $(id -u) -v $PWD:$PWD -w $PWD` gives. Returns the
-    server's PIDs (the reloader parent, PID 1 inside, and its serving child)."""
+    server's PIDs: the reloader parent (PID 1 inside, leading its own session
+    and group, as fabserve's servers do) and its serving child. `token` goes
+    into its environment as FABSERVE_TOKEN."""
     user = pwd.getpwnam(target.user)
     tools = {name: shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin") for name in ("unshare", "setpriv", "ip")}
     missing = [name for name, path in tools.items() if path is None]
@@ -83,14 +95,14 @@ def spawn_in_namespaces(target) -> Iterator[Callable[[Path, int], list[int]]]:
            "LANG": "C.UTF-8"}
     launched: list[subprocess.Popen[bytes]] = []
 
-    def spawn(project: Path, port: int) -> list[int]:
+    def spawn(project: Path, port: int, token: str | None = None) -> list[int]:
         inner = ('"$1" link set lo up && cd "$2" && exec "$3" --reuid="$4" --regid="$5" --init-groups '
-                 '"$6" manage.py runserver "$7"')
+                 'setsid "$6" manage.py runserver "$7"')
         proc = subprocess.Popen(
             [tools["unshare"], "--net", "--pid", "--fork", "--mount-proc", "--kill-child",
              "sh", "-c", inner, "sh", tools["ip"], str(project), tools["setpriv"], str(user.pw_uid),
              str(user.pw_gid), str(project / ".venv" / "bin" / "python"), f"127.0.0.1:{port}"],
-            env=env, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            env=env | ({"FABSERVE_TOKEN": token} if token else {}), start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL)
         launched.append(proc)
         parents: list[int] = []
@@ -102,7 +114,8 @@ def spawn_in_namespaces(target) -> Iterator[Callable[[Path, int], list[int]]]:
 
     yield spawn
     for proc in launched:
-        os.killpg(proc.pid, signal.SIGKILL)  # unshare leads the group the namespaced server stays in
+        # --kill-child: unshare's end kills the namespace's PID 1, and with it everything inside.
+        os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
@@ -125,6 +138,25 @@ def test_a_twin_in_other_namespaces_is_neither_reported_nor_signalled(run, site,
     assert stop.returncode == 0 and sorted(stop.json["pids"]) == sorted(ours["pids"]), stop.stdout
     assert not any(alive(pid) for pid in ours["pids"]) and not port_listening(port)
     assert all(alive(pid) for pid in twin) and listening_in_netns_of(twin[1], port)
+
+
+def test_a_pidfile_naming_a_twin_in_other_namespaces_is_stale(run, site, as_user, spawn_in_namespaces):
+    """The twin leads its group and carries the recorded token: only its
+    namespaces tell it from the server fabserve started."""
+    port = free_port()
+    data = started(run, site, port)
+    assert run("stop", *where(site, port)).returncode == 0
+    token = "0123456789abcdef0123456789abcdef"
+    twin = spawn_in_namespaces(site, port, token=token)
+    leader = twin[0]
+    assert int(stat_fields(leader)[2]) == leader
+    assert f"FABSERVE_TOKEN={token}".encode() in open(f"/proc/{leader}/environ", "rb").read().split(b"\0")
+    write_state(as_user, data, leader, token=token)
+    status = run("status", *where(site, port))
+    assert status.returncode == 3 and status.json["state"] == "stopped", status.stdout
+    assert f"stale pidfile: PID {leader} runs in another PID, network or mount namespace" in status.json["message"]
+    assert_untouched(run("stop", *where(site, port)), twin)
+    assert not os.path.exists(data["pidfile"]) and listening_in_netns_of(twin[1], port)
 
 
 # ------------------------------------------------------------------- identity
@@ -197,11 +229,7 @@ def test_a_pidfile_is_trusted_only_with_the_recorded_token(run, site, as_user, o
     data = started(run, site, port)
     assert run("stop", *where(site, port)).returncode == 0
     pid = own_group_leader
-    meta = {"pid": pid, "starttime": int(stat_fields(pid)[19]),
-            "boot_id": open("/proc/sys/kernel/random/boot_id").read().strip(), **recorded}
-    meta_path = os.path.join(data["state_dir"], "server.json")
-    script = 'printf "%s\\n" "$1" > "$2" && printf "%s" "$3" > "$4"'
-    as_user(["sh", "-c", script, "sh", str(pid), data["pidfile"], json.dumps(meta), meta_path], check=True)
+    write_state(as_user, data, pid, **recorded)
     status = run("status", *where(site, port))
     assert status.returncode == 3 and status.json["state"] == "stopped", status.stdout
     assert f"stale pidfile: {reason.format(pid=pid)}" in status.json["message"]
