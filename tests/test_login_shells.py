@@ -1,9 +1,9 @@
 """Every verb over a real sshd for a user whose login shell is bash, dash, zsh, fish or tcsh.
 
 sshd runs the agent's command through the login shell, so the command must pass
-through each of them unchanged. The account is a dedicated one, fabserve-shell:
-other sessions use fabserve-test at the same time, and its shell must not change
-under them. A lock lets one session at a time switch this account's shell.
+through each of them unchanged. The account is conftest's shell_account, not
+the target's user: other sessions use that one at the same time, and its shell
+must not change under them. A lock lets one session at a time switch this one's.
 """
 
 from __future__ import annotations
@@ -24,21 +24,19 @@ from pathlib import Path
 
 import pytest
 
-from bed import procs, sshd, state, users
+from bed import procs, state, users
 from bed.run import run_checked, run_in_group
+from bed.target import ShellAccount
 from helpers import (REPO, FabResult, Target, alive, free_port, group_members, http_status, port_listening,
                      wait_for, where)
 
-USER = "fabserve-shell"
-ALIAS = "fabserve-shell-target"
+ALIAS = "fabserve-shell-target"  # conftest's shell_account names its host so
 SHELLS = ("bash", "dash", "zsh", "fish", "tcsh")
-# The comment conftest gives each session's client key, before the session's PID.
-KEY_TAG = "fabserve-test-session-"
 
 
 @dataclass(frozen=True)
 class ShellHost:
-    """An sshd on 127.0.0.1 that lets the session's key in as USER, and USER's project."""
+    """conftest's shell account on the target's sshd, and a Django project of its own."""
 
     user: pwd.struct_passwd
     ssh_config: Path
@@ -46,7 +44,7 @@ class ShellHost:
 
 
 def as_shell_user(user: pwd.struct_passwd, *args: str | os.PathLike[str]) -> None:
-    run_checked(users.runuser_argv(USER, args), cwd=user.pw_dir, env=users.user_env(USER, user.pw_dir))
+    run_checked(users.runuser_argv(user.pw_name, args), cwd=user.pw_dir, env=users.user_env(user.pw_name, user.pw_dir))
 
 
 def make_project(user: pwd.struct_passwd, venv: Path) -> Path:
@@ -57,42 +55,17 @@ def make_project(user: pwd.struct_passwd, venv: Path) -> Path:
     return project
 
 
-
-
-def revoke(user: pwd.struct_passwd, pubkey: str) -> None:
-    with state.state_lock():
-        users.revoke_key(user, pubkey)
-
-
 @pytest.fixture(scope="module")
-def shell_host(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShellHost]:
-    workdir = tmp_path_factory.mktemp("login-shells")
-    pubkey = target.key.with_suffix(".pub").read_text().strip()
+def shell_host(target: Target, shell_account: ShellAccount) -> Iterator[ShellHost]:
+    user = pwd.getpwnam(shell_account.user)
     with contextlib.ExitStack() as teardown:
         teardown.enter_context(state.locked(state.STATE_DIR / ".login-shells.lock"))
-        with state.state_lock():
-            user = users.ensure_user(USER)
-            users.authorize_key(user, pubkey, KEY_TAG)
-        teardown.callback(revoke, user, pubkey)
-        teardown.callback(run_checked, ["usermod", "-s", "/bin/bash", USER])
-
-        port = free_port()
-        host_key = sshd.keygen(workdir / "host_ed25519", f"{USER} host")
-        config = sshd.write_sshd_config(workdir / "sshd_config", sshd.sshd_config(
-            listen="127.0.0.1", port=port, host_key=host_key, users=[USER]))
-        log = workdir / "sshd.log"
-        server = sshd.start_sshd(config, log)
-        teardown.callback(procs.terminate, server)
-        sshd.wait_for_sshd(server, "127.0.0.1", port, log)
-        client_config = workdir / "ssh_config"
-        client_config.write_text(sshd.ssh_config(alias=ALIAS, hostname="127.0.0.1", port=port, user=USER,
-                                                 key=target.key))
-
+        teardown.callback(run_checked, ["usermod", "-s", "/bin/bash", user.pw_name])
         project = make_project(user, target.venv)
         teardown.callback(shutil.rmtree, project.parent, ignore_errors=True)
         # Only this module uses the account, under the lock: all its processes are ours.
         teardown.callback(procs.kill_uid_processes, [user.pw_uid])
-        yield ShellHost(user, client_config, project)
+        yield ShellHost(user, shell_account.ssh_config, project)
 
 
 @pytest.fixture(params=SHELLS)
@@ -103,8 +76,8 @@ def login_shell(request: pytest.FixtureRequest, shell_host: ShellHost) -> str:
         if os.environ.get("CI") == "true":
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
-    run_checked(["usermod", "-s", path, USER])
-    assert pwd.getpwnam(USER).pw_shell == path
+    run_checked(["usermod", "-s", path, shell_host.user.pw_name])
+    assert pwd.getpwnam(shell_host.user.pw_name).pw_shell == path
     return path
 
 
