@@ -45,6 +45,20 @@ def test_ssh_logs_in_as_the_unprivileged_user_with_the_key(target: Target) -> No
     assert f"Accepted publickey for {target.user}" in target.sshd_log.read_text()
 
 
+def test_shell_account_logs_in_through_its_own_alias_with_the_session_key(shell_account, target: Target) -> None:
+    result = subprocess.run(
+        ["ssh", "-F", str(shell_account.ssh_config), "-o", "BatchMode=yes", "fabserve-shell-target",
+         "id -un; id -u; echo $HOME"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [shell_account.user, str(shell_account.uid), str(shell_account.home)]
+    assert shell_account.user == "fabserve-shell" and shell_account.uid not in (0, target.uid)
+    assert shell_account.home.stat().st_mode & 0o777 == 0o755
+    assert f"Accepted publickey for {shell_account.user}" in target.sshd_log.read_text()
+
+
 def test_target_venv_imports_django_as_the_user_over_ssh(target: Target) -> None:
     result = ssh(target, str(target.python), "-c", "import django; print(django.get_version())")
 
