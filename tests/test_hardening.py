@@ -15,19 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from bed.procs import children, stat_fields
 from helpers import (REPO, alive, free_port, group_members, http_status, pids_with_cwd_under, port_listening,
                      wait_for, where)
-from tasks import remote
+
 
 def started(run, project, port, *extra):
     result = run("start", *where(project, port), *extra)
     assert result.returncode == 0, result.stderr + result.stdout
     return result.json
-
-
-def stat_fields(pid):
-    text = open(f"/proc/{pid}/stat").read()
-    return text[text.rindex(")") + 2:].split()
 
 
 def starttime(pid):
@@ -45,18 +41,6 @@ def forge_state(as_user, data, pid, **meta):
     meta_path = os.path.join(os.path.dirname(data["pidfile"]), "server.json")
     result = as_user(["sh", "-c", script, "sh", str(pid), data["pidfile"], json.dumps(record), meta_path])
     assert result.returncode == 0, result.stderr
-
-
-def children(pid):
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if int(stat_fields(int(name))[1]) == pid:
-                    found.append(int(name))
-            except (OSError, ValueError):
-                continue
-    return found
 
 
 def no_server_in(project, target):
