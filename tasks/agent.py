@@ -205,24 +205,52 @@ def server_url(addr, port):
     return f"http://{host}:{port}/"
 
 
+BLOCK = 65536  # how much of a log is read at a time: backwards for a tail, forwards to copy it
+
+
 def tail_text(data, lines):
-    """The last `lines` lines of bytes `data`, decoded leniently."""
+    """The last `lines` lines of bytes `data`, decoded leniently. Lines end at
+    newlines, as for tail -n; a CRLF ending loses its CR."""
+    if lines <= 0 or not data:
+        return []
     text = data.decode("utf-8", "replace")
-    return text.splitlines()[-lines:] if lines > 0 else []
+    parts = text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+    return [part[:-1] if part.endswith("\r") else part for part in parts[-lines:]]
+
+
+def tail_span(handle, lines, start=0):
+    """(offset, end, count): where the last `lines` lines of an open binary file
+    begin (not before offset `start`), the file's end when looked at, and how many
+    lines lie between. Reads backwards block by block and stops at the first block
+    that completes the count, so a tail costs what it shows, whatever the log's size."""
+    end = handle.seek(0, os.SEEK_END)
+    if lines <= 0 or end <= start:
+        return end, end, 0
+    handle.seek(end - 1)
+    # A final newline ends the last line; it does not begin another one.
+    pos = end - 1 if handle.read(1) == b"\n" else end
+    found = 0
+    while pos > start:
+        step = min(BLOCK, pos - start)
+        handle.seek(pos - step)
+        block = handle.read(step)
+        count = block.count(b"\n")
+        if found + count >= lines:
+            cut = len(block)
+            for _ in range(lines - found):
+                cut = block.rindex(b"\n", 0, cut)
+            return pos - step + cut + 1, end, lines
+        found += count
+        pos -= step
+    return start, end, found + 1
 
 
 def read_tail(handle, lines, start=0):
     """The last `lines` lines of an open binary file from offset `start` on,
-    reading backwards in blocks so a large log costs only what is shown."""
-    end = handle.seek(0, os.SEEK_END)
-    pos, data = end, b""
-    while pos > start and data.count(b"\n") <= lines:
-        step = min(65536, pos - start)
-        pos -= step
-        handle.seek(pos)
-        data = handle.read(step) + data
-    handle.seek(end)
-    return tail_text(data, lines)
+    leaving the file positioned at its end as it was when looked at."""
+    offset, end, _ = tail_span(handle, lines, start)
+    handle.seek(offset)
+    return tail_text(handle.read(end - offset), lines)
 
 
 # ------------------------------------------------------------- /proc readers
@@ -451,8 +479,9 @@ class Instance(object):
         self.addr = req["addr"]
         self.req = req
         self.manage_py = os.path.join(self.project, "manage.py")
-        self.base = os.path.expanduser(req.get("state_dir") or os.path.join(
-            os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "fabserve"))
+        # Absolute, so results name it the same whatever the agent's working directory.
+        self.base = os.path.abspath(os.path.expanduser(req.get("state_dir") or os.path.join(
+            os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "fabserve")))
         self.dir = os.path.join(self.base, instance_name(self.project, self.port))
         self.pidfile = os.path.join(self.dir, "server.pid")
         self.meta_path = os.path.join(self.dir, "server.json")
@@ -808,7 +837,7 @@ def do_stop(inst):
     if not free:
         message = join(message, f"port {inst.port} is still held by another program")
     return describe(inst, None, ok=True, changed=True, state=STOPPED, pids=pids,
-                    pid=pids[0] if pids else None, killed=killed, port_free=free,
+                    pid=pids[0] if pids else None, killed=killed, port_free=free, managed=found.managed,
                     message=join(message, note))
 
 
@@ -928,7 +957,8 @@ def do_start(inst):
     terminate(found, min(inst.req["stop_timeout"], 5))
     proc.poll()
     inst.forget()
-    raise AgentError("start failed: " + why, log_tail=log_tail(inst, offset))
+    # The client says which action failed: the reason alone.
+    raise AgentError(why, log_tail=log_tail(inst, offset))
 
 
 @verb("restart", locks=True)
