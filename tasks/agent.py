@@ -972,38 +972,92 @@ def do_restart(inst):
     return started
 
 
+def open_log(inst):
+    """The instance's log, open for reading, after the checks its state gets: the
+    state directories and the log are this user's, not symlinks, writable by no
+    one else, and the log is a regular file (a FIFO planted there would block)."""
+    for path in (inst.base, inst.dir):
+        if os.path.lexists(path):
+            check_private(path, "state directory")
+    if not os.path.lexists(inst.log):
+        raise AgentError(f"no log yet at {inst.log}")
+    check_private(inst.log, "log")
+    try:
+        fd = os.open(inst.log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        # Swapped for a symlink since the check, or removed since.
+        raise AgentError(f"cannot read the log {inst.log}: {exc.strerror}")
+    handle = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        handle.close()
+        raise AgentError(f"refusing log {inst.log}: not a regular file")
+    return handle
+
+
+def copy_out(handle, offset, end, out):
+    """Write bytes offset..end of `handle` to `out`, ending with a newline."""
+    handle.seek(offset)
+    last = b"\n"
+    while offset < end:
+        chunk = handle.read(min(16 * BLOCK, end - offset))
+        if not chunk:  # truncated meanwhile
+            break
+        out.write(chunk)
+        offset += len(chunk)
+        last = chunk[-1:]
+    if last != b"\n":
+        out.write(b"\n")
+    out.flush()
+
+
 @verb("logs")
 def do_logs(inst):
+    """The log's last lines: in the result, or with `stream` (human output)
+    written to stdout as they are read, before the result; with `follow`, then
+    everything appended until the caller goes away, and no result."""
     lines = inst.req.get("lines", 50)
-    if not os.path.exists(inst.log):
-        raise AgentError(f"no log yet at {inst.log}")
-    if inst.req.get("follow"):
-        follow(inst, lines)
-        return None
+    out = sys.stdout.buffer
+    with open_log(inst) as handle:
+        offset, end, count = tail_span(handle, lines)
+        try:
+            if inst.req.get("follow"):
+                copy_out(handle, offset, end, out)
+                follow(handle, out)
+                return None
+            if inst.req.get("stream"):
+                copy_out(handle, offset, end, out)
+                extra = {}
+            else:
+                handle.seek(offset)
+                extra = {"lines": tail_text(handle.read(end - offset), lines)}
+        except (BrokenPipeError, KeyboardInterrupt):  # the caller went away
+            return None
     found, _ = locate(inst)
-    tail = log_tail(inst, lines=lines)
     return describe(inst, found, ok=True, changed=False,
                     state=RUNNING if found and found.members() else STOPPED,
-                    lines=tail, message=f"{len(tail)} lines of {inst.log}")
+                    message=f"{count} lines of {inst.log}", **extra)
 
 
-def follow(inst, lines):
-    """Print the log's tail, then what is appended, until our caller goes away."""
+def follow(handle, out):
+    """Copy what is appended to the log to `out` until the caller goes away: our
+    parent changes (the SSH session or shell that ran us is gone), or nothing
+    reads `out` any more (dash, fish and tcsh stay our parent after the session
+    ends). A log truncated in place is followed from its new start, as tail -F does."""
+    import select
     parent = os.getppid()
-    out = sys.stdout.buffer
-    with open(inst.log, "rb") as handle:
-        tail = read_tail(handle, lines)
-        out.write(("\n".join(tail) + "\n").encode() if tail else b"")
-        out.flush()
-        try:
-            while os.getppid() == parent:  # the SSH session or shell that ran us is gone
-                chunk = handle.read(65536)
-                if chunk:
-                    out.write(chunk)
-                    out.flush()
-                else:
-                    time.sleep(0.25)
-        except (BrokenPipeError, KeyboardInterrupt):
+    reader = select.poll()
+    # No events asked for: poll then reports only POLLERR or POLLHUP, the reader gone.
+    reader.register(out.fileno(), 0)
+    pos = handle.tell()
+    while os.getppid() == parent:
+        chunk = handle.read(BLOCK)
+        if chunk:
+            out.write(chunk)
+            out.flush()
+            pos += len(chunk)
+        elif os.fstat(handle.fileno()).st_size < pos:
+            pos = handle.seek(0)
+        elif reader.poll(250):
             return
 
 
@@ -1051,9 +1105,11 @@ def main(argv):
     result = handle(req)
     if result is None:
         return 0
-    if req.get("follow"):  # stdout is the stream itself: errors go to stderr
-        sys.stderr.write(f"fabserve: {result['error']}\n")
-        return 1
+    if req.get("follow") or req.get("stream"):
+        # The lines before it each ended with a newline: the result is the last line.
+        sys.stdout.write(f"{MARKER}{json.dumps(result)}\n")
+        sys.stdout.flush()
+        return exit_code(req["action"], result)
     sys.stdout.write(f"\n{MARKER}{json.dumps(result)}\n")
     sys.stdout.flush()
     return exit_code(req["action"], result)

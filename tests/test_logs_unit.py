@@ -1,0 +1,281 @@
+"""The agent's log reading on real files, without sshd: the tail read backwards in
+blocks, the log's checks, the streamed output and the result line after it, and
+`--follow` through a pipe (truncation in place, the reader going away)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks import agent, options
+from tasks.agent import BLOCK, MARKER, read_tail, tail_span, tail_text
+
+AGENT = Path(agent.__file__)
+
+
+def reference(data: bytes, lines: int) -> list[str]:
+    """What tail -n gives, as text lines: newline-terminated pieces, CR of CRLF dropped."""
+    pieces = data.split(b"\n")
+    if pieces and pieces[-1] == b"":
+        pieces.pop()
+    shown = pieces[-lines:] if lines > 0 else []
+    return [piece.decode("utf-8", "replace").removesuffix("\r") for piece in shown]
+
+
+def tail_of(data: bytes, lines: int, start: int = 0) -> list[str]:
+    return read_tail(io.BytesIO(data), lines, start)
+
+
+@pytest.mark.parametrize("data", [b"", b"\n", b"\n\n", b"one", b"one\n", b"one\ntwo", b"one\ntwo\n",
+                                  b"one\n\nthree\n", b"one\r\ntwo\r\n", b"one\r\ntwo"])
+@pytest.mark.parametrize("lines", [0, 1, 2, 3, 10])
+def test_the_tail_is_the_last_lines_as_tail_n_counts_them(data: bytes, lines: int) -> None:
+    assert tail_of(data, lines) == reference(data, lines)
+
+
+def test_an_empty_file_has_no_lines() -> None:
+    assert tail_span(io.BytesIO(b""), 5) == (0, 0, 0)
+    assert tail_of(b"", 5) == []
+
+
+def test_a_missing_final_newline_still_ends_the_last_line() -> None:
+    assert tail_of(b"a\nb\nc", 2) == ["b", "c"]
+    assert tail_of(b"a\nb\nc\n", 2) == ["b", "c"]
+
+
+def test_crlf_lines_lose_their_cr_and_count_once() -> None:
+    assert tail_of(b"a\r\nb\r\nc\r\n", 2) == ["b", "c"]
+
+
+def test_lines_are_split_at_newlines_only() -> None:
+    # A form feed or a lone CR (a progress bar) stays inside its line, as for tail -n.
+    assert tail_of(b"a\x0cb\nc\rd\n", 2) == ["a\x0cb", "c\rd"]
+
+
+def test_invalid_utf8_is_replaced_not_fatal() -> None:
+    assert tail_of(b"ok\n\xff\xfe bad\n", 1) == ["\ufffd\ufffd bad"]
+
+
+@pytest.mark.parametrize("shift", [-2, -1, 0, 1, 2])
+def test_a_block_boundary_inside_a_line_splits_nothing(shift: int) -> None:
+    # The newline before the last line sits around BLOCK bytes from the end.
+    long_line = b"x" * (BLOCK + shift) + b"\n"
+    data = b"first\n" + b"second\n" + long_line
+    assert tail_of(data, 1) == [long_line[:-1].decode()]
+    assert tail_of(data, 2) == ["second", long_line[:-1].decode()]
+    assert tail_of(data, 3) == ["first", "second", long_line[:-1].decode()]
+
+
+def test_many_blocks_of_short_lines_give_exactly_the_count_asked() -> None:
+    data = b"".join(f"line {index}\n".encode() for index in range(100_000))
+    for lines in (1, 4095, 4096, 65_537, 99_999, 100_000, 100_001):
+        tail = tail_of(data, lines)
+        assert tail == reference(data, lines)
+        offset, end, count = tail_span(io.BytesIO(data), lines)
+        assert count == len(tail) and end == len(data)
+        assert data[offset:].count(b"\n") == count
+
+
+def test_the_tail_reads_only_the_blocks_it_needs() -> None:
+    data = b"".join(f"line {index}\n".encode() for index in range(200_000))
+
+    class Counting(io.BytesIO):
+        read_bytes = 0
+
+        def read(self, size: int | None = -1) -> bytes:
+            chunk = super().read(size)
+            Counting.read_bytes += len(chunk)
+            return chunk
+
+    handle = Counting(data)
+    tail_span(handle, 10)
+    assert Counting.read_bytes <= BLOCK + 1
+
+
+def test_start_offset_bounds_the_tail() -> None:
+    data = b"old 1\nold 2\nnew 1\nnew 2\n"
+    start = data.index(b"new 1")
+    assert tail_of(data, 10, start) == ["new 1", "new 2"]
+    assert tail_of(data, 1, start) == ["new 2"]
+    assert tail_span(io.BytesIO(data), 10, start) == (start, len(data), 2)
+    assert tail_of(data, 10, len(data)) == []
+
+
+def test_read_tail_leaves_the_file_at_its_end() -> None:
+    handle = io.BytesIO(b"a\nb\nc\n")
+    read_tail(handle, 1)
+    assert handle.tell() == 6
+
+
+def test_tail_text_keeps_only_the_count_asked() -> None:
+    assert tail_text(b"a\nb\nc\n", 2) == ["b", "c"]
+    assert tail_text(b"a\nb\nc\n", 0) == []
+
+
+# --- the agent as a program: checks, the streamed tail and its result line
+
+
+def request(state: Path, project: Path, **extra: Any) -> dict[str, Any]:
+    req = options.request("logs", options.merged({}, {"project": str(project), "state_dir": str(state)}), [],
+                          local=False)
+    req.update(extra)
+    return req
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> agent.Instance:
+    project = tmp_path / "site"
+    project.mkdir()
+    (project / "manage.py").write_text("")
+    inst = agent.Instance(request(tmp_path / "state", project))
+    os.makedirs(inst.dir, mode=0o700)
+    os.chmod(inst.base, 0o700)
+    return inst
+
+
+def write_log(inst: agent.Instance, data: bytes) -> Path:
+    log = Path(inst.log)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return log
+
+
+def agent_argv(req: dict[str, Any]) -> list[str]:
+    return [sys.executable, str(AGENT), base64.b64encode(json.dumps(req).encode()).decode()]
+
+
+def run_agent(inst: agent.Instance, **extra: Any) -> tuple[int, bytes, dict[str, Any] | None]:
+    """(exit code, what came before the result line, the result)."""
+    req = dict(inst.req, **extra)
+    done = subprocess.run(agent_argv(req), capture_output=True, timeout=60)
+    before, _, line = done.stdout.rpartition(MARKER.encode())
+    result = json.loads(line) if line else None
+    return done.returncode, before, result
+
+
+def test_streamed_tail_is_the_raw_lines_then_the_result(instance: agent.Instance) -> None:
+    write_log(instance, b"one\ntwo\r\nthree\n")
+    code, before, result = run_agent(instance, stream=True, lines=2)
+    assert code == 0 and before == b"two\r\nthree\n"
+    assert result["ok"] and result["message"] == f"2 lines of {instance.log}"
+    assert "lines" not in result and result["state"] == agent.STOPPED
+
+
+def test_streamed_tail_of_a_log_without_final_newline_ends_its_line(instance: agent.Instance) -> None:
+    write_log(instance, b"one\ntwo")
+    code, before, result = run_agent(instance, stream=True, lines=5)
+    assert code == 0 and before == b"one\ntwo\n" and result["message"].startswith("2 lines")
+
+
+def test_json_tail_carries_the_lines_in_the_result(instance: agent.Instance) -> None:
+    write_log(instance, b"one\ntwo\nthree\n")
+    code, before, result = run_agent(instance, lines=2)
+    assert code == 0 and before.strip() == b""
+    assert result["lines"] == ["two", "three"]
+
+
+def test_no_log_yet_is_a_failed_result_also_when_streaming(instance: agent.Instance) -> None:
+    for extra in ({"stream": True}, {"follow": True}, {}):
+        code, before, result = run_agent(instance, **extra)
+        assert code == 1 and before.strip() == b""
+        assert result["error"] == f"no log yet at {instance.log}"
+
+
+def test_a_symlinked_log_is_refused_for_tail_and_follow(instance: agent.Instance, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "secret"
+    elsewhere.write_text("not the server's\n")
+    os.symlink(elsewhere, instance.log)
+    for extra in ({"stream": True}, {"follow": True}, {}):
+        code, before, result = run_agent(instance, **extra)
+        assert code == 1 and b"not the server's" not in before
+        assert result["error"] == f"refusing log {instance.log}: it is a symlink"
+
+
+def test_a_log_writable_by_others_is_refused(instance: agent.Instance) -> None:
+    os.chmod(write_log(instance, b"x\n"), 0o622)
+    code, _, result = run_agent(instance, follow=True)
+    assert code == 1 and result["error"] == f"refusing log {instance.log}: writable by others (mode 622)"
+
+
+def test_a_fifo_in_place_of_the_log_is_refused_without_blocking(instance: agent.Instance) -> None:
+    os.mkfifo(instance.log, 0o600)
+    code, _, result = run_agent(instance, follow=True)
+    assert code == 1 and result["error"] == f"refusing log {instance.log}: not a regular file"
+
+
+def test_follow_refuses_a_state_directory_writable_by_others(instance: agent.Instance) -> None:
+    write_log(instance, b"x\n")
+    os.chmod(instance.dir, 0o777)
+    code, _, result = run_agent(instance, follow=True)
+    assert code == 1 and result["error"].startswith(f"refusing state directory {instance.dir}: writable by others")
+
+
+# --- follow through a pipe
+
+
+def read_until(stream: Any, text: bytes, timeout: float = 10) -> bytes:
+    """Bytes read from a non-blocking pipe until `text` shows up (or the time is up)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen and time.monotonic() < deadline:
+        chunk = stream.read()
+        if chunk:
+            seen += chunk
+        else:
+            time.sleep(0.05)
+    return seen
+
+
+@pytest.fixture
+def follower(instance: agent.Instance) -> Any:
+    write_log(instance, b"old 1\nold 2\nold 3\n")
+    proc = subprocess.Popen(agent_argv(dict(instance.req, follow=True, lines=2)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    os.set_blocking(proc.stdout.fileno(), False)
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def append(inst: agent.Instance, data: bytes) -> None:
+    with open(inst.log, "ab") as handle:
+        handle.write(data)
+
+
+def test_follow_shows_the_tail_then_what_is_appended(instance: agent.Instance, follower: Any) -> None:
+    assert read_until(follower.stdout, b"old 3\n") == b"old 2\nold 3\n"
+    append(instance, b"new 1\n")
+    assert read_until(follower.stdout, b"new 1\n") == b"new 1\n"
+
+
+@pytest.mark.parametrize("cut", ["truncate", "redirect"])
+def test_follow_continues_from_the_start_of_a_log_truncated_in_place(instance: agent.Instance, follower: Any,
+                                                                     cut: str) -> None:
+    assert read_until(follower.stdout, b"old 3\n").endswith(b"old 3\n")
+    if cut == "truncate":
+        os.truncate(instance.log, 0)
+    else:
+        subprocess.run(["sh", "-c", ': > "$1"', "sh", instance.log], check=True)
+    # Shorter than what was read before, so the shrink shows whenever the follower looks.
+    append(instance, b"after\n")
+    assert read_until(follower.stdout, b"after\n") == b"after\n"
+    assert follower.poll() is None
+
+
+def test_follow_ends_once_nothing_reads_its_output(instance: agent.Instance, follower: Any) -> None:
+    assert read_until(follower.stdout, b"old 3\n").endswith(b"old 3\n")
+    follower.stdout.close()
+    # No new log line is needed: the follower polls its stdout between reads.
+    follower.wait(timeout=10)
+    assert follower.returncode == 0
