@@ -10,7 +10,6 @@ against SETTINGS by tests/test_options_unit.py.
 import ipaddress
 import re
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -27,82 +26,143 @@ class UsageError(Exception):
     """A bad option, caught before anything connects (exit 2)."""
 
 
+class Invalid(ValueError):
+    """What is wrong with a value, e.g. "must be ..., not 'x'"; the caller names
+    the setting and where it was given."""
+
+
+def shown(value: Any) -> str:
+    """`value` for a one-line message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def text_of(value: Any, what: str) -> str:
+    """`value` as a string that encodes to UTF-8 (the request is JSON), else Invalid."""
+    if not isinstance(value, str):
+        raise Invalid(f"must be {what}, not {shown(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # bytes from argv that are not UTF-8, as surrogate escapes
+        raw = value.encode("utf-8", "surrogateescape")
+        raise Invalid(f"must be valid UTF-8, not {shown(raw)}") from None
+    return value
+
+
+def whole(value: Any) -> Optional[int]:
+    """A whole number given as one (YAML's 8000) or in ASCII digits, else None.
+
+    str.isdigit alone also takes "²" and other digits int() refuses.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
 def parse_port(value: Any) -> int:
-    text = str(value).strip()
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise UsageError(f"--port must be a number from 1 to 65535, not {value!r}")
-    return int(text)
+    port = whole(value.strip() if isinstance(value, str) else value)
+    if port is None or not 1 <= port <= 65535:
+        raise Invalid(f"must be a number from 1 to 65535, not {shown(value)}")
+    return port
 
 
 def parse_addr(value: Any) -> str:
     try:
-        return str(ipaddress.ip_address(str(value)))
+        return str(ipaddress.ip_address(text_of(value, "an IPv4 or IPv6 address")))
     except ValueError:
-        raise UsageError(f"--addr must be an IPv4 or IPv6 address, not {value!r}") from None
+        raise Invalid(f"must be an IPv4 or IPv6 address, not {shown(value)}") from None
 
 
-def parse_seconds(value: Any, flag: str) -> float:
-    try:
+def parse_seconds(value: Any) -> float:
+    seconds = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{flag} must be a number of seconds, not {value!r}") from None
-    if not 0 < seconds <= 86400:
-        raise UsageError(f"{flag} must be between 0 and 86400 seconds, not {value!r}")
+    elif isinstance(value, str) and value.isascii():  # float() also reads other scripts' digits
+        try:
+            seconds = float(value)
+        except ValueError:
+            pass
+    if seconds is None:
+        raise Invalid(f"must be a number of seconds, not {shown(value)}")
+    if not 0 < seconds <= 86400:  # also false for NaN
+        raise Invalid(f"must be between 0 and 86400 seconds, not {shown(value)}")
     return seconds
 
 
-def parse_path(value: Any, flag: str) -> str:
-    text = str(value)
+def parse_path(value: Any) -> str:
+    text = text_of(value, "a path")
     if not text or "\0" in text or "\n" in text:
-        raise UsageError(f"{flag} must be a path without NUL bytes or newlines, not {value!r}")
+        raise Invalid(f"must be a path without NUL bytes or newlines, not {shown(value)}")
+    return text
+
+
+def parse_agent_python(value: Any) -> str:
+    # It reaches the command line as a quoted word, which csh and tcsh cannot
+    # take with a newline in it, and in which they expand `!` even inside quotes.
+    text = text_of(value, "an interpreter")
+    if not text or any(char in text for char in "!\n\r\0"):
+        raise Invalid(f"must be an interpreter without '!', newlines or NUL bytes, not {shown(value)}")
     return text
 
 
 def parse_settings_module(value: Any) -> Optional[str]:
-    if value is not None and not SETTINGS_MODULE.match(str(value)):
-        raise UsageError(f"--settings must be a dotted module name, not {value!r}")
+    if value is not None and not (isinstance(value, str) and SETTINGS_MODULE.fullmatch(value)):
+        raise Invalid(f"must be a dotted module name, not {shown(value)}")
     return value
 
 
-def parse_env(env: Mapping[str, Any]) -> Dict[str, str]:
-    env = {str(key): str(value) for key, value in (env or {}).items()}
+def parse_env(env: Any) -> Dict[str, str]:
+    if not isinstance(env, Mapping):
+        raise Invalid(f"must be a mapping of variable names to values, not {shown(env)}")
+    checked: Dict[str, str] = {}
     for key, value in env.items():
-        if not ENV_NAME.match(key):
-            raise UsageError(f"environment variable name {key!r} is not valid")
-        if "\0" in value:
-            raise UsageError(f"environment variable {key} contains a NUL byte")
-    return env
+        if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
+            raise Invalid(f"names an environment variable that is not valid: {shown(key)}")
+        if isinstance(value, (Mapping, list, tuple)) or value is None:
+            raise Invalid(f"must give {key} a text value, not {shown(value)}")
+        text = text_of(str(value), "text")
+        if "\0" in text:
+            raise Invalid(f"gives environment variable {key} a NUL byte")
+        checked[key] = text
+    return checked
 
 
 def parse_lines(value: Any) -> int:
-    text = str(value)
-    if not text.isdigit():
-        raise UsageError(f"--lines must be a whole number, not {value!r}")
-    return int(text)
+    lines = whole(value)
+    if lines is None or lines < 0:
+        raise Invalid(f"must be a whole number, not {shown(value)}")
+    return lines
 
 
 def parse_concurrency(value: Any) -> int:
-    try:
-        limit = int(value)
-    except (TypeError, ValueError):
-        limit = 0
-    if limit < 1:
-        raise UsageError(f"fabserve.concurrency must be a whole number of at least 1, not {value!r}")
+    limit = whole(value.strip() if isinstance(value, str) else value)
+    if limit is None or limit < 1:
+        raise Invalid(f"must be a whole number of at least 1, not {shown(value)}")
     return limit
 
 
 def parse_switch(value: Any) -> bool:
     # Invoke's rule for booleans from the environment: anything but "0" or "" is on.
-    return bool(value) and value != "0"
+    if value is None or isinstance(value, (bool, int)):
+        return bool(value)
+    if isinstance(value, str):
+        return value not in ("0", "")
+    raise Invalid(f"must be true or false, not {shown(value)}")
 
 
 def parse_inventory(value: Any) -> Optional[Path]:
-    return Path(str(value)).expanduser() if value else None
+    if not value:
+        return None
+    if not isinstance(value, str):
+        raise Invalid(f"must be a path, not {shown(value)}")
+    return Path(value).expanduser()
 
 
 def optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """`parse` for a setting whose unset value (None or empty) stands for a default elsewhere."""
-    return lambda value: parse(value) if value else None
+    """`parse` for a setting whose unset value (None) stands for a default elsewhere."""
+    return lambda value: None if value is None else parse(value)
 
 
 @dataclass(frozen=True)
@@ -111,7 +171,7 @@ class Setting:
 
     name: str
     default: Any
-    parse: Callable[[Any], Any]  # the checked value, or UsageError
+    parse: Callable[[Any], Any]  # the checked value, or Invalid
     help: str  # the flag's help; `{default}` is filled in
     verbs: Tuple[str, ...] = ()  # tasks that take it as a flag
     flag: str = ""  # the flag's name where it is not the setting's
@@ -124,9 +184,17 @@ class Setting:
     def flag_name(self) -> str:
         return self.flag or self.name
 
+    def check(self, value: Any, origin: Optional["Origin"] = None) -> Any:
+        """`value` through the parser; UsageError naming the setting and where it was given."""
+        try:
+            return self.parse(value)
+        except Invalid as exc:
+            label, where = origin or (f"--{self.flag_name}" if self.verbs else f"fabserve.{self.name}", "")
+            raise UsageError(f"{label} {exc}{where}") from None
+
 
 SETTINGS: Tuple[Setting, ...] = (
-    Setting("project", None, partial(parse_path, flag="--project"),
+    Setting("project", None, parse_path,
             "Django project directory (holding manage.py) on the target; "
             "default: fabserve.project, or the bundled example when local",
             verbs=VERBS, per_host=True, request=True),
@@ -135,7 +203,7 @@ SETTINGS: Tuple[Setting, ...] = (
             verbs=VERBS, per_host=True, request=True),
     Setting("addr", "127.0.0.1", parse_addr, "IP address runserver binds to (default {default})",
             verbs=STARTING + ("status",), per_host=True, request=True),
-    Setting("python", None, optional(partial(parse_path, flag="--python")),
+    Setting("python", None, optional(parse_path),
             "interpreter on the target, relative paths from the project "
             "(default: the project's .venv or venv, else python3)",
             verbs=STARTING, per_host=True, request=True),
@@ -143,22 +211,22 @@ SETTINGS: Tuple[Setting, ...] = (
             verbs=STARTING, per_host=True, request=True),
     Setting("env", {}, parse_env, "KEY=VALUE set in the server's environment (repeatable)",
             verbs=STARTING, per_host=True, request=True, repeatable=True),
-    Setting("noreload", False, bool, "run without Django's autoreloader (a single process)",
+    Setting("noreload", False, parse_switch, "run without Django's autoreloader (a single process)",
             verbs=STARTING, per_host=True, request=True),
-    Setting("start_timeout", 30, partial(parse_seconds, flag="--timeout"),
+    Setting("start_timeout", 30, parse_seconds,
             "seconds to wait for the port to answer (default {default})",
             verbs=STARTING, flag="timeout", per_host=True, request=True),
-    Setting("stop_timeout", 10, partial(parse_seconds, flag="--timeout"),
+    Setting("stop_timeout", 10, parse_seconds,
             "seconds between TERM and KILL (default {default})",
             verbs=("stop",), flag="timeout", per_host=True, request=True),
     Setting("lines", 50, parse_lines, "how many of the last lines to show (default {default})",
             verbs=("logs",), per_host=True, request=True),
-    Setting("follow", False, bool, "keep printing lines as they are appended, until interrupted",
+    Setting("follow", False, parse_switch, "keep printing lines as they are appended, until interrupted",
             verbs=("logs",), request=True, config=False),
-    Setting("json", False, bool, "print one JSON object per host on stdout and nothing else", verbs=VERBS),
-    Setting("agent_python", "python3", str, "interpreter that runs fabserve's agent on the target",
+    Setting("json", False, parse_switch, "print one JSON object per host on stdout and nothing else", verbs=VERBS),
+    Setting("agent_python", "python3", parse_agent_python, "interpreter that runs fabserve's agent on the target",
             per_host=True),
-    Setting("state_dir", None, optional(partial(parse_path, flag="state_dir")),
+    Setting("state_dir", None, optional(parse_path),
             "where pidfiles and logs live on the target", per_host=True, request=True),
     Setting("inventory", None, parse_inventory,
             "inventory file for -H group and host names; default: inventory/hosts.yml here"),
@@ -171,9 +239,33 @@ SETTING: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 #: The `fabserve` config section's defaults. `project: None` means the bundled
 #: example project when running locally, and is an error for a remote host.
 DEFAULTS: Dict[str, Any] = {setting.name: setting.default for setting in SETTINGS if setting.config}
+#: The defaults as the collection registers them. Invoke casts a FABRIC_FABSERVE_*
+#: variable to the type of the default it overrides (int("abc") is a traceback,
+#: and an int refuses "1.5"), so numbers are registered as text and every
+#: variable reaches its setting's parser as given; switches stay booleans, for
+#: invoke's "0"-is-off rule, and env stays a mapping that config files merge into.
+CONFIGURED: Dict[str, Any] = {
+    name: str(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else default
+    for name, default in DEFAULTS.items()
+}
 #: What an inventory may set per group or host; output format and the run's own
 #: settings are the caller's.
 PER_HOST: Tuple[str, ...] = tuple(setting.name for setting in SETTINGS if setting.per_host)
+
+#: How a message names a given value, and where it was given (" (from FILE)", or "").
+Origin = Tuple[str, str]
+
+
+class Values(Dict[str, Any]):
+    """Merged settings, and where each one that was given came from (`origin`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.origin: Dict[str, Origin] = {}
+
+    def give(self, name: str, value: Any, origin: Origin) -> None:
+        self[name] = value
+        self.origin[name] = origin
 
 
 def flags_of(verb: str) -> List[Setting]:
@@ -196,32 +288,91 @@ def section(config: Mapping[str, Any]) -> Mapping[str, Any]:
     return config.get("fabserve", {})
 
 
-def merged(config: Mapping[str, Any], flags: Mapping[str, Any]) -> Dict[str, Any]:
-    """Flags given on the command line over the config section over DEFAULTS.
+def layers(config: Any) -> List[Tuple[Mapping[str, Any], Callable[[str], str]]]:
+    """Invoke's config sources, highest precedence first: each one's data, and
+    for a setting's name where that source is (a file, a variable, or "")."""
+    def data(name: str) -> Mapping[str, Any]:
+        found = getattr(config, f"_{name}", None)
+        return found if isinstance(found, Mapping) else {}
+
+    def file(name: str) -> Callable[[str], str]:
+        path = getattr(config, f"_{name}_path", None)
+        return lambda setting_name: f" (from {path})" if isinstance(path, str) else ""
+
+    return [(data("overrides"), lambda name: ""), (data("runtime"), file("runtime")),
+            (data("env"), lambda name: f" (from FABRIC_FABSERVE_{name.upper()})"),
+            (data("project"), file("project")), (data("user"), file("user")), (data("system"), file("system"))]
+
+
+def config_where(config: Any, name: str) -> str:
+    """Where the config's value of fabserve.`name` was given, e.g. " (from fabric.yaml)"; "" if unknown."""
+    for layer, where in layers(config):
+        given = layer.get("fabserve")
+        if isinstance(given, Mapping) and name in given:
+            return where(name)
+    return ""
+
+
+def config_error(config: Any, error: Exception) -> str:
+    """One line for an error invoke raised while merging or casting the config.
+
+    Invoke cannot merge a mapping over a plain value or the reverse (`project:
+    {a: 1}`, `env: 5`), and says so without naming the key: name it here.
+    """
+    for layer, where in layers(config):
+        given = layer.get("fabserve")
+        if given is None:
+            continue
+        if not isinstance(given, Mapping):
+            return f"the fabserve config section must be a mapping, not {shown(given)}{where('')}"
+        for name, value in given.items():
+            if name in CONFIGURED and isinstance(value, Mapping) != isinstance(CONFIGURED[name], Mapping):
+                try:
+                    SETTING[name].parse(value)
+                except Invalid as exc:
+                    return f"fabserve.{name} {exc}{where(name)}"
+    return f"configuration error: {error}"
+
+
+def merged(config: Mapping[str, Any], flags: Mapping[str, Any], host_vars: Optional[Mapping[str, Any]] = None,
+           config_origin: Optional[Any] = None) -> Values:
+    """Flags given on the command line over host vars over the config section over DEFAULTS.
 
     A flag counts as given unless it is None, or a switch left off (a switch
-    can only turn a setting on).
+    can only turn a setting on). `config_origin`: the invoke Config the section
+    is from, to say in messages which file or variable gave a value.
     """
-    values = dict(DEFAULTS)
-    values.update({key: value for key, value in config.items() if key in DEFAULTS})
-    values.update({key: value for key, value in flags.items() if value is not None and value is not False})
+    values = Values(DEFAULTS)
+    for name, value in config.items():
+        if name in DEFAULTS:
+            values.give(name, value, (f"fabserve.{name}", config_where(config_origin, name)))
+    for name, value in (host_vars or {}).items():
+        if name in DEFAULTS:
+            values.give(name, value, (name, " (from the inventory)"))
+    for name, value in flags.items():
+        if value is not None and value is not False:
+            values.give(name, value, (f"--{name}", ""))
     return values
 
 
 def host_values(config: Mapping[str, Any], host_vars: Mapping[str, Any],
-                flags: Mapping[str, Any]) -> Dict[str, Any]:
+                flags: Mapping[str, Any]) -> Values:
     """Flags over the host's inventory vars over the `fabserve` config section."""
-    return merged({**section(config), **host_vars}, flags)
+    return merged(section(config), flags, host_vars, config)
 
 
 def checked(values: Mapping[str, Any], name: str) -> Any:
     """Setting `name` of merged `values`, through its parser."""
-    return SETTING[name].parse(values[name])
+    return SETTING[name].check(values[name], origin_of(values, name))
+
+
+def origin_of(values: Mapping[str, Any], name: str) -> Optional[Origin]:
+    return getattr(values, "origin", {}).get(name)
 
 
 def setting(config: Mapping[str, Any], name: str, flags: Optional[Mapping[str, Any]] = None) -> Any:
     """One client-side setting, checked: its flag if given, else the config section, else the default."""
-    return checked(merged(section(config), flags or {}), name)
+    return checked(merged(section(config), flags or {}, config_origin=config), name)
 
 
 def request(action: str, values: Mapping[str, Any], env_flags: Optional[Iterable[str]], local: bool) -> Dict[str, Any]:
@@ -230,28 +381,36 @@ def request(action: str, values: Mapping[str, Any], env_flags: Optional[Iterable
     `values` are merged settings, plus the action's own flag names (`timeout`)
     where they differ from the settings they set.
     """
+    origin = dict(getattr(values, "origin", {}))
     values = dict(values)
     for each in flags_of(action):  # --timeout sets start_timeout or stop_timeout, by verb
         if each.flag and values.get(each.flag) is not None:
             values[each.name] = values[each.flag]
+            origin[each.name] = origin.get(each.flag, (f"--{each.flag}", ""))
     if values["project"] is None:
         if not local:
             raise UsageError("--project is required for a remote host (or set fabserve.project)")
         values["project"] = str(EXAMPLE_PROJECT)
+    if env_flags:  # the configured mapping is checked on its own, so a message names the right source
+        SETTING["env"].check(values["env"], origin.get("env"))
+        origin["env"] = ("--env", "")
     values["env"] = env_with(values["env"], env_flags or ())
     req: Dict[str, Any] = {"action": action}
     for each in SETTINGS:
         if each.request:
-            req[each.name] = each.parse(values.get(each.name, each.default))
+            req[each.name] = each.check(values.get(each.name, each.default), origin.get(each.name))
     return req
 
 
-def env_with(config_env: Mapping[str, Any], pairs: Iterable[str]) -> Dict[str, Any]:
-    """Config's env mapping updated by repeated --env KEY=VALUE flags."""
-    env = dict(config_env or {})
+def env_with(config_env: Any, pairs: Iterable[str]) -> Any:
+    """Config's env mapping updated by repeated --env KEY=VALUE flags (a config
+    value that is no mapping is left for the parser to refuse)."""
+    if not isinstance(config_env, Mapping):
+        return config_env
+    env = dict(config_env)
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise UsageError(f"--env takes KEY=VALUE, not {pair!r}")
+            raise UsageError(f"--env takes KEY=VALUE, not {shown(pair)}")
         env[key] = value
     return env

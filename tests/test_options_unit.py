@@ -71,7 +71,13 @@ def test_defaults_and_per_host_settings_come_from_the_table():
     assert "follow" not in options.DEFAULTS  # a flag only: no config key
     assert set(options.PER_HOST) == {"project", "port", "addr", "python", "settings", "env", "noreload",
                                      "start_timeout", "stop_timeout", "lines", "agent_python", "state_dir"}
-    assert ns.configuration()["fabserve"] == options.DEFAULTS
+    # Registered as CONFIGURED (numbers as text, for FABRIC_FABSERVE_*), which parses to DEFAULTS.
+    assert ns.configuration()["fabserve"] == options.CONFIGURED
+    parsed = lambda defaults: {name: options.SETTING[name].parse(value) for name, value in defaults.items()
+                               if value is not None}
+    assert parsed(options.CONFIGURED) == parsed(options.DEFAULTS)
+    assert [name for name, value in options.CONFIGURED.items() if value is None] == \
+        [name for name, value in options.DEFAULTS.items() if value is None]
 
 
 def test_the_request_holds_every_request_setting_and_nothing_else():
