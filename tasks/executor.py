@@ -71,11 +71,10 @@ class ConcurrentExecutor(Executor):
     def execute(self, *tasks: Any) -> Dict[Any, Any]:
         # The collection's defaults first: only keys they define are read from
         # FABRIC_* variables, and expanding -H already needs fabserve.inventory.
-        self.config.load_collection(self.collection.configuration())
-        self.config.load_shell_env()
+        self.load_settings()
         try:
             calls = self.expand_calls(self.normalize(tasks))
-        except InventoryError as exc:
+        except (InventoryError, options.UsageError) as exc:
             raise Exit(str(exc), 2) from None
         results: Dict[Any, Any] = {}
         # `fab -H a,b start status`: all hosts start, then all report status.
@@ -83,17 +82,25 @@ class ConcurrentExecutor(Executor):
             results[task] = self.run_batch(list(batch))
         return results
 
+    def load_settings(self, called_as: Optional[str] = None) -> None:
+        """The collection's defaults and FABRIC_* variables into the config; exit 2 if invoke cannot merge them."""
+        try:
+            self.config.load_collection(self.collection.configuration(called_as))
+            self.config.load_shell_env()
+        except Exception as exc:  # invoke's merge and cast errors have no common base
+            raise Exit(options.config_error(self.config, exc), 2) from None
+
     def run_batch(self, calls: List[Any]) -> List[Any]:
         config = self.config
-        config.load_collection(self.collection.configuration(calls[0].called_as))
-        config.load_shell_env()
+        self.load_settings(calls[0].called_as)
+        limit = concurrency(config)  # checked for one host too: a bad setting is an error on every run
         contexts = [call.make_context(config) for call in calls]
         for context in contexts:
             context._set(fabserve_fanout=len(calls) > 1)
         if len(calls) == 1:  # in the main thread, so Ctrl-C and tracebacks behave as usual
             outcomes = [run_one(calls[0], contexts[0])]
         else:
-            outcomes = run_concurrently(calls, contexts, concurrency(config))
+            outcomes = run_concurrently(calls, contexts, limit)
         code = finish(calls, contexts, outcomes, as_json(config, calls))
         if code:
             raise Exit(code=code)
@@ -158,11 +165,11 @@ def finish(calls: List[Any], contexts: List[Context], outcomes: List[Outcome], j
     for context, outcome in zip(contexts, outcomes):
         if outcome.crash is not None:
             label = getattr(context, "fabserve_name", "local")
-            print(f"{label}: internal error: {outcome.crash!r}", file=sys.stderr, flush=True)
+            report.say(f"{label}: internal error: {outcome.crash!r}", sys.stderr)
             codes.append(1)
         elif outcome.exit is not None:
             if outcome.exit.message:
-                print(outcome.exit.message, file=sys.stderr, flush=True)
+                report.say(outcome.exit.message, sys.stderr)
             codes.append(outcome.exit.code)
         elif isinstance(outcome.returned, dict):
             results.append(outcome.returned)
@@ -170,7 +177,7 @@ def finish(calls: List[Any], contexts: List[Context], outcomes: List[Outcome], j
         else:
             codes.append(0)
     if len(calls) > 1 and not json_mode and results:
-        print(report.summary(results, len(calls) - len(results)), flush=True)
+        report.say(report.summary(results, len(calls) - len(results)))
     return combined(codes)
 
 

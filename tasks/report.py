@@ -6,13 +6,30 @@ exactly one object per host on stdout, nothing else.
 """
 
 import json
+import os
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, TextIO
 
 from .agent import FAILED, RUNNING, exit_code, result_of
 
 #: How a verb's successful result reads for people.
 Formatter = Callable[[Dict[str, Any]], str]
+
+
+def say(text: str, stream: Optional[TextIO] = None) -> None:
+    """Print a line (stdout by default), flushed.
+
+    A reader that went away (`fab status | head -1`) is no error: the stream is
+    pointed at /dev/null, so the rest of the output, and Python's last flush at
+    exit, go nowhere and the run ends with its own exit code.
+    """
+    stream = stream or sys.stdout
+    try:
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
 
 
 def failure(host: str, action: str, error: str) -> Dict[str, Any]:
@@ -56,12 +73,12 @@ def emit(result: Dict[str, Any], as_json: bool, formatter: Formatter = plain) ->
     """Print one host's result (failures on stderr) and return it; the executor
     turns all hosts' results into the exit code."""
     if as_json:
-        print(json.dumps(result, sort_keys=True), flush=True)
+        say(json.dumps(result, sort_keys=True))
         return result
     text = human(result, formatter)
     failed = exit_code(result["action"], result) not in (0, 3)
     if text:
-        print(text, file=sys.stderr if failed else sys.stdout, flush=True)
+        say(text, sys.stderr if failed else sys.stdout)
     return result
 
 
