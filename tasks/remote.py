@@ -15,7 +15,7 @@ import zlib
 from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from invoke import Context
 from invoke.exceptions import CommandTimedOut
@@ -80,6 +80,9 @@ BOOTSTRAP = ("import sys,binascii,zlib;exec(zlib.decompress(binascii.a2b_base64(
 LOADER_WORD = base64.b64encode(zlib.compress(LOADER.encode("ascii"), 9)).decode("ascii")
 # Seconds on top of the agent's own deadlines before a hung call is given up.
 SLACK = 30
+# Linux's limit on one argument, its terminating NUL included (MAX_ARG_STRLEN):
+# the whole command is one, for `sh -c` locally and the login shell's -c over SSH.
+MAX_ARG_STRLEN = 131072
 
 
 class HostError(Exception):
@@ -107,6 +110,25 @@ def command(request: Dict[str, Any], agent_python: str) -> str:
     encoded = base64.b64encode(json.dumps(request).encode("utf-8")).decode("ascii")
     words = (*payload(), encoded, LOADER_WORD)
     return " ".join((shlex.quote(agent_python), "-E", "-S", "-c", shlex.quote(BOOTSTRAP), *words))
+
+
+def request_room(agent_python: str) -> int:
+    """The largest request, in bytes of its JSON, whose command still fits in one argument."""
+    fixed = len(command({}, agent_python).encode("utf-8")) - len(base64.b64encode(b"{}"))
+    return (MAX_ARG_STRLEN - 1 - fixed) // 4 * 3  # base64: 4 characters for every 3 bytes
+
+
+def check_size(request: Dict[str, Any], agent_python: str) -> None:
+    """UsageError (before connecting) for a request too big for one command, naming its biggest value.
+
+    Sizes are of the JSON that travels: ASCII, non-ASCII characters as \\u escapes.
+    """
+    size, room = len(json.dumps(request)), request_room(agent_python)
+    if size > room:
+        name, biggest = max(((key, len(json.dumps(value))) for key, value in request.items()),
+                            key=lambda item: item[1])
+        raise options.UsageError(f"option values too long: {size} bytes (at most {room}); "
+                                 f"the biggest is {name} ({biggest} bytes)")
 
 
 def parse_result(stdout: str) -> Optional[Dict[str, Any]]:
@@ -156,13 +178,18 @@ def call(c: Context, request: Dict[str, Any], agent_python: str) -> Dict[str, An
     return parsed
 
 
-def stream(c: Context, request: Dict[str, Any], agent_python: str, prefix: str = "") -> None:
-    """Run an agent action whose output is streamed (logs --follow); with a
-    prefix, each line carries it, so several hosts can share the terminal."""
-    out = PrefixedLines(prefix) if prefix else None
-    result = run(c, command(request, agent_python), timeout=None, hide="stderr", out_stream=out)
-    if result.exited not in (0, None):
+def stream(c: Context, request: Dict[str, Any], agent_python: str, prefix: str = "") -> Optional[Dict[str, Any]]:
+    """Run an agent action whose output is streamed (logs, and logs --follow):
+    its lines go to stdout as they come, each with `prefix`, so several hosts can
+    share the terminal. Returns the result the agent ends with; None when it
+    ended without one (a follower whose caller went away); HostError otherwise."""
+    out = Passthrough(prefix)
+    timeout = None if request.get("follow") else request["start_timeout"] + 2 * request["stop_timeout"] + SLACK
+    result = run(c, command(request, agent_python), timeout=timeout, hide="stderr", out_stream=out)
+    parsed = out.close()
+    if parsed is None and result.exited not in (0, None):
         raise HostError(agent_failure(result.exited, result.stderr, agent_python))
+    return parsed
 
 
 def run(c: Context, cmd: str, timeout: Optional[float], hide: Any, **kwargs: Any) -> Any:
@@ -189,18 +216,35 @@ def run(c: Context, cmd: str, timeout: Optional[float], hide: Any, **kwargs: Any
         raise HostError(f"SSH failed: {exc or type(exc).__name__}") from None
 
 
-class PrefixedLines:
-    """A stream for invoke's out_stream: whole lines only, each with a prefix."""
+class Passthrough:
+    """invoke's out_stream for a streamed agent action: whole lines go on to
+    stdout, each with a prefix; the agent's result, its last line, is kept back.
+
+    A line carrying MARKER is held until the next one arrives: only the last
+    line is the result, so a log line that happens to look like one is shown.
+    """
 
     lock = threading.Lock()  # one for all hosts: lines never interleave mid-way
+    consumes_output = True  # the runner need not keep a copy (runners.LinearOutput)
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self.pending = ""
+        self.pending: List[str] = []  # text after the last newline
+        self.held: Optional[str] = None
 
     def write(self, data: str) -> None:
-        lines = (self.pending + data).split("\n")
-        self.pending = lines.pop()
+        if "\n" not in data:
+            self.pending.append(data)
+            return
+        complete, _, rest = data.rpartition("\n")
+        lines = ("".join(self.pending) + complete).split("\n")
+        self.pending = [rest] if rest else []
+        if self.held is not None:
+            lines.insert(0, self.held)
+        self.held = lines.pop() if MARKER in lines[-1] else None
+        self.show(lines)
+
+    def show(self, lines: List[str]) -> None:
         if lines:
             with self.lock:
                 sys.stdout.write("".join(self.prefix + line + "\n" for line in lines))
@@ -209,9 +253,29 @@ class PrefixedLines:
     def flush(self) -> None:
         pass
 
+    def close(self) -> Optional[Dict[str, Any]]:
+        """Show what is left; the result, if the agent ended with one."""
+        rest = "".join(self.pending)
+        self.pending = []
+        if rest:
+            self.show([self.held, rest] if self.held is not None else [rest])
+            return None
+        if self.held is None:
+            return None
+        try:
+            parsed = json.loads(self.held[self.held.index(MARKER) + len(MARKER):])
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):  # a log line after all
+            self.show([self.held])
+            return None
+        return parsed
+
 
 def agent_failure(exited: Optional[int], stderr: str, agent_python: str) -> str:
-    if exited == 127:
+    # sh, bash, dash, zsh and fish exit 127; tcsh and csh exit 1 with `python3: Command not found.`
+    missing = exited == 127 or (exited == 1 and f"{agent_python}: Command not found." in stderr.splitlines())
+    if missing:
         return f"interpreter {agent_python!r} not found on the host; set fabserve.agent_python"
     lines = [line for line in stderr.splitlines() if line.strip()]
     detail = lines[-1] if lines else "no output"

@@ -8,8 +8,9 @@ its parameters must be exactly the flags the table gives its verb.
 import os
 import shlex
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from fabric.main import program as fab_program
 from invoke import Context, task
 from invoke.exceptions import Exit
 
@@ -29,19 +30,26 @@ def host_values(c: Context, flags: Dict[str, Any]) -> Dict[str, Any]:
     return options.host_values(c.config, getattr(c, "fabserve_settings", {}), flags)
 
 
-def operate(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[str]] = None) -> Dict[str, Any]:
-    """Validate, run `action` on the host behind `c`, and return its result.
-
-    Bad input ends the task with exit 2 before anything connects.
-    """
-    host = remote.host_label(c)
+def prepare(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[str]] = None) -> Tuple[Dict[str, Any], str]:
+    """The checked request for `action` and the agent's interpreter; bad input
+    (also a request too big for one command) ends the task with exit 2 before
+    anything connects."""
     values = host_values(c, flags)
     try:
         req = options.request(action, values, env, local=not remote.is_remote(c))
+        agent_python = options.checked(values, "agent_python")
+        remote.check_size(req, agent_python)
     except options.UsageError as exc:
-        raise Exit(f"{host}: {exc}", 2) from None
+        raise Exit(f"{remote.host_label(c)}: {exc}", 2) from None
+    return req, agent_python
+
+
+def operate(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Validate, run `action` on the host behind `c`, and return its result."""
+    host = remote.host_label(c)
+    req, agent_python = prepare(c, action, flags, env)
     try:
-        result = remote.call(c, req, options.checked(values, "agent_python"))
+        result = remote.call(c, req, agent_python)
     except remote.HostError as exc:
         result = report.failure(host, action, str(exc))
     result["host"] = host
@@ -53,10 +61,40 @@ def finish(c: Context, result: Dict[str, Any], flags: Dict[str, Any],
     return report.emit(result, options.setting(c.config, "json", flags), formatter)
 
 
+#: fab's own flags that say how to connect or where the tasks are, repeated by
+#: the stop hint (the --prompt-for-* ones are not: they would ask again).
+HINT_FLAGS = ("ssh-config", "S", "identity", "i", "connect-timeout", "t", "config", "f",
+              "search-root", "r", "collection", "c")
+
+
 def stop_hint(c: Context, result: Dict[str, Any]) -> str:
     hosts = ["-H", remote.host_label(c)] if remote.is_remote(c) else []
-    words = [program(), *hosts, "stop", "--project", result.get("project") or "", "--port", str(result.get("port"))]
+    words = [program(), *connection_flags(sys.argv[1:]), *hosts, "stop", "--project", result.get("project") or "",
+             "--port", str(result.get("port"))]
     return " ".join(shlex.quote(word) for word in words)
+
+
+def connection_flags(argv: List[str]) -> List[str]:
+    """The HINT_FLAGS among fab's own flags in `argv` (those before the first
+    task name), each with its value, as separate words."""
+    takes_value = {name for arg in fab_program.core_args() + fab_program.task_args() if arg.takes_value
+                   for name in arg.names}
+    kept: List[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "--" or not word.startswith("-") or word == "-":
+            break  # a task name (or the end of fab's flags): what follows is the tasks'
+        if word.startswith("--"):
+            name, given, value = word[2:].partition("=")
+            flag = f"--{name}"
+        else:  # -S FILE or -SFILE
+            name, value = word[1:2], word[2:]
+            given, flag = bool(value), f"-{name}"
+        if name in takes_value and not given:
+            value = next(words, "")
+        if name in HINT_FLAGS:
+            kept += [flag, value]
+    return kept
 
 
 def multiple(c: Context) -> bool:
@@ -106,10 +144,18 @@ def stop(c, project=None, port=None, timeout=None, json=False):
 
 
 def show_status(result: Dict[str, Any]) -> str:
+    """A running server's pids, uptime, log and pidfile, and the agent's notes
+    ("not started by fabserve", "stale pidfile: ..."); a server found by the
+    /proc search has no pidfile of its own to show."""
     if result["state"] != RUNNING:
         return plain(result)
-    return (f"{result['host']}: running on {result['url']}, pids {pid_list(result['pids'])}, "
-            f"up {report.duration(result.get('uptime'))}; log {result['log']}; pidfile {result['pidfile']}")
+    text = (f"{result['host']}: running on {result['url']}, pids {pid_list(result['pids'])}, "
+            f"up {report.duration(result.get('uptime'))}; log {result['log']}")
+    if result.get("managed"):
+        text += f"; pidfile {result['pidfile']}"
+    head, message = f"running on {result['url']}", result.get("message") or ""
+    notes = message[len(head):] if message.startswith(head) else f"; {message}"
+    return text + notes if notes.strip("; ") else text
 
 
 @verb
@@ -144,11 +190,8 @@ def logs(c, project=None, port=None, lines=None, follow=False, json=False):
     host = remote.host_label(c)
     if options.setting(c.config, "json", flags):
         raise Exit(f"{host}: --follow streams plain text; it cannot be combined with --json", 2)
-    values = host_values(c, flags)
+    req, agent_python = prepare(c, "logs", flags)
     try:
-        req = options.request("logs", values, None, local=not remote.is_remote(c))
-        remote.stream(c, req, options.checked(values, "agent_python"), prefix=f"{host}: " if multiple(c) else "")
-    except options.UsageError as exc:
-        raise Exit(f"{host}: {exc}", 2) from None
+        remote.stream(c, req, agent_python, prefix=f"{host}: " if multiple(c) else "")
     except remote.HostError as exc:
         raise Exit(f"{host}: logs failed: {exc}", 1) from None
