@@ -52,11 +52,12 @@ def text_of(value: Any, what: str) -> str:
 def whole(value: Any) -> Optional[int]:
     """A whole number given as one (YAML's 8000) or in ASCII digits, else None.
 
-    str.isdigit alone also takes "²" and other digits int() refuses.
+    str.isdigit alone also takes "²" and other digits int() refuses; past 18
+    digits a number is out of every range, and int() refuses very long ones.
     """
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.isascii() and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
         return int(value)
     return None
 
