@@ -1,0 +1,64 @@
+"""invoke's runners with output handling that stays linear in the output's size.
+
+invoke reads 1000 bytes at a time and, after every read, joins all output
+captured so far to show it to watchers (fabserve has none): a 10 MB answer
+then costs seconds and 20 MB more than a minute. It also decodes each read on
+its own, so a UTF-8 character split between two reads turns into garbage.
+These runners read 64 KiB at a time, decode incrementally, join nothing
+unless a watcher is there, and keep no copy of output that an out_stream
+consumes itself (a `logs --follow` may run for days).
+"""
+
+import codecs
+from typing import Any, Callable, Iterator, List
+
+from fabric.runners import Remote as FabricRemote
+from invoke.runners import Local as InvokeLocal
+
+
+class Discarded(list):  # type: ignore[type-arg]
+    """A capture buffer that keeps nothing."""
+
+    def append(self, item: Any) -> None:
+        pass
+
+
+class LinearOutput:
+    """Mixed into a runner: see the module's docstring."""
+
+    read_chunk_size = 65536
+    watchers: List[Any]
+    encoding: str
+
+    def respond(self, buffer_: List[str]) -> None:
+        if self.watchers:
+            super().respond(buffer_)  # type: ignore[misc]
+
+    def read_proc_output(self, reader: Callable[[int], bytes]) -> Iterator[str]:
+        decoder = codecs.getincrementaldecoder(self.encoding)("replace")
+        while True:
+            data = reader(self.read_chunk_size)
+            if not data:
+                break
+            text = decoder.decode(data)
+            if text:
+                yield text
+        rest = decoder.decode(b"", final=True)
+        if rest:
+            yield rest
+
+    def handle_stdout(self, buffer_: List[str], hide: bool, output: Any) -> None:
+        keep = Discarded() if getattr(output, "consumes_output", False) else buffer_
+        super().handle_stdout(keep, hide, output)  # type: ignore[misc]
+
+
+class Remote(LinearOutput, FabricRemote):
+    """Fabric's runner over SSH, with linear output handling."""
+
+
+class Local(LinearOutput, InvokeLocal):
+    """invoke's local runner, with linear output handling."""
+
+
+#: For a collection's configuration: {"runners": RUNNERS}.
+RUNNERS = {"remote": Remote, "local": Local}
