@@ -177,21 +177,41 @@ def restart(c, project=None, port=None, addr=None, python=None, settings=None, e
     return finish(c, operate(c, "restart", flags, env), flags, started(c))
 
 
+#: The most lines `logs --json` returns: they are one JSON object on both ends,
+#: about 0.7 GB of the client's memory and 3.4 s at 1,000,000 lines of 100 bytes.
+JSON_LINES = 1_000_000
+
+
 def show_logs(result: Dict[str, Any]) -> str:
-    return "\n".join(result.get("lines") or [])
+    """Nothing more: the lines went to stdout as they arrived."""
+    return ""
 
 
 @verb
 def logs(c, project=None, port=None, lines=None, follow=False, json=False):
-    """Show the server's log: its last lines, or follow it."""
+    """Show the server's log: its last lines, or follow it.
+
+    With --json the lines are in the one result object; otherwise they stream
+    to stdout as the host reads them (each with its host when there are several).
+    """
     flags = dict(project=project, port=port, lines=lines, follow=follow, json=json)
-    if not follow:
-        return finish(c, operate(c, "logs", flags), flags, show_logs)
     host = remote.host_label(c)
-    if options.setting(c.config, "json", flags):
+    as_json = options.setting(c.config, "json", flags)
+    if as_json and follow:
         raise Exit(f"{host}: --follow streams plain text; it cannot be combined with --json", 2)
     req, agent_python = prepare(c, "logs", flags)
+    if as_json and req["lines"] > JSON_LINES:
+        raise Exit(f"{host}: --lines must be at most {JSON_LINES} with --json (the lines travel in one "
+                   f"object), not {req['lines']}; without --json they stream", 2)
+    req["stream"] = not as_json
     try:
-        remote.stream(c, req, agent_python, prefix=f"{host}: " if multiple(c) else "")
+        if as_json:
+            result = remote.call(c, req, agent_python)
+        else:
+            result = remote.stream(c, req, agent_python, prefix=f"{host}: " if multiple(c) else "")
     except remote.HostError as exc:
-        raise Exit(f"{host}: logs failed: {exc}", 1) from None
+        result = report.failure(host, "logs", str(exc))
+    if result is None:  # a follower whose caller went away
+        return None
+    result["host"] = host
+    return finish(c, result, flags, show_logs)
