@@ -32,6 +32,9 @@ FIRST_POLL = 0.005
 POLL = 0.05
 KILL_WAIT = 5.0  # how long a group may take to vanish after SIGKILL
 PORT_WAIT = 2.0  # how long a listener may linger after its process is gone
+# How often stop looks again for token carriers after ending what it found: a
+# fork that left the group may itself have forked meanwhile.
+ESCAPE_ROUNDS = 3
 TAIL_LINES = 20
 INTERPRETER = re.compile(r"^(python|pypy)[0-9.]*$")
 # runserver options whose value is the next argv element
@@ -137,14 +140,17 @@ def runserver_args(argv):
     return script, port
 
 
-def is_candidate(proc, manage_py, port, uid, token, excluded):
+def is_candidate(proc, manage_py, port, uid, token, excluded, given=None):
     """Whether a process snapshot looks like a server of this instance, judged
     on what is cheap to read for every process; `is_ours` then confirms it.
 
     It looks like one when it carries the instance's token, or when its argv is
     `<python> manage.py runserver` on this port with a script that resolves,
-    symlinks and all, against its cwd to `manage_py` (itself resolved). Always
-    the same user, never `excluded` (this agent and its ancestors).
+    symlinks and all, against its cwd to `manage_py` (itself resolved), or
+    whose path joined with its cwd is exactly `given` (the project's manage.py
+    as the user names it: `/srv/app/current/manage.py` started before the
+    release link moved). Always the same user, never `excluded` (this agent
+    and its ancestors).
     """
     if proc["pid"] in excluded or proc["uid"] != uid or proc["state"] == "Z":
         return False
@@ -153,6 +159,8 @@ def is_candidate(proc, manage_py, port, uid, token, excluded):
     found = runserver_args(proc["argv"])
     if found is None or found[1] != port or proc.get("cwd") is None:
         return False
+    if given and lexical_script(proc["cwd"], found[0]) == given:
+        return True
     # realpath, not normpath: in `link/../site/manage.py` the kernel follows
     # `link` before `..`, so the lexical answer can name another project.
     return os.path.realpath(os.path.join(proc["cwd"], found[0])) == manage_py
@@ -193,6 +201,56 @@ def instance_name(project, port):
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(project)).strip("._") or "project"
     digest = hashlib.sha256(f"{project}\0{port}".encode()).hexdigest()[:10]
     return f"{slug[:40]}-{port}-{digest}"
+
+
+def given_path(path, cwd=None):
+    """A project path as the user named it: absolute, `~` expanded, `.` and
+    doubled slashes dropped, symlinks kept. Up to its last `..` it is resolved
+    as the kernel resolves it (in `current/../x`, `current` is followed before
+    `..`), since collapsing `..` lexically can name another directory."""
+    path = os.path.expanduser(path)
+    if not os.path.isabs(path):
+        path = os.path.join(cwd or os.getcwd(), path)
+    parts = path.split("/")
+    if ".." in parts:
+        last = len(parts) - parts[::-1].index("..")
+        parts = [os.path.realpath("/".join(parts[:last]) or "/")] + parts[last:]
+    return os.path.normpath("/".join(parts))
+
+
+def lexical_script(cwd, script):
+    """A runserver's script path joined with its cwd, normalised, or None when
+    it holds `..` (see given_path: only the kernel can say where that leads)."""
+    path = os.path.join(cwd, script)
+    return None if ".." in path.split("/") else os.path.normpath(path)
+
+
+def host_key(machine, hostname):
+    """The directory name of one host's state: its hostname, readable, and a
+    digest of machine id and hostname (cloned VMs share a machine id)."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", hostname).strip("._") or "host"
+    digest = hashlib.sha256(f"{machine}\0{hostname}".encode()).hexdigest()[:10]
+    return f"{slug[:40]}-{digest}"
+
+
+def other_host(meta, machine, hostname):
+    """The host that recorded `meta` when it is not this one (machine id or
+    hostname differ), else None. Metadata without them is this host's: only
+    this host writes in its own directory."""
+    recorded = (meta.get("machine_id"), meta.get("hostname"))
+    if recorded[0] in (None, machine) and recorded[1] in (None, hostname):
+        return None
+    return str(recorded[1] or recorded[0])
+
+
+DEFAULT_ADDR = "127.0.0.1"
+ADDRESS = re.compile(r"^[0-9A-Fa-f:.]{2,45}$")
+
+
+def recorded_addr(meta):
+    """The address `meta` records for the server, if it is one."""
+    addr = meta.get("addr")
+    return addr if isinstance(addr, str) and ADDRESS.match(addr) else None
 
 
 def connect_host(addr):
@@ -263,6 +321,19 @@ def read_file(path, mode="r"):
 
 def boot_id():
     return read_file("/proc/sys/kernel/random/boot_id").strip()
+
+
+def machine_id():
+    """systemd's machine id, or D-Bus's; "" where neither exists (the hostname
+    still tells hosts apart)."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            found = read_file(path).strip()
+        except OSError:
+            continue
+        if found:
+            return found
+    return ""
 
 
 def pid_max():
@@ -474,19 +545,37 @@ class Instance(object):
     """One server: a project directory and a port on this host, and its files."""
 
     def __init__(self, req):
-        self.project = os.path.realpath(os.path.expanduser(req["project"]))
+        # Named by the path as given, so `current` stays the instance it names when
+        # the symlink moves to another release; launched from the path it resolves to.
+        self.given = given_path(req["project"])
+        self.project = os.path.realpath(self.given)
         self.port = req["port"]
-        self.addr = req["addr"]
+        # None: the address recorded at start (locate reads it), else DEFAULT_ADDR.
+        self.addr_given = req.get("addr")
+        self.addr = self.addr_given or DEFAULT_ADDR
         self.req = req
         self.manage_py = os.path.join(self.project, "manage.py")
+        self.given_manage_py = os.path.join(self.given, "manage.py")
         # Absolute, so results name it the same whatever the agent's working directory.
         self.base = os.path.abspath(os.path.expanduser(req.get("state_dir") or os.path.join(
             os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "fabserve")))
-        self.dir = os.path.join(self.base, instance_name(self.project, self.port))
+        # Per host: a home shared by several hosts (NFS) holds one directory each.
+        self.machine_id, self.hostname = machine_id(), os.uname()[1]
+        self.host_dir = os.path.join(self.base, "hosts", host_key(self.machine_id, self.hostname))
+        self.dir = os.path.join(self.host_dir, instance_name(self.given, self.port))
+        # Where versions before per-host state kept it; read, never written.
+        self.legacy_dir = os.path.join(self.base, instance_name(self.project, self.port))
         self.pidfile = os.path.join(self.dir, "server.pid")
         self.meta_path = os.path.join(self.dir, "server.json")
         self.log = os.path.join(self.dir, "server.log")
-        self.url = server_url(self.addr, self.port)
+        self.recorded = None  # the metadata locate read (this host's), for token, address and release
+        self.serving = None  # the resolved project its trusted pidfile's server was launched from
+        self.legacy = False  # the trusted pidfile is in legacy_dir
+        self.foreign = None  # the host that recorded the pidfile, when it is another one
+
+    @property
+    def url(self):
+        return server_url(self.addr, self.port)
 
     def require_project(self):
         if not os.path.isdir(self.project):
@@ -496,35 +585,53 @@ class Instance(object):
 
     def lock(self):
         """Serialise start/stop/restart of this instance across agents."""
-        private_dir(self.base)
-        private_dir(self.dir)
+        for path in self.levels(self.dir):
+            private_dir(path)
         fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd
 
-    def read_meta(self):
-        """(pid, meta) recorded by our last start; pid None when there is no
-        pidfile. ValueError when the files are unusable."""
-        for path in (self.base, self.dir):
+    def levels(self, directory):
+        """The state directories from the base down to `directory`."""
+        found = [directory]
+        while found[-1] != self.base and os.path.dirname(found[-1]) != found[-1]:
+            found.append(os.path.dirname(found[-1]))
+        return found[::-1]
+
+    def read_meta(self, directory=None):
+        """(pid, meta) recorded by the last start in `directory` (default: this
+        host's instance directory); pid None when there is no pidfile.
+        ValueError when the files are unusable."""
+        directory = directory or self.dir
+        for path in self.levels(directory):
             if os.path.lexists(path):
                 check_private(path, "state directory")
-        if not os.path.lexists(self.pidfile):
+        pidfile, meta_path = os.path.join(directory, "server.pid"), os.path.join(directory, "server.json")
+        if not os.path.lexists(pidfile):
             return None, None
-        check_private(self.pidfile, "pidfile")
-        pid = parse_pid(read_file(self.pidfile), pid_max())
+        check_private(pidfile, "pidfile")
+        pid = parse_pid(read_file(pidfile), pid_max())
         try:
-            meta = json.loads(read_file(self.meta_path))
+            meta = json.loads(read_file(meta_path))
         except (OSError, ValueError):
-            raise ValueError(f"metadata {self.meta_path} is missing or unreadable")
+            raise ValueError(f"metadata {meta_path} is missing or unreadable")
         if not isinstance(meta, dict):
-            raise ValueError(f"metadata {self.meta_path} is not a JSON object")
+            raise ValueError(f"metadata {meta_path} is not a JSON object")
         if meta.get("pid") != pid:
             raise ValueError(f"pidfile names {pid} but metadata names {meta.get('pid')}")
         return pid, meta
 
     def forget(self):
+        """Remove the pidfile and metadata, unless another host recorded them.
+        Legacy files go only once their server was trusted (so it was this
+        host's): an untrusted one may be another host's that cannot say so."""
+        if self.foreign:
+            return
         remove(self.pidfile)
         remove(self.meta_path)
+        if self.legacy:
+            remove(os.path.join(self.legacy_dir, "server.pid"))
+            remove(os.path.join(self.legacy_dir, "server.json"))
 
 
 # ------------------------------------------------------------------ locating
@@ -580,19 +687,37 @@ def verify(pid, meta):
 
 
 def locate(inst):
-    """The running server of `inst` (Found) or None, plus a note on stale state."""
+    """The running server of `inst` (Found) or None, plus a note on stale state.
+
+    The pidfile is this host's; without one, the one a version before per-host
+    state wrote. Its metadata gives the token, the address and the release
+    (on `inst`); one another host recorded is left to that host.
+    """
     note = ""
     token = None
+    legacy = False
     try:
         pid, meta = inst.read_meta()
+        if pid is None:
+            pid, meta = inst.read_meta(inst.legacy_dir)
+            legacy = pid is not None
     except ValueError as exc:
         pid, meta, note = None, None, f"ignored corrupt state: {exc}"
     if pid is not None:
+        other = other_host(meta, inst.machine_id, inst.hostname)
+        if other is not None:
+            inst.foreign = other
+            return search(inst, None), f"the pidfile is of a server started on host {other}: left to that host"
+        inst.recorded = meta
         token = meta.get("token")
+        if not inst.addr_given and recorded_addr(meta):
+            inst.addr = recorded_addr(meta)
         why = verify(pid, meta)
         if why is None:
+            inst.legacy = legacy
+            inst.serving = meta.get("project") if isinstance(meta.get("project"), str) else None
             return Found(pgid=pid), ""
-        note = f"stale pidfile: {why}"
+        note = f"stale pidfile{' of the previous state layout' if legacy else ''}: {why}"
     return search(inst, token), note
 
 
@@ -607,7 +732,7 @@ def search(inst, token):
     matched = []
     for pid in all_pids():
         proc = snapshot(pid, token)
-        if (proc and is_candidate(proc, manage_py, inst.port, uid, token, excluded)
+        if (proc and is_candidate(proc, manage_py, inst.port, uid, token, excluded, inst.given_manage_py)
                 and is_ours(identify(proc), token, own)):
             matched.append(proc)
     if not matched:
@@ -699,14 +824,89 @@ def terminate(found, grace):
     return True, wait_gone(found, time.time() + KILL_WAIT)
 
 
-def port_free(port):
+def token_carriers(token):
+    """Every process of this user in the agent's namespaces whose environment
+    carries `token`, as a Found pinned by start time: what a server forked
+    that left its group (setsid, start_new_session) still inherits."""
+    if not token:
+        return None
+    excluded = ancestors()
+    uid = os.getuid()
+    own = own_namespaces()
+    pids = []
+    for pid in all_pids():
+        if pid in excluded or owner(pid) != uid or environ_token(pid) != token:
+            continue
+        info = proc_stat(pid)
+        if info and info["state"] != "Z" and namespaces(pid) == own:
+            pids.append(pid)
+    return Found(pids=pids) if pids else None
+
+
+def packed(addr):
+    """`addr` as bytes (4 or 16), the form /proc/net/tcp's hex decodes to."""
+    import socket
+    return socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
+
+
+def listen_address(hex_addr):
+    """The bytes of a /proc/net/tcp{,6} local address: 32-bit words in host order."""
+    raw = bytes.fromhex(hex_addr)
+    return b"".join(raw[i:i + 4][::-1] if sys.byteorder == "little" else raw[i:i + 4]
+                    for i in range(0, len(raw), 4))
+
+
+def conflicts(listener, ours):
+    """Whether a listener bound to bytes `listener` holds the port for `ours`:
+    the same address, either one a wildcard, or ours as an IPv4-mapped one."""
+    if listener.startswith(b"\0" * 10 + b"\xff\xff"):
+        listener = listener[12:]
+    return listener == ours or not listener.strip(b"\0") or not ours.strip(b"\0")
+
+
+def parse_listeners(text, port):
+    """(inode, local address bytes) of the sockets listening on `port` in
+    /proc/net/tcp or tcp6 text."""
+    found = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10 or fields[3] != "0A":
+            continue
+        hex_addr, hex_port = fields[1].rsplit(":", 1)
+        if int(hex_port, 16) == port:
+            found.append((fields[9], listen_address(hex_addr)))
+    return found
+
+
+def port_held(port, addr):
+    """The inodes of listeners that keep `addr`:`port` from being bound, after
+    waiting up to PORT_WAIT for a closing one to go."""
     deadline = time.time() + PORT_WAIT
     for pause in pauses():
-        if not listen_inodes(port):
-            return True
-        if time.time() >= deadline:
-            return False
+        held = set()
+        for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                listeners = parse_listeners(read_file(name), port)
+            except OSError:
+                continue
+            held |= {inode for inode, bound in listeners if conflicts(bound, packed(addr))}
+        if not held or time.time() >= deadline:
+            return held
         time.sleep(pause)
+
+
+def holders(inodes):
+    """Who holds the listening sockets `inodes`, for a message: each process
+    this user can see as `pid N (command line)`."""
+    named = []
+    for pid in pids_holding(inodes, all_pids()):
+        try:
+            argv = read_file(f"/proc/{pid}/cmdline", "rb").split(b"\0")[:-1]
+        except OSError:
+            argv = []
+        command = " ".join(part.decode("utf-8", "replace") for part in argv)[:120]
+        named.append(f"pid {pid} ({command})")
+    return named or ["a process of another user"]
 
 
 # -------------------------------------------------------------------- actions
@@ -767,7 +967,7 @@ def describe(inst, found, **fields):
         "pidfile": inst.pidfile,
         "log": inst.log,
         "state_dir": inst.dir,
-        "project": inst.project,
+        "project": inst.serving or inst.project,
         "port": inst.port,
         "managed": found.managed if found else None,
     }
@@ -815,29 +1015,59 @@ def do_status(inst):
     if not found.managed:
         message = join(message, "not started by fabserve")
     return describe(inst, found, ok=state == RUNNING, changed=False, state=state, pids=pids,
-                    message=join(message, note), **extra)
+                    message=join(message, release_note(inst), note), **extra)
+
+
+def release_note(inst):
+    """What to say when the project path now resolves to another release than
+    the running server was launched from (a moved `current` symlink)."""
+    if inst.serving and inst.serving != inst.project:
+        return f"serving {inst.serving}; {inst.given} now resolves to {inst.project}: restart to switch"
+    return ""
 
 
 @verb("stop", locks=True)
 def do_stop(inst):
+    """Stop the server's group, then every process that still carries its
+    token, then confirm nothing holds the port. The state goes once nothing
+    of ours is left; a holder without the token is named, never signalled."""
     found, note = locate(inst)
+    # Kept before the state is forgotten: a process that left the group (setsid,
+    # start_new_session) is found by the token it inherited.
+    token = (inst.recorded or {}).get("token")
     if found is None:
         inst.forget()
         return describe(inst, None, ok=True, changed=False, state=STOPPED,
                         message=join("not running", note))
-    pids = found.members()
-    killed, survivors = terminate(found, inst.req["stop_timeout"])
-    if survivors:
-        raise AgentError(f"still running after SIGKILL: pids {' '.join(map(str, survivors))}",
-                         pids=survivors)
+    managed = found.managed
+    grace = inst.req["stop_timeout"]
+    pids, escaped, killed = found.members(), [], False
+    for round_number in range(ESCAPE_ROUNDS):
+        if round_number:
+            escaped += [pid for pid in found.members() if pid not in escaped and pid not in pids]
+        was_killed, survivors = terminate(found, grace)
+        killed = killed or was_killed
+        if survivors:
+            raise AgentError(f"still running after SIGKILL: pids {' '.join(map(str, survivors))}",
+                             pids=survivors)
+        found = token_carriers(token)
+        if found is None:
+            break
+    else:
+        raise AgentError(f"processes carrying the server's token keep appearing: pids "
+                         f"{' '.join(map(str, found.members()))}", pids=found.members())
     inst.forget()
-    free = port_free(inst.port)
-    grace = f" with SIGKILL after {inst.req['stop_timeout']:g}s grace" if killed else ""
-    message = f"stopped pids {' '.join(map(str, pids))}{grace}"
-    if not free:
-        message = join(message, f"port {inst.port} is still held by another program")
-    return describe(inst, None, ok=True, changed=True, state=STOPPED, pids=pids,
-                    pid=pids[0] if pids else None, killed=killed, port_free=free, managed=found.managed,
+    stopped = pids + escaped
+    grace_text = f" with SIGKILL after {grace:g}s grace" if killed else ""
+    message = f"stopped pids {' '.join(map(str, stopped))}{grace_text}"
+    if escaped:
+        message = join(message, f"pids {' '.join(map(str, escaped))} had left the server's process group")
+    held = port_held(inst.port, inst.addr)
+    if held:
+        raise AgentError(join(message, f"port {inst.port} is still held by {', '.join(holders(held))}"),
+                         state=STOPPED, pids=stopped, killed=killed, port_free=False)
+    return describe(inst, None, ok=True, changed=True, state=STOPPED, pids=stopped,
+                    pid=stopped[0] if stopped else None, killed=killed, port_free=True, managed=managed,
                     message=join(message, note))
 
 
@@ -897,9 +1127,12 @@ def launch(inst, python):
         finally:
             signal.signal(signal.SIGHUP, previous)
     info = proc_stat(proc.pid)
+    # The project as given names the instance; as resolved, the release it runs.
     meta = {"pid": proc.pid, "starttime": info["starttime"] if info else None, "boot_id": boot_id(),
-            "token": token, "argv": argv, "project": inst.project, "port": inst.port,
-            "addr": inst.addr, "started": time.time()}
+            "machine_id": inst.machine_id, "hostname": inst.hostname,
+            "token": token, "argv": argv, "project": inst.project, "project_given": inst.given,
+            "port": inst.port, "addr": inst.addr, "started": time.time()}
+    inst.serving = inst.project
     try:
         # Metadata first: a pidfile never names a process without its identity.
         write_atomic(inst.meta_path, json.dumps(meta))
@@ -936,7 +1169,10 @@ def do_start(inst):
         else:
             message = join("already started but " + message, "use restart")
         return describe(inst, found, ok=state == RUNNING, changed=False, state=state, pids=pids,
-                        message=message)
+                        message=join(message, release_note(inst)))
+    if inst.foreign:
+        raise AgentError(f"{inst.pidfile} records a server started on host {inst.foreign}: "
+                         f"it is that host's, so it is not replaced; nothing was started")
     inst.forget()
     proc, offset = launch(inst, python)
     found = Found(pgid=proc.pid)
