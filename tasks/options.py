@@ -202,7 +202,10 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("port", 8000, parse_port,
             "port runserver listens on (default {default}); with --project it names the instance",
             verbs=VERBS, per_host=True, request=True),
-    Setting("addr", "127.0.0.1", parse_addr, "IP address runserver binds to (default {default})",
+    # Not given, it travels as null: the agent then uses the address recorded at
+    # start, else 127.0.0.1, so a plain status or restart finds `--addr 127.0.0.2`.
+    Setting("addr", None, optional(parse_addr),
+            "IP address runserver binds to (default: the one it was started with, else 127.0.0.1)",
             verbs=STARTING + ("status",), per_host=True, request=True),
     Setting("python", None, optional(parse_path),
             "interpreter on the target, relative paths from the project "
