@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -15,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from invoke import Config, Context
 
-from tasks import agent, options
+from tasks import agent, options, remote
 from tasks.agent import BLOCK, MARKER, read_tail, tail_span, tail_text
+from tasks.runners import RUNNERS
 
 AGENT = Path(agent.__file__)
 
@@ -279,3 +282,75 @@ def test_follow_ends_once_nothing_reads_its_output(instance: agent.Instance, fol
     # No new log line is needed: the follower polls its stdout between reads.
     follower.wait(timeout=10)
     assert follower.returncode == 0
+
+
+# --- the client: the streamed output passed through, the result kept back
+
+
+def passed_through(chunks: list[str], prefix: str = "") -> tuple[str, dict[str, Any] | None]:
+    out = io.StringIO()
+    saved, sys.stdout = sys.stdout, out
+    try:
+        stream = remote.Passthrough(prefix)
+        for chunk in chunks:
+            stream.write(chunk)
+        result = stream.close()
+    finally:
+        sys.stdout = saved
+    return out.getvalue(), result
+
+
+def result_line(**fields: Any) -> str:
+    return f"{MARKER}{json.dumps(fields)}\n"
+
+
+def test_passthrough_shows_the_lines_and_keeps_the_result_whatever_the_chunks() -> None:
+    text = "one\ntwo\r\nthree\n" + result_line(ok=True, message="3 lines")
+    for size in (1, 2, 5, 7, len(text)):
+        chunks = [text[index:index + size] for index in range(0, len(text), size)]
+        shown, result = passed_through(chunks)
+        assert shown == "one\ntwo\r\nthree\n" and result == {"ok": True, "message": "3 lines"}
+
+
+def test_passthrough_prefixes_every_line() -> None:
+    shown, result = passed_through(["a\nb", "\n" + result_line(ok=True)], prefix="web1: ")
+    assert shown == "web1: a\nweb1: b\n" and result == {"ok": True}
+
+
+def test_a_log_line_that_looks_like_a_result_is_shown_when_lines_follow_it() -> None:
+    fake = result_line(ok=False)
+    shown, result = passed_through(["x\n", fake, "y\n", result_line(ok=True)])
+    assert shown == "x\n" + fake + "y\n" and result == {"ok": True}
+
+
+def test_a_follower_without_a_result_shows_everything() -> None:
+    shown, result = passed_through(["x\n", f"{MARKER}not json\n"])
+    assert shown == f"x\n{MARKER}not json\n" and result is None
+    shown, result = passed_through(["x\nunfinished"])
+    assert shown == "x\nunfinished\n" and result is None
+
+
+def test_login_shell_chatter_before_the_result_on_its_line_is_dropped() -> None:
+    assert passed_through(["hello from rc" + result_line(ok=True)]) == ("", {"ok": True})
+
+
+def test_the_runners_keep_utf8_split_between_reads_and_all_of_a_large_output() -> None:
+    text = "ü€" * 300_000  # 1.5 MB; reads end inside characters
+    c = Context(Config(overrides={"runners": RUNNERS}))
+    program = "import sys; sys.stdout.buffer.write('\\u00fc\\u20ac'.encode() * 300000)"
+    done = c.run(shlex.join([sys.executable, "-c", program]), hide=True, in_stream=False)
+    assert done.stdout == text
+
+
+def test_the_runners_keep_nothing_an_out_stream_consumes() -> None:
+    c = Context(Config(overrides={"runners": RUNNERS}))
+    sink = remote.Passthrough("")
+    saved, sys.stdout = sys.stdout, io.StringIO()
+    try:
+        done = c.run(shlex.join([sys.executable, "-c", "print('a'); print('b')"]), hide="stderr",
+                     in_stream=False, out_stream=sink)
+        sink.close()
+        shown = sys.stdout.getvalue()
+    finally:
+        sys.stdout = saved
+    assert shown == "a\nb\n" and done.stdout == ""
