@@ -335,9 +335,9 @@ def test_login_shell_chatter_before_the_result_on_its_line_is_dropped() -> None:
 
 
 def test_the_runners_keep_utf8_split_between_reads_and_all_of_a_large_output() -> None:
-    text = "ü€" * 300_000  # 1.5 MB; reads end inside characters
+    text = "ü€-" * 300_000  # 1.8 MB of 6-byte groups: invoke's 1000-byte reads end inside characters
     c = Context(Config(overrides={"runners": RUNNERS}))
-    program = "import sys; sys.stdout.buffer.write('\\u00fc\\u20ac'.encode() * 300000)"
+    program = "import sys; sys.stdout.buffer.write('\\u00fc\\u20ac-'.encode() * 300000)"
     done = c.run(shlex.join([sys.executable, "-c", program]), hide=True, in_stream=False)
     assert done.stdout == text
 
