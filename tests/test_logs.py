@@ -1,0 +1,141 @@
+"""`logs` end to end, over the real sshd and in local mode: a 100 MB log's last
+100000 lines, the log's checks, and `logs --follow` across a truncation in place."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, alive, free_port, wait_for, where
+
+LINES = 100_000
+# Written as the test user: 1 MiB chunks of numbered lines, 100 of them, then a last line of its own.
+FILL = """
+import sys
+path, chunks = sys.argv[1], int(sys.argv[2])
+line = b"%09d " + b"x" * 90 + b"\\n"
+per_chunk = (1 << 20) // len(line % 0)
+with open(path, "ab") as log:
+    for chunk in range(chunks):
+        base = chunk * per_chunk
+        log.write(b"".join(line % (base + index) for index in range(per_chunk)))
+    log.write("the last line, ünïcödé\\n".encode())
+"""
+
+
+def stopped_instance(run, site) -> tuple[list[str], Path]:
+    """An instance that ran once and stopped, so its log exists: its flags and log."""
+    flags = where(site, free_port())
+    start = run("start", *flags)
+    assert start.returncode == 0, start.stderr + start.stdout
+    assert run("stop", *flags).returncode == 0
+    return flags, Path(start.json["log"])
+
+
+def test_logs_of_a_100_mb_log_give_exactly_the_lines_asked(run, site, as_user):
+    flags, log = stopped_instance(run, site)
+    filled = as_user(["python3", "-c", FILL, str(log), "100"])
+    assert filled.returncode == 0, filled.stderr
+    assert log.stat().st_size > 100_000_000
+
+    plain = run("logs", *flags, "--lines", str(LINES), json=False)
+    assert plain.returncode == 0, plain.stderr
+    shown = plain.stdout.split("\n")
+    assert shown[-1] == ""  # every line ends with a newline
+    assert len(shown) - 1 == LINES
+    assert shown[-2] == "the last line, ünïcödé"
+    assert shown[0].endswith("x" * 90) and int(shown[-3].split()[0]) - int(shown[0].split()[0]) == LINES - 2
+
+    data = run("logs", *flags, "--lines", str(LINES))
+    assert data.returncode == 0, data.stderr
+    assert data.json["ok"] and data.json["state"] == "stopped"
+    assert len(data.json["lines"]) == LINES and data.json["lines"] == shown[:-1]
+    assert data.json["message"] == f"{LINES} lines of {log}"
+
+
+def test_json_logs_refuse_more_lines_than_one_object_can_carry_before_connecting(run, site):
+    result = run("logs", *where(site, free_port()), "--lines", "1000001")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().endswith("--lines must be at most 1000000 with --json (the lines travel in one "
+                                          "object), not 1000001; without --json they stream")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_logs_refuse_a_symlinked_log(run, site, as_user):
+    flags, log = stopped_instance(run, site)
+    secret = log.parent.parent / "not-the-log"
+    assert as_user(["sh", "-c", 'echo private > "$1" && ln -sf "$1" "$2"', "sh", str(secret), str(log)]).returncode == 0
+    try:
+        for extra in ([], ["--follow"]):
+            result = run("logs", *flags, *extra, json=False)
+            assert result.returncode == 1 and "private" not in result.stdout
+            assert len(result.stderr.strip().splitlines()) == 1
+            assert result.stderr.strip().endswith(f": logs failed: refusing log {log}: it is a symlink")
+    finally:
+        secret.unlink()
+
+
+def start_follower(fab, target, flags: list[str]) -> tuple[subprocess.Popen, queue.Queue]:
+    cmd = [sys.executable, "-m", "fabric", "-r", str(REPO), "-S", str(target.ssh_config), "-H", target.alias,
+           "logs", *flags, "--follow", "--lines", "2"]
+    follower = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in follower.stdout], daemon=True).start()
+    return follower, lines
+
+
+def wait_line(lines: queue.Queue, text: str, timeout: float = 30) -> list[str]:
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not any(text in line for line in seen):
+        try:
+            seen.append(lines.get(timeout=1))
+        except queue.Empty:
+            pass
+    return seen
+
+
+def followers_of(log: Path) -> list[int]:
+    """The agents that hold `log` open: its followers (other tests' agents never do)."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if (b"fabserve-agent" in Path(f"/proc/{name}/cmdline").read_bytes()
+                    and any(os.readlink(f"/proc/{name}/fd/{fd}") == str(log) for fd in os.listdir(f"/proc/{name}/fd"))):
+                found.append(int(name))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("cut", [["truncate", "-s", "0"], ["sh", "-c", ': > "$0"']])
+def test_follow_goes_on_from_the_start_of_a_log_truncated_in_place(fab, target, site, as_user, cut):
+    flags = where(site, free_port())
+    assert fab("start", *flags, "--json").returncode == 0
+    log = Path(fab("status", *flags, "--json").json["log"])
+    assert as_user(["sh", "-c", 'printf "before 1\\nbefore 2\\n" >> "$1"', "sh", str(log)]).returncode == 0
+    follower, lines = start_follower(fab, target, flags)
+    try:
+        assert any("before 2" in line for line in wait_line(lines, "before 2")), "the tail comes first"
+        assert as_user([*cut, str(log)]).returncode == 0
+        assert log.stat().st_size == 0
+        assert as_user(["sh", "-c", 'echo "after the cut" >> "$1"', "sh", str(log)]).returncode == 0
+        seen = wait_line(lines, "after the cut")
+        assert any(line.rstrip("\n") == "after the cut" for line in seen), seen
+        agents = followers_of(log)
+        assert len(agents) == 1
+    finally:
+        os.killpg(follower.pid, signal.SIGTERM)
+        follower.wait(timeout=10)
+    # Its SSH session gone, the follower on the target ends too, with no new log line.
+    assert wait_for(lambda: not any(alive(pid) for pid in agents), timeout=10)
+    assert fab("stop", *flags).returncode == 0
