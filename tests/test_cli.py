@@ -24,7 +24,8 @@ def test_user_at_host_colon_port_with_identity_flag(target, make_project):
     start = fab_plain("-i", str(target.key), "-H", host, "start", "--project", str(site), "--port", port)
     assert start.returncode == 0, start.stderr
     assert start.stdout.startswith(f"{host}: started on http://127.0.0.1:{port}/")
-    assert f"stop it with: fab -H {host} stop --project {site} --port {port}" in start.stdout
+    # fab's own -r and -i are repeated: the hint works as pasted.
+    assert f"stop it with: fab -r {REPO} -i {target.key} -H {host} stop --project {site} --port {port}" in start.stdout
     assert http_status(f"http://127.0.0.1:{port}/") == 200
     stop = fab_plain("-i", str(target.key), "-H", host, "stop", "--project", str(site), "--port", port)
     assert stop.returncode == 0 and stop.stdout.startswith(f"{host}: stopped pids ")

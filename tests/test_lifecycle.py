@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from helpers import (alive, free_port, group_members, http_status, kill_pids, port_listening, wait_for,
+from helpers import (REPO, alive, free_port, group_members, http_status, kill_pids, port_listening, wait_for,
                      where)
 
 def started(run, project, port, *extra):
@@ -59,13 +59,14 @@ def test_state_directory_is_private_to_the_user(run, site, target):
     assert run("stop", *where(site, data["port"])).returncode == 0
 
 
-def test_human_output_is_one_line_per_host(run, site, mode):
+def test_human_output_is_one_line_per_host(run, site, mode, target, product):
     port = free_port()
     out = run("start", *where(site, port), json=False)
     assert out.returncode == 0, out.stderr
     host = "local" if mode == "local" else "fabserve-target"
     assert out.stdout.startswith(f"{host}: started on http://127.0.0.1:{port}/")
-    hosts = "" if mode == "local" else "-H fabserve-target "
+    # The hint repeats the -r and -S that fab was given (see tests/bed/fab.py).
+    hosts = f"-r {product} " if mode == "local" else f"-r {REPO} -S {target.ssh_config} -H fabserve-target "
     hint = re.escape(f"fab {hosts}stop --project {site} --port {port}")
     assert re.search(rf"\n{host}: stop it with: (\S*/)?{hint}\n", out.stdout), out.stdout
     status = run("status", *where(site, port), json=False)
