@@ -178,6 +178,8 @@ class Runner:
                      check=self.up(one))
         self.measure("fabserve_stop", "fabserve stop (to port free)", "fabserve", self.fab(one, "stop"), one,
                      check=self.down(one))
+        from bench.logs import big_log  # imported here: bench.logs builds on this module's execute
+        big_log(self, host)
         if "diy" not in self.args.skip:
             for verb, check in (("start", self.up(one)), ("status", None), ("stop", self.down(one))):
                 self.measure("fabric_" + verb, f"plain Fabric {DIY_LABELS[verb]}", "plain Fabric",

@@ -10,7 +10,8 @@ from typing import Any
 
 from bench.samples import Case, Sample, fmt_count, spread
 
-FABSERVE_OPS = ["fabserve_status", "fabserve_start", "fabserve_stop", "fabserve_restart"]
+FABSERVE_OPS = ["fabserve_status", "fabserve_start", "fabserve_stop", "fabserve_restart", "fabserve_logs"]
+LOGS_LIMIT = 3.0  # a big log's tail: at most this many times OpenSSH's `tail -n`
 FANOUT_TARGET_SIZE = 10  # fan-out target: this many hosts take at most FANOUT_LIMIT x one host
 FANOUT_LIMIT = 1.5
 
@@ -73,6 +74,8 @@ def ratios(cases: dict[str, Case], sizes: Sequence[int], cpus: int) -> list[Rati
     out.append(Ratio("start-fab_trivial-django_ready", "start - trivial - Django ready (overhead)",
                      pairwise(cases, ["fabserve_start", "fab_trivial", "django_ready"],
                               lambda s, t, d: s - t - d), "s", 0.15))
+    ratio("logs/ssh_tail", "logs --lines 100000 / ssh tail -n (100 MB log)", "fabserve_logs", "ssh_tail",
+          LOGS_LIMIT)
     for verb in ("status", "start", "stop", "restart"):
         ratio(f"{verb}/ssh_true", f"{verb} / ssh true", "fabserve_" + verb, "ssh_true")
     ratio("ssh_agent_status/ssh_true", "agent status over OpenSSH / ssh true", "ssh_agent_status", "ssh_true")

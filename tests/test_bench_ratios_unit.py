@@ -222,6 +222,20 @@ def test_a_bed_of_ten_hosts_judges_the_fan_out_target() -> None:
     assert lines["fanout_stop_10/1"]["verdict"] == "n/a"
 
 
+@pytest.mark.parametrize(("logs", "verdict"), [(0.5, "PASS"), (0.75, "PASS"), (0.8, "MISS")])
+def test_big_log_target_is_logs_over_ssh_tail_at_most_three(logs: float, verdict: str) -> None:
+    measured = cases(case("fabserve_logs", [logs]), case("ssh_tail", [0.25]))
+    ratio = by_name(ratios(measured, [], cpus=2))["logs/ssh_tail"]
+    assert ratio.limit == 3.0 and ratio.values == [logs / 0.25] and ratio.verdict() == verdict
+
+
+def test_a_big_log_is_one_ssh_command() -> None:
+    measured = cases(case("fabserve_logs", [0.5, 0.6], sessions=[1, 2]))
+    assert command_targets(measured, []) == [{
+        "name": "ssh_commands:fabserve_logs", "label": "SSH commands/host, fabserve logs",
+        "values": [1.0, 2.0], "limit": "== 1", "verdict": "MISS"}]
+
+
 # --- SSH commands per host
 
 
