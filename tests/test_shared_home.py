@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -22,7 +23,7 @@ PORT = 8000
 @pytest.fixture
 def shared(bed_hosts, target, site, as_user, tmp_path):
     """host1 and host2, a `fab` that reaches them, and a state_dir in the shared home."""
-    state = target.home / "shared-state" / uuid.uuid4().hex[:12]
+    state = target.home / f"shared-state-{uuid.uuid4().hex[:12]}"
     as_user(["mkdir", "-p", "-m", "0700", "--", str(state)], check=True)
     ssh_config = tmp_path / "ssh_config"
     ssh_config.write_text("Host 10.*\n    StrictHostKeyChecking no\n    UserKnownHostsFile /dev/null\n"
@@ -41,6 +42,7 @@ def shared(bed_hosts, target, site, as_user, tmp_path):
     yield hosts, fab, state
     for host in hosts:
         fab(host, "stop")
+    shutil.rmtree(state)
 
 
 def test_two_hosts_sharing_a_home_keep_separate_state_and_stop_only_their_own(shared):
