@@ -107,6 +107,25 @@ def test_each_host_has_its_own_tmp_and_state_directory(bed_hosts, target: Target
     assert "host-tmp-" not in Path("/proc/self/mountinfo").read_text()
 
 
+def test_each_host_reads_its_own_machine_id_and_the_machines_file_is_unchanged(bed_hosts) -> None:
+    machine_file = Path("/etc/machine-id")
+    before = (machine_file.read_bytes(), machine_file.stat().st_ino, machine_file.stat().st_mtime_ns)
+    ids = [host.machine_id for host in bed_hosts]
+    assert len(set(ids)) == BED_SIZE, ids
+    assert all(len(value) == 32 and int(value, 16) >= 0 for value in ids), ids
+    assert machine_file.read_text().strip() not in ids
+    for host in bed_hosts:
+        # Read over ssh as the test user, as the agent reads it.
+        assert ssh_ok(host, "cat", "/etc/machine-id") == f"{host.machine_id}\n"
+        # Read-only inside the host, even for root.
+        refused = host.run(["sh", "-c", "echo 0 > /etc/machine-id"])
+        assert refused.returncode != 0 and "Read-only file system" in refused.stderr, refused
+        assert ssh_ok(host, "cat", "/etc/machine-id") == f"{host.machine_id}\n"
+    after = (machine_file.read_bytes(), machine_file.stat().st_ino, machine_file.stat().st_mtime_ns)
+    assert after == before
+    assert "/etc/machine-id" not in Path("/proc/self/mountinfo").read_text()
+
+
 def test_same_django_project_runs_on_two_hosts_on_their_own_loopback(
     bed_hosts, make_project, target: Target
 ) -> None:

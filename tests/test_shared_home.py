@@ -1,8 +1,9 @@
 """One home shared by several hosts (an NFS home on a cluster): each host keeps
 its own state beside the others', and neither host's stop touches the other's
 server or state. Two isolated hosts of tests/bed/hosts.py (their own PID,
-network, mount and UTS namespaces, their own sshd) run one project from the
-shared home, with fabserve's state in that home too, on the same port."""
+network, mount and UTS namespaces, their own sshd and machine id) run one
+project from the shared home, with fabserve's state in that home too, on the
+same port."""
 
 from __future__ import annotations
 
@@ -54,6 +55,12 @@ def test_two_hosts_sharing_a_home_keep_separate_state_and_stop_only_their_own(sh
     assert first["state_dir"] != second["state_dir"]
     assert first["state_dir"].startswith(f"{state}/") and second["state_dir"].startswith(f"{state}/")
     assert first["log"] != second["log"]
+    # Each host's record names that host's own machine id (the bed gives each its own).
+    assert one.machine_id != two.machine_id
+    for host, started in ((one, first), (two, second)):
+        with open(os.path.join(started["state_dir"], "server.json"), encoding="utf-8") as meta:
+            recorded = json.load(meta)
+        assert (recorded["machine_id"], recorded["hostname"]) == (host.machine_id, host.name), recorded
     assert os.path.exists(first["pidfile"]) and os.path.exists(second["pidfile"])
     assert one.http_status(PORT) == 200 and two.http_status(PORT) == 200
 

@@ -6,8 +6,9 @@ pair (root side 10.213.N.1/30, host side 10.213.N.2/30), in which
 tini runs a small sh script that sets the hostname, mounts a private tmpfs on
 /tmp and one owned by the test user (mode 0700) on the test user's
 ~/.local/state (where fabserve keeps its state: /etc and /home are the
-machine's, so without it every host would share one state directory), starts
-the host's own sshd on 10.213.N.2:22 and then sleeps. sshd is started as an
+machine's, so without it every host would share one state directory), binds
+the host's own machine id (a file in the bed's workdir) read-only over
+/etc/machine-id, starts the host's own sshd on 10.213.N.2:22 and then sleeps. sshd is started as an
 orphan so that it is tini's child, not the script's: stopping it (to make the
 host unreachable) leaves the host and its other processes running, and tini
 reaps it.
@@ -45,6 +46,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -173,6 +175,7 @@ class NamespacedHost:
     user: str  # the account to log in as (the target's)
     key: Path  # client private key that logs in as user
     home: Path  # user's home (shared with the machine)
+    machine_id: str  # 32 hex digits, what /etc/machine-id holds inside this host
     port: int = SSH_PORT
     _launcher: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
     _tini_pidfd: int | None = field(default=None, repr=False, compare=False)
@@ -333,6 +336,8 @@ echo "$NAME: starting as PID $$"
 printf '%s\n' "$NAME" > /proc/sys/kernel/hostname
 mount -t tmpfs -o mode=1777,size=256m "host-tmp-$NAME" /tmp
 mount -t tmpfs -o "mode=0700,uid=$USER_UID,gid=$USER_GID,size=64m" "host-state-$NAME" "$STATE"
+# Only in this host's mount namespace (unshare makes it private): the machine's file stays as it is.
+mount --bind -o ro "$MACHINE_ID" /etc/machine-id
 # An orphan, so that tini is its parent: the host outlives a stopped sshd.
 ("$SSHD" -D -e -f "$CONFIG" &)
 exec sleep infinity
@@ -351,6 +356,7 @@ class _Plan:
     veth: str
     peer: str
     workdir: Path
+    machine_id: str
 
     @property
     def gateway(self) -> str:
@@ -470,7 +476,7 @@ class HostBed:
                     netns=f"{NETNS_PREFIX}{pid}-{self.bed}-{index}",
                     veth=f"fv{pid:x}b{self.bed:x}r{index:x}",
                     peer=f"fv{pid:x}b{self.bed:x}n{index:x}",
-                    workdir=workdir,
+                    workdir=workdir, machine_id=uuid.uuid4().hex,
                 ))
             # Networks are made while holding the lock, so that a concurrent session
             # sees these addresses in `ip -o addr` before it picks its own slots.
@@ -507,6 +513,10 @@ class HostBed:
     def _launch(self, plan: _Plan, user: pwd.struct_passwd) -> subprocess.Popen[bytes]:
         log = plan.workdir / "host.log"
         log.write_bytes(b"")
+        machine_id = plan.workdir / "machine-id"
+        machine_id.write_text(f"{plan.machine_id}\n")
+        # Read by the test user through the bind mount; the workdir itself stays root's.
+        machine_id.chmod(0o444)
         env = {
             "PATH": f"{USER_PATH}:/usr/sbin:/sbin",
             "LANG": "C.UTF-8",
@@ -517,6 +527,7 @@ class HostBed:
             "USER_GID": str(user.pw_gid),
             "SSHD": str(SSHD),
             "CONFIG": str(plan.workdir / "sshd_config"),
+            "MACHINE_ID": str(machine_id),
         }
         # `ip netns exec` execs unshare in place, so the launcher's PID is unshare's;
         # unshare forks tini (PID 1 inside) and SIGKILLs it if unshare dies, and the
@@ -553,7 +564,8 @@ class HostBed:
             netns=plan.netns, veth=plan.veth, tini_pid=tini_pid, sshd_pid=None,
             host_key=host_key.with_suffix(".pub").read_text().strip(), host_key_path=host_key,
             sshd_config=plan.workdir / "sshd_config", sshd_log=log, user=self.target.user,
-            key=self.target.key, home=self.target.home, _launcher=launcher, _tini_pidfd=pidfd,
+            key=self.target.key, home=self.target.home, machine_id=plan.machine_id,
+            _launcher=launcher, _tini_pidfd=pidfd,
         )
         if not wait_for(lambda: launcher.poll() is not None or (host.find_sshd() and host.accepts_ssh()),
                         timeout=15) or launcher.poll() is not None:
