@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from invoke import Context
-from invoke.exceptions import CommandTimedOut
+from invoke.exceptions import CommandTimedOut, ThreadException
 from paramiko.ssh_exception import AuthenticationException, NoValidConnectionsError, SSHException
 
-from . import hostkeys, options
+from . import hostkeys, options, report
 from .agent import MARKER
 
 AGENT_SOURCE = Path(__file__).with_name("agent.py")
@@ -87,6 +87,15 @@ MAX_ARG_STRLEN = 131072
 
 class HostError(Exception):
     """The host could not be reached or the agent could not run there."""
+
+
+class ReaderGone(Exception):
+    """Nothing reads our stdout any more (`fab logs --follow | head -1`): a streamed
+    run ends there, like any writer into a closed pipe."""
+
+
+#: Set once stdout's reader is gone: it is the whole process's, so every host's stream ends.
+READER_GONE = threading.Event()
 
 
 @lru_cache(maxsize=1)
@@ -182,11 +191,22 @@ def stream(c: Context, request: Dict[str, Any], agent_python: str, prefix: str =
     """Run an agent action whose output is streamed (logs, and logs --follow):
     its lines go to stdout as they come, each with `prefix`, so several hosts can
     share the terminal. Returns the result the agent ends with; None when it
-    ended without one (a follower whose caller went away); HostError otherwise."""
+    ended without one (a follower whose caller went away) or when our own reader
+    went away; HostError otherwise.
+
+    A reader gone ends the stream's I/O thread, which ends the run: over SSH the
+    channel closes, locally our end of the pipe closes as we exit, and either way
+    the agent sees its reader gone and ends too.
+    """
     out = Passthrough(prefix)
     timeout = None if request.get("follow") else request["start_timeout"] + 2 * request["stop_timeout"] + SLACK
-    result = run(c, command(request, agent_python), timeout=timeout, hide="stderr", out_stream=out)
-    parsed = out.close()
+    try:
+        result = run(c, command(request, agent_python), timeout=timeout, hide="stderr", out_stream=out)
+        parsed = out.close()
+    except (ThreadException, ReaderGone):
+        if READER_GONE.is_set():
+            return None
+        raise
     if parsed is None and result.exited not in (0, None):
         raise HostError(agent_failure(result.exited, result.stderr, agent_python))
     return parsed
@@ -245,10 +265,18 @@ class Passthrough:
         self.show(lines)
 
     def show(self, lines: List[str]) -> None:
-        if lines:
-            with self.lock:
-                sys.stdout.write("".join(self.prefix + line + "\n" for line in lines))
-                sys.stdout.flush()
+        if not lines:
+            return
+        with self.lock:
+            if not READER_GONE.is_set():
+                try:
+                    sys.stdout.write("".join(self.prefix + line + "\n" for line in lines))
+                    sys.stdout.flush()
+                except BrokenPipeError:
+                    report.drop_output(sys.stdout)  # Python's last flush at exit goes nowhere
+                    READER_GONE.set()
+            if READER_GONE.is_set():
+                raise ReaderGone()
 
     def flush(self) -> None:
         pass

@@ -27,9 +27,14 @@ def say(text: str, stream: Optional[TextIO] = None) -> None:
     try:
         print(text, file=stream, flush=True)
     except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stream.fileno())
-        os.close(devnull)
+        drop_output(stream)
+
+
+def drop_output(stream: TextIO) -> None:
+    """Point the stream's descriptor at /dev/null: its reader went away."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
 
 
 def failure(host: str, action: str, error: str) -> Dict[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bed.users import runuser_argv, user_env
 from helpers import REPO, alive, free_port, wait_for, where
 
 LINES = 100_000
@@ -139,3 +140,42 @@ def test_follow_goes_on_from_the_start_of_a_log_truncated_in_place(fab, target, 
     # Its SSH session gone, the follower on the target ends too, with no new log line.
     assert wait_for(lambda: not any(alive(pid) for pid in agents), timeout=10)
     assert fab("stop", *flags).returncode == 0
+
+
+def follow_argv(target, product, mode: str, flags: list[str]) -> tuple[list[str], Path, dict[str, str]]:
+    """`fab logs --follow` as the run fixture would start it in mode: argv, cwd, environment."""
+    args = ["logs", *flags, "--follow", "--lines", "2"]
+    if mode == "local":
+        argv = runuser_argv(target.user, [target.venv / "bin" / "fab", "-r", product, *args])
+        return argv, target.home, user_env(target.user, target.home, None)
+    return ([sys.executable, "-m", "fabric", "-r", str(REPO), "-S", str(target.ssh_config), "-H", target.alias,
+             *args], REPO, dict(os.environ))
+
+
+def test_follow_ends_quietly_with_exit_0_when_its_reader_closes(run, mode, target, product, site, as_user):
+    """`fab logs --follow | head -1`: the client and the agent following the log both end."""
+    flags = where(site, free_port())
+    assert run("start", *flags).returncode == 0
+    log = Path(run("status", *flags).json["log"])
+    assert as_user(["sh", "-c", 'printf "before 1\\nbefore 2\\n" >> "$1"', "sh", str(log)]).returncode == 0
+    argv, cwd, env = follow_argv(target, product, mode, flags)
+    follower = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        first = follower.stdout.readline()
+        agents = followers_of(log)
+        follower.stdout.close()
+        # Lines written after the reader left: the next write finds the pipe closed.
+        for index in range(3):
+            assert as_user(["sh", "-c", f'echo "after {index}" >> "$1"', "sh", str(log)]).returncode == 0
+        _, stderr = follower.communicate(timeout=30)
+    finally:
+        if follower.poll() is None:
+            os.killpg(follower.pid, signal.SIGTERM)
+            follower.wait(timeout=10)
+    assert first == b"before 1\n"
+    assert len(agents) == 1
+    assert follower.returncode == 0, stderr
+    assert stderr == b""
+    assert wait_for(lambda: not any(alive(pid) for pid in agents), timeout=10)
+    assert run("stop", *flags).returncode == 0
