@@ -222,13 +222,13 @@ def test_the_largest_request_that_fits_runs_and_one_byte_more_does_not(tmp_path)
     assert 80_000 < room < remote.MAX_ARG_STRLEN  # the agent itself takes the rest of the argument
     fits = padded_request(tmp_path, room)
     remote.check_size(fits, sys.executable)
-    done = subprocess.run(["sh", "-c", remote.command(fits, sys.executable)], capture_output=True, text=True,
+    done = subprocess.run(["/bin/sh", "-c", remote.command(fits, sys.executable)], capture_output=True, text=True,
                           env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]})
     assert remote.parse_result(done.stdout)["state"] == "stopped", done.stderr
 
     over = padded_request(tmp_path, room + 1)
     with pytest.raises(OSError) as exec_error:  # what the check saves the user from: E2BIG from exec
-        subprocess.run(["sh", "-c", remote.command(over, sys.executable)], capture_output=True)
+        subprocess.run(["/bin/sh", "-c", remote.command(over, sys.executable)], capture_output=True)
     assert exec_error.value.errno == errno.E2BIG
     with pytest.raises(options.UsageError) as caught:
         remote.check_size(over, sys.executable)
