@@ -8,6 +8,7 @@ an explicit bench mark stays; anything else -> unit.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 from collections.abc import Callable, Iterator
@@ -16,11 +17,12 @@ from typing import Any
 
 import pytest
 
-from bed import hosts
+from bed import hosts, procs, wait_for
+from bed.state import ensure_dir
 from bed.accounts import ProjectMaker, Spawner, UserRunner
 from bed.fab import FabResult, FabRunner
 from bed.target import (OTHER_USER, ShellAccount, Target, local_target, other_account, product_copy,
-                        shell_account as shell_account_of, tiny_tmpfs as tmpfs_of)
+                        TEST_USER, shell_account as shell_account_of, tiny_tmpfs as tmpfs_of)
 from helpers import bed_outcome, skip_or_fail
 
 _TIERS = ("unit", "sshd", "hosts", "bench")
@@ -33,6 +35,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         used = set(getattr(item, "fixturenames", ()))
         item.add_marker(next((tier for fixture, tier in _TIER_OF_FIXTURE if fixture in used), "unit"))
+
+
+@pytest.fixture(scope="session")
+def sole_session() -> Iterator[bool]:
+    """True while no other test session works as the test user: only then can the
+    user's process set tell what this session left behind. Under CI=true another
+    session is an error, so the check always runs there."""
+    with open(ensure_dir() / ".user-processes.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if os.environ.get("CI") == "true":
+                pytest.fail("another test session runs as the test user; the leftover check "
+                            "needs the account to itself", pytrace=False)
+            yield False
+            return
+        yield True
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test that works as the test user leaves the user's process set as it
+    found it, once its fixtures have cleaned up (autouse: torn down last)."""
+    if "target" not in request.fixturenames or not request.getfixturevalue("sole_session"):
+        yield
+        return
+    uid = pwd.getpwnam(TEST_USER).pw_uid
+    before = procs.process_set(uid)
+    yield
+    wait_for(lambda: not procs.process_set(uid) - before, timeout=10)
+    left = sorted(procs.process_set(uid) - before)
+    assert not left, "left running as the test user: " + "; ".join(
+        f"pid {pid} ({procs.cmdline(pid)[:120]})" for pid, _ in left)
 
 
 @pytest.fixture(scope="session")

@@ -98,6 +98,17 @@ def uid_processes(uids: Iterable[int]) -> list[int]:
     return [pid for pid in all_pids() if real_uid(pid) in wanted and alive(pid)]
 
 
+def process_set(uid: int) -> set[tuple[int, str]]:
+    """(pid, start time) of each live process of uid: a PID reused by a new
+    process counts as a new process."""
+    found = set()
+    for pid in uid_processes([uid]):
+        fields = stat_fields(pid)
+        if fields:
+            found.add((pid, fields[19]))
+    return found
+
+
 def _is_within(path: str, base: str) -> bool:
     return path == base or path.startswith(base.rstrip("/") + "/")
 
