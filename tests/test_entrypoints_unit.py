@@ -12,7 +12,7 @@ from invoke import Context
 from invoke.exceptions import Exit
 
 from helpers import REPO
-from tasks import __version__, collection, entrypoints, options, verbs
+from tasks import __version__, collection, entrypoints, options, remote, verbs
 from tasks.program import PROJECT_FILE, ProgramConfig, program
 
 
@@ -113,3 +113,16 @@ def test_the_program_prints_every_version():
     lines = out.getvalue().splitlines()
     assert lines[0] == f"fabserve {__version__}"
     assert [line.split()[0] for line in lines[1:]] == ["Fabric", "Paramiko", "Invoke"]
+
+
+def test_t_wins_over_fabserves_connect_timeout_on_every_hop():
+    config = Config(overrides={**collection.configuration(), "connect_kwargs": {"timeout": 3}})
+    gateway = Connection("jump.example.com", config=config)
+    host = Connection("web1.example.com", config=config, gateway=gateway)
+    assert host.connect_timeout == options.CONNECT_TIMEOUT  # Fabric would refuse to connect with both
+    remote.one_connect_timeout(host)
+    assert (host.connect_timeout, gateway.connect_timeout) == (None, None)
+    assert host.connect_kwargs["timeout"] == 3
+    untouched = Connection("web2.example.com", config=Config(overrides=collection.configuration()))
+    remote.one_connect_timeout(untouched)
+    assert untouched.connect_timeout == options.CONNECT_TIMEOUT

@@ -59,9 +59,9 @@ def outside(workdir):
     return path
 
 
-def as_root(argv, cwd, timeout=120):
-    """A command as root from cwd, without the caller's FABRIC_* variables."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("FABRIC_")}
+def as_root(argv, cwd, timeout=120, env=None):
+    """A command as root from cwd, without the caller's FABRIC_* variables but with `env`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FABRIC_")} | (env or {})
     result = run_in_group([str(arg) for arg in argv], cwd=cwd, env=env, timeout=timeout, stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return FabResult(result.returncode, result.stdout, result.stderr)
@@ -118,8 +118,12 @@ def test_start_status_stop_over_ssh_leave_site_packages_as_installed(installed, 
     # The hint names the command that ran, and it works as pasted.
     hint = start.stdout.strip().splitlines()[-1].split("stop it with: ", 1)[1]
     assert hint == f"{installed.fabserve} -S {target.ssh_config} -H {target.alias} stop --project {site} --port {port}"
-    status = as_root([*command, "status", *where(site, port), "--json"], outside)
-    assert status.returncode == 0 and status.json["state"] == "running", status.stderr
+    # The instance named by ./fabserve.yaml, -t given (it wins over fabserve's default timeout).
+    configured = outside.parent / "configured"
+    configured.mkdir(mode=0o755)
+    (configured / "fabserve.yaml").write_text(f"fabserve:\n  project: {site}\n  port: {port}\n")
+    status = as_root([*command, "-t", "5", "status", "--json"], configured)
+    assert status.returncode == 0 and (status.json["state"], status.json["port"]) == ("running", port), status.stderr
     stop = as_root(hint.split(), outside)
     assert stop.returncode == 0 and stop.stdout.startswith(f"{target.alias}: stopped pids "), stop.stderr
     assert not port_listening(port)
@@ -200,3 +204,19 @@ def test_the_installed_inventory_is_the_current_directorys(installed, outside, t
     refused = as_root([installed.fabserve, "-S", target.ssh_config, "-H", "staging", "status"], outside)
     assert refused.returncode == 2
     assert one_line(refused.stderr).startswith("unknown host or group 'staging' (no inventory file)")
+
+
+def test_host_keys_are_checked_through_the_command_and_the_collection(installed, workdir, target):
+    # The target's ssh_config accepts any key; fabserve.strict_host_keys still refuses it.
+    mine = workdir / "strict"
+    mine.mkdir(mode=0o755)
+    (mine / "fabfile.py").write_text("from invoke import Collection\nimport fabserve\n\n"
+                                     "ns = Collection()\nns.add_collection(fabserve.collection, 'serve')\n")
+    strict = {"FABRIC_FABSERVE_STRICT_HOST_KEYS": "1"}
+    for program, task in ((installed.fabserve, "status"), (installed.fab, "serve.status")):
+        refused = as_root([program, "-S", target.ssh_config, "-H", target.alias, task, "--project", "/srv/site"],
+                          mine, env=strict)
+        assert refused.returncode == 1 and refused.stdout == "", refused.stderr
+        assert one_line(refused.stderr).startswith(f"{target.alias}: status failed: unknown host key for "
+                                                   f"[127.0.0.1]:{target.port} (")
+        assert "refused by fabserve.strict_host_keys" in refused.stderr
