@@ -6,6 +6,8 @@ what the `fabserve` command runs (fabserve.program). In the checkout it is
 `tasks`, and fabfile.py hands `fab` the collection `build(checkout=True)` makes.
 """
 
+from typing import Any, Dict
+
 from invoke import Collection
 
 from . import entrypoints, verbs
@@ -29,6 +31,23 @@ def build(checkout: bool = False) -> Collection:
         entrypoints.CHECKOUT: checkout,
     })
     return built
+
+
+def config(**values: Any) -> Dict[str, Any]:
+    """`{"fabserve": ...}` for your own collection's configure(): every setting,
+    `values` over the defaults, e.g. `ns.configure(fabserve.config(port=8001))`.
+
+    invoke hands a task the `fabserve` section of the outermost collection that
+    has one, whole: a section naming only some settings would hide the defaults
+    of the others, and with them their FABRIC_FABSERVE_* variables. Numbers are
+    given as text, as the defaults are (options.CONFIGURED says why).
+    """
+    unknown = sorted(set(values) - set(CONFIGURED))
+    if unknown:
+        raise TypeError(f"fabserve has no setting {', '.join(unknown)}")
+    given = {name: str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+             for name, value in values.items()}
+    return {"fabserve": {**CONFIGURED, **given}}
 
 
 collection = build()

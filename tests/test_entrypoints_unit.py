@@ -8,9 +8,10 @@ import io
 
 import pytest
 from fabric import Config, Connection
-from invoke import Context
+from invoke import Collection, Context
 from invoke.exceptions import Exit
 
+import tasks
 from helpers import REPO
 from tasks import __version__, collection, entrypoints, options, remote, verbs
 from tasks.program import PROJECT_FILE, ProgramConfig, program
@@ -126,3 +127,18 @@ def test_t_wins_over_fabserves_connect_timeout_on_every_hop():
     untouched = Connection("web2.example.com", config=Config(overrides=collection.configuration()))
     remote.one_connect_timeout(untouched)
     assert untouched.connect_timeout == options.CONNECT_TIMEOUT
+
+
+def test_a_parent_collections_config_reaches_the_collection_added_under_another_name():
+    parent = Collection()
+    parent.add_collection(collection, "serve")
+    parent.configure(tasks.config(port=8123, project="/srv/site"))
+    merged = parent.configuration("serve.start")
+    assert (merged["fabserve"]["port"], merged["fabserve"]["project"]) == ("8123", "/srv/site")
+    assert merged["fabserve"]["stop_timeout"] == options.CONFIGURED["stop_timeout"]
+    assert merged["timeouts"]["connect"] == options.CONNECT_TIMEOUT  # as for `fab` in the checkout
+    assert merged["runners"] == fabfile_ns().configuration()["runners"]
+    assert merged[entrypoints.CHECKOUT] is False
+
+    with pytest.raises(TypeError, match="^fabserve has no setting prot$"):
+        tasks.config(prot=8123)

@@ -143,23 +143,24 @@ def test_a_fabfile_of_your_own_runs_the_collection_under_another_name(installed,
         "    \"\"\"The team's own task.\"\"\"\n\n\n"
         "ns = Collection(deploy)\n"
         "ns.add_collection(fabserve.collection, \"serve\")\n"
-        f"ns.configure({{\"fabserve\": {{\"project\": {str(site)!r}, \"port\": {port}}}}})\n")
+        f"ns.configure(fabserve.config(project={str(site)!r}))\n")
     command = [installed.fab, "-S", target.ssh_config, "-H", target.alias]
     listing = as_root([installed.fab, "--list"], mine)
     assert {f"serve.{verb}" for verb in options.VERBS} | {"deploy"} <= set(listing.stdout.split())
-    # The parent's fabserve section names the instance: no --project, no --port.
-    start = as_root([*command, "serve.start"], mine)
+    # The parent's fabserve section and a FABRIC_FABSERVE_* variable name the instance.
+    port_env = {"FABRIC_FABSERVE_PORT": str(port)}
+    start = as_root([*command, "serve.start"], mine, env=port_env)
     assert start.returncode == 0, start.stderr
     assert start.stdout.strip().splitlines()[-1].endswith(f" -H {target.alias} serve.stop --project {site} "
                                                           f"--port {port}")
     assert port_listening(port)
-    status = as_root([*command, "serve.status", "--json"], mine)
+    status = as_root([*command, "serve.status", "--json"], mine, env=port_env)
     assert (status.returncode, status.json["port"], status.json["project"]) == (0, port, str(site))
-    stop = as_root([*command, "serve.stop", "--json"], mine)
+    stop = as_root([*command, "serve.stop", "--json"], mine, env=port_env)
     assert stop.returncode == 0 and stop.json["state"] == "stopped", stop.stderr
     assert not port_listening(port)
     # Fabric's own executor still gives fabserve's exit codes: 3 for a server not running.
-    again = as_root([*command, "serve.status", "--json"], mine)
+    again = as_root([*command, "serve.status", "--json"], mine, env=port_env)
     assert again.returncode == 3 and again.json["state"] == "stopped"
 
 
