@@ -47,12 +47,12 @@ class Program(Fab):
 
     def parse_collection(self) -> None:
         super().parse_collection()
-        self.config.set_project_location(os.getcwd())
         try:
+            self.config.set_project_location(os.getcwd())
             self.config.load_project()
         except Exception as exc:  # YAML, JSON and Python files fail in their own ways
             detail = " ".join(str(exc).split())
-            raise Exit(f"cannot read {PROJECT_FILE}.* in {os.getcwd()}: {detail}", 2) from None
+            raise Exit(f"cannot read {PROJECT_FILE}.* of the current directory: {detail}", 2) from None
 
 
 program = Program(name="fabserve", version=__version__, namespace=collection,

@@ -37,7 +37,7 @@ def prepare(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[s
     values = host_values(c, flags)
     try:
         entrypoints.require_executor(c)
-        if values["project"] is None and not remote.is_remote(c):
+        if "project" in flags and values["project"] is None and not remote.is_remote(c):
             values["project"] = entrypoints.local_project(c.config)
         req = options.request(action, values, env, local=not remote.is_remote(c))
         agent_python = options.checked(values, "agent_python")

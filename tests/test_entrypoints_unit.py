@@ -142,3 +142,14 @@ def test_a_parent_collections_config_reaches_the_collection_added_under_another_
 
     with pytest.raises(TypeError, match="^fabserve has no setting prot$"):
         tasks.config(prot=8123)
+
+
+def test_a_broken_project_file_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    (tmp_path / "fabserve.yaml").write_text("fabserve: {port: [\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as caught:
+        program.run(["fabserve", "status"])
+    assert caught.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("cannot read fabserve.* of the current directory: while parsing a flow node")
+    assert len(error.splitlines()) == 1 and "Traceback" not in error
