@@ -1,3 +1,6 @@
-"""Entry point for `fab`: the tasks live in the tasks package."""
+"""Entry point for `fab` in the checkout: the tasks live in the tasks package, and
+the checkout's inventory/hosts.yml and example/ project are their defaults."""
 
-from tasks import ns  # noqa: F401  (fab loads the collection named ns)
+from tasks import build
+
+ns = build(checkout=True)

@@ -20,7 +20,8 @@ the setup or a measured command itself failed (the numbers would be wrong).
 
 Modules: layout (paths, the project, fan-out sizes), shell (setup commands,
 messages), samples (Sample, Case, summaries), hosts (the test bed), cases (the
-measured calls), ratios (ratios and targets), profile (client-side profile),
+measured calls), logs and package (the big log's and the installed package's
+cases), ratios (ratios and targets), profile (client-side profile),
 results (table, comparison, machine facts), main (command line).
 """
 

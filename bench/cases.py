@@ -174,6 +174,8 @@ class Runner:
         if self.agent_command:
             self.measure("ssh_agent_status", "ssh host <fabserve agent status>", "fabserve",
                          self.ssh(host, self.agent_command), one, check=self.answered)
+        from bench.package import installed_cases  # imported here: bench.package builds on this module's execute
+        installed_cases(self, host)
         self.measure("fabserve_restart", "fabserve restart", "fabserve", self.fab(one, "restart"), one,
                      check=self.up(one))
         self.measure("fabserve_stop", "fabserve stop (to port free)", "fabserve", self.fab(one, "stop"), one,

@@ -10,7 +10,9 @@ from typing import Any
 
 from bench.samples import Case, Sample, fmt_count, spread
 
-FABSERVE_OPS = ["fabserve_status", "fabserve_start", "fabserve_stop", "fabserve_restart", "fabserve_logs"]
+FABSERVE_OPS = ["fabserve_status", "fabserve_start", "fabserve_stop", "fabserve_restart", "fabserve_logs",
+                "installed_status"]
+INSTALLED_LIMIT = 1.02  # the installed `fabserve` command: at most this many times `fab` in the checkout
 LOGS_LIMIT = 3.0  # a big log's tail: at most this many times OpenSSH's `tail -n`
 FANOUT_TARGET_SIZE = 10  # fan-out target: this many hosts take at most FANOUT_LIMIT x one host
 FANOUT_LIMIT = 1.5
@@ -76,6 +78,10 @@ def ratios(cases: dict[str, Case], sizes: Sequence[int], cpus: int) -> list[Rati
                               lambda s, t, d: s - t - d), "s", 0.15))
     ratio("logs/ssh_tail", "logs --lines 100000 / ssh tail -n (100 MB log)", "fabserve_logs", "ssh_tail",
           LOGS_LIMIT)
+    ratio("installed_status/fabserve_status", "installed status / fab status (checkout)",
+          "installed_status", "fabserve_status", INSTALLED_LIMIT)
+    ratio("import_installed/import_checkout", "import time: installed / checkout",
+          "import_installed", "import_checkout")
     for verb in ("status", "start", "stop", "restart"):
         ratio(f"{verb}/ssh_true", f"{verb} / ssh true", "fabserve_" + verb, "ssh_true")
     ratio("ssh_agent_status/ssh_true", "agent status over OpenSSH / ssh true", "ssh_agent_status", "ssh_true")

@@ -24,7 +24,7 @@ def case_row(case: Case) -> dict[str, Any]:
            "times": [sample.seconds for sample in good], **spread([sample.seconds for sample in good]),
            "reps": [rep for rep, sample in zip(case.reps, case.samples) if sample.rc == 0],
            "failures": case.failures}
-    if case.name != "django_ready":
+    if case.name not in ("django_ready", "import_installed", "import_checkout"):  # timed by themselves
         row["ssh_commands_per_host"] = [sample.sessions / case.hosts for sample in good]
         row["ssh_connections_per_host"] = [sample.connections / case.hosts for sample in good]
         row["peak_rss_mib"] = [sample.maxrss_kib / 1024 for sample in good]  # floor: the launcher's ~9 MiB

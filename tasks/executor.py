@@ -19,7 +19,7 @@ from fabric.tasks import ConnectionCall
 from invoke import Context
 from invoke.exceptions import Exit
 
-from . import options, report
+from . import entrypoints, options, report
 from .agent import exit_code
 from .inventory import Inventory, InventoryError, expand
 
@@ -49,11 +49,9 @@ class ConcurrentExecutor(Executor):
         self._inventory_loaded = False
 
     def inventory(self) -> Optional[Inventory]:
-        """The configured inventory file; the bundled default only if it exists."""
+        """The configured inventory file; the default one only if it exists."""
         if not self._inventory_loaded:
-            configured = options.setting(self.config, "inventory")
-            path = configured or options.DEFAULT_INVENTORY
-            self._inventory = Inventory.load(path) if configured or path.exists() else None
+            self._inventory = entrypoints.inventory(self.config)
             self._inventory_loaded = True
         return self._inventory
 

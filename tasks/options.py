@@ -1,7 +1,8 @@
 """fabserve's settings: one table, and how flags, inventory and config merge into it.
 
 Every setting can be set once in the `fabserve` section of Fabric's config
-(fabric.yaml, ~/.fabric.yaml, -f FILE, FABRIC_FABSERVE_* variables); those a
+(fabric.yaml, or fabserve.yaml for the `fabserve` command; ~/.fabric.yaml,
+-f FILE, FABRIC_FABSERVE_* variables); those a
 task takes as a flag can be given on the command line, which wins; those marked
 per host can also come from the inventory. README's options table is checked
 against SETTINGS by tests/test_options_unit.py.
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
+# The checkout's, beside tasks/; only `fab` in the checkout uses them (tasks/entrypoints.py).
 DEFAULT_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "hosts.yml"
 CONNECT_TIMEOUT = 10  # seconds; Fabric's own default is to wait forever
 EXAMPLE_PROJECT = Path(__file__).resolve().parent.parent / "example"
@@ -197,7 +199,8 @@ class Setting:
 SETTINGS: Tuple[Setting, ...] = (
     Setting("project", None, parse_path,
             "Django project directory (holding manage.py) on the target; "
-            "default: fabserve.project, or the bundled example when local",
+            "default: fabserve.project; locally, the bundled example in fabserve's checkout, "
+            "the current directory (holding manage.py) when installed",
             verbs=VERBS, per_host=True, request=True),
     Setting("port", 8000, parse_port,
             "port runserver listens on (default {default}); with --project it names the instance",
@@ -241,7 +244,8 @@ SETTINGS: Tuple[Setting, ...] = (
 SETTING: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 
 #: The `fabserve` config section's defaults. `project: None` means the bundled
-#: example project when running locally, and is an error for a remote host.
+#: example project (or the current directory, installed: tasks/entrypoints.py)
+#: when running locally, and is an error for a remote host.
 DEFAULTS: Dict[str, Any] = {setting.name: setting.default for setting in SETTINGS if setting.config}
 #: The defaults as the collection registers them. Invoke casts a FABRIC_FABSERVE_*
 #: variable to the type of the default it overrides (int("abc") is a traceback,

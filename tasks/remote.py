@@ -216,6 +216,8 @@ def run(c: Context, cmd: str, timeout: Optional[float], hide: Any, **kwargs: Any
     # in_stream=False: never forward our stdin (CI has none, pytest captures it).
     try:
         strict = options.setting(c.config, "strict_host_keys")
+        if is_remote(c):
+            one_connect_timeout(c)
         with hostkeys.verified(c, strict) if is_remote(c) else nullcontext():
             return c.run(cmd, hide=hide, warn=True, in_stream=False, timeout=timeout, **kwargs)
     except hostkeys.HostKeyError as exc:
@@ -234,6 +236,16 @@ def run(c: Context, cmd: str, timeout: Optional[float], hide: Any, **kwargs: Any
         raise HostError("connection timed out; check the host and port, or raise -t") from None
     except (SSHException, EOFError, OSError) as exc:
         raise HostError(f"SSH failed: {exc or type(exc).__name__}") from None
+
+
+def one_connect_timeout(c: Context) -> None:
+    """Let -t (which Fabric puts in connect_kwargs) win over fabserve's default
+    connect timeout: given both, Fabric refuses to connect at all."""
+    hop: Any = c
+    while hasattr(hop, "connect_kwargs"):  # the host and every ProxyJump hop; a ProxyCommand is a string
+        if "timeout" in hop.connect_kwargs:
+            hop.connect_timeout = None
+        hop = hop.gateway
 
 
 class Passthrough:

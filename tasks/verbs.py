@@ -14,7 +14,7 @@ from fabric.main import program as fab_program
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from . import options, remote, report
+from . import entrypoints, options, remote, report
 from .agent import RUNNING
 from .report import Formatter, pid_list, plain
 
@@ -36,6 +36,9 @@ def prepare(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[s
     anything connects."""
     values = host_values(c, flags)
     try:
+        entrypoints.require_executor(c)
+        if "project" in flags and values["project"] is None and not remote.is_remote(c):
+            values["project"] = entrypoints.local_project(c.config)
         req = options.request(action, values, env, local=not remote.is_remote(c))
         agent_python = options.checked(values, "agent_python")
         remote.check_size(req, agent_python)
@@ -58,7 +61,9 @@ def operate(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[s
 
 def finish(c: Context, result: Dict[str, Any], flags: Dict[str, Any],
            formatter: Formatter = plain) -> Dict[str, Any]:
-    return report.emit(result, options.setting(c.config, "json", flags), formatter)
+    shown = report.emit(result, options.setting(c.config, "json", flags), formatter)
+    entrypoints.end_task(c, shown)
+    return shown
 
 
 #: fab's own flags that say how to connect or where the tasks are, repeated by
@@ -69,7 +74,8 @@ HINT_FLAGS = ("ssh-config", "S", "identity", "i", "connect-timeout", "t", "confi
 
 def stop_hint(c: Context, result: Dict[str, Any]) -> str:
     hosts = ["-H", remote.host_label(c)] if remote.is_remote(c) else []
-    words = [program(), *connection_flags(sys.argv[1:]), *hosts, "stop", "--project", result.get("project") or "",
+    words = [program(), *connection_flags(sys.argv[1:]), *hosts, stop_task(sys.argv[1:], result["action"]),
+             "--project", result.get("project") or "",
              "--port", str(result.get("port"))]
     return " ".join(shlex.quote(word) for word in words)
 
@@ -97,15 +103,25 @@ def connection_flags(argv: List[str]) -> List[str]:
     return kept
 
 
+def stop_task(argv: List[str], action: str) -> str:
+    """`stop` as this run names it: `serve.stop` when the task was called as
+    `serve.start`, the collection added to a fabfile of your own under `serve`."""
+    for word in argv:
+        collection, dot, name = word.rpartition(".")
+        if dot and name == action and not word.startswith("-"):
+            return f"{collection}.stop"
+    return "stop"
+
+
 def multiple(c: Context) -> bool:
     """True when this host is one of several running at once."""
     return bool(getattr(c, "fabserve_fanout", False))
 
 
 def program() -> str:
-    """How the user ran fab (e.g. `.venv/bin/fab`), so the hint can be pasted as is."""
+    """How the user ran fab or fabserve (e.g. `.venv/bin/fab`), so the hint can be pasted as is."""
     invoked = sys.argv[0] if sys.argv else ""
-    return invoked if os.path.basename(invoked) == "fab" else "fab"
+    return invoked if os.path.basename(invoked) in ("fab", "fabserve") else "fab"
 
 
 def started(c: Context) -> Formatter:

@@ -272,3 +272,15 @@ def test_ssh_commands_are_judged_for_fabserve_operations_only() -> None:
     measured = cases(case("fab_trivial", [0.2], sessions=[1]), case("ansible_shell_status", [0.7], sessions=[6]),
                      case("fabserve_status", [0.3]))
     assert [row["name"] for row in command_targets(measured, [])] == ["ssh_commands:fabserve_status"]
+
+
+@pytest.mark.parametrize(("installed", "verdict"), [(0.29, "PASS"), (0.306, "PASS"), (0.31, "MISS")])
+def test_installed_status_is_at_most_fab_status_in_the_checkout_times_1_02(installed: float, verdict: str) -> None:
+    measured = cases(case("installed_status", [installed]), case("fabserve_status", [0.3]))
+    ratio = by_name(ratios(measured, [], cpus=2))["installed_status/fabserve_status"]
+    assert ratio.limit == 1.02 and ratio.values == [installed / 0.3] and ratio.verdict() == verdict
+
+
+def test_the_installed_status_is_one_ssh_command() -> None:
+    measured = cases(case("installed_status", [0.3], sessions=[1]))
+    assert command_targets(measured, [])[0]["verdict"] == "PASS"

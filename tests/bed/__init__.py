@@ -14,6 +14,7 @@ one-line-first message; callers decide whether that skips, fails or aborts.
   target  the local sshd target and its accounts, as the integration tests use it
   accounts  running and spawning commands as a test account, its Django projects
   fab     running fab against the target
+  package fabserve built as a wheel and installed in a fresh virtualenv
   hosts   namespaced hosts, each with its own network, processes and sshd
 """
 
