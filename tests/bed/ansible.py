@@ -72,7 +72,7 @@ class Ansible:
             "PATH": f"{self.bin}:/usr/bin:/bin", "HOME": str(work), "LANG": "C.UTF-8",
             "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS), "ANSIBLE_HOME": str(work / "home"),
             "ANSIBLE_LOCAL_TEMP": str(work / "tmp"), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(work / "cp"),
-            "ANSIBLE_SSH_ARGS": "-o ControlMaster=no", "ANSIBLE_HOST_KEY_CHECKING": "False",
+            "ANSIBLE_SSH_ARGS": "-o ControlMaster=no -o UserKnownHostsFile=/dev/null", "ANSIBLE_HOST_KEY_CHECKING": "False",
             "ANSIBLE_RETRY_FILES_ENABLED": "False", "ANSIBLE_NOCOLOR": "1",
         }
 
@@ -110,6 +110,6 @@ def save(names: Sequence[str]) -> dict[str, Any]:
     """A last task for a play: each host's registered `names` as JSON, written on the
     controller to `{{ out }}/<host>` (Ansible.playbook reads them back)."""
     collected = "{" + ", ".join(f"'{name}': {name} | default(None)" for name in names) + "}"
-    return {"name": "results", "delegate_to": "localhost",
+    return {"name": "results", "delegate_to": "localhost", "changed_when": False,
             "ansible.builtin.copy": {"dest": "{{ out }}/{{ inventory_hostname }}", "mode": "0600",
                                      "content": "{{ " + collected + " | to_json }}"}}
