@@ -15,6 +15,7 @@ one-line-first message; callers decide whether that skips, fails or aborts.
   accounts  running and spawning commands as a test account, its Django projects
   fab     running fab against the target
   hosts   namespaced hosts, each with its own network, processes and sshd
+  ansible ansible-core against those hosts, the fabserve.django collection from the checkout
 """
 
 from __future__ import annotations
