@@ -126,6 +126,9 @@ def test_bad_values_fail_with_the_settings_own_message(ansible, site, target):
     assert failed.results[target.alias]["msg"] == "port must be a number from 1 to 65535, not 70000"
     env = ansible.module(target.alias, f"project={site} state=status env='{{\"1BAD\": \"x\"}}'")
     assert env.results[target.alias]["msg"] == "env names an environment variable that is not valid: '1BAD'"
+    missing = ansible.module(target.alias, args(site / "gone", 14806, "started"), "--check")
+    assert missing.statuses[target.alias] == "FAILED"
+    assert missing.results[target.alias]["msg"] == f"start failed: project directory {site}/gone does not exist"
 
 
 def test_the_module_prints_exactly_one_json_object_and_a_started_server_keeps_no_pipe(ansible, site, target):

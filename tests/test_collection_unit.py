@@ -3,8 +3,12 @@ repo's own files, the module's options and return values are generated from
 SETTINGS and the result fields, and the Ansible pins agree."""
 
 import ast
+import json
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tasks import collection, options
 
@@ -76,3 +80,33 @@ def test_the_tests_and_the_benchmark_pin_the_same_ansible_core():
     assert requirement(REPO / "requirements-test.txt", "ansible-core") == \
         requirement(REPO / "bench" / "requirements.txt", "ansible-core")
     assert "ansible" not in (REPO / "requirements.txt").read_text().lower()
+
+
+def target_interpreters():
+    """/usr/bin/python3 and every pyenv CPython 3.8 or newer on this machine: the
+    interpreters the module's target side must run under."""
+    found = {"system": "/usr/bin/python3"}
+    for path in sorted(Path("/root/.pyenv/versions").glob("3.*/bin/python3")):
+        version = path.parts[-3]
+        if int(version.split(".")[1]) >= 8:
+            found[version] = str(path)
+    return found
+
+
+@pytest.mark.parametrize("version", sorted(target_interpreters()))
+def test_the_modules_target_side_runs_under_python_3_8_and_later(version):
+    python = target_interpreters()[version]
+    script = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import options, agent, spec; "
+        "compile(open(sys.argv[2]).read(), sys.argv[2], 'exec'); "
+        "values = options.Values(options.DEFAULTS); values.give('port', 70000, ('port', '')); "
+        "values.give('project', '/srv/x', ('project', '')); "
+        "print(json.dumps(sorted(spec.ARGUMENT_SPEC)))\n"
+        "try:\n    options.request('start', values, None, local=False)\n"
+        "except options.UsageError as exc:\n    print(exc)\n")
+    done = subprocess.run([python, "-I", "-B", "-c", script, str(UTILS), str(collection.MODULE)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    names, error = done.stdout.splitlines()
+    assert json.loads(names) == sorted(collection.argument_spec())
+    assert error == "port must be a number from 1 to 65535, not 70000"

@@ -188,6 +188,17 @@ def would_change(action, probe):
     return action == "restart"
 
 
+def startable(module, action, req):
+    """fail_json, as the start itself would, when the project or its interpreter is
+    missing: check mode's read-only part of a start."""
+    inst = agent.Instance(req)
+    try:
+        inst.require_project()
+        agent.resolve_python(inst)
+    except agent.AgentError as exc:
+        module.fail_json(msg=f"{action} failed: {exc}")
+
+
 def finish(module, action, result):
     """exit_json, or fail_json with the one-line reason (and the log's tail when a start failed)."""
     fields = dict((name, value) for name, value in result.items() if name not in CLIENT_FIELDS)
@@ -202,6 +213,8 @@ def main():
     action = STATES[module.params["state"]]
     req = request(module, action)
     if module.check_mode and action != "status":
+        if action in ("start", "restart"):
+            startable(module, action, req)
         probe = agent.handle(request(module, "status"))
         if probe.get("error") is not None:
             finish(module, "status", probe)
