@@ -27,8 +27,7 @@ SIZES = (1, 10, 20)
 # fab's default concurrency, so both clients work on as many hosts at once.
 FORKS = 10
 # (client, label, pipelining)
-MODULE_CLIENTS = (("module", "ansible -m fabserve.django.runserver", "0"),
-                  ("module_pipelined", "ansible -m fabserve.django.runserver, pipelining", "1"))
+MODULE_CLIENTS = (("module", "ansible module", "0"), ("module_pipelined", "ansible module, pipelining", "1"))
 VERBS = (("start", "started"), ("status", "status"), ("stop", "stopped"))
 
 
@@ -73,7 +72,7 @@ def ratio_lines(runner: Runner) -> list[str]:
                 ours = runner.cases[f"vs_module_{client}_{verb}_{size}"].by_rep()
                 values = [ours[rep].seconds / fab[rep].seconds for rep in ours if rep in fab]
                 shown = f"{statistics.median(values):.2f}x" if values else "-"
-                lines.append(f"  {verb:<6} {size:>2} hosts  {label:<50} {shown}")
+                lines.append(f"  {verb:<6} {size:>2} hosts  {label:<28} {shown}")
     return lines
 
 
