@@ -240,6 +240,9 @@ class Runner:
             self.single_host()
             if "fanout" not in self.args.skip:
                 self.fanout(sizes)
+            if not {"module", "ansible"} & self.args.skip:
+                from bench.ansible_module import module_cases  # it builds on this module's Runner
+                module_cases(self)
             which = f"rep {self.rep}/{self.args.reps}" if self.rep else f"warm-up {index + 1}"
             scope = "" if "fanout" in self.args.skip else ", fan-out " + ",".join(map(str, sizes))
             log(f"bench: {which} (single host{scope}) done in {time.monotonic() - began:.0f} s")

@@ -1,0 +1,180 @@
+"""fabserve.django.runserver through real ansible-core, over the real sshd as the
+test user: playbook and ad-hoc runs, check mode, the fallback search, a broken
+project, cross-tool with fab, ansible-doc, the module's raw stdout, and the
+collection built with ansible-galaxy."""
+
+import ast
+import json
+import os
+import re
+import tarfile
+
+import pytest
+
+from bed.ansible import Ansible, save
+from helpers import alive, bed_outcome, group_members, http_status, port_listening, wait_for, where
+
+MODULE = "fabserve.django.runserver"
+
+
+@pytest.fixture(scope="module")
+def ansible(target, tmp_path_factory):
+    """Ansible with the target as its only host, reached through the target's ssh_config."""
+    with bed_outcome():
+        return Ansible(tmp_path_factory.mktemp("ansible"), {target.alias: {}},
+                       common_args=f"-F {target.ssh_config}")
+
+
+def args(project, port, state, *extra):
+    return " ".join([f"project={project}", f"port={port}", f"state={state}", *extra])
+
+
+def assert_gone(result, port):
+    assert result["pids"] and not any(alive(pid) for pid in result["pids"]), result
+    assert group_members(result["pid"]) == []
+    assert not port_listening(port)
+
+
+def test_playbook_start_is_idempotent_check_mode_acts_on_nothing_and_stop_leaves_nothing(ansible, site, fab,
+                                                                                         target):
+    port = 14801
+    checked = ansible.module(target.alias, args(site, port, "started"), "--check")
+    assert checked.returncode == 0, checked
+    result = checked.results[target.alias]
+    assert result["changed"] is True and result["state"] == "stopped" and result["pids"] == []
+    assert not port_listening(port) and not os.path.exists(result["pidfile"])
+
+    task = {MODULE: {"project": str(site), "port": port, "state": "started", "env": {"DJANGO_DEBUG": "1"},
+                     "timeout": 60}}
+    play = {"hosts": "all", "gather_facts": False, "tasks": [
+        {**task, "register": "first"}, {**task, "register": "second"}, save(["first", "second"])]}
+    played = ansible.playbook([play])
+    assert played.returncode == 0, played
+    first, second = played.results[target.alias]["first"], played.results[target.alias]["second"]
+    assert first["changed"] is True and first["state"] == "running" and first["msg"].startswith("started on")
+    assert second["changed"] is False and second["pid"] == first["pid"]
+    assert http_status(first["url"]) == 200
+    environ = open(f"/proc/{first['pid']}/environ").read().split("\0")
+    assert "DJANGO_DEBUG=1" in environ
+    # Nothing of the module's own run reaches the server (AnsiballZ's payload is gone once it exits).
+    assert not [entry for entry in environ if entry.startswith(("PYTHONPATH=", "ANSIBLE_MODULE"))]
+
+    # fab finds the very server, through the same pidfile.
+    status = fab("status", *where(site, port), "--json")
+    assert status.returncode == 0 and status.json["managed"] is True and status.json["pid"] == first["pid"]
+
+    still = ansible.module(target.alias, args(site, port, "stopped"), "--check")
+    assert still.returncode == 0 and still.results[target.alias]["changed"] is True
+    assert http_status(first["url"]) == 200
+
+    stopped = ansible.module(target.alias, args(site, port, "stopped"))
+    assert stopped.returncode == 0, stopped
+    result = stopped.results[target.alias]
+    assert result["changed"] is True and sorted(result["pids"]) == sorted(first["pids"])
+    assert_gone(first, port)
+    again = ansible.module(target.alias, args(site, port, "stopped"))
+    assert again.returncode == 0 and again.results[target.alias]["changed"] is False
+    status = ansible.module(target.alias, args(site, port, "status"))
+    assert status.returncode == 0 and status.results[target.alias]["state"] == "stopped"
+    assert status.results[target.alias]["changed"] is False
+
+
+def test_fab_start_then_module_status_and_stop(ansible, site, fab, target):
+    port = 14802
+    started = fab("start", *where(site, port), "--json")
+    assert started.returncode == 0, started.stderr
+    status = ansible.module(target.alias, args(site, port, "status"))
+    result = status.results[target.alias]
+    assert status.returncode == 0 and result["changed"] is False
+    assert result["state"] == "running" and result["managed"] is True and result["pid"] == started.json["pid"]
+    stopped = ansible.module(target.alias, args(site, port, "stopped"))
+    assert stopped.returncode == 0 and stopped.results[target.alias]["changed"] is True
+    assert_gone(started.json, port)
+    assert fab("status", *where(site, port)).returncode == 3
+
+
+def test_the_fallback_finds_and_stops_a_hand_started_runserver(ansible, site, spawn_as_user, target):
+    port = 14803
+    spawned = spawn_as_user([str(site / ".venv" / "bin" / "python"), "manage.py", "runserver", str(port)], cwd=site)
+    assert wait_for(lambda: port_listening(port), timeout=30)
+    stopped = ansible.module(target.alias, args(site, port, "stopped"))
+    assert stopped.returncode == 0, stopped
+    result = stopped.results[target.alias]
+    assert result["changed"] is True and result["managed"] is False and result["pids"]
+    assert wait_for(lambda: not any(alive(pid) for pid in result["pids"]))
+    assert not port_listening(port)
+    assert spawned.wait(timeout=10) is not None
+
+
+def test_a_broken_project_fails_with_the_log_tail_and_leaves_nothing(ansible, site, target):
+    urls = site / "mysite" / "urls.py"
+    urls.write_text(urls.read_text() + "\ndef (\n")
+    port = 14804
+    failed = ansible.module(target.alias, args(site, port, "started", "timeout=4"))
+    assert failed.returncode == 2, failed
+    result = failed.results[target.alias]
+    assert failed.statuses[target.alias] == "FAILED" and result["changed"] is False, str(failed)
+    assert result["msg"].startswith("start failed: nothing answered on port 14804")
+    assert "\n" not in result["msg"]
+    assert any("SyntaxError" in line for line in result["log_tail"])
+    assert not os.path.exists(result["pidfile"]) and not port_listening(port)
+
+
+def test_bad_values_fail_with_the_settings_own_message(ansible, site, target):
+    failed = ansible.module(target.alias, args(site, 70000, "status"))
+    assert failed.returncode == 2
+    assert failed.results[target.alias]["msg"] == "port must be a number from 1 to 65535, not 70000"
+    env = ansible.module(target.alias, f"project={site} state=status env='{{\"1BAD\": \"x\"}}'")
+    assert env.results[target.alias]["msg"] == "env names an environment variable that is not valid: '1BAD'"
+    missing = ansible.module(target.alias, args(site / "gone", 14806, "started"), "--check")
+    assert missing.statuses[target.alias] == "FAILED"
+    assert missing.results[target.alias]["msg"] == f"start failed: project directory {site}/gone does not exist"
+
+
+def test_the_module_prints_exactly_one_json_object_and_a_started_server_keeps_no_pipe(ansible, site, target):
+    port = 14805
+    # -vvv shows each command's raw (exit, stdout, stderr); with pipelining, the
+    # module's own stdout is the one command's. The run ending at all shows the
+    # detached server holds none of the session's pipes.
+    raw = ansible.module(target.alias, args(site, port, "started"), "-vvv", env={"ANSIBLE_PIPELINING": "1"})
+    assert raw.returncode == 0, raw
+    outputs = [ast.literal_eval(match.group(1)) for match in
+               re.finditer(r"^<[^>]+> (\(0, b'.*', b'.*'\))$", raw.stdout, re.MULTILINE)]
+    module_out = [stdout for _, stdout, _ in outputs if b'"invocation"' in stdout]
+    assert len(module_out) == 1
+    decoder = json.JSONDecoder()
+    text = module_out[0].decode().strip()
+    parsed, end = decoder.raw_decode(text)
+    assert end == len(text) and parsed["changed"] is True and parsed["state"] == "running"
+    stopped = ansible.module(target.alias, args(site, port, "stopped"))
+    assert stopped.returncode == 0 and stopped.results[target.alias]["changed"] is True
+    assert not port_listening(port)
+
+
+def test_ansible_doc_renders_the_module_without_warnings(ansible):
+    shown = ansible.run("ansible-doc", [MODULE])
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stderr == "" and "WARNING" not in shown.stdout
+    for option in ("state", "project", "port", "env", "timeout", "start_timeout", "stop_timeout"):
+        assert re.search(rf"^[-\s]*{option}\s", shown.stdout, re.MULTILINE), option
+    for section in ("EXAMPLES:", "RETURN VALUES:"):
+        assert section in shown.stdout
+
+
+def test_the_built_collection_holds_the_agent_itself_and_installs(ansible):
+    from tasks import module_spec
+
+    built = ansible.run("ansible-galaxy", ["collection", "build", str(module_spec.COLLECTION),
+                                           "--output-path", str(ansible.work / "dist"), "--force"])
+    assert built.returncode == 0, built.stderr
+    tarball = next((ansible.work / "dist").glob("fabserve-django-*.tar.gz"))
+    with tarfile.open(tarball) as archive:
+        for name, source in (("agent.py", "tasks/agent.py"), ("options.py", "tasks/options.py")):
+            member = archive.getmember(f"plugins/module_utils/{name}")
+            assert member.isfile()
+            assert archive.extractfile(member).read() == (module_spec.COLLECTION.parents[3] / source).read_bytes()
+    installed = ansible.run("ansible-galaxy", ["collection", "install", "--force", str(tarball), "-p",
+                                               str(ansible.work / "installed")])
+    assert installed.returncode == 0, installed.stderr
+    doc = ansible.run("ansible-doc", [MODULE], env={"ANSIBLE_COLLECTIONS_PATH": str(ansible.work / "installed")})
+    assert doc.returncode == 0 and str(ansible.work / "installed") in doc.stdout

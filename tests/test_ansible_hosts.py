@@ -1,0 +1,53 @@
+"""fabserve.django.runserver on the multi-host bed (tests/bed/hosts.py): one play
+over every host with forks 5, inventory vars feeding the module's options, and one
+host down."""
+
+import re
+
+from bed.ansible import Ansible, save
+
+PORT = 14810
+
+
+def recap(stdout):
+    """PLAY RECAP's counters per host."""
+    return {found.group(1): dict(re.findall(r"(\w+)=(\d+)", found.group(2)))
+            for found in re.finditer(r"^(\S+)\s+: (ok=.*)$", stdout, re.MULTILINE)}
+
+
+def test_one_play_over_five_hosts_with_one_down(bed_hosts, target, make_project, tmp_path):
+    site = make_project("site")
+    hosts = {host.name: {"ansible_host": host.address, "ansible_user": host.user,
+                         "ansible_ssh_private_key_file": str(host.key)} for host in bed_hosts}
+    ansible = Ansible(tmp_path / "ansible", hosts, group_vars={"project": str(site), "port": PORT})
+
+    def play(state):
+        return [{"hosts": "all", "gather_facts": False, "tasks": [
+            {"fabserve.django.runserver": {"project": "{{ project }}", "port": "{{ port }}", "state": state},
+             "register": "server"},
+            save(["server"])]}]
+
+    names = sorted(hosts)
+    down = next(host for host in bed_hosts if host.name == names[2])
+    down.stop_sshd()
+    try:
+        started = ansible.playbook(play("started"), "--forks", "5")
+        assert started.returncode == 4, started  # 4: a host was unreachable
+        counts = recap(started.stdout)
+        assert counts[down.name]["unreachable"] == "1"
+        assert sorted(started.results) == [name for name in names if name != down.name]
+        for host in bed_hosts:
+            if host is down:
+                continue
+            result = started.results[host.name]["server"]
+            assert result["changed"] is True and result["state"] == "running", host.name
+            assert result["project"] == str(site) and result["port"] == PORT
+            assert host.http_status(PORT) == 200, host.name
+            assert counts[host.name]["changed"] == "1" and counts[host.name]["failed"] == "0"
+    finally:
+        down.start_sshd()
+    stopped = ansible.playbook(play("stopped"), "--forks", "5")
+    assert stopped.returncode == 0, stopped
+    for host in bed_hosts:
+        assert stopped.results[host.name]["server"]["changed"] is (host is not down), host.name
+        assert host.http_status(PORT) is None, host.name

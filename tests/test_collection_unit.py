@@ -1,0 +1,112 @@
+"""The Ansible collection's single sources: the agent and the settings are the
+repo's own files, the module's options and return values are generated from
+SETTINGS and the result fields, and the Ansible pins agree."""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasks import module_spec, options
+
+REPO = Path(__file__).resolve().parent.parent
+UTILS = module_spec.COLLECTION / "plugins" / "module_utils"
+
+
+def test_the_generated_files_are_what_the_settings_give_now():
+    # When a setting or a result field changes, run bin/build-collection (or
+    # `.venv/bin/python -m tasks.module_spec write`) and commit what it rewrote.
+    assert module_spec.stale() == []
+
+
+def test_module_utils_are_the_repo_agent_and_settings_themselves():
+    for name in ("agent.py", "options.py"):
+        link = UTILS / name
+        assert link.is_symlink(), name
+        assert link.resolve() == REPO / "tasks" / name
+
+
+def test_what_travels_with_the_module_imports_only_the_standard_library():
+    # Only module_utils travel to the target: a relative import there would not resolve.
+    for name in ("agent.py", "options.py"):
+        tree = ast.parse((REPO / "tasks" / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level == 0 and node.module.split(".")[0] in sys.stdlib_module_names, (name, node.module)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert alias.name.split(".")[0] in sys.stdlib_module_names, (name, alias.name)
+
+
+def test_options_are_the_per_host_request_settings_of_the_modules_verbs():
+    spec = module_spec.argument_spec()
+    names = {setting.name for setting in module_spec.module_settings()}
+    assert {"project", "port", "addr", "env", "start_timeout", "stop_timeout", "state_dir"} <= names
+    assert "agent_python" not in names and "json" not in names and "lines" not in names
+    assert set(spec) == names | {"timeout"}
+    assert spec["project"]["required"] is True
+    for setting in module_spec.module_settings():
+        if "default" in spec[setting.name]:
+            # The documented default is one the setting's own parser takes.
+            assert setting.parse(spec[setting.name]["default"]) == setting.default, setting.name
+    assert spec["port"]["type"] == "int" and spec["start_timeout"]["type"] == "float"
+    assert spec["env"]["type"] == "dict" and spec["noreload"]["type"] == "bool"
+
+
+def test_states_run_agent_verbs():
+    assert module_spec.STATES == {"started": "start", "stopped": "stop", "restarted": "restart", "status": "status"}
+    assert set(module_spec.STATES.values()) <= set(options.VERBS)
+
+
+def test_return_values_are_the_result_fields():
+    fields = module_spec.return_fields()
+    assert "host" not in fields
+    assert {"action", "ok", "changed", "state", "pid", "pids", "url", "log", "message", "error",
+            "log_tail", "killed", "port_free"} <= set(fields)
+    assert "lines" not in fields  # logs is fab's only
+    assert fields["log_tail"]["returned"] == "with state=started or restarted"
+
+
+def requirement(path, name):
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip().startswith(f"{name}==")]
+    assert len(lines) == 1, path
+    return lines[0]
+
+
+def test_the_tests_and_the_benchmark_pin_the_same_ansible_core():
+    assert requirement(REPO / "requirements-test.txt", "ansible-core") == \
+        requirement(REPO / "bench" / "requirements.txt", "ansible-core")
+    assert "ansible" not in (REPO / "requirements.txt").read_text().lower()
+
+
+def target_interpreters():
+    """/usr/bin/python3 and every pyenv CPython 3.8 or newer on this machine: the
+    interpreters the module's target side must run under."""
+    found = {"system": "/usr/bin/python3"}
+    for path in sorted(Path("/root/.pyenv/versions").glob("3.*/bin/python3")):
+        version = path.parts[-3]
+        if int(version.split(".")[1]) >= 8:
+            found[version] = str(path)
+    return found
+
+
+@pytest.mark.parametrize("version", sorted(target_interpreters()))
+def test_the_modules_target_side_runs_under_python_3_8_and_later(version):
+    python = target_interpreters()[version]
+    script = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import options, agent, spec; "
+        "compile(open(sys.argv[2]).read(), sys.argv[2], 'exec'); "
+        "values = options.Values(options.DEFAULTS); values.give('port', 70000, ('port', '')); "
+        "values.give('project', '/srv/x', ('project', '')); "
+        "print(json.dumps(sorted(spec.ARGUMENT_SPEC)))\n"
+        "try:\n    options.request('start', values, None, local=False)\n"
+        "except options.UsageError as exc:\n    print(exc)\n")
+    done = subprocess.run([python, "-I", "-B", "-c", script, str(UTILS), str(module_spec.MODULE)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    names, error = done.stdout.splitlines()
+    assert json.loads(names) == sorted(module_spec.argument_spec())
+    assert error == "port must be a number from 1 to 65535, not 70000"
