@@ -924,7 +924,7 @@ LOG_KEEP = 5  # previous runs' logs a start keeps, when the request does not say
 LOG_MAX = 50 << 20  # bytes above which a running server's log is cut, when the request does not say
 ROTATED = re.compile(r"^server\.log\.([0-9]+)$")
 # The first line of a log that was cut: what a follower needs to keep its place.
-CUT_MARK = re.compile(rb"^--- fabserve [^\n]* log cut to its newest part; ([0-9]+) bytes dropped in all\n")
+CUT_MARK = re.compile(rb"^--- fabserve [^\n]* log cut to its newest part; ([0-9]+) bytes dropped in all *\n")
 
 
 def rotate_logs(directory, log, keep):
@@ -966,16 +966,47 @@ def copy_within(fd, source, end, target):
     return source
 
 
-def cut_log(path, limit):
-    """Cut the log at `path` to its newest half of `limit` when it holds more
-    than `limit` bytes; returns the bytes dropped (0: nothing to do).
+FALLOC_FL_COLLAPSE_RANGE = 0x08  # linux/falloc.h
+MARK_ROOM = 128  # bytes a cut's marker line may take: its text fits in them whatever its count
 
-    The server appends with O_APPEND, so each of its writes lands at the end as
-    the file is at that moment. The kept part (from a line start) is copied to
-    the front after one marker line, then the bytes appended meanwhile, until
-    the size holds still; the file is then truncated right after them, and the
-    server's next write lands there. The marker says how many bytes were cut in
-    all, so a follower finds its place again. One cut at a time (flock).
+
+def cut_mark(dropped, length=0):
+    """The marker line a cut puts first, padded to `length` bytes."""
+    text = (f"--- fabserve {time.strftime('%Y-%m-%d %H:%M:%S')} log cut to its newest part; "
+            f"{dropped} bytes dropped in all")
+    return (text.ljust(length - 1) + "\n").encode()
+
+
+def collapse_front(fd, length):
+    """Remove the first `length` bytes of `fd` in one step, which the kernel
+    orders with every append (fallocate FALLOC_FL_COLLAPSE_RANGE: ext4 and XFS,
+    in whole blocks). False where that is not available."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = getattr(libc, "fallocate64", None) or libc.fallocate
+    except (ImportError, OSError, AttributeError):
+        return False
+    call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return call(fd, FALLOC_FL_COLLAPSE_RANGE, 0, length) == 0
+
+
+def cut_log(path, limit, collapse=True):
+    """Cut the log at `path` to about its newest half of `limit` when it holds
+    more than `limit` bytes; returns the bytes removed (0: nothing to do).
+
+    The server appends with O_APPEND: each of its writes lands at the end as
+    the file is at that moment, wherever that is. Where the file system can
+    (ext4, XFS), the front is removed in whole blocks by one fallocate call
+    that the kernel orders with the server's writes, so none is lost; the
+    partial line left first (and the next lines within MARK_ROOM bytes) is
+    overwritten by the marker line. Elsewhere the kept part, from a line start,
+    is copied to the front after the marker, then whatever was appended
+    meanwhile, until the size holds still; the file is truncated right after
+    it, and the server's next write lands there: only a write between that
+    last size check and the truncate (two system calls apart) could be lost.
+    The marker counts the bytes dropped in all, so a follower keeps its place
+    (log_base). One cut at a time (flock); errors leave the log as it is.
     """
     try:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -991,13 +1022,20 @@ def cut_log(path, limit):
             return 0
         size = os.fstat(fd).st_size
         start = size - limit // 2
+        base = log_base(fd)
+        block = info.st_blksize or 4096
+        if collapse and start // block and collapse_front(fd, start // block * block):
+            start = start // block * block
+            head = os.pread(fd, limit // 8, 0)
+            newline = head.find(b"\n", MARK_ROOM - 1)
+            length = newline + 1 if newline >= 0 else MARK_ROOM
+            os.pwrite(fd, cut_mark(base + start + length, length), 0)
+            return start
         # Begin after a newline: the kept part starts with a whole line.
         newline = os.pread(fd, BLOCK, start - 1).find(b"\n")
         if newline >= 0:
             start += newline
-        dropped = log_base(fd) + start
-        mark = (f"--- fabserve {time.strftime('%Y-%m-%d %H:%M:%S')} log cut to its newest part; "
-                f"{dropped} bytes dropped in all\n").encode()
+        mark = cut_mark(base + start)
         target = len(mark) - start  # where a kept byte moves: its offset plus this
         end = copy_within(fd, start, size, start + target)
         os.pwrite(fd, mark, 0)
