@@ -949,8 +949,7 @@ def rotate_logs(directory, log, keep):
 def log_base(fd):
     """How far a byte's offset in the log is behind where it was first written:
     the bytes cut from the front in all, less the cut's own first line."""
-    head = os.pread(fd, 256, 0)
-    found = CUT_MARK.match(head)
+    found = CUT_MARK.match(os.pread(fd, 2 * MARK_ROOM, 0))
     return int(found.group(1)) - found.end() if found else 0
 
 
@@ -999,8 +998,9 @@ def cut_log(path, limit, collapse=True):
     the file is at that moment, wherever that is. Where the file system can
     (ext4, XFS), the front is removed in whole blocks by one fallocate call
     that the kernel orders with the server's writes, so none is lost; the
-    partial line left first (and the next lines within MARK_ROOM bytes) is
-    overwritten by the marker line. Elsewhere the kept part, from a line start,
+    marker line then overwrites what is left first, up to the first line end
+    from MARK_ROOM on (MARK_ROOM bytes when none is within twice that).
+    Elsewhere the kept part, from a line start,
     is copied to the front after the marker, then whatever was appended
     meanwhile, until the size holds still; the file is truncated right after
     it, and the server's next write lands there: only a write between that
@@ -1026,8 +1026,7 @@ def cut_log(path, limit, collapse=True):
         block = info.st_blksize or 4096
         if collapse and start // block and collapse_front(fd, start // block * block):
             start = start // block * block
-            head = os.pread(fd, limit // 8, 0)
-            newline = head.find(b"\n", MARK_ROOM - 1)
+            newline = os.pread(fd, 2 * MARK_ROOM, 0).find(b"\n", MARK_ROOM - 1)
             length = newline + 1 if newline >= 0 else MARK_ROOM
             os.pwrite(fd, cut_mark(base + start + length, length), 0)
             return start

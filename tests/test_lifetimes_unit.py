@@ -165,3 +165,16 @@ def test_cuts_while_a_writer_appends_keep_its_lines_in_order_and_lose_none_where
     assert kept[-1] == last and kept == sorted(set(kept))
     if strict:
         assert kept == list(range(kept[0], last + 1)), "a line went missing"
+
+
+def test_lines_longer_than_the_marker_room_keep_their_places_too(tmp_path):
+    log = tmp_path / "server.log"
+    long_line = "long %06d " + "y" * 500 + "\n"
+    log.write_text("".join(long_line % number for number in range(400)))
+    recent = (long_line % 390).encode()
+    offset = log.read_bytes().index(recent)
+    assert agent.cut_log(str(log), 65536) > 0
+    with open(log, "rb") as handle:
+        assert handle.readline().startswith(b"--- fabserve ")
+        handle.seek(offset - agent.log_base(handle.fileno()))
+        assert handle.readline() == recent
