@@ -43,11 +43,11 @@ def test_a_server_with_a_ttl_stops_itself_with_nobody_calling(fab, site):
     port = free_port()
     flags = where(site, port)
     # fab has exited: the SSH session that started the server is closed.
-    data = started(fab, flags, "--ttl", "5s", "--timeout", "30", env={"FABRIC_FABSERVE_STOP_TIMEOUT": GRACE})
+    data = started(fab, flags, "--ttl", "6s", "--timeout", "30", env={"FABRIC_FABSERVE_STOP_TIMEOUT": GRACE})
     watchdog = watchdog_of(data)
-    assert len(data["pids"]) == 2 and 0 < data["expires_in"] <= 5
+    assert len(data["pids"]) == 2 and 0 < data["expires_in"] <= 6
     members = group_members(data["pid"])
-    assert wait_for(lambda: not group_members(data["pid"]) and not port_listening(port), timeout=5 + 30)
+    assert wait_for(lambda: not group_members(data["pid"]) and not port_listening(port), timeout=6 + 30)
     assert not any(alive(pid) for pid in members) and not alive(watchdog)
     assert not os.path.exists(data["pidfile"]) and not os.path.exists(Path(data["pidfile"]).with_name("server.json"))
     last = Path(data["log"]).read_text().rstrip("\n").splitlines()[-1]
@@ -87,7 +87,7 @@ def test_the_expiry_signals_its_own_group_not_the_process_its_recorded_pid_now_n
     the same user. The watchdog ends its own group, leaves that process and the
     state that no longer names its server alone."""
     flags = where(site, free_port())
-    data = started(fab, flags, "--ttl", "6s", env={"FABRIC_FABSERVE_STOP_TIMEOUT": GRACE})
+    data = started(fab, flags, "--ttl", "8s", env={"FABRIC_FABSERVE_STOP_TIMEOUT": GRACE})
     members = group_members(data["pid"])
     runner = spawn_as_user(["sleep", "300"])
     assert wait_for(lambda: children(runner.pid))
@@ -97,7 +97,7 @@ def test_the_expiry_signals_its_own_group_not_the_process_its_recorded_pid_now_n
     recorded["pid"] = unrelated
     as_user_sh(as_user, 'printf "%s\\n" "$1" > "$2" && printf "%s" "$3" > "$4"', unrelated, data["pidfile"],
                json.dumps(recorded), meta)
-    assert wait_for(lambda: not any(alive(pid) for pid in members), timeout=6 + 30)
+    assert wait_for(lambda: not any(alive(pid) for pid in members), timeout=8 + 30)
     assert alive(unrelated) and Path(data["pidfile"]).read_text() == f"{unrelated}\n"
     assert Path(data["log"]).read_text().rstrip("\n").splitlines()[-1].endswith("expired: the ttl ended, so "
                                                                                   "the server was stopped")
