@@ -1148,6 +1148,7 @@ def watchdog(expires_at, grace, token, directory):
     group and nothing else. It ends with the group on a stop (TERM's default
     action), and early, quietly, once the server ended on its own."""
     close_inherited()
+    os.chdir("/")  # the project directory is the server's to keep busy, not ours
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     leader = os.getppid()  # the process that execs the server, its group's leader
     while True:
@@ -1411,7 +1412,8 @@ def server_argv(inst, python):
 
 def launch(inst, python):
     """Start the server detached: own session and group, SIGHUP ignored, stdin
-    from /dev/null, output appended to the log. Returns (Popen, log offset)."""
+    from /dev/null, output appended to a new log (the previous runs' rotated),
+    with a TTL its watchdog in its group. Returns (Popen, log offset)."""
     import subprocess
     argv = server_argv(inst, python)
     token = os.urandom(16).hex()
