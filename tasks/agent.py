@@ -572,6 +572,8 @@ class Instance(object):
         self.serving = None  # the resolved project its trusted pidfile's server was launched from
         self.legacy = False  # the trusted pidfile is in legacy_dir
         self.foreign = None  # the host that recorded the pidfile, when it is another one
+        self.expires_at = None  # when the located or launched server's TTL ends (epoch seconds)
+        self.kept_expiry = None  # the expiry a restart carries over when no new --ttl is given
 
     @property
     def url(self):
@@ -648,6 +650,11 @@ class Found(object):
         self.starts = {pid: (proc_stat(pid) or {}).get("starttime") for pid in pids}
 
     def members(self):
+        """The server's processes: its group without fabserve's own watchdog."""
+        return [pid for pid in self.everyone() if not is_helper(pid)]
+
+    def everyone(self):
+        """Every process signals to the server reach, the watchdog included."""
         if self.pgid is not None:
             return group_members(self.pgid)
         return sorted(pid for pid, start in self.starts.items() if alive(pid, start))
@@ -716,6 +723,7 @@ def locate(inst):
         if why is None:
             inst.legacy = legacy
             inst.serving = meta.get("project") if isinstance(meta.get("project"), str) else None
+            trusted(inst, meta)
             return Found(pgid=pid), ""
         note = f"stale pidfile{' of the previous state layout' if legacy else ''}: {why}"
     return search(inst, token), note
@@ -808,7 +816,7 @@ def await_exit(pids, pause):
 
 def wait_gone(found, deadline):
     for pause in pauses():
-        left = found.members()
+        left = found.everyone()
         if not left or time.time() >= deadline:
             return left
         await_exit(left, min(pause, max(deadline - time.time(), 0)))
@@ -909,6 +917,304 @@ def holders(inodes):
     return named or ["a process of another user"]
 
 
+# ------------------------------------------------------------ bounded logs
+
+
+LOG_KEEP = 5  # previous runs' logs a start keeps, when the request does not say
+LOG_MAX = 50 << 20  # bytes above which a running server's log is cut, when the request does not say
+ROTATED = re.compile(r"^server\.log\.([0-9]+)$")
+# The first line of a log that was cut: what a follower needs to keep its place.
+CUT_MARK = re.compile(rb"^--- fabserve [^\n]* log cut to its newest part; ([0-9]+) bytes dropped in all *\n")
+
+
+def rotate_logs(directory, log, keep):
+    """Before a start: server.log becomes server.log.1, .1 becomes .2 and so on
+    up to `keep`; older ones are removed (all of them, and server.log, for 0)."""
+    numbered = []
+    for name in os.listdir(directory):
+        found = ROTATED.match(name)
+        if found:
+            numbered.append((int(found.group(1)), os.path.join(directory, name)))
+    for number, path in sorted(numbered, reverse=True):
+        if number >= keep:
+            remove(path)
+        else:
+            os.rename(path, f"{log}.{number + 1}")
+    if keep and os.path.lexists(log):
+        os.rename(log, f"{log}.1")
+    else:
+        remove(log)
+
+
+def log_base(fd):
+    """How far a byte's offset in the log is behind where it was first written:
+    the bytes cut from the front in all, less the cut's own first line."""
+    found = CUT_MARK.match(os.pread(fd, 2 * MARK_ROOM, 0))
+    return int(found.group(1)) - found.end() if found else 0
+
+
+def copy_within(fd, source, end, target):
+    """Copy bytes source..end of `fd` to offset `target` (below source), forwards."""
+    while source < end:
+        chunk = os.pread(fd, min(16 * BLOCK, end - source), source)
+        if not chunk:
+            break
+        os.pwrite(fd, chunk, target)
+        source += len(chunk)
+        target += len(chunk)
+    return source
+
+
+FALLOC_FL_COLLAPSE_RANGE = 0x08  # linux/falloc.h
+MARK_ROOM = 128  # bytes a cut's marker line may take: its text fits in them whatever its count
+
+
+def cut_mark(dropped, length=0):
+    """The marker line a cut puts first, padded to `length` bytes."""
+    text = (f"--- fabserve {time.strftime('%Y-%m-%d %H:%M:%S')} log cut to its newest part; "
+            f"{dropped} bytes dropped in all")
+    return (text.ljust(length - 1) + "\n").encode()
+
+
+def collapse_front(fd, length):
+    """Remove the first `length` bytes of `fd` in one step, which the kernel
+    orders with every append (fallocate FALLOC_FL_COLLAPSE_RANGE: ext4 and XFS,
+    in whole blocks). False where that is not available."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = getattr(libc, "fallocate64", None) or libc.fallocate
+    except (ImportError, OSError, AttributeError):
+        return False
+    call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return call(fd, FALLOC_FL_COLLAPSE_RANGE, 0, length) == 0
+
+
+def cut_log(path, limit, collapse=True):
+    """Cut the log at `path` to about its newest half of `limit` when it holds
+    more than `limit` bytes; returns the bytes removed (0: nothing to do).
+
+    The server appends with O_APPEND: each of its writes lands at the end as
+    the file is at that moment, wherever that is. Where the file system can
+    (ext4, XFS), the front is removed in whole blocks by one fallocate call
+    that the kernel orders with the server's writes, so none is lost; the
+    marker line then overwrites what is left first, up to the first line end
+    from MARK_ROOM on (MARK_ROOM bytes when none is within twice that).
+    Elsewhere the kept part, from a line start,
+    is copied to the front after the marker, then whatever was appended
+    meanwhile, until the size holds still; the file is truncated right after
+    it, and the server's next write lands there: only a write between that
+    last size check and the truncate (two system calls apart) could be lost.
+    The marker counts the bytes dropped in all, so a follower keeps its place
+    (log_base). One cut at a time (flock); errors leave the log as it is.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return 0
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_size <= limit:
+            return 0
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another call is cutting it now
+            return 0
+        size = os.fstat(fd).st_size
+        start = size - limit // 2
+        base = log_base(fd)
+        block = info.st_blksize or 4096
+        if collapse and start // block and collapse_front(fd, start // block * block):
+            start = start // block * block
+            newline = os.pread(fd, 2 * MARK_ROOM, 0).find(b"\n", MARK_ROOM - 1)
+            length = newline + 1 if newline >= 0 else MARK_ROOM
+            os.pwrite(fd, cut_mark(base + start + length, length), 0)
+            return start
+        # Begin after a newline: the kept part starts with a whole line.
+        newline = os.pread(fd, BLOCK, start - 1).find(b"\n")
+        if newline >= 0:
+            start += newline
+        mark = cut_mark(base + start)
+        target = len(mark) - start  # where a kept byte moves: its offset plus this
+        end = copy_within(fd, start, size, start + target)
+        os.pwrite(fd, mark, 0)
+        while True:
+            grown = os.fstat(fd).st_size
+            if grown <= end:
+                break
+            end = copy_within(fd, end, grown, end + target)
+        os.ftruncate(fd, end + target)
+        return start
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+
+
+def cap_log(inst):
+    """Keep a running server's log under log_max: called wherever its pidfile
+    is trusted, so every call on the instance enforces the cap."""
+    cut_log(inst.log, inst.req.get("log_max") or LOG_MAX)
+
+
+# --------------------------------------------------------------- time to live
+
+
+WATCH_POLL = 1.0  # how often the watchdog looks whether its server still runs
+EXPIRED = "expired"  # the word the log's last line holds once the TTL ended the server
+# Processes fabserve put in a server's group that are not the server (the TTL
+# watchdog): pid -> start time, filled where a pidfile is trusted or a server launched.
+HELPERS = {}
+
+
+def is_helper(pid):
+    info = HELPERS.get(pid)
+    return info is not None and (proc_stat(pid) or {}).get("starttime") == info
+
+
+def note_helper(meta):
+    """Remember the watchdog `meta` records, so results leave it out of `pids`."""
+    found = meta.get("watchdog") if isinstance(meta, dict) else None
+    if isinstance(found, dict) and isinstance(found.get("pid"), int):
+        HELPERS[found["pid"]] = found.get("starttime")
+
+
+def expiry_of(meta):
+    value = meta.get("expires_at") if isinstance(meta, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def expiry_fields(expires_at):
+    """The result's expires_at (ISO 8601 UTC) and expires_in (whole seconds left)."""
+    if expires_at is None:
+        return {"expires_at": None, "expires_in": None}
+    return {"expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at)),
+            "expires_in": max(0, int(expires_at - time.time()))}
+
+
+def group_others():
+    """The live members of this process's group other than itself."""
+    me = os.getpid()
+    return [pid for pid in group_members(os.getpgrp()) if pid != me]
+
+
+def log_line(text):
+    """Append one line to the log, which is this process's stdout (O_APPEND)."""
+    try:
+        os.write(1, f"--- fabserve {time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n".encode())
+    except OSError:
+        pass
+
+
+def release_state(directory, leader, token):
+    """Remove the pidfile and metadata if they still name this server (its
+    leader and token), holding the instance's lock as start and stop do."""
+    try:
+        lock = os.open(os.path.join(directory, "lock"), os.O_RDWR | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        pidfile, meta_path = os.path.join(directory, "server.pid"), os.path.join(directory, "server.json")
+        try:
+            pid = parse_pid(read_file(pidfile), pid_max())
+            meta = json.loads(read_file(meta_path))
+        except (OSError, ValueError):
+            return
+        if pid == leader and isinstance(meta, dict) and meta.get("token") == token and meta.get("pid") == leader:
+            remove(pidfile)
+            remove(meta_path)
+    finally:
+        os.close(lock)
+
+
+def close_inherited():
+    """Close every descriptor but stdin, stdout and stderr (/dev/null and the
+    log): the instance lock, Popen's pipes and the SSH session's are not the
+    watchdog's to hold."""
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            try:
+                os.close(int(name))
+            except OSError:  # the listing's own descriptor, closed already
+                pass
+
+
+def watchdog(expires_at, grace, token, directory):
+    """The TTL watchdog, forked into the server's own session and group before
+    the server's exec. It sleeps until `expires_at`, then stops its own group:
+    TERM, KILL after `grace`. A process group ID cannot be reused while one of
+    its members lives, and this process is one, so its signals reach that
+    group and nothing else. It ends with the group on a stop (TERM's default
+    action), and early, quietly, once the server ended on its own."""
+    close_inherited()
+    os.chdir("/")  # the project directory is the server's to keep busy, not ours
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    leader = os.getppid()  # the process that execs the server, its group's leader
+    while True:
+        left = expires_at - time.time()
+        if left <= 0:
+            break
+        time.sleep(min(left, WATCH_POLL))
+        if os.getppid() != leader and not group_others():
+            return
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # our own group's TERM is for the server
+    group = os.getpgrp()
+    os.killpg(group, signal.SIGTERM)
+    deadline = time.time() + grace
+    for pause in pauses():
+        if not group_others() or time.time() >= deadline:
+            break
+        time.sleep(pause)
+    killed = bool(group_others())
+    release_state(directory, leader, token)
+    log_line(f"{EXPIRED}: the ttl ended, so the server was stopped"
+             + (f" with SIGKILL after {grace:g}s grace" if killed else ""))
+    if killed:
+        os.killpg(group, signal.SIGKILL)  # this process too: nothing is left to do
+
+
+def watchdog_forker(expires_at, grace, token, directory, report_fd):
+    """A preexec_fn for the server's Popen: after its setsid, fork the watchdog
+    (so it joins the server's session and group) and write its PID to
+    `report_fd`; the server's exec follows."""
+    def fork_watchdog():
+        pid = os.fork()
+        if pid == 0:
+            try:
+                watchdog(expires_at, grace, token, directory)
+            finally:
+                os._exit(0)
+        os.write(report_fd, f"{pid}\n".encode())
+    return fork_watchdog
+
+
+def launched_watchdog(reader):
+    """{"pid", "starttime"} of the watchdog the server's Popen child forked and
+    reported on `reader` (None without one)."""
+    if reader is None:
+        return None
+    with os.fdopen(reader, "rb") as handle:
+        text = handle.readline().strip()
+    pid = int(text) if text.isdigit() else None
+    return {"pid": pid, "starttime": (proc_stat(pid) or {}).get("starttime") if pid else None}
+
+
+def trusted(inst, meta):
+    """What a call learns once it trusts the pidfile of a running server: its
+    expiry and watchdog; and it keeps the server's log under the cap."""
+    inst.expires_at = expiry_of(meta)
+    note_helper(meta)
+    cap_log(inst)
+
+
+def launch_expiry(inst):
+    """When the server to launch expires: now plus --ttl, else the expiry a
+    restart kept, else never (None)."""
+    ttl = inst.req.get("ttl")
+    return time.time() + ttl if ttl else inst.kept_expiry
+
+
 # -------------------------------------------------------------------- actions
 
 
@@ -934,6 +1240,8 @@ ANSWERED = (
     ("port", "the instance's port"),
     ("state_dir", "the instance's state directory"),
     ("managed", "true when found through its pidfile, false when found by the /proc search"),
+    ("expires_at", "when the server's TTL stops it, ISO 8601 UTC; null without a TTL"),
+    ("expires_in", "whole seconds until then; null without a TTL"),
 )
 # Added by some verbs: (field, verbs, description).
 EXTRAS = (
@@ -971,6 +1279,7 @@ def describe(inst, found, **fields):
         "port": inst.port,
         "managed": found.managed if found else None,
     }
+    answered.update(expiry_fields(inst.expires_at if found is not None else None))
     answered.update(fields)
     return result_of(**answered)
 
@@ -1103,7 +1412,8 @@ def server_argv(inst, python):
 
 def launch(inst, python):
     """Start the server detached: own session and group, SIGHUP ignored, stdin
-    from /dev/null, output appended to the log. Returns (Popen, log offset)."""
+    from /dev/null, output appended to a new log (the previous runs' rotated),
+    with a TTL its watchdog in its group. Returns (Popen, log offset)."""
     import subprocess
     argv = server_argv(inst, python)
     token = os.urandom(16).hex()
@@ -1111,7 +1421,9 @@ def launch(inst, python):
     env["PYTHONUNBUFFERED"] = "1"  # so the log shows Django's lines as they happen
     env.update(inst.req.get("env") or {})
     env["FABSERVE_TOKEN"] = token
+    expires_at = launch_expiry(inst)
     try:
+        rotate_logs(inst.dir, inst.log, inst.req.get("log_keep", LOG_KEEP))
         fd = os.open(inst.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         log = os.fdopen(fd, "ab")
         offset = log.seek(0, os.SEEK_END)
@@ -1119,19 +1431,32 @@ def launch(inst, python):
         log.flush()
     except OSError as exc:
         raise AgentError(f"cannot write the log {inst.log}: {exc.strerror}; nothing was started")
+    reader, writer = os.pipe() if expires_at is not None else (None, None)
+    forker = None if writer is None else watchdog_forker(expires_at, inst.req["stop_timeout"], token, inst.dir,
+                                                          writer)
     with log:
         previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited across exec
         try:
             proc = subprocess.Popen(argv, cwd=inst.project, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=forker)
+        except subprocess.SubprocessError as exc:  # the watchdog's fork failed
+            raise AgentError(f"cannot start the ttl watchdog: {exc}; nothing was started")
         finally:
             signal.signal(signal.SIGHUP, previous)
+            if writer is not None:
+                os.close(writer)
+    watch = launched_watchdog(reader)
     info = proc_stat(proc.pid)
     # The project as given names the instance; as resolved, the release it runs.
     meta = {"pid": proc.pid, "starttime": info["starttime"] if info else None, "boot_id": boot_id(),
             "machine_id": inst.machine_id, "hostname": inst.hostname,
             "token": token, "argv": argv, "project": inst.project, "project_given": inst.given,
             "port": inst.port, "addr": inst.addr, "started": time.time()}
+    if expires_at is not None:
+        meta.update(expires_at=expires_at, watchdog=watch)
+        note_helper(meta)
+    inst.expires_at = expires_at
     inst.serving = inst.project
     try:
         # Metadata first: a pidfile never names a process without its identity.
@@ -1202,31 +1527,34 @@ def do_restart(inst):
     inst.require_project()
     resolve_python(inst)  # fail before stopping anything if start cannot work
     stopped = do_stop(inst)
+    inst.kept_expiry = inst.expires_at  # kept unless a new --ttl is given
     started = do_start(inst)
     started["changed"] = True
     started["stopped_pids"] = stopped["pids"]
     return started
 
 
-def open_log(inst):
-    """The instance's log, open for reading, after the checks its state gets: the
-    state directories and the log are this user's, not symlinks, writable by no
-    one else, and the log is a regular file (a FIFO planted there would block)."""
+def open_log(inst, log=None):
+    """The instance's log (or `log`, a previous run's), open for reading, after
+    the checks its state gets: the state directories and the log are this
+    user's, not symlinks, writable by no one else, and the log is a regular
+    file (a FIFO planted there would block)."""
+    log = log or inst.log
     for path in (inst.base, inst.dir):
         if os.path.lexists(path):
             check_private(path, "state directory")
-    if not os.path.lexists(inst.log):
-        raise AgentError(f"no log yet at {inst.log}")
-    check_private(inst.log, "log")
+    if not os.path.lexists(log):
+        raise AgentError(f"no {'previous log' if log != inst.log else 'log yet'} at {log}")
+    check_private(log, "log")
     try:
-        fd = os.open(inst.log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
         # Swapped for a symlink since the check, or removed since.
-        raise AgentError(f"cannot read the log {inst.log}: {exc.strerror}")
+        raise AgentError(f"cannot read the log {log}: {exc.strerror}")
     handle = os.fdopen(fd, "rb")
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         handle.close()
-        raise AgentError(f"refusing log {inst.log}: not a regular file")
+        raise AgentError(f"refusing log {log}: not a regular file")
     return handle
 
 
@@ -1253,7 +1581,9 @@ def do_logs(inst):
     everything appended until the caller goes away, and no result."""
     lines = inst.req.get("lines", 50)
     out = sys.stdout.buffer
-    with open_log(inst) as handle:
+    found, _ = locate(inst)  # first: a running server's log is cut to the cap before it is read
+    log = f"{inst.log}.1" if inst.req.get("previous") else inst.log
+    with open_log(inst, log) as handle:
         offset, end, count = tail_span(handle, lines)
         try:
             if inst.req.get("follow"):
@@ -1268,23 +1598,24 @@ def do_logs(inst):
                 extra = {"lines": tail_text(handle.read(end - offset), lines)}
         except (BrokenPipeError, KeyboardInterrupt):  # the caller went away
             return None
-    found, _ = locate(inst)
     return describe(inst, found, ok=True, changed=False,
                     state=RUNNING if found and found.members() else STOPPED,
-                    message=f"{count} lines of {inst.log}", **extra)
+                    message=f"{count} lines of {log}", **extra)
 
 
 def follow(handle, out):
     """Copy what is appended to the log to `out` until the caller goes away: our
     parent changes (the SSH session or shell that ran us is gone), or nothing
     reads `out` any more (dash, fish and tcsh stay our parent after the session
-    ends). A log truncated in place is followed from its new start, as tail -F does."""
+    ends). A log truncated in place is followed from its new start, as tail -F does;
+    one cut to its newest part (cut_log) from where the follower was in it."""
     import select
     parent = os.getppid()
     reader = select.poll()
     # No events asked for: poll then reports only POLLERR or POLLHUP, the reader gone.
     reader.register(out.fileno(), 0)
     pos = handle.tell()
+    base = log_base(handle.fileno())
     while os.getppid() == parent:
         chunk = handle.read(BLOCK)
         if chunk:
@@ -1292,9 +1623,19 @@ def follow(handle, out):
             out.flush()
             pos += len(chunk)
         elif os.fstat(handle.fileno()).st_size < pos:
-            pos = handle.seek(0)
+            pos, base = refollow(handle, pos, base)
         elif reader.poll(250):
             return
+
+
+def refollow(handle, pos, base):
+    """(position, base) to go on from in a log found shorter than `pos`: the same
+    place if it was cut (its marker's count of dropped bytes grew), else its start."""
+    now = log_base(handle.fileno())
+    moved = pos + base - now
+    if now == base or not 0 <= moved <= os.fstat(handle.fileno()).st_size:
+        moved = 0
+    return handle.seek(moved), now
 
 
 def join(*parts):

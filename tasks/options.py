@@ -94,6 +94,44 @@ def parse_seconds(value: Any) -> float:
     return seconds
 
 
+DURATION = re.compile(r"^([0-9]{1,9})([smhd]?)$")
+UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+TTL_MAX = 366 * 86400  # a year: longer is no lifetime for a development server
+
+
+def parse_duration(value: Any) -> int:
+    """Whole seconds of `30m`, `2h`, `1d`, `3s` or a bare number of seconds."""
+    found = DURATION.match(value.strip()) if isinstance(value, str) and value.isascii() else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif found:
+        seconds = int(found.group(1)) * UNIT_SECONDS[found.group(2)]
+    else:
+        raise Invalid(f"must be a duration such as 30m, 2h or 1d (a bare number is seconds), not {shown(value)}")
+    if not 0 < seconds <= TTL_MAX:
+        raise Invalid(f"must be more than 0 seconds and at most 366d, not {shown(value)}")
+    return seconds
+
+
+SIZE = re.compile(r"^([0-9]{1,15})([KMG]?)$", re.IGNORECASE)
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+LOG_MIN = 4096  # below a few lines' worth a cut would keep next to nothing
+
+
+def parse_size(value: Any) -> int:
+    """Bytes of a byte count or of `512K`, `50M`, `1G` (binary units)."""
+    found = SIZE.match(value.strip()) if isinstance(value, str) and value.isascii() else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif found:
+        size = int(found.group(1)) * SIZE_UNITS[found.group(2).upper()]
+    else:
+        raise Invalid(f"must be a size in bytes, or with K, M or G, such as 50M, not {shown(value)}")
+    if size < LOG_MIN:
+        raise Invalid(f"must be at least {LOG_MIN} bytes (4K), not {shown(value)}")
+    return size
+
+
 def parse_path(value: Any) -> str:
     text = text_of(value, "a path")
     if not text or "\0" in text or "\n" in text:
@@ -231,6 +269,16 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("follow", False, parse_switch, "keep printing lines as they are appended, until interrupted",
             verbs=("logs",), request=True, config=False),
     Setting("json", False, parse_switch, "print one JSON object per host on stdout and nothing else", verbs=VERBS),
+    Setting("ttl", None, optional(parse_duration),
+            "stop the server after this long, e.g. 30m, 2h, 1d (default: never; restart keeps the old one)",
+            verbs=STARTING, per_host=True, request=True),
+    Setting("log_keep", 5, parse_lines, "how many previous runs' logs each start keeps (server.log.1 ...)",
+            per_host=True, request=True),
+    Setting("log_max", "50M", parse_size,
+            "size above which a running server's log is cut to its newest part, at the next call",
+            per_host=True, request=True),
+    Setting("previous", False, parse_switch, "show the log of the run before the current one (server.log.1)",
+            verbs=("logs",), request=True, config=False),
     Setting("agent_python", "python3", parse_agent_python, "interpreter that runs fabserve's agent on the target",
             per_host=True),
     Setting("state_dir", None, optional(parse_path),

@@ -124,12 +124,18 @@ def program() -> str:
     return invoked if os.path.basename(invoked) in ("fab", "fabserve") else "fab"
 
 
+def expiry_note(result: Dict[str, Any]) -> str:
+    """"; expires in 1h59m" for a server with a TTL, else nothing."""
+    left = result.get("expires_in")
+    return "" if left is None else f"; expires in {report.duration(left)} ({result['expires_at']})"
+
+
 def started(c: Context) -> Formatter:
     """How start and restart read: a running server adds its pids, log and the stop command."""
     def show(result: Dict[str, Any]) -> str:
         text = plain(result)
         if result["state"] == RUNNING:
-            text += (f" (pids {pid_list(result['pids'])}); log {result['log']}"
+            text += (f" (pids {pid_list(result['pids'])}); log {result['log']}{expiry_note(result)}"
                      f"\n{result['host']}: stop it with: {stop_hint(c, result)}")
         return text
     return show
@@ -137,14 +143,15 @@ def started(c: Context) -> Formatter:
 
 @verb
 def start(c, project=None, port=None, addr=None, python=None, settings=None, env=None,
-          noreload=False, timeout=None, json=False):
+          noreload=False, timeout=None, json=False, ttl=None):
     """Start runserver detached; return once its port answers.
 
     Already running: reports it and starts nothing. On failure (port taken,
     broken project, timeout) it kills what it launched and shows the log's tail.
+    With --ttl it stops itself once that time has passed.
     """
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings,
-                 noreload=noreload, timeout=timeout, json=json)
+                 noreload=noreload, timeout=timeout, json=json, ttl=ttl)
     return finish(c, operate(c, "start", flags, env), flags, started(c))
 
 
@@ -169,6 +176,7 @@ def show_status(result: Dict[str, Any]) -> str:
             f"up {report.duration(result.get('uptime'))}; log {result['log']}")
     if result.get("managed"):
         text += f"; pidfile {result['pidfile']}"
+    text += expiry_note(result)
     head, message = f"running on {result['url']}", result.get("message") or ""
     notes = message[len(head):] if message.startswith(head) else f"; {message}"
     return text + notes if notes.strip("; ") else text
@@ -178,7 +186,7 @@ def show_status(result: Dict[str, Any]) -> str:
 def status(c, project=None, port=None, addr=None, json=False):
     """Show whether the server runs and answers: exit 0 yes, 3 not running, 1 failed.
 
-    Prints its pids, uptime, URL, log and pidfile.
+    Prints its pids, uptime, URL, log and pidfile, and when its TTL ends.
     """
     flags = dict(project=project, port=port, addr=addr, json=json)
     return finish(c, operate(c, "status", flags), flags, show_status)
@@ -186,10 +194,13 @@ def status(c, project=None, port=None, addr=None, json=False):
 
 @verb
 def restart(c, project=None, port=None, addr=None, python=None, settings=None, env=None,
-            noreload=False, timeout=None, json=False):
-    """Stop the server if it runs, then start it and wait until it answers."""
+            noreload=False, timeout=None, json=False, ttl=None):
+    """Stop the server if it runs, then start it and wait until it answers.
+
+    The new server keeps the old one's expiry unless --ttl gives a new one.
+    """
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings,
-                 noreload=noreload, timeout=timeout, json=json)
+                 noreload=noreload, timeout=timeout, json=json, ttl=ttl)
     return finish(c, operate(c, "restart", flags, env), flags, started(c))
 
 
@@ -204,13 +215,14 @@ def show_logs(result: Dict[str, Any]) -> str:
 
 
 @verb
-def logs(c, project=None, port=None, lines=None, follow=False, json=False):
+def logs(c, project=None, port=None, lines=None, follow=False, json=False, previous=False):
     """Show the server's log: its last lines, or follow it.
 
     With --json the lines are in the one result object; otherwise they stream
     to stdout as the host reads them (each with its host when there are several).
+    --previous shows the log of the run before the current one.
     """
-    flags = dict(project=project, port=port, lines=lines, follow=follow, json=json)
+    flags = dict(project=project, port=port, lines=lines, follow=follow, json=json, previous=previous)
     host = remote.host_label(c)
     as_json = options.setting(c.config, "json", flags)
     if as_json and follow:

@@ -58,3 +58,31 @@ def test_python2_is_refused_in_words(root):
     assert done.returncode == 1
     assert "the target needs Python 3.6 or newer" in done.stderr
     assert remote.parse_result(done.stdout) is None
+
+
+@pytest.mark.parametrize("version", sorted(INTERPRETERS))
+def test_ttl_watchdog_and_log_cut_under_each_interpreter(version, make_project, target, tmp_path):
+    """The watchdog forked from Popen's preexec_fn, the collapse through ctypes and
+    the parsers of the marker work the same under every interpreter."""
+    project = make_project("site")
+    state = tmp_path / "state"
+    values = options.merged({}, {"project": str(project), "port": free_port(), "python": str(target.python),
+                                 "state_dir": str(state), "ttl": "5s", "stop_timeout": "2"})
+
+    def cmd(action, **more):
+        return remote.command(options.request(action, options.merged(values, more), [], local=False),
+                              INTERPRETERS[version])
+
+    push = 'i=0; while [ $i -lt 1500 ]; do echo "pushed $i"; i=$((i+1)); done >> "$(echo {}/hosts/*/*/server.log)"'
+    script = "; ".join([cmd("start"), push.format(state), cmd("status", log_max="16K"), "sleep 8", cmd("status")])
+    done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    results = [remote.parse_result(line) for line in MARKER_RESULTS.findall(done.stdout)]
+    assert [r["action"] for r in results] == ["start", "status", "status"], done.stderr
+    start, status, after = results
+    assert start["ok"] and start["state"] == "running" and 0 < start["expires_in"] <= 5, start
+    assert status["state"] == "running" and status["pids"] == start["pids"] and status["expires_at"]
+    assert after["state"] == "stopped" and after["expires_at"] is None
+    lines = open(start["log"]).read().splitlines()
+    assert "log cut to its newest part" in lines[0] and "pushed 1499" in lines
+    assert lines[-1].endswith("expired: the ttl ended, so the server was stopped")

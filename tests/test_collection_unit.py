@@ -51,7 +51,7 @@ def test_options_are_the_per_host_request_settings_of_the_modules_verbs():
     for setting in module_spec.module_settings():
         if "default" in spec[setting.name]:
             # The documented default is one the setting's own parser takes.
-            assert setting.parse(spec[setting.name]["default"]) == setting.default, setting.name
+            assert setting.parse(spec[setting.name]["default"]) == setting.parse(setting.default), setting.name
     assert spec["port"]["type"] == "int" and spec["start_timeout"]["type"] == "float"
     assert spec["env"]["type"] == "dict" and spec["noreload"]["type"] == "bool"
 

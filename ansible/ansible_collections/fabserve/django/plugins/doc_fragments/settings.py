@@ -58,6 +58,23 @@ options:
     - fab's C(--timeout) and the inventory variable C(stop_timeout).
     type: float
     default: 10
+  ttl:
+    description:
+    - 'Stop the server after this long, e.g. 30m, 2h, 1d (default: never; restart keeps the old one).'
+    - fab's C(--ttl) and the inventory variable C(ttl).
+    type: str
+  log_keep:
+    description:
+    - How many previous runs' logs each start keeps (server.log.1 ...).
+    - The config setting and inventory variable C(log_keep).
+    type: int
+    default: 5
+  log_max:
+    description:
+    - Size above which a running server's log is cut to its newest part, at the next call.
+    - The config setting and inventory variable C(log_max).
+    type: str
+    default: 50M
   state_dir:
     description:
     - Where pidfiles and logs live on the target.

@@ -10,9 +10,12 @@ ARGUMENT_SPEC = {'project': {'type': 'str', 'required': True},
  'noreload': {'type': 'bool', 'default': False},
  'start_timeout': {'type': 'float', 'default': 30},
  'stop_timeout': {'type': 'float', 'default': 10},
+ 'ttl': {'type': 'str'},
+ 'log_keep': {'type': 'int', 'default': 5},
+ 'log_max': {'type': 'str', 'default': '50M'},
  'state_dir': {'type': 'str'},
  'timeout': {'type': 'float'}}
 # Module options that are settings; the rest of ARGUMENT_SPEC are flags setting one of them.
-SETTINGS = ('project', 'port', 'addr', 'python', 'settings', 'env', 'noreload', 'start_timeout', 'stop_timeout', 'state_dir')
+SETTINGS = ('project', 'port', 'addr', 'python', 'settings', 'env', 'noreload', 'start_timeout', 'stop_timeout', 'ttl', 'log_keep', 'log_max', 'state_dir')
 # state -> the agent's verb
 STATES = {'started': 'start', 'stopped': 'stop', 'restarted': 'restart', 'status': 'status'}

@@ -128,6 +128,14 @@ managed:
   description: True when found through its pidfile, false when found by the /proc search.
   returned: always
   type: bool
+expires_at:
+  description: When the server's TTL stops it, ISO 8601 UTC; null without a TTL.
+  returned: always
+  type: str
+expires_in:
+  description: Whole seconds until then; null without a TTL.
+  returned: always
+  type: str
 uptime:
   description: Seconds since the server started.
   returned: with state=status

@@ -1,0 +1,180 @@
+"""The parts of --ttl and bounded logs that need no server: the duration and size
+parsers, the bad values' one-line errors, log rotation, and the cut on real files,
+also while another process appends to the log."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tasks import agent, options
+
+LINE = "line %06d " + "x" * 40 + "\n"
+
+
+@pytest.mark.parametrize("value,seconds", [("30m", 1800), ("2h", 7200), ("1d", 86400), ("3s", 3), ("3", 3),
+                                           (" 90s ", 90), (45, 45), ("366d", 366 * 86400)])
+def test_durations_are_whole_seconds(value, seconds):
+    assert options.parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["0", 0, "0s", "5x", "", "-1", "1.5h", "2 h", "²", True, 2.5, "367d", "1w"])
+def test_bad_durations_are_refused(value):
+    with pytest.raises(options.Invalid):
+        options.parse_duration(value)
+
+
+@pytest.mark.parametrize("value,size", [("50M", 50 << 20), ("4K", 4096), ("4096", 4096), ("1g", 1 << 30),
+                                        (8192, 8192), ("512k", 512 << 10)])
+def test_sizes_are_bytes(value, size):
+    assert options.parse_size(value) == size
+
+
+@pytest.mark.parametrize("value", ["4095", "1K", "5x", "1.5M", "-1", "", "50MB", True, None])
+def test_bad_sizes_are_refused(value):
+    with pytest.raises(options.Invalid):
+        options.parse_size(value)
+
+
+@pytest.mark.parametrize("flags,config,message", [
+    ({"ttl": "0"}, {}, "--ttl must be more than 0 seconds and at most 366d, not '0'"),
+    ({"ttl": "5x"}, {}, "--ttl must be a duration such as 30m, 2h or 1d (a bare number is seconds), not '5x'"),
+    ({}, {"log_keep": -1}, "fabserve.log_keep must be a whole number, not -1"),
+    ({}, {"log_max": "1.5M"}, "fabserve.log_max must be a size in bytes, or with K, M or G, such as 50M, "
+                              "not '1.5M'"),
+])
+def test_bad_lifetime_values_are_one_line_usage_errors(flags, config, message):
+    values = options.merged(config, {"project": "/srv/site", **flags})
+    with pytest.raises(options.UsageError) as caught:
+        options.request("start", values, [], local=False)
+    assert str(caught.value) == message
+
+
+def test_the_request_carries_ttl_log_keep_log_max_and_previous():
+    req = options.request("start", options.merged({}, {"project": "/srv/site", "ttl": "2h"}), [], local=False)
+    assert (req["ttl"], req["log_keep"], req["log_max"]) == (7200, 5, 50 << 20)
+    logs = options.request("logs", options.merged({}, {"project": "/srv/site", "previous": True}), [], local=False)
+    assert logs["previous"] is True and logs["ttl"] is None
+
+
+def test_rotation_keeps_log_keep_previous_runs(tmp_path):
+    log = tmp_path / "server.log"
+    for name, text in (("server.log", "run 4"), ("server.log.1", "run 3"), ("server.log.2", "run 2"),
+                       ("server.log.7", "old")):
+        (tmp_path / name).write_text(text)
+    agent.rotate_logs(str(tmp_path), str(log), 2)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["server.log.1", "server.log.2"]
+    assert (tmp_path / "server.log.1").read_text() == "run 4" and (tmp_path / "server.log.2").read_text() == "run 3"
+    agent.rotate_logs(str(tmp_path), str(log), 5)  # no current log: the others move up
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["server.log.2", "server.log.3"]
+    (tmp_path / "server.log").write_text("run 5")
+    agent.rotate_logs(str(tmp_path), str(log), 0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def write_lines(path, first, count):
+    with open(path, "a") as handle:
+        handle.write("".join(LINE % number for number in range(first, first + count)))
+
+
+def numbers(lines):
+    return [int(line.split()[1]) for line in lines]
+
+
+@pytest.mark.parametrize("collapse", [True, False])
+def test_a_cut_keeps_the_newest_lines_whole_behind_one_marker(tmp_path, collapse):
+    log = tmp_path / "server.log"
+    write_lines(log, 0, 2000)
+    size = log.stat().st_size
+    assert agent.cut_log(str(log), 1 << 20, collapse) == 0 and log.stat().st_size == size  # under the cap
+    dropped = agent.cut_log(str(log), 16384, collapse)
+    lines = log.read_text().splitlines()
+    assert dropped > size - 16384 and log.stat().st_size <= 8192 + 4096
+    assert lines[0].startswith("--- fabserve ") and "log cut to its newest part" in lines[0]
+    kept = numbers(lines[1:])
+    assert kept == list(range(kept[0], 2000)) and len(kept) > 100  # whole lines, the newest, in order
+    assert all(line == LINE.rstrip("\n") % number for line, number in zip(lines[1:], kept))
+
+
+@pytest.mark.parametrize("collapse", [True, False])
+def test_a_byte_keeps_its_place_for_a_follower_across_cuts(tmp_path, collapse):
+    log = tmp_path / "server.log"
+    for cut in range(2):  # the second cut counts the first one's bytes too
+        write_lines(log, 2000 * cut, 2000)
+        recent = (LINE % (2000 * cut + 1990)).encode()
+        with open(log, "rb") as handle:
+            before, offset = agent.log_base(handle.fileno()), handle.read().index(recent)
+        assert agent.cut_log(str(log), 16384, collapse) > 0
+        with open(log, "rb") as handle:
+            handle.seek(offset + before - agent.log_base(handle.fileno()))
+            assert handle.readline() == recent
+
+
+def test_a_symlinked_or_other_file_is_never_cut(tmp_path):
+    real = tmp_path / "real"
+    write_lines(real, 0, 2000)
+    link = tmp_path / "server.log"
+    link.symlink_to(real)
+    size = real.stat().st_size
+    assert agent.cut_log(str(link), 4096) == 0 and real.stat().st_size == size
+    os.mkfifo(tmp_path / "fifo")
+    assert agent.cut_log(str(tmp_path / "fifo"), 4096) == 0
+
+
+# Appends numbered lines with O_APPEND, as the server's stdout does, until told to stop.
+WRITER = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+number = 0
+while not os.path.exists(sys.argv[2]):
+    os.write(fd, (sys.argv[3] % number).encode())
+    number += 1
+os.write(fd, (sys.argv[3] % number).encode())
+print(number)
+"""
+
+
+def collapses(directory):
+    """Whether the file system under `directory` removes a file's front in place."""
+    probe = directory / "probe"
+    probe.write_bytes(b"x" * 3 * 65536)
+    with open(probe, "r+b") as handle:
+        return agent.collapse_front(handle.fileno(), 65536)
+
+
+def test_cuts_while_a_writer_appends_keep_its_lines_in_order_and_lose_none_where_collapsing(tmp_path):
+    """Where the file system collapses ranges (ext4, XFS) no line may go missing;
+    elsewhere the copying cut keeps the lines in order (README: its one window)."""
+    strict = collapses(tmp_path)
+    log, done = tmp_path / "server.log", tmp_path / "done"
+    log.write_bytes(b"")
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(log), str(done), LINE], stdout=subprocess.PIPE,
+                              text=True)
+    cuts = 0
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        cuts += agent.cut_log(str(log), 65536) > 0
+    done.touch()
+    last = int(writer.communicate(timeout=30)[0])
+    lines = log.read_text().splitlines()
+    assert cuts > 5, "the writer was too slow for the cuts to race it"
+    assert lines[0].startswith("--- fabserve ") and not any(line.startswith("--- ") for line in lines[1:])
+    kept = numbers(lines[1:])
+    assert kept[-1] == last and kept == sorted(set(kept))
+    if strict:
+        assert kept == list(range(kept[0], last + 1)), "a line went missing"
+
+
+def test_lines_longer_than_the_marker_room_keep_their_places_too(tmp_path):
+    log = tmp_path / "server.log"
+    long_line = "long %06d " + "y" * 500 + "\n"
+    log.write_text("".join(long_line % number for number in range(400)))
+    recent = (long_line % 390).encode()
+    offset = log.read_bytes().index(recent)
+    assert agent.cut_log(str(log), 65536) > 0
+    with open(log, "rb") as handle:
+        assert handle.readline().startswith(b"--- fabserve ")
+        handle.seek(offset - agent.log_base(handle.fileno()))
+        assert handle.readline() == recent
