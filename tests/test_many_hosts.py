@@ -179,3 +179,25 @@ def test_logs_follow_prefixes_each_hosts_lines(machines, tmp_path):
         finally:
             os.killpg(follower.pid, signal.SIGTERM)
             follower.wait(timeout=10)
+
+
+def test_list_across_hosts_one_table_each_and_json_lines_with_their_host(machines):
+    names = sorted(machines.hosts)
+    assert machines.fab("-H", "web", "start").returncode == 0  # the first three hosts
+    result = machines.fab("-H", "all", "list", "--json")
+    assert result.returncode == 0 and result.stderr == ""
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(row["host"] for row in rows) == names[:3]  # one line per server, none for an empty host
+    for row in rows:
+        assert (row["project"], row["port"], row["state"], row["managed"]) == (str(machines.site), PORT,
+                                                                              "running", True), row
+        assert row["url"] == f"http://127.0.0.1:{PORT}/" and len(row["pids"]) == 2
+    table = machines.fab("-H", "all", "list")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    for name in names[:3]:
+        at = lines.index(f"{name}: 1 server")
+        assert lines[at + 1].split()[:3] == ["PROJECT", "PORT", "STATE"]
+        assert lines[at + 2].split()[:4] == [str(machines.site), str(PORT), "running", "yes"]
+    assert all(f"{name}: no servers" in lines for name in names[3:])
+    assert lines[-1] == f"{len(names)} ok"
