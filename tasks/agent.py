@@ -1595,7 +1595,7 @@ def do_list(host, req):
             continue
         try:
             found, note = locate(inst, procs)
-        except AgentError as exc:  # its state is refused (not private): say so in its row
+        except (AgentError, OSError) as exc:  # its state is refused (not private) or unreadable: say so in its row
             found, note = None, str(exc)
         pids = None
         if found is not None and found.pgid is not None:
