@@ -460,14 +460,37 @@ def group_members(pgid):
     return sorted(members)
 
 
-def listen_inodes(port):
-    inodes = set()
+def tcp_tables():
+    """The texts of /proc/net/tcp and tcp6 (those that can be read)."""
+    texts = []
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            inodes |= parse_listen_inodes(read_file(name), port)
+            texts.append(read_file(name))
         except OSError:
             continue
+    return texts
+
+
+def listen_inodes(port, listening=None):
+    """The inodes of sockets listening on `port`: from `listening` (see
+    listeners) when a caller looks at many ports at one moment, else read now."""
+    if listening is not None:
+        return listening.get(port, set())
+    inodes = set()
+    for text in tcp_tables():
+        inodes |= parse_listen_inodes(text, port)
     return inodes
+
+
+def listeners(texts):
+    """Port -> inodes of the sockets listening on it, in /proc/net/tcp{,6} `texts`."""
+    found = {}
+    for text in texts:
+        for line in text.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 10 and fields[3] == "0A":  # 0A: TCP_LISTEN
+                found.setdefault(int(fields[1].rsplit(":", 1)[1], 16), set()).add(fields[9])
+    return found
 
 
 def pids_holding(inodes, pids):
@@ -1042,12 +1065,12 @@ def verb(name, locks=False, host=False):
     return register
 
 
-def health(inst, pids):
+def health(inst, pids, listening=None):
     """(state, message) of a located server's processes: running only when they
-    hold the listening socket and a connection to it succeeds."""
+    hold the listening socket and a connection to it succeeds. `listening`: see listen_inodes."""
     if not pids:
         return STOPPED, "not running"
-    if pids_holding(listen_inodes(inst.port), pids) and port_answers(inst.addr, inst.port):
+    if pids_holding(listen_inodes(inst.port, listening), pids) and port_answers(inst.addr, inst.port):
         return RUNNING, f"running on {inst.url}"
     listed = " ".join(map(str, pids))
     return FAILED, f"process alive (pids {listed}) but nothing of it answers on port {inst.port}"
@@ -1059,14 +1082,15 @@ def do_status(inst):
     return status_of(inst, found, note)
 
 
-def status_of(inst, found, note, pids=None):
+def status_of(inst, found, note, pids=None, listening=None):
     """What status answers for `inst`, whose server locate found (or None),
-    and each row of list; `pids`: its processes when already known."""
+    and each row of list; `pids`: its processes when already known; `listening`:
+    see listen_inodes."""
     if found is None:
         return describe(inst, None, ok=True, changed=False, state=STOPPED,
                         message=join("not running", note))
     pids = found.members() if pids is None else pids
-    state, message = health(inst, pids)
+    state, message = health(inst, pids, listening)
     extra = {}
     leader = proc_stat(found.pgid if found.pgid is not None else pids[0]) if pids else None
     if leader:
@@ -1414,15 +1438,18 @@ def lock_held(path):
     return False
 
 
-def runservers():
+def runservers(groups=None):
     """Every runserver of this user in the agent's namespaces, each a snapshot
-    (see snapshot) with its token, `script` and `port`: one pass over /proc.
+    (see snapshot) with its token, `script` and `port`: one pass over /proc,
+    which also fills `groups` (process group -> this user's live processes in it).
     Decoys (an editor, `tail -f`, `sh -c` naming runserver) are left out by
     runserver_args, containerised twins and `exec -a python` fakes by is_ours."""
     excluded, own = ancestors(), own_namespaces()
     found = []
     for pid in all_pids():
         proc = snapshot(pid, None)
+        if proc is not None and groups is not None and proc["state"] != "Z":
+            groups.setdefault(proc["pgrp"], []).append(pid)
         if proc is None or pid in excluded or proc["state"] == "Z" or proc["cwd"] is None:
             continue
         args = runserver_args(proc["argv"])
@@ -1480,13 +1507,7 @@ def claim_port(host, req):
     marks the port as taken for the next chooser (see taken_ports)."""
     low, high = port_range(req.get("port_range") or DEFAULT_PORT_RANGE)
     addr = req.get("addr") or DEFAULT_ADDR
-    texts = []
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            texts.append(read_file(name))
-        except OSError:
-            continue
-    chosen = choose_port(low, high, taken_ports(host), texts, addr)
+    chosen = choose_port(low, high, taken_ports(host), tcp_tables(), addr)
     if chosen is None:
         raise AgentError(f"no free port from {low} to {high} on {addr} (port_range): every one is listened "
                          f"on or recorded by another instance; nothing was started")
@@ -1549,18 +1570,6 @@ def recorded_project(directory, meta):
     return project if isinstance(project, str) else None
 
 
-def process_groups():
-    """Process group -> the live processes of this user in it, from one pass over /proc."""
-    uid, groups = os.getuid(), {}
-    for pid in all_pids():
-        if owner(pid) != uid:
-            continue
-        info = proc_stat(pid)
-        if info and info["state"] != "Z":
-            groups.setdefault(info["pgrp"], []).append(pid)
-    return groups
-
-
 def runserver_addr(argv):
     """The address a runserver's addrport argument names, else Django's 127.0.0.1."""
     for arg in argv[argv.index("runserver") + 1:]:
@@ -1578,8 +1587,9 @@ def do_list(host, req):
     """Every server of this user on the host, each row as status describes it:
     instances with state (running, stopped with their log kept, stale), then
     runservers fabserve did not start (managed false). Never another user's."""
-    procs = runservers()
-    groups = process_groups()
+    groups = {}
+    procs = runservers(groups)
+    listening = listeners(tcp_tables())  # read once: on a busy host each read costs milliseconds
     rows, claimed = [], set()
     for name, port in host.instances():
         directory = os.path.join(host.dir, name)
@@ -1600,7 +1610,7 @@ def do_list(host, req):
         pids = None
         if found is not None and found.pgid is not None:
             pids = sorted(groups.get(found.pgid, []))
-        row = status_of(inst, found, note, pids)
+        row = status_of(inst, found, note, pids, listening)
         claimed.update(row["pids"])
         rows.append(row)
     unmanaged = {}
@@ -1612,7 +1622,7 @@ def do_list(host, req):
     for (project, port), found_procs in sorted(unmanaged.items()):
         inst = Instance(dict(req, project=project, port=port, addr=runserver_addr(found_procs[0]["argv"])))
         pids = sorted(proc["pid"] for proc in found_procs)
-        row = status_of(inst, Found(pids=pids, managed=False), "", pids)
+        row = status_of(inst, Found(pids=pids, managed=False), "", pids, listening)
         row.update(pidfile=None, log=None, state_dir=None)  # fabserve keeps no state for it
         rows.append(row)
     for row in rows:

@@ -75,6 +75,14 @@ def test_the_chooser_skips_listeners_on_the_address_wildcards_and_taken_ports():
     assert agent.choose_port(18000, 18010, set(), texts, "0.0.0.0") == 18002
 
 
+def test_listeners_map_each_listening_port_to_its_sockets_as_listen_inodes_reads_them():
+    found = agent.listeners([TCP, TCP6])
+    assert found == {18000: {"20301"}, 18001: {"20302"}, 18003: {"20304"}, 18004: {"55321"}}
+    for port in (18000, 18002, 18004):
+        assert agent.listen_inodes(port, found) == agent.parse_listen_inodes(TCP, port) | \
+            agent.parse_listen_inodes(TCP6, port)
+
+
 def test_the_chooser_says_none_when_the_range_is_full():
     assert agent.choose_port(18000, 18001, set(), [TCP], "127.0.0.1") is None
     assert agent.choose_port(18002, 18002, {18002}, [TCP], "127.0.0.1") is None
