@@ -48,7 +48,8 @@ def test_quick_run_writes_the_result(tmp_path: Path) -> None:
     assert set(result) >= {"meta", "cases", "ratios", "targets", "memory", "profile"}
     for name in ("ssh_true", "fab_trivial", "django_ready", "fabserve_status", "fabserve_start",
                  "fabserve_stop", "fabserve_restart", "fabric_start", "ansible_shell_status",
-                 "ansible_raw_stop", "fanout_status_2", "fanout_stop_2", "fanout_trivial_2"):
+                 "ansible_raw_stop", "fanout_status_2", "fanout_stop_2", "fanout_trivial_2",
+                 "fabserve_status_of_20", "fabserve_list_20", "fabserve_start_port", "fabserve_start_auto"):
         case = result["cases"][name]
         assert len(case["times"]) == 1 and case["median"] > 0, (name, case)
     # Counted from the sshd logs; the value itself is a target, reported but not asserted.
