@@ -22,7 +22,7 @@ from bench.results import case_row, compare, loadavg, machine, memory_lines, ren
 from bench.shell import BenchError, log
 
 IDLE_LOAD = 0.7
-SKIPPABLE = {"ansible", "diy", "fanout", "module", "profile"}
+SKIPPABLE = {"ansible", "diy", "fanout", "many", "module", "profile"}
 
 
 def wait_idle(limit: float) -> None:
@@ -40,7 +40,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=5, help="measured repetitions of every case (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (default 1)")
     parser.add_argument("--hosts", type=int, default=20, help="hosts for the fan-out, 1-99 (default 20)")
-    parser.add_argument("--skip", default="", help="comma list of: ansible, diy, fanout, module, profile")
+    parser.add_argument("--skip", default="", help="comma list of: ansible, diy, fanout, many, module, profile")
     parser.add_argument("--out", type=Path, help="JSON file to write (default bench/results/<timestamp>.json)")
     parser.add_argument("--compare", type=Path, help="an earlier JSON result to compare the medians with")
     parser.add_argument("--wait-idle", type=float, default=0, metavar="S",
@@ -49,7 +49,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.skip = {word.strip() for word in args.skip.split(",") if word.strip()}
     if args.skip - SKIPPABLE or args.reps < 1 or args.warmup < 0 or not 1 <= args.hosts <= 99:
-        parser.error("--reps >= 1, --warmup >= 0, --hosts 1-99, --skip from ansible,diy,fanout,module,profile")
+        parser.error("--reps >= 1, --warmup >= 0, --hosts 1-99, --skip from ansible,diy,fanout,many,module,profile")
     return args
 
 

@@ -11,11 +11,14 @@ from typing import Any
 from bench.samples import Case, Sample, fmt_count, spread
 
 FABSERVE_OPS = ["fabserve_status", "fabserve_start", "fabserve_stop", "fabserve_restart", "fabserve_logs",
-                "installed_status"]
+                "installed_status",
+                "fabserve_list_20", "fabserve_start_auto"]
 INSTALLED_LIMIT = 1.02  # the installed `fabserve` command: at most this many times `fab` in the checkout
 LOGS_LIMIT = 3.0  # a big log's tail: at most this many times OpenSSH's `tail -n`
 FANOUT_TARGET_SIZE = 10  # fan-out target: this many hosts take at most FANOUT_LIMIT x one host
 FANOUT_LIMIT = 1.5
+LIST_LIMIT = 1.2  # list on a host with 20 instances: at most this many times status of one
+AUTO_LIMIT = 1.05  # start --port auto: at most this many times start --port N
 
 
 @dataclass
@@ -82,6 +85,10 @@ def ratios(cases: dict[str, Case], sizes: Sequence[int], cpus: int) -> list[Rati
           "installed_status", "fabserve_status", INSTALLED_LIMIT)
     ratio("import_installed/import_checkout", "import time: installed / checkout",
           "import_installed", "import_checkout")
+    ratio("list_20/status_of_20", "list of 20 instances / status of one", "fabserve_list_20",
+          "fabserve_status_of_20", LIST_LIMIT)
+    ratio("start_auto/start_port", "start --port auto / start --port N", "fabserve_start_auto",
+          "fabserve_start_port", AUTO_LIMIT)
     for verb in ("status", "start", "stop", "restart"):
         ratio(f"{verb}/ssh_true", f"{verb} / ssh true", "fabserve_" + verb, "ssh_true")
     ratio("ssh_agent_status/ssh_true", "agent status over OpenSSH / ssh true", "ssh_agent_status", "ssh_true")

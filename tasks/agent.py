@@ -203,6 +203,16 @@ def instance_name(project, port):
     return f"{slug[:40]}-{port}-{digest}"
 
 
+INSTANCE_DIR = re.compile(r"-([0-9]{1,5})-[0-9a-f]{10}$")
+
+
+def instance_port(name):
+    """The port in an instance directory's name (see instance_name), or None."""
+    match = INSTANCE_DIR.search(name)
+    port = int(match.group(1)) if match else 0
+    return port if 1 <= port <= 65535 else None
+
+
 def given_path(path, cwd=None):
     """A project path as the user named it: absolute, `~` expanded, `.` and
     doubled slashes dropped, symlinks kept. Up to its last `..` it is resolved
@@ -450,14 +460,37 @@ def group_members(pgid):
     return sorted(members)
 
 
-def listen_inodes(port):
-    inodes = set()
+def tcp_tables():
+    """The texts of /proc/net/tcp and tcp6 (those that can be read)."""
+    texts = []
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            inodes |= parse_listen_inodes(read_file(name), port)
+            texts.append(read_file(name))
         except OSError:
             continue
+    return texts
+
+
+def listen_inodes(port, listening=None):
+    """The inodes of sockets listening on `port`: from `listening` (see
+    listeners) when a caller looks at many ports at one moment, else read now."""
+    if listening is not None:
+        return listening.get(port, set())
+    inodes = set()
+    for text in tcp_tables():
+        inodes |= parse_listen_inodes(text, port)
     return inodes
+
+
+def listeners(texts):
+    """Port -> inodes of the sockets listening on it, in /proc/net/tcp{,6} `texts`."""
+    found = {}
+    for text in texts:
+        for line in text.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 10 and fields[3] == "0A":  # 0A: TCP_LISTEN
+                found.setdefault(int(fields[1].rsplit(":", 1)[1], 16), set()).add(fields[9])
+    return found
 
 
 def pids_holding(inodes, pids):
@@ -541,6 +574,47 @@ def remove(path):
             raise
 
 
+def levels(base, directory):
+    """The state directories from `base` down to `directory`."""
+    found = [directory]
+    while found[-1] != base and os.path.dirname(found[-1]) != found[-1]:
+        found.append(os.path.dirname(found[-1]))
+    return found[::-1]
+
+
+class Host(object):
+    """This user's fabserve state on this host: where it lives, and which host it is."""
+
+    def __init__(self, req):
+        # Absolute, so results name it the same whatever the agent's working directory.
+        self.base = os.path.abspath(os.path.expanduser(req.get("state_dir") or os.path.join(
+            os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "fabserve")))
+        # Per host: a home shared by several hosts (NFS) holds one directory each.
+        self.machine_id, self.hostname = machine_id(), os.uname()[1]
+        self.dir = os.path.join(self.base, "hosts", host_key(self.machine_id, self.hostname))
+
+    def lock(self):
+        """Serialise choosing a port (--port auto) across this user's agents on the host."""
+        for path in levels(self.base, self.dir):
+            private_dir(path)
+        fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def instances(self):
+        """(directory name, port) of every instance directory this host holds."""
+        try:
+            names = sorted(os.listdir(self.dir))
+        except OSError:
+            return []
+        found = []
+        for name in names:
+            port = instance_port(name)
+            if port is not None and os.path.isdir(os.path.join(self.dir, name)):
+                found.append((name, port))
+        return found
+
+
 class Instance(object):
     """One server: a project directory and a port on this host, and its files."""
 
@@ -549,19 +623,16 @@ class Instance(object):
         # the symlink moves to another release; launched from the path it resolves to.
         self.given = given_path(req["project"])
         self.project = os.path.realpath(self.given)
-        self.port = req["port"]
+        # No port (see resolve_instance, which names one first when it can): start's default.
+        self.port = req["port"] if isinstance(req.get("port"), int) else DEFAULT_PORT
         # None: the address recorded at start (locate reads it), else DEFAULT_ADDR.
         self.addr_given = req.get("addr")
         self.addr = self.addr_given or DEFAULT_ADDR
         self.req = req
         self.manage_py = os.path.join(self.project, "manage.py")
         self.given_manage_py = os.path.join(self.given, "manage.py")
-        # Absolute, so results name it the same whatever the agent's working directory.
-        self.base = os.path.abspath(os.path.expanduser(req.get("state_dir") or os.path.join(
-            os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "fabserve")))
-        # Per host: a home shared by several hosts (NFS) holds one directory each.
-        self.machine_id, self.hostname = machine_id(), os.uname()[1]
-        self.host_dir = os.path.join(self.base, "hosts", host_key(self.machine_id, self.hostname))
+        host = Host(req)
+        self.base, self.machine_id, self.hostname, self.host_dir = host.base, host.machine_id, host.hostname, host.dir
         self.dir = os.path.join(self.host_dir, instance_name(self.given, self.port))
         # Where versions before per-host state kept it; read, never written.
         self.legacy_dir = os.path.join(self.base, instance_name(self.project, self.port))
@@ -595,10 +666,7 @@ class Instance(object):
 
     def levels(self, directory):
         """The state directories from the base down to `directory`."""
-        found = [directory]
-        while found[-1] != self.base and os.path.dirname(found[-1]) != found[-1]:
-            found.append(os.path.dirname(found[-1]))
-        return found[::-1]
+        return levels(self.base, directory)
 
     def read_meta(self, directory=None):
         """(pid, meta) recorded by the last start in `directory` (default: this
@@ -693,12 +761,13 @@ def verify(pid, meta):
     return None
 
 
-def locate(inst):
+def locate(inst, procs=None):
     """The running server of `inst` (Found) or None, plus a note on stale state.
 
     The pidfile is this host's; without one, the one a version before per-host
     state wrote. Its metadata gives the token, the address and the release
-    (on `inst`); one another host recorded is left to that host.
+    (on `inst`); one another host recorded is left to that host. `procs`: the
+    runservers (see runservers) to search instead of /proc, for list.
     """
     note = ""
     token = None
@@ -714,7 +783,7 @@ def locate(inst):
         other = other_host(meta, inst.machine_id, inst.hostname)
         if other is not None:
             inst.foreign = other
-            return search(inst, None), f"the pidfile is of a server started on host {other}: left to that host"
+            return search(inst, None, procs), f"the pidfile is of a server started on host {other}: left to that host"
         inst.recorded = meta
         token = meta.get("token")
         if not inst.addr_given and recorded_addr(meta):
@@ -726,10 +795,10 @@ def locate(inst):
             trusted(inst, meta)
             return Found(pgid=pid), ""
         note = f"stale pidfile{' of the previous state layout' if legacy else ''}: {why}"
-    return search(inst, token), note
+    return search(inst, token, procs), note
 
 
-def search(inst, token):
+def search(inst, token, procs=None):
     """Fallback without a trusted pidfile: the equivalent of `pgrep -u $USER -f
     'manage.py runserver'`, but on parsed argv, resolved paths, port, executable
     and namespaces, so decoys and containerised twins never match."""
@@ -738,8 +807,7 @@ def search(inst, token):
     manage_py = os.path.realpath(inst.manage_py)
     own = own_namespaces()
     matched = []
-    for pid in all_pids():
-        proc = snapshot(pid, token)
+    for proc in procs if procs is not None else (snapshot(pid, token) for pid in all_pids()):
         if (proc and is_candidate(proc, manage_py, inst.port, uid, token, excluded, inst.given_manage_py)
                 and is_ours(identify(proc), token, own)):
             matched.append(proc)
@@ -1252,6 +1320,9 @@ EXTRAS = (
     ("port_free", ("stop",), "whether the port is free afterwards"),
     ("stopped_pids", ("restart",), "the processes the restart stopped"),
     ("lines", ("logs",), "the log's last lines"),
+    ("ambiguous", ("start", "stop", "status", "restart", "logs"),
+     "the ports of the project's instances, when no port was given and there are several (exit 2)"),
+    ("rows", ("list",), "the host's instances, each as status describes it"),
 )
 
 
@@ -1287,23 +1358,28 @@ def describe(inst, found, **fields):
 # The verbs: name -> (function of an Instance returning a result, whether it
 # holds the instance's lock). Filled by @verb.
 VERBS = {}
+# The verbs that act on the host rather than one instance: called with a Host and the request.
+HOST_VERBS = set()
 
 
-def verb(name, locks=False):
+def verb(name, locks=False, host=False):
     """Register the decorated function as verb `name`; `locks`: it runs holding
-    the instance's lock, so start, stop and restart never overlap."""
+    the instance's lock, so start, stop and restart never overlap; `host`: it
+    names no instance."""
     def register(function):
         VERBS[name] = (function, locks)
+        if host:
+            HOST_VERBS.add(name)
         return function
     return register
 
 
-def health(inst, pids):
+def health(inst, pids, listening=None):
     """(state, message) of a located server's processes: running only when they
-    hold the listening socket and a connection to it succeeds."""
+    hold the listening socket and a connection to it succeeds. `listening`: see listen_inodes."""
     if not pids:
         return STOPPED, "not running"
-    if pids_holding(listen_inodes(inst.port), pids) and port_answers(inst.addr, inst.port):
+    if pids_holding(listen_inodes(inst.port, listening), pids) and port_answers(inst.addr, inst.port):
         return RUNNING, f"running on {inst.url}"
     listed = " ".join(map(str, pids))
     return FAILED, f"process alive (pids {listed}) but nothing of it answers on port {inst.port}"
@@ -1312,11 +1388,18 @@ def health(inst, pids):
 @verb("status")
 def do_status(inst):
     found, note = locate(inst)
+    return status_of(inst, found, note)
+
+
+def status_of(inst, found, note, pids=None, listening=None):
+    """What status answers for `inst`, whose server locate found (or None),
+    and each row of list; `pids`: its processes when already known; `listening`:
+    see listen_inodes."""
     if found is None:
         return describe(inst, None, ok=True, changed=False, state=STOPPED,
                         message=join("not running", note))
-    pids = found.members()
-    state, message = health(inst, pids)
+    pids = found.members() if pids is None else pids
+    state, message = health(inst, pids, listening)
     extra = {}
     leader = proc_stat(found.pgid if found.pgid is not None else pids[0]) if pids else None
     if leader:
@@ -1499,6 +1582,7 @@ def do_start(inst):
         raise AgentError(f"{inst.pidfile} records a server started on host {inst.foreign}: "
                          f"it is that host's, so it is not replaced; nothing was started")
     inst.forget()
+    remember(inst)
     proc, offset = launch(inst, python)
     found = Found(pgid=proc.pid)
     deadline = time.time() + inst.req["start_timeout"]
@@ -1636,6 +1720,256 @@ def refollow(handle, pos, base):
     if now == base or not 0 <= moved <= os.fstat(handle.fileno()).st_size:
         moved = 0
     return handle.seek(moved), now
+# ------------------------------------------------------ many instances per host
+
+
+AUTO = "auto"  # the port that says: choose a free one from the request's port_range
+DEFAULT_PORT = 8000  # start's port when none is given anywhere
+DEFAULT_PORT_RANGE = "8000-8999"
+PORT_RANGE = re.compile(r"^([0-9]{1,5})-([0-9]{1,5})$")
+STARTS = ("start", "restart")  # the verbs that may start a server on a chosen port
+
+
+def port_range(text):
+    """(low, high) of a port range written `LOW-HIGH`, else ValueError saying
+    what it must be (the client names the value and where it was given)."""
+    match = PORT_RANGE.match(text.strip()) if isinstance(text, str) else None
+    low, high = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+    if not 1 <= low <= high <= 65535:
+        raise ValueError("must be LOW-HIGH, two ports from 1 to 65535 with LOW at most HIGH")
+    return low, high
+
+
+def choose_port(low, high, taken, tcp_texts, addr):
+    """The first port from low to high that is not in `taken` and that no
+    listener in the /proc/net/tcp{,6} texts holds for `addr` (the same address,
+    a wildcard, or an IPv4-mapped one: see conflicts); None when there is none."""
+    ours = packed(addr)
+    for port in range(low, high + 1):
+        if port in taken:
+            continue
+        if not any(conflicts(bound, ours) for text in tcp_texts for _, bound in parse_listeners(text, port)):
+            return port
+    return None
+
+
+class Ambiguous(AgentError):
+    """No port was given and the project has several instances: a usage error, exit 2."""
+
+    def __init__(self, project, ports, what="instances"):
+        listed = ", ".join(str(port) for port in ports)
+        AgentError.__init__(self, f"{project} has {len(ports)} {what} on this host, on ports {listed}: "
+                                  f"name one with --port", ambiguous=list(ports))
+
+
+def lock_held(path):
+    """Whether another agent holds the lock file `path` (starting or stopping that instance)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also drops the lock, if this probe took it
+    return False
+
+
+def runservers(groups=None):
+    """Every runserver of this user in the agent's namespaces, each a snapshot
+    (see snapshot) with its token, `script` and `port`: one pass over /proc,
+    which also fills `groups` (process group -> this user's live processes in it).
+    Decoys (an editor, `tail -f`, `sh -c` naming runserver) are left out by
+    runserver_args, containerised twins and `exec -a python` fakes by is_ours."""
+    excluded, own = ancestors(), own_namespaces()
+    found = []
+    for pid in all_pids():
+        proc = snapshot(pid, None)
+        if proc is not None and groups is not None and proc["state"] != "Z":
+            groups.setdefault(proc["pgrp"], []).append(pid)
+        if proc is None or pid in excluded or proc["state"] == "Z" or proc["cwd"] is None:
+            continue
+        args = runserver_args(proc["argv"])
+        if args is not None and is_ours(identify(proc), None, own):
+            proc["script"], proc["port"] = args
+            proc["token"] = environ_token(pid)
+            found.append(proc)
+    return found
+
+
+def project_instances(host, req, procs):
+    """(live, recorded): the ports of the project's instances on this host.
+    Live: a server runs (trusted pidfile, or found among `procs`), or an agent
+    is starting or stopping it now. Recorded: only state is left (a stale
+    pidfile, a kept log)."""
+    given = given_path(req["project"])
+    live, recorded = set(), set()
+    for name, port in host.instances():
+        if name != instance_name(given, port):
+            continue
+        inst = Instance(dict(req, port=port))
+        if lock_held(os.path.join(inst.dir, "lock")):
+            live.add(port)
+            continue
+        try:
+            pid, meta = inst.read_meta()
+        except (ValueError, AgentError):
+            pid = meta = None
+        if pid is not None and other_host(meta, host.machine_id, host.hostname) is None and verify(pid, meta) is None:
+            live.add(port)
+        elif os.path.lexists(inst.pidfile) or os.path.lexists(inst.log):
+            recorded.add(port)
+    probe = Instance(dict(req, port=DEFAULT_PORT))
+    manage_py, uid, excluded = os.path.realpath(probe.manage_py), os.getuid(), ancestors()
+    for proc in procs:
+        if is_candidate(proc, manage_py, proc["port"], uid, None, excluded, probe.given_manage_py):
+            live.add(proc["port"])
+    return sorted(live), sorted(recorded - live)
+
+
+def taken_ports(host):
+    """The ports no chosen port may be: those recorded by a pidfile in this
+    host's state (stale ones too), and those an agent is starting or stopping."""
+    taken = set()
+    for name, port in host.instances():
+        directory = os.path.join(host.dir, name)
+        if os.path.lexists(os.path.join(directory, "server.pid")) or lock_held(os.path.join(directory, "lock")):
+            taken.add(port)
+    return taken
+
+
+def claim_port(host, req):
+    """A free port of the request's range for a new instance (see choose_port).
+    The caller holds the host's lock until it holds the new instance's own, which
+    marks the port as taken for the next chooser (see taken_ports)."""
+    low, high = port_range(req.get("port_range") or DEFAULT_PORT_RANGE)
+    addr = req.get("addr") or DEFAULT_ADDR
+    chosen = choose_port(low, high, taken_ports(host), tcp_tables(), addr)
+    if chosen is None:
+        raise AgentError(f"no free port from {low} to {high} on {addr} (port_range): every one is listened "
+                         f"on or recorded by another instance; nothing was started")
+    return chosen
+
+
+def resolve_instance(req):
+    """`req` with the port of the instance it names, and the host's lock when
+    that port was just chosen (else None).
+
+    A port given (a number) names it. None (given nowhere) or `auto`: the
+    project's one live instance on this host; several: Ambiguous (exit 2).
+    None live: start and restart with `auto` choose a free port (see claim_port),
+    under the host's lock so concurrent starts never choose the same one, and
+    the project's check runs under it too; otherwise the project's one recorded
+    instance (several: Ambiguous), else DEFAULT_PORT, as before ports were optional.
+    """
+    port = req.get("port")
+    if isinstance(port, int):
+        return req, None
+    host = Host(req)
+    choosing = port == AUTO and req["action"] in STARTS
+    held = host.lock() if choosing else None
+    try:
+        live, recorded = project_instances(host, req, runservers())
+        if len(live) > 1:
+            raise Ambiguous(req["project"], live)
+        if live:
+            port = live[0]
+        elif choosing:
+            return dict(req, port=claim_port(host, req)), held
+        elif len(recorded) > 1:
+            raise Ambiguous(req["project"], recorded, "stopped instances")
+        else:
+            port = recorded[0] if recorded else DEFAULT_PORT
+    except BaseException:
+        if held is not None:
+            os.close(held)
+        raise
+    if held is not None:
+        os.close(held)
+    return dict(req, port=port), None
+
+
+def remember(inst):
+    """Record which project and port the instance directory is for, kept after
+    stop with its log, so list can name the project of a stopped instance."""
+    write_atomic(os.path.join(inst.dir, "instance.json"), json.dumps({"project": inst.given, "port": inst.port}))
+
+
+def recorded_project(directory, meta):
+    """The project path as given that an instance directory is for (see
+    remember; else its metadata's), or None when neither says."""
+    path = os.path.join(directory, "instance.json")
+    try:
+        check_private(path, "instance record")
+        project = json.loads(read_file(path)).get("project")
+    except (OSError, ValueError, AttributeError, AgentError):
+        project = (meta or {}).get("project_given")
+    return project if isinstance(project, str) else None
+
+
+def runserver_addr(argv):
+    """The address a runserver's addrport argument names, else Django's 127.0.0.1."""
+    for arg in argv[argv.index("runserver") + 1:]:
+        if not arg.startswith("-") and ":" in arg:
+            host = arg.rsplit(":", 1)[0].strip("[]")
+            if host == "0":  # Django's shorthand for 0.0.0.0
+                return "0.0.0.0"
+            if ADDRESS.match(host):
+                return host
+    return DEFAULT_ADDR
+
+
+@verb("list", host=True)
+def do_list(host, req):
+    """Every server of this user on the host, each row as status describes it:
+    instances with state (running, stopped with their log kept, stale), then
+    runservers fabserve did not start (managed false). Never another user's."""
+    groups = {}
+    procs = runservers(groups)
+    listening = listeners(tcp_tables())  # read once: on a busy host each read costs milliseconds
+    rows, claimed = [], set()
+    for name, port in host.instances():
+        directory = os.path.join(host.dir, name)
+        try:
+            meta = json.loads(read_file(os.path.join(directory, "server.json")))
+        except (OSError, ValueError):
+            meta = None
+        project = recorded_project(directory, meta if isinstance(meta, dict) else None)
+        if project is None or instance_name(project, port) != name:
+            continue  # a lock alone (a stop of nothing), or files that do not name this directory
+        inst = Instance(dict(req, project=project, port=port, addr=None))
+        if not (os.path.lexists(inst.pidfile) or os.path.lexists(inst.log)):
+            continue
+        try:
+            found, note = locate(inst, procs)
+        except (AgentError, OSError) as exc:  # its state is refused (not private) or unreadable: say so in its row
+            found, note = None, str(exc)
+        pids = None
+        if found is not None and found.pgid is not None:
+            pids = sorted(groups.get(found.pgid, []))
+        row = status_of(inst, found, note, pids, listening)
+        claimed.update(row["pids"])
+        rows.append(row)
+    unmanaged = {}
+    for proc in procs:
+        if proc["pid"] in claimed:
+            continue
+        script = os.path.realpath(os.path.join(proc["cwd"], proc["script"]))
+        unmanaged.setdefault((os.path.dirname(script), proc["port"]), []).append(proc)
+    for (project, port), found_procs in sorted(unmanaged.items()):
+        inst = Instance(dict(req, project=project, port=port, addr=runserver_addr(found_procs[0]["argv"])))
+        pids = sorted(proc["pid"] for proc in found_procs)
+        row = status_of(inst, Found(pids=pids, managed=False), "", pids, listening)
+        row.update(pidfile=None, log=None, state_dir=None)  # fabserve keeps no state for it
+        rows.append(row)
+    for row in rows:
+        row["action"] = "list"
+    count = len(rows)
+    message = f"{count} server{'s' if count != 1 else ''}" if count else "no servers"
+    return result_of(ok=True, changed=False, state=None, message=message, rows=rows)
+
 
 
 def join(*parts):
@@ -1646,7 +1980,10 @@ CODES = {RUNNING: 0, STOPPED: 3}
 
 
 def exit_code(action, result):
-    """0 success or no-op, 1 failed, 3 status: not running (LSB)."""
+    """0 success or no-op, 1 failed, 2 no port given and several instances of
+    the project, 3 status: not running (LSB)."""
+    if result.get("ambiguous"):
+        return 2
     if action == "status" and result.get("error") is None:
         return CODES.get(result["state"], 1)
     return 0 if result["ok"] else 1
@@ -1655,26 +1992,45 @@ def exit_code(action, result):
 def handle(req):
     action = req["action"]
     run, locks = VERBS[action]
-    inst = Instance(req)
+    inst = None
     try:
-        if locks:
-            fd = inst.lock()
-            try:
-                result = run(inst)
-            finally:
-                os.close(fd)
+        if action in HOST_VERBS:
+            result = run(Host(req), req)
         else:
-            result = run(inst)
+            # The port named, found or chosen; `held`: the host's lock, while a chosen one is claimed.
+            req, held = resolve_instance(req)
+            inst = Instance(req)
+            try:
+                fd = inst.lock() if locks else None
+            finally:
+                if held is not None:
+                    os.close(held)
+            if fd is not None:
+                try:
+                    result = run(inst)
+                finally:
+                    os.close(fd)
+            else:
+                result = run(inst)
         if result is None:
             return None
     except AgentError as exc:
-        result = describe(inst, None, ok=False, changed=False, state=exc.state, error=str(exc),
-                          message=str(exc), **exc.extra)
+        result = failure(inst, req, str(exc), exc.state, exc.extra)
     except OSError as exc:  # e.g. a state directory that turned read-only or full mid-way
         error = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
-        result = describe(inst, None, ok=False, changed=False, state=FAILED, error=error, message=error)
+        result = failure(inst, req, error, FAILED, {})
     result["action"] = action
     return result
+
+
+def failure(inst, req, error, state, extra):
+    """The result of a verb that failed: for its instance, or, before one was
+    named (several instances of the project, a state directory refused), for the project."""
+    if inst is not None:
+        return describe(inst, None, ok=False, changed=False, state=state, error=error, message=error, **extra)
+    project = os.path.realpath(given_path(req["project"])) if req.get("project") else None
+    return result_of(ok=False, changed=False, state=state, error=error, message=error, project=project,
+                     port=None, state_dir=None, managed=None, **extra)
 
 
 def main(argv):

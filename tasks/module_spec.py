@@ -73,6 +73,8 @@ def ansible_type(setting: options.Setting) -> str:
     if isinstance(default, Mapping):
         return "dict"
     if isinstance(default, (int, float)):
+        if accepts(setting, agent.AUTO):  # a number or `auto` (port)
+            return "raw"
         return "float" if accepts(setting, 0.5) else "int"
     return "str"
 
@@ -89,7 +91,9 @@ def argument_spec() -> Dict[str, Dict[str, Any]]:
         entry: Dict[str, Any] = {"type": ansible_type(setting)}
         if required(setting):
             entry["required"] = True
-        elif setting.default is not None:
+        elif setting.default is not None and entry["type"] != "raw":
+            # A raw setting's default is the verb's (port: start's 8000; given
+            # nowhere, the other states act on the project's one instance).
             entry["default"] = setting.default
         spec[setting.name] = entry
     for flag, settings in shared_flags().items():

@@ -12,7 +12,9 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union
+
+from .agent import AUTO, DEFAULT_PORT, DEFAULT_PORT_RANGE, port_range
 
 # The checkout's, beside tasks/; only `fab` in the checkout uses them (tasks/entrypoints.py).
 DEFAULT_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "hosts.yml"
@@ -20,8 +22,15 @@ CONNECT_TIMEOUT = 10  # seconds; Fabric's own default is to wait forever
 EXAMPLE_PROJECT = Path(__file__).resolve().parent.parent / "example"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SETTINGS_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-VERBS = ("start", "stop", "status", "restart", "logs")
+#: The verbs that act on one instance (a project and a port), and all of them.
+INSTANCE_VERBS = ("start", "stop", "status", "restart", "logs")
+VERBS = INSTANCE_VERBS + ("list",)
 STARTING = ("start", "restart")
+#: The verbs for which a port given nowhere means DEFAULT_PORT; for the others
+#: it travels as null and names the project's one instance on the host.
+PORT_DEFAULTED = ("start",)
+#: The verbs that name no project.
+PROJECTLESS = ("list",)
 
 
 class UsageError(Exception):
@@ -64,11 +73,22 @@ def whole(value: Any) -> Optional[int]:
     return None
 
 
-def parse_port(value: Any) -> int:
+def parse_port(value: Any) -> Union[int, str]:
+    """A port number, or `auto`: the agent chooses a free one from port_range."""
+    if isinstance(value, str) and value.strip() == AUTO:
+        return AUTO
     port = whole(value.strip() if isinstance(value, str) else value)
     if port is None or not 1 <= port <= 65535:
         raise Invalid(f"must be a number from 1 to 65535, not {shown(value)}")
     return port
+
+
+def parse_port_range(value: Any) -> str:
+    try:
+        low, high = port_range(text_of(value, "a port range LOW-HIGH"))
+    except ValueError as exc:
+        raise Invalid(f"{exc}, not {shown(value)}") from None
+    return f"{low}-{high}"
 
 
 def parse_addr(value: Any) -> str:
@@ -239,10 +259,11 @@ SETTINGS: Tuple[Setting, ...] = (
             "Django project directory (holding manage.py) on the target; "
             "default: fabserve.project; locally, the bundled example in fabserve's checkout, "
             "the current directory (holding manage.py) when installed",
-            verbs=VERBS, per_host=True, request=True),
-    Setting("port", 8000, parse_port,
-            "port runserver listens on (default {default}); with --project it names the instance",
-            verbs=VERBS, per_host=True, request=True),
+            verbs=INSTANCE_VERBS, per_host=True, request=True),
+    Setting("port", DEFAULT_PORT, parse_port,
+            "port runserver listens on, or auto: a free one from port_range (start's default {default}); "
+            "with --project it names the instance, and without it the other verbs act on the project's one instance",
+            verbs=INSTANCE_VERBS, per_host=True, request=True),
     # Not given, it travels as null: the agent then uses the address recorded at
     # start, else 127.0.0.1, so a plain status or restart finds `--addr 127.0.0.2`.
     Setting("addr", None, optional(parse_addr),
@@ -268,7 +289,8 @@ SETTINGS: Tuple[Setting, ...] = (
             verbs=("logs",), per_host=True, request=True),
     Setting("follow", False, parse_switch, "keep printing lines as they are appended, until interrupted",
             verbs=("logs",), request=True, config=False),
-    Setting("json", False, parse_switch, "print one JSON object per host on stdout and nothing else", verbs=VERBS),
+    Setting("json", False, parse_switch, "print JSON on stdout and nothing else: one object per host (list: one per server)",
+            verbs=VERBS),
     Setting("ttl", None, optional(parse_duration),
             "stop the server after this long, e.g. 30m, 2h, 1d (default: never; restart keeps the old one)",
             verbs=STARTING, per_host=True, request=True),
@@ -288,6 +310,8 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("concurrency", 10, parse_concurrency, "hosts worked on at the same time"),
     Setting("strict_host_keys", False, parse_switch,
             "refuse hosts that are not in known_hosts, whatever ssh_config says (for CI)"),
+    Setting("port_range", DEFAULT_PORT_RANGE, parse_port_range,
+            "ports --port auto chooses from, LOW-HIGH", per_host=True, request=True),
 )
 SETTING: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 
@@ -318,10 +342,17 @@ class Values(Dict[str, Any]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.origin: Dict[str, Origin] = {}
+        #: Names whose config value is only the collection's registered default.
+        self.defaulted: Set[str] = set()
 
     def give(self, name: str, value: Any, origin: Origin) -> None:
         self[name] = value
         self.origin[name] = origin
+        self.defaulted.discard(name)
+
+    def given(self, name: str) -> bool:
+        """Whether setting `name` was given anywhere: a flag, the inventory or a config source."""
+        return name in self.origin and name not in self.defaulted
 
 
 def flags_of(verb: str) -> List[Setting]:
@@ -369,6 +400,15 @@ def config_where(config: Any, name: str) -> str:
     return ""
 
 
+def configured(config: Any, name: str) -> bool:
+    """Whether a config source (not the collection's defaults) sets fabserve.`name`."""
+    for layer, _ in layers(config):
+        given = layer.get("fabserve")
+        if isinstance(given, Mapping) and name in given:
+            return True
+    return False
+
+
 def config_error(config: Any, error: Exception) -> str:
     """One line for an error invoke raised while merging or casting the config.
 
@@ -402,6 +442,8 @@ def merged(config: Mapping[str, Any], flags: Mapping[str, Any], host_vars: Optio
     for name, value in config.items():
         if name in DEFAULTS:
             values.give(name, value, (f"fabserve.{name}", config_where(config_origin, name)))
+            if config_origin is not None and not configured(config_origin, name):
+                values.defaulted.add(name)
     for name, value in (host_vars or {}).items():
         if name in DEFAULTS:
             values.give(name, value, (name, " (from the inventory)"))
@@ -438,12 +480,13 @@ def request(action: str, values: Mapping[str, Any], env_flags: Optional[Iterable
     where they differ from the settings they set.
     """
     origin = dict(getattr(values, "origin", {}))
+    port_given = values.given("port") if isinstance(values, Values) else "port" in values
     values = dict(values)
     for each in flags_of(action):  # --timeout sets start_timeout or stop_timeout, by verb
         if each.flag and values.get(each.flag) is not None:
             values[each.name] = values[each.flag]
             origin[each.name] = origin.get(each.flag, (f"--{each.flag}", ""))
-    if values["project"] is None:
+    if values["project"] is None and action not in PROJECTLESS:
         if not local:
             raise UsageError("--project is required for a remote host (or set fabserve.project)")
         values["project"] = str(EXAMPLE_PROJECT)
@@ -454,7 +497,12 @@ def request(action: str, values: Mapping[str, Any], env_flags: Optional[Iterable
     req: Dict[str, Any] = {"action": action}
     for each in SETTINGS:
         if each.request:
+            if each.name == "project" and action in PROJECTLESS:
+                req[each.name] = None
+                continue
             req[each.name] = each.check(values.get(each.name, each.default), origin.get(each.name))
+    if not port_given and action not in PORT_DEFAULTED:
+        req["port"] = None
     return req
 
 

@@ -14,15 +14,18 @@ from fabric.main import program as fab_program
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from . import entrypoints, options, remote, report
+from . import entrypoints, listing, options, remote, report
 from .agent import RUNNING
 from .report import Formatter, pid_list, plain
 
 
-def verb(body: Callable[..., Any]) -> Any:
-    """@task for the verb named like `body`, with its flags' help from the settings table."""
-    name = body.__name__
-    return task(help=options.helps(name), iterable=options.repeatable(name))(body)
+def verb(body: Optional[Callable[..., Any]] = None, *, name: Optional[str] = None) -> Any:
+    """@task for the verb named like `body`, with its flags' help from the settings table;
+    @verb(name=...) for a verb whose name Python already uses (`list`)."""
+    def build(body: Callable[..., Any]) -> Any:
+        called = name or body.__name__
+        return task(name=called, help=options.helps(called), iterable=options.repeatable(called))(body)
+    return build(body) if body is not None else build
 
 
 def host_values(c: Context, flags: Dict[str, Any]) -> Dict[str, Any]:
@@ -243,3 +246,18 @@ def logs(c, project=None, port=None, lines=None, follow=False, json=False, previ
         return None
     result["host"] = host
     return finish(c, result, flags, show_logs)
+
+
+@verb(name="list")
+def list_servers(c, json=False):
+    """List every server of the connecting user on the host: managed ones
+    (running, stopped with their log kept, stale) and runservers fabserve did
+    not start, as a table; with --json, one line per server with its host.
+    """
+    flags = dict(json=json)
+    result = operate(c, "list", flags)
+    if options.setting(c.config, "json", flags):
+        for line in listing.json_lines(result):
+            report.say(line)
+        return result
+    return finish(c, result, flags, listing.show_list)

@@ -50,7 +50,9 @@ def test_quick_run_writes_the_result(tmp_path: Path) -> None:
                  "fabserve_stop", "fabserve_restart", "fabric_start", "ansible_shell_status",
                  "ansible_raw_stop", "fanout_status_2", "fanout_stop_2", "fanout_trivial_2",
                  "installed_status", "import_installed", "import_checkout",
-                 "vs_module_fab_start_1", "vs_module_module_status_1", "vs_module_module_pipelined_stop_1"):
+                 "vs_module_fab_start_1", "vs_module_module_status_1", "vs_module_module_pipelined_stop_1",
+
+                 "fabserve_status_of_20", "fabserve_list_20", "fabserve_start_port", "fabserve_start_auto"):
         case = result["cases"][name]
         assert len(case["times"]) == 1 and case["median"] > 0, (name, case)
     # Counted from the sshd logs; the value itself is a target, reported but not asserted.

@@ -179,3 +179,34 @@ def test_logs_follow_prefixes_each_hosts_lines(machines, tmp_path):
         finally:
             os.killpg(follower.pid, signal.SIGTERM)
             follower.wait(timeout=10)
+
+
+def test_list_across_hosts_one_table_each_and_json_lines_with_their_host(machines):
+    names = sorted(machines.hosts)
+    assert machines.fab("-H", "web", "start").returncode == 0  # the first three hosts
+    result = machines.fab("-H", "all", "list", "--json")
+    assert result.returncode == 0 and result.stderr == ""
+    rows = [json.loads(line) for line in result.stdout.splitlines()]  # one line per server
+    # The hosts keep earlier tests' stopped instances (their logs): this test's project is fresh.
+    ours = [row for row in rows if row["project"] == str(machines.site)]
+    assert sorted(row["host"] for row in ours) == names[:3]
+    for row in ours:
+        assert (row["port"], row["state"], row["managed"]) == (PORT, "running", True), row
+        assert row["url"] == f"http://127.0.0.1:{PORT}/" and len(row["pids"]) == 2
+    assert not [row for row in rows if row["state"] == "running" and row["host"] in names[3:]]
+    table = machines.fab("-H", "all", "list")
+    assert table.returncode == 0, table.stderr
+    blocks = {}
+    for line in table.stdout.splitlines()[:-1]:
+        if line.startswith("  "):
+            blocks[host].append(line)
+        else:
+            host = line.split(":")[0]
+            blocks[host] = [line]
+    assert sorted(blocks) == names
+    for name in names[:3]:
+        assert blocks[name][1].split()[:3] == ["PROJECT", "PORT", "STATE"]
+        assert [str(machines.site), str(PORT), "running", "yes"] in [line.split()[:4] for line in blocks[name][2:]]
+    for name in names[3:]:
+        assert blocks[name][0] == f"{name}: no servers" or str(machines.site) not in "\n".join(blocks[name])
+    assert table.stdout.splitlines()[-1] == f"{len(names)} ok"

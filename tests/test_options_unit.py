@@ -71,7 +71,7 @@ def test_defaults_and_per_host_settings_come_from_the_table():
     assert "follow" not in options.DEFAULTS  # a flag only: no config key
     assert set(options.PER_HOST) == {"project", "port", "addr", "python", "settings", "env", "noreload",
                                      "start_timeout", "stop_timeout", "lines", "agent_python", "state_dir",
-                                     "ttl", "log_keep", "log_max"}
+                                     "ttl", "log_keep", "log_max", "port_range"}
     # Registered as CONFIGURED (numbers as text, for FABRIC_FABSERVE_*), which parses to DEFAULTS.
     assert ns.configuration()["fabserve"] == options.CONFIGURED
     parsed = lambda defaults: {name: options.SETTING[name].parse(value) for name, value in defaults.items()

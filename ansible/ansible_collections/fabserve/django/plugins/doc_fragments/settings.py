@@ -13,10 +13,10 @@ options:
     required: true
   port:
     description:
-    - Port runserver listens on (default 8000); with --project it names the instance.
+    - 'Port runserver listens on, or auto: a free one from port_range (start''s default 8000); with --project
+      it names the instance, and without it the other verbs act on the project''s one instance.'
     - fab's C(--port) and the inventory variable C(port).
-    type: int
-    default: 8000
+    type: raw
   addr:
     description:
     - 'IP address runserver binds to (default: the one it was started with, else 127.0.0.1).'
@@ -80,6 +80,12 @@ options:
     - Where pidfiles and logs live on the target.
     - The config setting and inventory variable C(state_dir).
     type: str
+  port_range:
+    description:
+    - Ports --port auto chooses from, LOW-HIGH.
+    - The config setting and inventory variable C(port_range).
+    type: str
+    default: 8000-8999
   timeout:
     description:
     - 'As fab''s C(--timeout): sets C(start_timeout) for C(state=started|restarted); C(stop_timeout) for

@@ -2,7 +2,7 @@
 """The argument_spec of fabserve.django.runserver's fabserve settings."""
 
 ARGUMENT_SPEC = {'project': {'type': 'str', 'required': True},
- 'port': {'type': 'int', 'default': 8000},
+ 'port': {'type': 'raw'},
  'addr': {'type': 'str'},
  'python': {'type': 'str'},
  'settings': {'type': 'str'},
@@ -14,8 +14,9 @@ ARGUMENT_SPEC = {'project': {'type': 'str', 'required': True},
  'log_keep': {'type': 'int', 'default': 5},
  'log_max': {'type': 'str', 'default': '50M'},
  'state_dir': {'type': 'str'},
+ 'port_range': {'type': 'str', 'default': '8000-8999'},
  'timeout': {'type': 'float'}}
 # Module options that are settings; the rest of ARGUMENT_SPEC are flags setting one of them.
-SETTINGS = ('project', 'port', 'addr', 'python', 'settings', 'env', 'noreload', 'start_timeout', 'stop_timeout', 'ttl', 'log_keep', 'log_max', 'state_dir')
+SETTINGS = ('project', 'port', 'addr', 'python', 'settings', 'env', 'noreload', 'start_timeout', 'stop_timeout', 'ttl', 'log_keep', 'log_max', 'state_dir', 'port_range')
 # state -> the agent's verb
 STATES = {'started': 'start', 'stopped': 'stop', 'restarted': 'restart', 'status': 'status'}

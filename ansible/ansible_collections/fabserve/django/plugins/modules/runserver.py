@@ -162,6 +162,11 @@ stopped_pids:
   returned: with state=restarted
   type: list
   elements: int
+ambiguous:
+  description: The ports of the project's instances, when no port was given and there are several (exit
+    2).
+  returned: with state=started or stopped or restarted or status
+  type: str
 '''
 
 from ansible.module_utils.basic import AnsibleModule

@@ -1,0 +1,50 @@
+"""How `list` reads: an aligned table of a host's servers for people, one JSON
+line per server for programs."""
+
+import json
+from typing import Any, Dict, List
+
+from . import report
+
+#: The table's columns: heading, and how a row shows in it.
+COLUMNS = (
+    ("PROJECT", lambda row: row.get("project") or "-"),
+    ("PORT", lambda row: str(row.get("port") or "-")),
+    ("STATE", lambda row: state_of(row)),
+    ("MANAGED", lambda row: "yes" if row.get("managed") is not False else "no"),
+    ("PIDS", lambda row: report.pid_list(row.get("pids") or []).replace(" ", ",")),
+    ("UPTIME", lambda row: report.duration(row["uptime"]) if row.get("uptime") is not None else "-"),
+    ("EXPIRES", lambda row: report.duration(row["expires_in"]) if row.get("expires_in") is not None else "-"),
+    ("URL", lambda row: row.get("url") or "-"),
+    ("LOG", lambda row: row.get("log") or "-"),
+)
+
+
+def state_of(row: Dict[str, Any]) -> str:
+    """A row's state, `stale` for one stopped whose pidfile names a process that is gone."""
+    if row.get("state") != "running" and "stale pidfile" in (row.get("message") or ""):
+        return "stale"
+    return row.get("state") or "-"
+
+
+def table(rows: List[Dict[str, Any]]) -> List[str]:
+    """The rows as lines of an aligned table under a heading; the last column is not padded."""
+    cells = [[heading for heading, _ in COLUMNS]] + [[show(row) for _, show in COLUMNS] for row in rows]
+    widths = [max(len(line[index]) for line in cells) for index in range(len(COLUMNS))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(line[:-1], widths)) + "  " + line[-1]
+            for line in cells]
+
+
+def show_list(result: Dict[str, Any]) -> str:
+    """A host's servers: `host: N servers` and the table, or `host: no servers`."""
+    host, rows = result["host"], result.get("rows") or []
+    if not rows:
+        return f"{host}: no servers"
+    return "\n".join([f"{host}: {result['message']}"] + [f"  {line}" for line in table(rows)])
+
+
+def json_lines(result: Dict[str, Any]) -> List[str]:
+    """One JSON line per server, each with the host; a host that failed, its one failure object."""
+    if result.get("error"):
+        return [json.dumps(result, sort_keys=True)]
+    return [json.dumps({**row, "host": result["host"]}, sort_keys=True) for row in result.get("rows") or []]

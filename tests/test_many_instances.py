@@ -1,0 +1,136 @@
+"""Many servers on one host, over the real sshd as the test user with real Django
+projects: `--port auto` chosen concurrently, a project named without its port,
+and `list` of the user's servers, managed or not, never another user's or a decoy."""
+
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+from helpers import alive, free_port, group_members, http_status, port_listening, wait_for, where
+
+# This module's own port range (other modules' tests run alongside as the same user).
+LOW, HIGH = 18200, 18299
+RANGE_ENV = {"FABRIC_FABSERVE_PORT_RANGE": f"{LOW}-{HIGH}"}
+
+
+def ok(result):
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.json
+
+
+def as_list(documents):
+    """FabResult.json: one object for one line, else the list."""
+    return documents if isinstance(documents, list) else [documents]
+
+
+def test_ten_concurrent_auto_starts_get_ten_serving_ports_and_skip_a_taken_one(fab, make_project):
+    projects = [make_project(f"preview-{index}") for index in range(10)]
+    # An unrelated listener (root's) on the range's first port.
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", LOW))
+    blocker.listen()
+    started = []
+    try:
+        with ThreadPoolExecutor(len(projects)) as pool:
+            results = list(pool.map(lambda project: fab("start", "--project", str(project), "--port", "auto",
+                                                        "--noreload", "--json", env=RANGE_ENV), projects))
+        started = [ok(result) for result in results]
+        ports = [data["port"] for data in started]
+        assert len(set(ports)) == 10 and all(LOW < port <= HIGH for port in ports), ports
+        for data in started:
+            assert data["state"] == "running" and data["changed"] is True
+            assert data["url"] == f"http://127.0.0.1:{data['port']}/" and http_status(data["url"]) == 200
+
+        # Human output names the chosen port; a second auto start finds the running one.
+        first, project = started[0], projects[0]
+        again = fab("start", "--project", str(project), "--port", "auto", env=RANGE_ENV)
+        assert again.returncode == 0 and f"already running on {first['url']}" in again.stdout, again.stdout
+
+        # Without --port, status and stop name the project's one instance.
+        status = ok(fab("status", "--project", str(project), "--json"))
+        assert status["port"] == first["port"] and status["state"] == "running" and status["pids"] == first["pids"]
+        stop = ok(fab("stop", "--project", str(project), "--json"))
+        assert stop["port"] == first["port"] and stop["changed"] is True and stop["port_free"] is True
+        assert not any(alive(pid) for pid in first["pids"]) and not port_listening(first["port"])
+        after = fab("status", "--project", str(project), "--json")
+        assert after.returncode == 3 and after.json["port"] == first["port"]  # its kept log names it still
+    finally:
+        blocker.close()
+        with ThreadPoolExecutor(len(projects)) as pool:
+            stops = list(pool.map(lambda project: fab("stop", "--project", str(project), "--json"), projects))
+    for data, result in zip(started, stops):
+        assert result.returncode == 0 and not any(alive(pid) for pid in data["pids"]), result.stdout
+
+
+def test_two_instances_of_a_project_without_a_port_are_exit_2_naming_both(fab, site):
+    ports = sorted([free_port(), free_port()])
+    started = [ok(fab("start", *where(site, port), "--noreload", "--json")) for port in ports]
+    try:
+        for verb in ("status", "stop"):  # restart and logs: the unit tests
+            result = fab(verb, "--project", str(site))
+            assert result.returncode == 2, (verb, result.stdout, result.stderr)
+            assert f"has 2 instances on this host, on ports {ports[0]}, {ports[1]}: name one with --port" \
+                in result.stderr, (verb, result.stderr)
+        as_json = fab("status", "--project", str(site), "--json")
+        assert as_json.returncode == 2 and as_json.json["ambiguous"] == ports and as_json.json["port"] is None
+        assert all(alive(pid) for data in started for pid in data["pids"])  # nothing was stopped or restarted
+    finally:
+        stops = [fab("stop", *where(site, port), "--json") for port in ports]
+    assert all(result.returncode == 0 for result in stops)
+    assert not any(port_listening(port) for port in ports)
+
+
+def test_list_shows_managed_and_hand_started_servers_not_another_users_nor_decoys(
+        fab, make_project, spawn_as_user, spawn_as_other, other_user, target):
+    managed, by_hand, stopped = make_project("managed"), make_project("by hand"), make_project("stopped")
+    port, hand_port, stopped_port = free_port(), free_port(), free_port()
+    running = ok(fab("start", *where(managed, port), "--json"))  # with the autoreloader: two processes
+    ok(fab("start", *where(stopped, stopped_port), "--noreload", "--json"))
+    ok(fab("stop", *where(stopped, stopped_port), "--json"))  # its log is kept
+    python = str(target.python)
+    hand = spawn_as_user([python, "manage.py", "runserver", f"127.0.0.1:{hand_port}", "--noreload"], cwd=by_hand)
+    # Another user's runserver of the same project, kept alive by a settings module that sleeps.
+    sleepy = os.path.join(other_user.pw_dir, "sleepy.py")
+    with open(sleepy, "w") as handle:
+        handle.write("import time\ntime.sleep(600)\n")
+    os.chmod(sleepy, 0o644)
+    theirs = spawn_as_other([python, by_hand / "manage.py", "runserver", f"127.0.0.1:{free_port()}"],
+                            env={"PYTHONPATH": other_user.pw_dir, "DJANGO_SETTINGS_MODULE": "sleepy"})
+    decoys = [
+        spawn_as_user(["tail", "-f", "manage.py", "runserver"], cwd=by_hand),
+        spawn_as_user(["bash", "-c", f"exec -a vim {python} -c 'import time; time.sleep(600)' "
+                                     f"manage.py runserver {hand_port}"], cwd=by_hand),
+    ]
+    try:
+        assert wait_for(lambda: http_status(f"http://127.0.0.1:{hand_port}/") == 200, timeout=30)
+        assert wait_for(lambda: len(group_members(theirs.pid)) == 2 and all(group_members(d.pid) for d in decoys))
+        hand_pids = [pid for pid in group_members(hand.pid) if pid != hand.pid]  # runuser leads the group
+        bystanders = set(group_members(theirs.pid)) | {pid for d in decoys for pid in group_members(d.pid)}
+
+        listed = fab("list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows = as_list(listed.json)  # every line parses
+        assert all(row["host"] == target.alias and row["action"] == "list" for row in rows)
+        assert not bystanders & {pid for row in rows for pid in row["pids"]}
+        mine = {row["project"]: row for row in rows if row["project"] in (str(managed), str(by_hand), str(stopped))}
+        assert sorted(mine) == sorted([str(managed), str(by_hand), str(stopped)])
+        assert [row for row in rows if row["project"] == str(by_hand)] == [mine[str(by_hand)]]  # not the other user's
+        assert mine[str(managed)]["managed"] is True and mine[str(managed)]["state"] == "running"
+        assert sorted(mine[str(managed)]["pids"]) == sorted(running["pids"]) and mine[str(managed)]["port"] == port
+        assert mine[str(managed)]["log"] == running["log"] and mine[str(managed)]["uptime"] >= 0
+        assert mine[str(by_hand)]["managed"] is False and mine[str(by_hand)]["state"] == "running"
+        assert mine[str(by_hand)]["pids"] == hand_pids and mine[str(by_hand)]["port"] == hand_port
+        assert mine[str(by_hand)]["log"] is None and mine[str(by_hand)]["url"] == f"http://127.0.0.1:{hand_port}/"
+        assert mine[str(stopped)]["state"] == "stopped" and mine[str(stopped)]["port"] == stopped_port
+        assert mine[str(stopped)]["pids"] == [] and os.path.exists(mine[str(stopped)]["log"])
+
+        table = fab("list")
+        assert table.returncode == 0, table.stderr
+        lines = table.stdout.splitlines()
+        assert lines[0].startswith(f"{target.alias}: ") and lines[0].endswith(" servers")
+        assert lines[1].split() == ["PROJECT", "PORT", "STATE", "MANAGED", "PIDS", "UPTIME", "EXPIRES", "URL", "LOG"]
+        hand_line = next(line for line in lines if str(by_hand) in line)
+        assert f" {hand_port} " in hand_line and " running " in hand_line and " no " in hand_line
+    finally:
+        stop = fab("stop", *where(managed, port), "--json")
+    assert stop.returncode == 0 and not any(alive(pid) for pid in running["pids"])

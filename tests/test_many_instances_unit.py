@@ -1,0 +1,245 @@
+"""Many instances per host, pure and in-process parts: the port range and its
+checks, the port chooser on captured /proc/net/tcp text, a port given nowhere
+travelling as null, naming the project's one instance from its state, and the
+list table and JSON lines on captured rows."""
+
+import fcntl
+import json
+import os
+
+import pytest
+from fabric import Config
+
+from tasks import agent, listing, ns, options
+from tasks.executor import combined
+
+# Listeners on 18000 (127.0.0.1), 18001 (0.0.0.0), 18003 (127.0.0.2); 18002 is only a connection.
+TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:4650 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 20301 1 0 100 0 0 10 0
+   1: 00000000:4651 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 20302 1 0 100 0 0 10 0
+   2: 0100007F:4652 0100007F:A7DA 01 00000000:00000000 00:00000000 00000000     0        0 20303 1 0 100 0 0 10 0
+   3: 0200007F:4653 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 20304 1 0 100 0 0 10 0
+"""
+# An IPv6 wildcard listener on 18004, which holds the port for every IPv4 address too.
+TCP6 = """\
+  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:4654 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 55321 1 0 100 0 0 10 0
+"""
+
+
+# ------------------------------------------------------------------ the range
+
+
+@pytest.mark.parametrize("text,expected", [("8000-8999", (8000, 8999)), (" 18000-18000 ", (18000, 18000)),
+                                           ("1-65535", (1, 65535))])
+def test_a_port_range_is_low_dash_high(text, expected):
+    assert agent.port_range(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "8000", "9000-8000", "0-10", "8000-65536", "a-b", "８０００-８９９９",
+                                  "8000 - 8999", "-8000", None, 8000])
+def test_a_range_that_is_empty_or_not_low_dash_high_is_refused(text):
+    with pytest.raises(ValueError, match="must be LOW-HIGH"):
+        agent.port_range(text)
+
+
+def test_a_bad_range_is_a_usage_error_naming_where_it_was_given():
+    values = options.merged({"port_range": "9000-8000"}, {"project": "/srv/a", "port": "auto"})
+    values.origin["port_range"] = ("port_range", " (from the inventory)")
+    with pytest.raises(options.UsageError) as caught:
+        options.request("start", values, [], local=False)
+    assert str(caught.value) == ("port_range must be LOW-HIGH, two ports from 1 to 65535 with LOW at most "
+                                 "HIGH, not '9000-8000' (from the inventory)")
+
+
+def test_port_takes_auto_and_still_refuses_anything_else():
+    assert options.parse_port("auto") == "auto" and options.parse_port(" auto ") == "auto"
+    assert options.parse_port("18000") == 18000
+    for bad in ("Auto", "automatic", "", "0"):
+        with pytest.raises(options.Invalid, match="must be a number from 1 to 65535, not"):
+            options.parse_port(bad)
+
+
+# ------------------------------------------------------------------ the chooser
+
+
+def test_the_chooser_skips_listeners_on_the_address_wildcards_and_taken_ports():
+    texts = [TCP, TCP6]
+    # 18000: 127.0.0.1 listens; 18001: 0.0.0.0; 18002: a connection only, so free.
+    assert agent.choose_port(18000, 18010, set(), texts, "127.0.0.1") == 18002
+    assert agent.choose_port(18000, 18010, {18002}, texts, "127.0.0.1") == 18003  # 127.0.0.2 is another address
+    assert agent.choose_port(18003, 18010, set(), texts, "127.0.0.2") == 18005  # its own, then the v6 wildcard
+    assert agent.choose_port(18000, 18010, {18002, 18003}, texts, "127.0.0.1") == 18005
+    # A wildcard bind conflicts with every listener.
+    assert agent.choose_port(18000, 18010, set(), texts, "0.0.0.0") == 18002
+
+
+def test_listeners_map_each_listening_port_to_its_sockets_as_listen_inodes_reads_them():
+    found = agent.listeners([TCP, TCP6])
+    assert found == {18000: {"20301"}, 18001: {"20302"}, 18003: {"20304"}, 18004: {"55321"}}
+    for port in (18000, 18002, 18004):
+        assert agent.listen_inodes(port, found) == agent.parse_listen_inodes(TCP, port) | \
+            agent.parse_listen_inodes(TCP6, port)
+
+
+def test_the_chooser_says_none_when_the_range_is_full():
+    assert agent.choose_port(18000, 18001, set(), [TCP], "127.0.0.1") is None
+    assert agent.choose_port(18002, 18002, {18002}, [TCP], "127.0.0.1") is None
+
+
+def test_a_held_lock_is_seen_and_a_free_one_is_left_free(tmp_path):
+    path = tmp_path / "lock"
+    assert not agent.lock_held(str(path))  # no file: nobody holds it
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    assert not agent.lock_held(str(path))
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert agent.lock_held(str(path))
+    finally:
+        os.close(fd)
+    assert not agent.lock_held(str(path))
+
+
+# ------------------------------------------------------------- port given nowhere
+
+
+def loaded_config(**fabserve):
+    config = Config(overrides={"fabserve": fabserve} if fabserve else {})
+    config.load_collection(ns.configuration())
+    return config
+
+
+def request_for(action, config, flags=None, host_vars=None):
+    values = options.host_values(config, host_vars or {}, {"project": "/srv/a", **(flags or {})})
+    return options.request(action, values, [], local=False)
+
+
+def test_a_port_given_nowhere_travels_as_null_except_for_start():
+    config = loaded_config()
+    for action in ("stop", "status", "restart", "logs"):
+        assert request_for(action, config)["port"] is None, action
+    assert request_for("start", config)["port"] == 8000
+    assert request_for("start", config)["port_range"] == "8000-8999"
+
+
+def test_a_port_given_anywhere_is_sent():
+    assert request_for("status", loaded_config(), {"port": "18001"})["port"] == 18001
+    assert request_for("status", loaded_config(), host_vars={"port": 18002})["port"] == 18002
+    assert request_for("stop", loaded_config(port=18003))["port"] == 18003
+    assert request_for("start", loaded_config(port="auto"))["port"] == "auto"
+
+
+def test_list_needs_no_project():
+    values = options.host_values(loaded_config(), {}, {})
+    req = options.request("list", values, [], local=False)
+    assert req["action"] == "list" and req["project"] is None
+
+
+# ------------------------------------------- the project's one instance, from its state
+
+
+def state_of(tmp_path, project, port, log=True):
+    """An instance directory of `project` on `port` as a stopped instance leaves it."""
+    inst = agent.Instance(agent_request(tmp_path, project, "status", port))
+    for path in inst.levels(inst.dir):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+    if log:
+        with open(inst.log, "w") as handle:
+            handle.write("--- fabserve\n")
+        os.chmod(inst.log, 0o600)
+    agent.remember(inst)
+    return inst
+
+
+def agent_request(tmp_path, project, action, port=None):
+    return {"action": action, "project": str(project), "port": port, "addr": None, "python": None,
+            "settings": None, "env": {}, "noreload": False, "start_timeout": 5.0, "stop_timeout": 2.0,
+            "lines": 10, "follow": False, "state_dir": str(tmp_path / "state"), "port_range": "18100-18199"}
+
+
+@pytest.fixture
+def project(tmp_path):
+    path = tmp_path / "site"
+    path.mkdir()
+    (path / "manage.py").write_text("")
+    return path
+
+
+def test_no_port_names_the_one_stopped_instance_and_several_are_exit_2(tmp_path, project):
+    state_of(tmp_path, project, 18101)
+    state_of(tmp_path, project, 18150, log=False)  # a lock alone (a stop of nothing) is no instance
+    one = agent.handle(agent_request(tmp_path, project, "status"))
+    assert one["port"] == 18101 and one["state"] == agent.STOPPED and agent.exit_code("status", one) == 3
+    state_of(tmp_path, project, 18102)
+    for action in ("status", "stop", "logs", "restart"):
+        result = agent.handle(agent_request(tmp_path, project, action))
+        assert result["ambiguous"] == [18101, 18102] and result["port"] is None, action
+        assert result["ok"] is False and agent.exit_code(action, result) == 2, action
+        assert "ports 18101, 18102: name one with --port" in result["error"], action
+    named = agent.handle(agent_request(tmp_path, project, "status", 18102))
+    assert named["port"] == 18102 and agent.exit_code("status", named) == 3
+    assert combined([0, agent.exit_code("status", result)]) == 2
+
+
+def test_no_port_and_no_instance_is_port_8000_as_before(tmp_path, project):
+    result = agent.handle(agent_request(tmp_path, project, "stop"))
+    assert result["port"] == 8000 and result["ok"] and result["message"] == "not running"
+
+
+def test_list_of_stopped_instances_names_their_projects_and_keeps_out_a_lock_alone(tmp_path, project):
+    other = tmp_path / "other"
+    other.mkdir()
+    state_of(tmp_path, project, 18101)
+    state_of(tmp_path, other, 18102)
+    state_of(tmp_path, other, 18103, log=False)
+    req = agent_request(tmp_path, None, "list")
+    result = agent.handle(req)
+    mine = [(row["project"], row["port"], row["state"], row["managed"]) for row in result["rows"]
+            if row["project"] in (str(project), str(other))]
+    assert sorted(mine) == sorted([(str(project), 18101, "stopped", None), (str(other), 18102, "stopped", None)])
+    assert result["ok"] and agent.exit_code("list", result) == 0
+
+
+# ------------------------------------------------------------------ the table
+
+
+ROWS = [
+    {"project": "/srv/previews/pr-42", "port": 8001, "state": "running", "managed": True, "pids": [4711, 4712],
+     "uptime": 7500, "url": "http://127.0.0.1:8001/", "log": "/home/u/.local/state/fabserve/x/server.log",
+     "message": "running on http://127.0.0.1:8001/", "expires_in": 3600},
+    {"project": "/home/u/scratch", "port": 8042, "state": "running", "managed": False, "pids": [5120],
+     "uptime": 180, "url": "http://127.0.0.1:8042/", "log": None, "message": "running; not started by fabserve"},
+    {"project": "/srv/b", "port": 8003, "state": "stopped", "managed": None, "pids": [], "url": "http://127.0.0.1:8003/",
+     "log": "/s/b/server.log", "message": "not running; stale pidfile: process 99 is gone"},
+]
+
+
+def test_the_table_is_aligned_with_expiry_shown_where_a_row_has_one():
+    lines = listing.table(ROWS)
+    assert lines[0].split() == ["PROJECT", "PORT", "STATE", "MANAGED", "PIDS", "UPTIME", "EXPIRES", "URL", "LOG"]
+    starts = [lines[0].index(heading) for heading in ("PORT", "STATE", "MANAGED", "URL", "LOG")]
+    for line in lines[1:]:
+        assert all(line[start - 2:start] == "  " and line[start] != " " for start in starts), line
+    assert lines[1].split() == ["/srv/previews/pr-42", "8001", "running", "yes", "4711,4712", "2h5m", "1h",
+                                "http://127.0.0.1:8001/", "/home/u/.local/state/fabserve/x/server.log"]
+    assert lines[2].split() == ["/home/u/scratch", "8042", "running", "no", "5120", "3m", "-",
+                                "http://127.0.0.1:8042/", "-"]
+    assert lines[3].split() == ["/srv/b", "8003", "stale", "yes", "-", "-", "-", "http://127.0.0.1:8003/",
+                                "/s/b/server.log"]
+
+
+def test_a_host_reads_as_its_count_and_table_or_no_servers():
+    shown = listing.show_list({"host": "web1", "rows": ROWS, "message": "3 servers"}).splitlines()
+    assert shown[0] == "web1: 3 servers" and len(shown) == 5 and all(line.startswith("  ") for line in shown[1:])
+    assert listing.show_list({"host": "web2", "rows": [], "message": "no servers"}) == "web2: no servers"
+
+
+def test_json_lines_are_one_per_server_with_the_host_or_the_one_failure():
+    lines = listing.json_lines({"host": "web1", "rows": ROWS, "error": None})
+    parsed = [json.loads(line) for line in lines]
+    assert [row["host"] for row in parsed] == ["web1"] * 3 and [row["port"] for row in parsed] == [8001, 8042, 8003]
+    assert listing.json_lines({"host": "web1", "rows": [], "error": None}) == []
+    failed = {"host": "web9", "action": "list", "error": "cannot connect: Connection refused", "rows": None}
+    assert [json.loads(line) for line in listing.json_lines(failed)] == [failed]
