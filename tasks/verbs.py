@@ -14,7 +14,7 @@ from fabric.main import program as fab_program
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from . import options, remote, report
+from . import options, remote, report, tunnels
 from .agent import RUNNING
 from .report import Formatter, pid_list, plain
 
@@ -22,7 +22,8 @@ from .report import Formatter, pid_list, plain
 def verb(body: Callable[..., Any]) -> Any:
     """@task for the verb named like `body`, with its flags' help from the settings table."""
     name = body.__name__
-    return task(help=options.helps(name), iterable=options.repeatable(name))(body)
+    return task(help=options.helps(name), iterable=options.repeatable(name),
+                positional=options.positional(name))(body)
 
 
 def host_values(c: Context, flags: Dict[str, Any]) -> Dict[str, Any]:
@@ -121,14 +122,15 @@ def started(c: Context) -> Formatter:
 
 @verb
 def start(c, project=None, port=None, addr=None, python=None, settings=None, env=None,
-          noreload=False, timeout=None, json=False):
+          noreload=False, timeout=None, check=None, json=False):
     """Start runserver detached; return once its port answers.
 
     Already running: reports it and starts nothing. On failure (port taken,
-    broken project, timeout) it kills what it launched and shows the log's tail.
+    broken project, timeout, --check not answered below 500) it kills what it
+    launched and shows the log's tail.
     """
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings,
-                 noreload=noreload, timeout=timeout, json=json)
+                 noreload=noreload, timeout=timeout, check=check, json=json)
     return finish(c, operate(c, "start", flags, env), flags, started(c))
 
 
@@ -159,21 +161,22 @@ def show_status(result: Dict[str, Any]) -> str:
 
 
 @verb
-def status(c, project=None, port=None, addr=None, json=False):
+def status(c, project=None, port=None, addr=None, check=None, json=False):
     """Show whether the server runs and answers: exit 0 yes, 3 not running, 1 failed.
 
-    Prints its pids, uptime, URL, log and pidfile.
+    Prints its pids, uptime, URL, log and pidfile. With --check, a server whose
+    path answers 500 or above (or not at all) has failed.
     """
-    flags = dict(project=project, port=port, addr=addr, json=json)
+    flags = dict(project=project, port=port, addr=addr, check=check, json=json)
     return finish(c, operate(c, "status", flags), flags, show_status)
 
 
 @verb
 def restart(c, project=None, port=None, addr=None, python=None, settings=None, env=None,
-            noreload=False, timeout=None, json=False):
+            noreload=False, timeout=None, check=None, json=False):
     """Stop the server if it runs, then start it and wait until it answers."""
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings,
-                 noreload=noreload, timeout=timeout, json=json)
+                 noreload=noreload, timeout=timeout, check=check, json=json)
     return finish(c, operate(c, "restart", flags, env), flags, started(c))
 
 
@@ -215,3 +218,47 @@ def logs(c, project=None, port=None, lines=None, follow=False, json=False):
         return None
     result["host"] = host
     return finish(c, result, flags, show_logs)
+
+
+def show_manage(result: Dict[str, Any]) -> str:
+    """The command's own output went to stdout as it came: only the agent's line."""
+    return plain(result)
+
+
+@verb
+def manage(c, args=None, project=None, python=None, settings=None, env=None, timeout=None, json=False):
+    """Run `manage.py ARGS` in the project, e.g. fab manage "migrate --noinput".
+
+    ARGS is split with shell rules here and reaches manage.py as separate
+    words, never through a shell. Same interpreter, --settings and --env as
+    start; stdin is /dev/null. Exit 0 if the command exited 0, else 1.
+    """
+    flags = dict(args=args, project=project, python=python, settings=settings, timeout=timeout, json=json)
+    host = remote.host_label(c)
+    as_json = options.setting(c.config, "json", flags)
+    req, agent_python = prepare(c, "manage", flags, env)
+    req["stream"] = not as_json
+    try:
+        if as_json:
+            result = remote.call(c, req, agent_python)
+        else:
+            result = remote.stream(c, req, agent_python, prefix=f"{host}: " if multiple(c) else "")
+    except remote.HostError as exc:
+        result = report.failure(host, "manage", str(exc))
+    if result is None:  # our own reader went away
+        return None
+    result["host"] = host
+    return finish(c, result, flags, show_manage)
+
+
+@verb
+def tunnel(c, project=None, port=None, local_port=None, run=None, json=False):
+    """Forward a local port on 127.0.0.1 to the running server, over the same SSH connection.
+
+    Once a request through it answers, prints the URL (--json: one line) and
+    holds it open until Ctrl-C or SIGTERM; with --run CMD it runs CMD through
+    your shell with FABSERVE_URL, FABSERVE_HOST and FABSERVE_PORT set, closes
+    the tunnel when CMD ends and exits with its status. Exactly one host.
+    """
+    flags = dict(project=project, port=port, local_port=local_port, run=run, json=json)
+    tunnels.open_tunnel(c, flags, lambda: operate(c, "status", dict(project=project, port=port, json=json)))
