@@ -5,10 +5,17 @@ reaches Django literally, a prompting command fails instead of hanging, and
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import sqlite3
+import subprocess
+import sys
 
 import pytest
+
+from bed.procs import cmdline, uid_processes
+from helpers import REPO, alive, wait_for
 
 
 def test_migrate_creates_the_database_and_streams_its_output(run, site, mode):
@@ -84,3 +91,19 @@ def test_manage_without_a_command_is_invokes_own_parse_error(fab, site):
     result = fab("manage", "--project", str(site))
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip() == "'manage' did not receive required positional arguments: 'args'"
+
+
+def test_a_caller_gone_ends_the_command(target, site):
+    code = "import time; print('ready', flush=True); time.sleep(120)"
+    caller = subprocess.Popen([sys.executable, "-m", "fabric", "-r", str(REPO), "-S", str(target.ssh_config),
+                               "-H", target.alias, "manage", shlex.join(["shell", "-c", code]), "--project",
+                               str(site)], cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        assert "ready\n" in iter(caller.stdout.readline, "")  # after Django's own first line
+        running = [pid for pid in uid_processes([target.uid]) if "time.sleep(120)" in cmdline(pid)]
+        assert running
+    finally:
+        os.killpg(caller.pid, signal.SIGKILL)  # fab and its connection, gone without a word
+        caller.wait()
+    assert wait_for(lambda: not any(alive(pid) for pid in running), timeout=15)

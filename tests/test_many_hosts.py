@@ -179,3 +179,13 @@ def test_logs_follow_prefixes_each_hosts_lines(machines, tmp_path):
         finally:
             os.killpg(follower.pid, signal.SIGTERM)
             follower.wait(timeout=10)
+
+
+def test_manage_on_several_hosts_prefixes_each_hosts_lines(machines):
+    names = sorted(machines.hosts)[:2]
+    result = machines.fab("-H", ",".join(names), "manage", "check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in names:
+        assert f"{name}: System check identified no issues (0 silenced)." in result.stdout.splitlines()
+        assert f"{name}: manage.py check exited 0" in result.stdout.splitlines()
+    assert result.stdout.splitlines()[-1] == "2 ok"
