@@ -180,6 +180,8 @@ class Runner:
                      check=self.down(one))
         from bench.logs import big_log  # imported here: bench.logs builds on this module's execute
         big_log(self, host)
+        from bench.ciflow import ci_flow  # likewise
+        ci_flow(self, host)
         if "diy" not in self.args.skip:
             for verb, check in (("start", self.up(one)), ("status", None), ("stop", self.down(one))):
                 self.measure("fabric_" + verb, f"plain Fabric {DIY_LABELS[verb]}", "plain Fabric",
