@@ -209,6 +209,11 @@ def optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda value: None if value is None else parse(value)
 
 
+def dashed(flag: str) -> str:
+    """A flag's name as invoke spells it on the command line: `local_port` is --local-port."""
+    return flag.replace("_", "-")
+
+
 @dataclass(frozen=True)
 class Setting:
     """One fabserve setting: its default, how its value is checked, and where it may be given."""
@@ -234,7 +239,7 @@ class Setting:
         try:
             return self.parse(value)
         except Invalid as exc:
-            label, where = origin or (f"--{self.flag_name}" if self.verbs else f"fabserve.{self.name}", "")
+            label, where = origin or (f"--{dashed(self.flag_name)}" if self.verbs else f"fabserve.{self.name}", "")
             raise UsageError(f"{label} {exc}{where}") from None
 
 
@@ -421,7 +426,7 @@ def merged(config: Mapping[str, Any], flags: Mapping[str, Any], host_vars: Optio
             values.give(name, value, (name, " (from the inventory)"))
     for name, value in flags.items():
         if value is not None and value is not False:
-            values.give(name, value, (f"--{name}", ""))
+            values.give(name, value, (f"--{dashed(name)}", ""))
     return values
 
 

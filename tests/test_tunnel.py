@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import signal
 import socket
 import subprocess
@@ -19,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from bed.accounts import ProjectMaker
-from bed.procs import cmdline, uid_processes
-from bed.target import TEST_USER
+from bed.procs import cmdline, parent, uid_processes
 from helpers import REPO, alive, http_status, port_listening, wait_for, where
 from test_http_check import port_16k
 
@@ -72,10 +70,15 @@ def fab_argv(target, hosts: str | None = None) -> list[str]:
             "-H", hosts or target.alias]
 
 
-def sshd_sessions() -> set[int]:
-    """The test user's sshd session processes (one per SSH connection)."""
-    uid = pwd.getpwnam(TEST_USER).pw_uid
-    return {pid for pid in uid_processes([uid]) if cmdline(pid).startswith("sshd")}
+def sshd_sessions(target) -> set[int]:
+    """The test user's sshd session processes (one per SSH connection) under this
+    session's own sshd: other test sessions may log in as the same user."""
+    def under_ours(pid: int) -> bool:
+        while pid and pid != target.sshd_pid:
+            pid = parent(pid) or 0
+        return pid == target.sshd_pid
+
+    return {pid for pid in uid_processes([target.uid]) if cmdline(pid).startswith("sshd") and under_ours(pid)}
 
 
 def free(port: int) -> bool:
@@ -128,7 +131,7 @@ def test_a_local_port_in_use_exits_2(fab, served):
 
 def test_sigterm_closes_a_holding_tunnel_with_exit_0_and_nothing_left(target, served):
     port = port_16k()
-    before = sshd_sessions()
+    before = sshd_sessions(target)
     holder = subprocess.Popen([*fab_argv(target), "tunnel", *served, "--local-port", str(port), "--json"],
                               cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, start_new_session=True)
@@ -138,7 +141,7 @@ def test_sigterm_closes_a_holding_tunnel_with_exit_0_and_nothing_left(target, se
         ready = json.loads(first)
         assert ready["local_port"] == port and ready["url"] == f"http://127.0.0.1:{port}/"
         assert http_status(ready["url"]) == 200
-        assert len(sshd_sessions() - before) == 1  # the status call and every channel: one connection
+        assert len(sshd_sessions(target) - before) == 1  # the status call and every channel: one connection
         holder.send_signal(signal.SIGTERM)
         out, err = holder.communicate(timeout=30)
     finally:
@@ -148,7 +151,7 @@ def test_sigterm_closes_a_holding_tunnel_with_exit_0_and_nothing_left(target, se
     assert holder.returncode == 0, err
     assert out == "" and err == ""
     assert free(port)
-    assert wait_for(lambda: not sshd_sessions() - before, timeout=10)
+    assert wait_for(lambda: not sshd_sessions(target) - before, timeout=10)
 
 
 def test_an_instance_not_running_exits_1_without_opening_a_port(fab, served):
@@ -162,16 +165,16 @@ def test_an_instance_not_running_exits_1_without_opening_a_port(fab, served):
 
 
 def test_several_hosts_exit_2_before_connecting(target, served):
-    before = sshd_sessions()
+    before = sshd_sessions(target)
     result = subprocess.run([*fab_argv(target, f"{target.alias},{target.user}@{target.alias}"), "tunnel",
                              *served], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "tunnel works on exactly one host; -H named several" in result.stderr
-    assert not sshd_sessions() - before
+    assert not sshd_sessions(target) - before
 
 
 def test_a_lost_connection_ends_the_command_and_exits_1(target, served, tmp_path):
-    before = sshd_sessions()
+    before = sshd_sessions(target)
     pidfile = tmp_path / "cmd.pid"
     runner = subprocess.Popen([*fab_argv(target), "tunnel", *served, "--run", f"echo $$ > {pidfile}; exec sleep 60"],
                               cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -180,7 +183,7 @@ def test_a_lost_connection_ends_the_command_and_exits_1(target, served, tmp_path
         assert wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=60)
         command = int(pidfile.read_text())
         assert alive(command)
-        session, = sshd_sessions() - before
+        session, = sshd_sessions(target) - before
         os.kill(session, signal.SIGKILL)  # the server side of this tunnel's own connection
         out, err = runner.communicate(timeout=30)
     finally:
@@ -190,3 +193,18 @@ def test_a_lost_connection_ends_the_command_and_exits_1(target, served, tmp_path
     assert runner.returncode == 1, out + err
     assert err.strip().endswith(f"{target.alias}: tunnel failed: the SSH connection was lost; the command was ended")
     assert wait_for(lambda: not alive(command), timeout=10)
+
+
+@pytest.mark.parametrize("value", ["70000", "-1", "x"])
+def test_a_bad_local_port_is_refused_before_connecting(fab, target, served, value):
+    before = sshd_sessions(target)
+    result = fab("tunnel", *served, f"--local-port={value}")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "--local-port must be a number from 0 (one the OS chooses) to 65535" in result.stderr
+    assert not sshd_sessions(target) - before
+
+
+def test_without_a_host_tunnel_is_a_usage_error(fab, served):
+    result = fab("tunnel", *served, local=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "tunnel needs a host (-H): a server here answers on its own URL"
