@@ -168,7 +168,9 @@ def signals_caught(caught: threading.Event) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    handler = lambda signum, frame: caught.set()  # noqa: E731
+    def handler(signum: int, frame: Any) -> None:
+        caught.set()
+
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
@@ -253,13 +255,13 @@ def open_tunnel(c: Context, flags: Dict[str, Any], status: Callable[[], Dict[str
     caught = threading.Event()
     try:
         with signals_caught(caught):
-            hold(c, host, forwarder, result, command, as_json, caught)
+            hold(c, host, forwarder, command, as_json, caught)
     finally:
         forwarder.close()
 
 
-def hold(c: Context, host: str, forwarder: Forwarder, result: Dict[str, Any], command: Optional[str],
-         as_json: bool, caught: threading.Event) -> None:
+def hold(c: Context, host: str, forwarder: Forwarder, command: Optional[str], as_json: bool,
+         caught: threading.Event) -> None:
     """Report the tunnel once a request through it answers, then run the command
     or wait for a signal; Exit with the command's status or for a lost connection."""
     addr, port = forwarder.destination

@@ -220,11 +220,6 @@ def logs(c, project=None, port=None, lines=None, follow=False, json=False):
     return finish(c, result, flags, show_logs)
 
 
-def show_manage(result: Dict[str, Any]) -> str:
-    """The command's own output went to stdout as it came: only the agent's line."""
-    return plain(result)
-
-
 @verb
 def manage(c, args=None, project=None, python=None, settings=None, env=None, timeout=None, json=False):
     """Run `manage.py ARGS` in the project, e.g. fab manage "migrate --noinput".
@@ -248,7 +243,7 @@ def manage(c, args=None, project=None, python=None, settings=None, env=None, tim
     if result is None:  # our own reader went away
         return None
     result["host"] = host
-    return finish(c, result, flags, show_manage)
+    return finish(c, result, flags)  # the command's own lines went to stdout as they came
 
 
 @verb

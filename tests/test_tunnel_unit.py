@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from bed import wait_for
 from tasks.tunnels import Forwarder, answers
 
 
@@ -30,10 +31,16 @@ class Page(BaseHTTPRequestHandler):
         pass
 
 
+class Server(ThreadingHTTPServer):
+    # socketserver's listen backlog of 5 overflows under 20 connections at once,
+    # and some of those then end without an answer: the forwarder is under test here.
+    request_queue_size = 128
+
+
 @pytest.fixture
 def server() -> Iterator[tuple[str, int]]:
     """An HTTP server on 127.0.0.1 standing in for runserver on the host."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    httpd = Server(("127.0.0.1", 0), Page)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd.server_address[:2]
@@ -45,6 +52,10 @@ def server() -> Iterator[tuple[str, int]]:
 def open_socket(destination: tuple[str, int], origin: tuple[str, int]) -> socket.socket:
     """The other end as a plain TCP connection: what a direct-tcpip channel is to the host."""
     return socket.create_connection(destination, timeout=10)
+
+
+def tunnel_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "fabserve-tunnel"]
 
 
 def descriptors() -> set[str]:
@@ -71,13 +82,15 @@ def test_forwarded_requests_in_parallel_and_nothing_left_after_close(server):
     assert all(page.startswith(b"HTTP/1.0 200") and page.endswith(f"page /{index}".encode())
                for index, page in enumerate(pages))
     idle = socket.create_connection(("127.0.0.1", forwarder.port))  # open, never sends: close must not wait for it
+    assert wait_for(lambda: len(forwarder.active) == 1)  # carried, its other end open
     port = forwarder.port
     forwarder.close()
     forwarder.close()  # a second close is harmless
+    assert not tunnel_threads()  # close joined every one of them
     assert idle.recv(10) == b""  # the tunnel ended it
     idle.close()
-    assert threading.active_count() == threads
-    assert descriptors() == fds
+    # The stand-in server's own handler of that connection ends once it sees the end.
+    assert wait_for(lambda: threading.active_count() == threads and descriptors() == fds)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5)
 
@@ -103,4 +116,5 @@ def test_a_destination_that_refuses_gives_no_answer_and_says_why(server):
     assert failed  # the connection was accepted, then closed without an answer
     assert "Connection refused" in forwarder.failure
     forwarder.close()
-    assert threading.active_count() == threads and descriptors() == fds
+    assert not tunnel_threads()
+    assert wait_for(lambda: threading.active_count() == threads and descriptors() == fds)
