@@ -90,15 +90,21 @@ def ci_flow(runner: Runner, host: Host) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Only the CI flow cases, on one host: medians, SSH commands, ratios pair by pair."""
     from bench.cases import Runner  # bench.cases imports this module's ci_flow lazily
+    from bench.main import wait_idle
     from bench.ratios import ratios
+    from bench.results import loadavg
     parser = argparse.ArgumentParser(prog="python -m bench.ciflow", description=main.__doc__)
     parser.add_argument("--reps", type=int, default=3, help="measured repetitions (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (default 1)")
+    parser.add_argument("--wait-idle", type=float, default=0, metavar="S",
+                        help="first wait up to S seconds for the load average to fall (as bench/run does)")
     args = parser.parse_args(argv)
     args.skip = set()
     if os.geteuid() != 0:
         print("bench.ciflow: run as root", file=sys.stderr)
         return 2
+    wait_idle(args.wait_idle)
+    print(f"load average at the start: {loadavg()}")
     bed = Bed(1, with_ansible=True)
     try:
         bed.open()
