@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 # Local ports of the hand-written tunnels (fabserve's is chosen by the OS).
 ANSIBLE_TUNNEL_PORT = 16981
 # GET the URL in argv[1], no proxy from the environment; prints "fetched <status>".
-FETCH = ("import sys, urllib.request as u; "
-         "print('fetched', u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=30).status)")
+FETCH = ("import sys, urllib.request as u; r = u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=30); "
+         "r.read(); print('fetched', r.status)")
 
 
 def fetched(sample: Sample) -> str | None:

@@ -65,6 +65,10 @@ def ci_flow(c):
         with c.forward_local(TUNNEL_PORT, remote_port=8000):
             time.sleep(1)
             opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-            print("fetched", opener.open(f"http://127.0.0.1:{TUNNEL_PORT}/", timeout=30).status)
+            # Read to the end: a socket closed with unread data is reset, and
+            # forward_local's thread then fails the task on leaving the block.
+            with opener.open(f"http://127.0.0.1:{TUNNEL_PORT}/", timeout=30) as response:
+                response.read()
+                print("fetched", response.status)
     finally:
         c.run(STOP, hide=True, in_stream=False)
