@@ -11,16 +11,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from bed.accounts import ProjectMaker
+from bed.net import free_port_between
 from bed.procs import cmdline, parent, uid_processes
 from helpers import REPO, alive, http_status, port_listening, wait_for, where
-from test_http_check import port_16k
 
 # Fetches $FABSERVE_URL (no proxy from the environment), prints what the tunnel
 # task set, and exits 3.
@@ -63,6 +61,11 @@ def served(target, as_user) -> Iterator[list[str]]:
     yield flags
     subprocess.run([*fab, "stop", *flags], cwd=REPO, capture_output=True, timeout=120)
     maker.cleanup()
+
+
+def port_16k() -> int:
+    """A port in 16000-16999 (the range these tests pick from) that was free a moment ago."""
+    return free_port_between(16000, 16999)
 
 
 def fab_argv(target, hosts: str | None = None) -> list[str]:
