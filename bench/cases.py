@@ -185,6 +185,8 @@ class Runner:
         if "many" not in self.args.skip:
             from bench.many import many_instances  # imported here: bench.many builds on this module's execute
             many_instances(self, host)
+        from bench.ciflow import ci_flow  # likewise: it builds on execute
+        ci_flow(self, host)
         if "diy" not in self.args.skip:
             for verb, check in (("start", self.up(one)), ("status", None), ("stop", self.down(one))):
                 self.measure("fabric_" + verb, f"plain Fabric {DIY_LABELS[verb]}", "plain Fabric",

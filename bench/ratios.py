@@ -100,6 +100,14 @@ def ratios(cases: dict[str, Case], sizes: Sequence[int], cpus: int) -> list[Rati
     for verb in ("status", "start", "stop"):
         ratio(f"{verb}/ansible_raw", f"{verb} / ansible -m raw", "fabserve_" + verb, "ansible_raw_" + verb)
         ratio(f"{verb}/fabric_diy", f"{verb} / plain Fabric", "fabserve_" + verb, "fabric_" + verb)
+    # fabserve's CI flow is the only one that checks anything; it should also be the fastest.
+    ratio("ciflow/fabric_diy", "CI flow: fabserve / plain Fabric", "ciflow_fabserve", "ciflow_fabric", 1.0)
+    ratio("ciflow/ansible_shell", "CI flow: fabserve / ansible -m shell + ssh -L", "ciflow_fabserve",
+          "ciflow_ansible", 1.0)
+    ratio("ciflow_steps/fabric_diy", "CI flow, one fab per step / plain Fabric", "ciflow_fabserve_steps",
+          "ciflow_fabric")
+    ratio("ciflow_steps/ansible_shell", "CI flow, one fab per step / ansible -m shell + ssh -L",
+          "ciflow_fabserve_steps", "ciflow_ansible")
     for size in sizes[1:]:
         for verb in ("status", "stop"):
             ratio(f"fanout_{verb}_{size}/1", f"{verb} {size} hosts / 1 host", f"fanout_{verb}_{size}",

@@ -36,6 +36,7 @@ PORT_WAIT = 2.0  # how long a listener may linger after its process is gone
 # fork that left the group may itself have forked meanwhile.
 ESCAPE_ROUNDS = 3
 TAIL_LINES = 20
+CHECKED = ("start", "restart", "status")  # they take --check; their results carry http_status
 INTERPRETER = re.compile(r"^(python|pypy)[0-9.]*$")
 # runserver options whose value is the next argv element
 RUNSERVER_VALUE_OPTIONS = {"--settings", "--pythonpath", "-v", "--verbosity"}
@@ -1323,6 +1324,9 @@ EXTRAS = (
     ("ambiguous", ("start", "stop", "status", "restart", "logs"),
      "the ports of the project's instances, when no port was given and there are several (exit 2)"),
     ("rows", ("list",), "the host's instances, each as status describes it"),
+    ("http_status", CHECKED, "what GET of the check path answered; null: no check, or no answer"),
+    ("exit_status", ("manage",), "the command's exit status (-N: signal N); null: its timeout ended it"),
+    ("output_tail", ("manage",), "the command's last lines of output"),
 )
 
 
@@ -1401,6 +1405,7 @@ def status_of(inst, found, note, pids=None, listening=None):
     pids = found.members() if pids is None else pids
     state, message = health(inst, pids, listening)
     extra = {}
+    state, message, extra["http_status"] = checked_health(inst, state, message)
     leader = proc_stat(found.pgid if found.pgid is not None else pids[0]) if pids else None
     if leader:
         extra["uptime"] = uptime_seconds(leader["starttime"])
@@ -1570,14 +1575,15 @@ def do_start(inst):
     if found is not None:
         pids = found.members()
         state, message = health(inst, pids)
+        state, message, http = checked_health(inst, state, message)
         if state == RUNNING:
-            message = f"already running on {inst.url}"
+            message = join(f"already running on {inst.url}", check_note(inst, http))
             if not found.managed:
                 message = join(message, "not started by fabserve")
         else:
             message = join("already started but " + message, "use restart")
         return describe(inst, found, ok=state == RUNNING, changed=False, state=state, pids=pids,
-                        message=join(message, release_note(inst)))
+                        http_status=http, message=join(message, release_note(inst)))
     if inst.foreign:
         raise AgentError(f"{inst.pidfile} records a server started on host {inst.foreign}: "
                          f"it is that host's, so it is not replaced; nothing was started")
@@ -1586,6 +1592,7 @@ def do_start(inst):
     proc, offset = launch(inst, python)
     found = Found(pgid=proc.pid)
     deadline = time.time() + inst.req["start_timeout"]
+    http = None
     for pause in pauses():
         code = proc.poll()
         if code is not None:
@@ -1593,8 +1600,11 @@ def do_start(inst):
             break
         pids = found.members()
         if pids_holding(listen_inodes(inst.port), pids) and port_answers(inst.addr, inst.port):
-            return describe(inst, found, ok=True, changed=True, state=RUNNING, python=python, pids=pids,
-                            message=join(f"started on {inst.url}", note))
+            http, why = wait_http(inst, proc, deadline)
+            if why is None:
+                return describe(inst, found, ok=True, changed=True, state=RUNNING, python=python, pids=pids,
+                                http_status=http, message=join(f"started on {inst.url}", check_note(inst, http), note))
+            break
         if time.time() >= deadline:
             why = f"nothing answered on port {inst.port} within {inst.req['start_timeout']}s"
             break
@@ -1603,7 +1613,7 @@ def do_start(inst):
     proc.poll()
     inst.forget()
     # The client says which action failed: the reason alone.
-    raise AgentError(why, log_tail=log_tail(inst, offset))
+    raise AgentError(why, log_tail=log_tail(inst, offset), http_status=http)
 
 
 @verb("restart", locks=True)
@@ -1720,6 +1730,8 @@ def refollow(handle, pos, base):
     if now == base or not 0 <= moved <= os.fstat(handle.fileno()).st_size:
         moved = 0
     return handle.seek(moved), now
+
+
 # ------------------------------------------------------ many instances per host
 
 
@@ -1971,6 +1983,105 @@ def do_list(host, req):
     return result_of(ok=True, changed=False, state=None, message=message, rows=rows)
 
 
+# ------------------------------------------------------ HTTP checks, manage
+
+
+def http_get(inst, timeout=5.0):
+    """GET the check path: its HTTP status, or None. Host: the address, as DEBUG allows."""
+    import http.client
+    conn = http.client.HTTPConnection(connect_host(inst.addr), inst.port, timeout=timeout)
+    try:
+        conn.request("GET", inst.req["check"])
+        return conn.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def check_note(inst, status):
+    path = inst.req.get("check")
+    return path and f"GET {path} answered " + (f"HTTP {status}" if status else "nothing")
+
+
+def checked_health(inst, state, message):
+    """health's answer and http_status: failed at 500 or more, or no answer."""
+    if state != RUNNING or not inst.req.get("check"):
+        return state, message, None
+    status = http_get(inst)
+    if status and status < 500:
+        return state, message, status
+    return FAILED, f"{check_note(inst, status)} on {inst.url}", status
+
+
+def wait_http(inst, proc, deadline):
+    """(http_status, why start failed): GET until below 500 (why None), exit or deadline."""
+    while inst.req.get("check"):
+        status = http_get(inst, max(0.5, min(5.0, deadline - time.time())))
+        if status and status < 500:
+            return status, None
+        if proc.poll() is not None or time.time() >= deadline:
+            return status, f"{check_note(inst, status)} within {inst.req['start_timeout']:g}s; the server was stopped"
+        time.sleep(0.25)  # not faster: each 500 writes a traceback to the log
+    return None, None
+
+
+def relay(proc, out, deadline):
+    """Copy the output to `out` (if any) until it ends: (its last bytes, why not: timeout, gone)."""
+    import select
+    parent, fd, kept, last = os.getppid(), proc.stdout.fileno(), b"", b"\n"
+    while True:
+        if deadline is not None and time.time() >= deadline:
+            return kept, "timeout"
+        if os.getppid() != parent:
+            return kept, "gone"
+        if not select.select([fd], [], [], 0.25)[0]:
+            if proc.poll() is not None:  # what it left may hold the pipe
+                break
+            continue
+        chunk = os.read(fd, BLOCK)
+        if not chunk:
+            break
+        kept, last = (kept + chunk)[-BLOCK:], chunk[-1:]
+        if out:
+            try:
+                out.write(chunk)
+                out.flush()
+            except OSError:
+                return kept, "gone"
+    if out and last != b"\n":
+        out.write(b"\n")  # the result starts a line of its own
+        out.flush()
+    return kept, None
+
+
+@verb("manage")
+def do_manage(inst):
+    """manage.py ARGS as start runs the server, stdin /dev/null, in a group ended with it."""
+    import subprocess
+    inst.require_project()
+    python, args, limit = resolve_python(inst), inst.req["args"], inst.req.get("manage_timeout")
+    argv = [python, inst.manage_py, args[0]]
+    if inst.req.get("settings"):  # here both Django's and the command's parser take it
+        argv.append(f"--settings={inst.req['settings']}")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(inst.req.get("env") or {}))
+    proc = subprocess.Popen(argv + args[1:], cwd=inst.project, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    with proc.stdout:
+        kept, why = relay(proc, inst.req.get("stream") and sys.stdout.buffer,
+                          limit and time.time() + limit)
+    terminate(Found(pgid=proc.pid), min(inst.req["stop_timeout"], 5))
+    code = proc.wait()
+    if why == "gone":
+        return None
+    extra = {"exit_status": None if why else code, "output_tail": tail_text(kept, 20)}
+    if why or code:
+        ended = f"did not end within {limit:g}s; it was ended" if why else f"exited with status {code}"
+        raise AgentError(f"manage.py {args[0]} {ended}", **extra)
+    found, _ = locate(inst)
+    return describe(inst, found, ok=True, changed=False, state=RUNNING if found and found.members() else STOPPED,
+                    message=f"manage.py {args[0]} exited 0", **extra)
+
 
 def join(*parts):
     return "; ".join(part for part in parts if part)
@@ -2019,6 +2130,8 @@ def handle(req):
     except OSError as exc:  # e.g. a state directory that turned read-only or full mid-way
         error = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
         result = failure(inst, req, error, FAILED, {})
+    if action in CHECKED:
+        result.setdefault("http_status", None)
     result["action"] = action
     return result
 

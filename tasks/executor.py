@@ -181,7 +181,10 @@ def finish(calls: List[Any], contexts: List[Context], outcomes: List[Outcome], j
 
 def combined(codes: List[int]) -> int:
     """2 for any usage error, else 1 for any failure, else 3 when a status found
-    something not running, else 0."""
+    something not running, else 0. A single host's code stands as it is: tunnel
+    --run exits with its command's."""
+    if len(codes) == 1:
+        return codes[0]
     if 2 in codes:
         return 2
     if any(code not in (0, 3) for code in codes):

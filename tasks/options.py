@@ -10,6 +10,7 @@ against SETTINGS by tests/test_options_unit.py.
 
 import ipaddress
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union
@@ -22,15 +23,22 @@ CONNECT_TIMEOUT = 10  # seconds; Fabric's own default is to wait forever
 EXAMPLE_PROJECT = Path(__file__).resolve().parent.parent / "example"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SETTINGS_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-#: The verbs that act on one instance (a project and a port), and all of them.
+#: The verbs that act on one instance (a project and a port).
 INSTANCE_VERBS = ("start", "stop", "status", "restart", "logs")
-VERBS = INSTANCE_VERBS + ("list",)
+#: The agent's verbs.
+VERBS = INSTANCE_VERBS + ("list", "manage")
 STARTING = ("start", "restart")
+#: Every task: the agent's verbs, and tunnel, which is the client's alone.
+TASKS = VERBS + ("tunnel",)
+#: The tasks that name one server instance by its port.
+NAMING = INSTANCE_VERBS + ("tunnel",)
 #: The verbs for which a port given nowhere means DEFAULT_PORT; for the others
 #: it travels as null and names the project's one instance on the host.
 PORT_DEFAULTED = ("start",)
 #: The verbs that name no project.
 PROJECTLESS = ("list",)
+#: The tasks that take --project.
+PROJECT_TASKS = tuple(name for name in TASKS if name not in PROJECTLESS)
 
 
 class UsageError(Exception):
@@ -221,9 +229,52 @@ def parse_inventory(value: Any) -> Optional[Path]:
     return Path(value).expanduser()
 
 
+def parse_check(value: Any) -> str:
+    # It reaches the server as the request line's target: a space or a control
+    # character there would make another request, or none.
+    text = text_of(value, "a path")
+    if not text.startswith("/") or any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in text):
+        raise Invalid(f"must be a path starting with / without spaces or control characters, not {shown(value)}")
+    return text
+
+
+def parse_manage_args(value: Any) -> List[str]:
+    """The manage.py command as argv words, split with shell rules: it travels
+    as a list and never meets a shell."""
+    text = text_of(value, "a manage.py command")
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:  # an unclosed quote
+        raise Invalid(f"cannot be split into words ({exc}): {shown(value)}") from None
+    if not words:
+        raise Invalid(f"must name a manage.py command, not {shown(value)}")
+    if any("\0" in word for word in words):
+        raise Invalid("must not hold NUL bytes")
+    return words
+
+
+def parse_local_port(value: Any) -> int:
+    port = whole(value.strip() if isinstance(value, str) else value)
+    if port is None or not 0 <= port <= 65535:
+        raise Invalid(f"must be a number from 0 (one the OS chooses) to 65535, not {shown(value)}")
+    return port
+
+
+def parse_command(value: Any) -> str:
+    text = text_of(value, "a command")
+    if not text.strip() or "\0" in text:
+        raise Invalid(f"must be a command without NUL bytes, not {shown(value)}")
+    return text
+
+
 def optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """`parse` for a setting whose unset value (None) stands for a default elsewhere."""
     return lambda value: None if value is None else parse(value)
+
+
+def dashed(flag: str) -> str:
+    """A flag's name as invoke spells it on the command line: `local_port` is --local-port."""
+    return flag.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -240,6 +291,7 @@ class Setting:
     request: bool = False  # it travels to the agent
     config: bool = True  # the `fabserve` config section may set it
     repeatable: bool = False  # the flag may be given several times
+    positional: bool = False  # the flag's value may also be given without the flag
 
     @property
     def flag_name(self) -> str:
@@ -250,7 +302,7 @@ class Setting:
         try:
             return self.parse(value)
         except Invalid as exc:
-            label, where = origin or (f"--{self.flag_name}" if self.verbs else f"fabserve.{self.name}", "")
+            label, where = origin or (f"--{dashed(self.flag_name)}" if self.verbs else f"fabserve.{self.name}", "")
             raise UsageError(f"{label} {exc}{where}") from None
 
 
@@ -259,11 +311,11 @@ SETTINGS: Tuple[Setting, ...] = (
             "Django project directory (holding manage.py) on the target; "
             "default: fabserve.project; locally, the bundled example in fabserve's checkout, "
             "the current directory (holding manage.py) when installed",
-            verbs=INSTANCE_VERBS, per_host=True, request=True),
+            verbs=PROJECT_TASKS, per_host=True, request=True),
     Setting("port", DEFAULT_PORT, parse_port,
             "port runserver listens on, or auto: a free one from port_range (start's default {default}); "
             "with --project it names the instance, and without it the other verbs act on the project's one instance",
-            verbs=INSTANCE_VERBS, per_host=True, request=True),
+            verbs=NAMING, per_host=True, request=True),
     # Not given, it travels as null: the agent then uses the address recorded at
     # start, else 127.0.0.1, so a plain status or restart finds `--addr 127.0.0.2`.
     Setting("addr", None, optional(parse_addr),
@@ -272,11 +324,11 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("python", None, optional(parse_path),
             "interpreter on the target, relative paths from the project "
             "(default: the project's .venv or venv, else python3)",
-            verbs=STARTING, per_host=True, request=True),
-    Setting("settings", None, parse_settings_module, "Django settings module, passed as runserver --settings",
-            verbs=STARTING, per_host=True, request=True),
-    Setting("env", {}, parse_env, "KEY=VALUE set in the server's environment (repeatable)",
-            verbs=STARTING, per_host=True, request=True, repeatable=True),
+            verbs=STARTING + ("manage",), per_host=True, request=True),
+    Setting("settings", None, parse_settings_module, "Django settings module, passed as --settings to runserver or the command",
+            verbs=STARTING + ("manage",), per_host=True, request=True),
+    Setting("env", {}, parse_env, "KEY=VALUE set in the server's (or the command's) environment (repeatable)",
+            verbs=STARTING + ("manage",), per_host=True, request=True, repeatable=True),
     Setting("noreload", False, parse_switch, "run without Django's autoreloader (a single process)",
             verbs=STARTING, per_host=True, request=True),
     Setting("start_timeout", 30, parse_seconds,
@@ -290,7 +342,7 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("follow", False, parse_switch, "keep printing lines as they are appended, until interrupted",
             verbs=("logs",), request=True, config=False),
     Setting("json", False, parse_switch, "print JSON on stdout and nothing else: one object per host (list: one per server)",
-            verbs=VERBS),
+            verbs=TASKS),
     Setting("ttl", None, optional(parse_duration),
             "stop the server after this long, e.g. 30m, 2h, 1d (default: never; restart keeps the old one)",
             verbs=STARTING, per_host=True, request=True),
@@ -312,6 +364,23 @@ SETTINGS: Tuple[Setting, ...] = (
             "refuse hosts that are not in known_hosts, whatever ssh_config says (for CI)"),
     Setting("port_range", DEFAULT_PORT_RANGE, parse_port_range,
             "ports --port auto chooses from, LOW-HIGH", per_host=True, request=True),
+    Setting("check", None, optional(parse_check),
+            "path the agent GETs on the host once the port answers: start and restart wait for an "
+            "answer below 500, status says failed otherwise (default: no check)",
+            verbs=STARTING + ("status",), per_host=True, request=True),
+    Setting("args", None, optional(parse_manage_args),
+            "the manage.py command and its arguments as one string, split with shell rules",
+            verbs=("manage",), request=True, config=False, positional=True),
+    Setting("manage_timeout", None, optional(parse_seconds),
+            "seconds the command may run before its processes are ended (default: no limit)",
+            verbs=("manage",), flag="timeout", per_host=True, request=True),
+    Setting("local_port", 0, parse_local_port,
+            "port the tunnel listens on at 127.0.0.1 (default {default}: one the OS chooses)",
+            verbs=("tunnel",)),
+    Setting("run", None, optional(parse_command),
+            "command run through your shell once the tunnel answers, with FABSERVE_URL, FABSERVE_HOST "
+            "and FABSERVE_PORT set; the tunnel closes when it ends and fab exits with its status",
+            verbs=("tunnel",), config=False),
 )
 SETTING: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 
@@ -368,6 +437,11 @@ def helps(verb: str) -> Dict[str, str]:
 def repeatable(verb: str) -> List[str]:
     """`verb`'s flags that may be given several times, for its @task."""
     return [setting.flag_name for setting in flags_of(verb) if setting.repeatable]
+
+
+def positional(verb: str) -> List[str]:
+    """`verb`'s flags whose value may also be given without the flag, for its @task."""
+    return [setting.flag_name for setting in flags_of(verb) if setting.positional]
 
 
 def section(config: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -449,7 +523,7 @@ def merged(config: Mapping[str, Any], flags: Mapping[str, Any], host_vars: Optio
             values.give(name, value, (name, " (from the inventory)"))
     for name, value in flags.items():
         if value is not None and value is not False:
-            values.give(name, value, (f"--{name}", ""))
+            values.give(name, value, (f"--{dashed(name)}", ""))
     return values
 
 
@@ -501,7 +575,7 @@ def request(action: str, values: Mapping[str, Any], env_flags: Optional[Iterable
                 req[each.name] = None
                 continue
             req[each.name] = each.check(values.get(each.name, each.default), origin.get(each.name))
-    if not port_given and action not in PORT_DEFAULTED:
+    if not port_given and action in INSTANCE_VERBS and action not in PORT_DEFAULTED:
         req["port"] = None
     return req
 

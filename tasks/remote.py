@@ -179,12 +179,21 @@ def is_remote(c: Context) -> bool:
 
 def call(c: Context, request: Dict[str, Any], agent_python: str) -> Dict[str, Any]:
     """Run one agent action on `c` and return its result; HostError otherwise."""
-    deadline = request["start_timeout"] + 2 * request["stop_timeout"] + SLACK
-    result = run(c, command(request, agent_python), timeout=deadline, hide=True)
+    result = run(c, command(request, agent_python), timeout=deadline_of(request), hide=True)
     parsed = parse_result(result.stdout)
     if parsed is None:
         raise HostError(agent_failure(result.exited, result.stderr, agent_python))
     return parsed
+
+
+def deadline_of(request: Dict[str, Any]) -> Optional[float]:
+    """Seconds after which a call that gave no answer is given up: the agent's own
+    deadlines plus SLACK; None for what may run as long as it likes (a follower,
+    a manage command without --timeout)."""
+    if request.get("follow") or (request["action"] == "manage" and request.get("manage_timeout") is None):
+        return None
+    limit = request["manage_timeout"] if request["action"] == "manage" else request["start_timeout"]
+    return limit + 2 * request["stop_timeout"] + SLACK
 
 
 def stream(c: Context, request: Dict[str, Any], agent_python: str, prefix: str = "") -> Optional[Dict[str, Any]]:
@@ -199,7 +208,7 @@ def stream(c: Context, request: Dict[str, Any], agent_python: str, prefix: str =
     the agent sees its reader gone and ends too.
     """
     out = Passthrough(prefix)
-    timeout = None if request.get("follow") else request["start_timeout"] + 2 * request["stop_timeout"] + SLACK
+    timeout = deadline_of(request)
     try:
         result = run(c, command(request, agent_python), timeout=timeout, hide="stderr", out_stream=out)
         parsed = out.close()

@@ -14,7 +14,7 @@ from fabric.main import program as fab_program
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from . import entrypoints, listing, options, remote, report
+from . import entrypoints, listing, options, remote, report, tunnels
 from .agent import RUNNING
 from .report import Formatter, pid_list, plain
 
@@ -24,7 +24,8 @@ def verb(body: Optional[Callable[..., Any]] = None, *, name: Optional[str] = Non
     @verb(name=...) for a verb whose name Python already uses (`list`)."""
     def build(body: Callable[..., Any]) -> Any:
         called = name or body.__name__
-        return task(name=called, help=options.helps(called), iterable=options.repeatable(called))(body)
+        return task(name=called, help=options.helps(called), iterable=options.repeatable(called),
+                    positional=options.positional(called))(body)
     return build(body) if body is not None else build
 
 
@@ -146,15 +147,16 @@ def started(c: Context) -> Formatter:
 
 @verb
 def start(c, project=None, port=None, addr=None, python=None, settings=None, env=None,
-          noreload=False, timeout=None, json=False, ttl=None):
+          noreload=False, timeout=None, check=None, json=False, ttl=None):
     """Start runserver detached; return once its port answers.
 
     Already running: reports it and starts nothing. On failure (port taken,
-    broken project, timeout) it kills what it launched and shows the log's tail.
-    With --ttl it stops itself once that time has passed.
+    broken project, timeout, --check not answered below 500) it kills what it
+    launched and shows the log's tail. With --ttl it stops itself once that
+    time has passed.
     """
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings,
-                 noreload=noreload, timeout=timeout, json=json, ttl=ttl)
+                 noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl)
     return finish(c, operate(c, "start", flags, env), flags, started(c))
 
 
@@ -186,24 +188,25 @@ def show_status(result: Dict[str, Any]) -> str:
 
 
 @verb
-def status(c, project=None, port=None, addr=None, json=False):
+def status(c, project=None, port=None, addr=None, check=None, json=False):
     """Show whether the server runs and answers: exit 0 yes, 3 not running, 1 failed.
 
-    Prints its pids, uptime, URL, log and pidfile, and when its TTL ends.
+    Prints its pids, uptime, URL, log and pidfile, and when its TTL ends. With
+    --check, a server whose path answers 500 or above (or not at all) has failed.
     """
-    flags = dict(project=project, port=port, addr=addr, json=json)
+    flags = dict(project=project, port=port, addr=addr, check=check, json=json)
     return finish(c, operate(c, "status", flags), flags, show_status)
 
 
 @verb
 def restart(c, project=None, port=None, addr=None, python=None, settings=None, env=None,
-            noreload=False, timeout=None, json=False, ttl=None):
+            noreload=False, timeout=None, check=None, json=False, ttl=None):
     """Stop the server if it runs, then start it and wait until it answers.
 
     The new server keeps the old one's expiry unless --ttl gives a new one.
     """
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings,
-                 noreload=noreload, timeout=timeout, json=json, ttl=ttl)
+                 noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl)
     return finish(c, operate(c, "restart", flags, env), flags, started(c))
 
 
@@ -250,9 +253,10 @@ def logs(c, project=None, port=None, lines=None, follow=False, json=False, previ
 
 @verb(name="list")
 def list_servers(c, json=False):
-    """List every server of the connecting user on the host: managed ones
-    (running, stopped with their log kept, stale) and runservers fabserve did
-    not start, as a table; with --json, one line per server with its host.
+    """List every server of the connecting user on each host, as a table.
+
+    Managed ones (running, stopped with their log kept, stale) and runservers
+    fabserve did not start; with --json, one line per server with its host.
     """
     flags = dict(json=json)
     result = operate(c, "list", flags)
@@ -261,3 +265,42 @@ def list_servers(c, json=False):
             report.say(line)
         return result
     return finish(c, result, flags, listing.show_list)
+
+
+@verb
+def manage(c, args=None, project=None, python=None, settings=None, env=None, timeout=None, json=False):
+    """Run `manage.py ARGS` in the project, e.g. fab manage "migrate --noinput".
+
+    ARGS is split with shell rules here and reaches manage.py as separate
+    words, never through a shell. Same interpreter, --settings and --env as
+    start; stdin is /dev/null. Exit 0 if the command exited 0, else 1.
+    """
+    flags = dict(args=args, project=project, python=python, settings=settings, timeout=timeout, json=json)
+    host = remote.host_label(c)
+    as_json = options.setting(c.config, "json", flags)
+    req, agent_python = prepare(c, "manage", flags, env)
+    req["stream"] = not as_json
+    try:
+        if as_json:
+            result = remote.call(c, req, agent_python)
+        else:
+            result = remote.stream(c, req, agent_python, prefix=f"{host}: " if multiple(c) else "")
+    except remote.HostError as exc:
+        result = report.failure(host, "manage", str(exc))
+    if result is None:  # our own reader went away
+        return None
+    result["host"] = host
+    return finish(c, result, flags)  # the command's own lines went to stdout as they came
+
+
+@verb
+def tunnel(c, project=None, port=None, local_port=None, run=None, json=False):
+    """Forward a local port on 127.0.0.1 to the running server, over the same SSH connection.
+
+    Once a request through it answers, prints the URL (--json: one line) and
+    holds it open until Ctrl-C or SIGTERM; with --run CMD it runs CMD through
+    your shell with FABSERVE_URL, FABSERVE_HOST and FABSERVE_PORT set, closes
+    the tunnel when CMD ends and exits with its status. Exactly one host.
+    """
+    flags = dict(project=project, port=port, local_port=local_port, run=run, json=json)
+    tunnels.open_tunnel(c, flags, lambda: operate(c, "status", dict(project=project, port=port, json=json)))

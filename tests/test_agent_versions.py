@@ -86,3 +86,25 @@ def test_ttl_watchdog_and_log_cut_under_each_interpreter(version, make_project, 
     lines = open(start["log"]).read().splitlines()
     assert "log cut to its newest part" in lines[0] and "pushed 1499" in lines
     assert lines[-1].endswith("expired: the ttl ended, so the server was stopped")
+
+
+@pytest.mark.parametrize("version", sorted(INTERPRETERS))
+def test_manage_and_http_checks_under_each_interpreter(version, make_project, target, tmp_path):
+    project = make_project("site")
+    values = options.merged({}, {"project": str(project), "port": free_port(), "python": str(target.python),
+                                 "state_dir": str(tmp_path / "state"), "check": "/", "args": "check --deploy"})
+
+    def cmd(action):
+        return remote.command(options.request(action, values, [], local=False), INTERPRETERS[version])
+
+    script = "; ".join(cmd(action) for action in ("manage", "start", "status", "stop"))
+    done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    results = [remote.parse_result(line) for line in MARKER_RESULTS.findall(done.stdout)]
+    assert [r["action"] for r in results] == ["manage", "start", "status", "stop"], done.stderr
+    manage, start, status, stop = results
+    assert manage["ok"] and manage["exit_status"] == 0, manage
+    assert any("security.W" in line for line in manage["output_tail"])  # --deploy reached Django
+    assert start["ok"] and start["http_status"] == 200, start
+    assert status["state"] == "running" and status["http_status"] == 200
+    assert stop["changed"] and stop["port_free"]

@@ -31,7 +31,7 @@ def test_only_the_checkouts_fabfile_uses_the_checkouts_defaults():
     assert entrypoints.local_project(checkout) is None  # the request then takes the example
     assert entrypoints.inventory_path(installed) == entrypoints.LOCAL_INVENTORY
     assert not entrypoints.inventory_path(installed).is_absolute()  # read from the current directory
-    assert sorted(fabfile_ns().tasks) == sorted(collection.tasks) == sorted(options.VERBS)
+    assert sorted(fabfile_ns().tasks) == sorted(collection.tasks) == sorted(options.TASKS)
 
 
 def test_installed_the_local_project_is_the_current_directory_with_manage_py(tmp_path, monkeypatch):

@@ -210,3 +210,13 @@ def test_list_across_hosts_one_table_each_and_json_lines_with_their_host(machine
     for name in names[3:]:
         assert blocks[name][0] == f"{name}: no servers" or str(machines.site) not in "\n".join(blocks[name])
     assert table.stdout.splitlines()[-1] == f"{len(names)} ok"
+
+
+def test_manage_on_several_hosts_prefixes_each_hosts_lines(machines):
+    names = sorted(machines.hosts)[:2]
+    result = machines.fab("-H", ",".join(names), "manage", "check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in names:
+        assert f"{name}: System check identified no issues (0 silenced)." in result.stdout.splitlines()
+        assert f"{name}: manage.py check exited 0" in result.stdout.splitlines()
+    assert result.stdout.splitlines()[-1] == "2 ok"

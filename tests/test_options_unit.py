@@ -38,7 +38,7 @@ def stated(default) -> str:
 def test_every_setting_has_a_row_that_matches_the_table():
     rows = readme_options()
     by_setting = {row[0].strip("`"): row for row in rows if row[0] != "—"}
-    flag_only = {re.match(r"`--([a-z_]+)", row[1]).group(1): row for row in rows if row[0] == "—"}
+    flag_only = {re.match(r"`--([a-z_-]+)", row[1]).group(1).replace("-", "_"): row for row in rows if row[0] == "—"}
     assert set(by_setting) == {setting.name for setting in options.SETTINGS if setting.config}
     assert set(flag_only) == {setting.flag_name for setting in options.SETTINGS if not setting.config}
     for setting in options.SETTINGS:
@@ -47,9 +47,9 @@ def test_every_setting_has_a_row_that_matches_the_table():
         assert meaning, setting.name
         assert (per_host == "yes") == setting.per_host, setting.name
         if setting.verbs:
-            assert flag.startswith(f"`--{setting.flag_name}"), setting.name
+            assert flag.startswith(f"`--{setting.flag_name.replace('_', '-')}"), setting.name
             verbs = re.search(r"\(([a-z, ]+)\)$", flag)
-            listed = tuple(verbs.group(1).split(", ")) if verbs else options.VERBS
+            listed = tuple(verbs.group(1).split(", ")) if verbs else options.TASKS
             assert listed == setting.verbs, setting.name
         else:
             assert flag == "", setting.name
@@ -58,8 +58,8 @@ def test_every_setting_has_a_row_that_matches_the_table():
 
 
 def test_each_task_takes_exactly_the_flags_the_table_gives_its_verb():
-    assert sorted(ns.tasks) == sorted(options.VERBS)
-    for verb in options.VERBS:
+    assert sorted(ns.tasks) == sorted(options.TASKS)
+    for verb in options.TASKS:
         body = ns.tasks[verb].body
         parameters = list(inspect.signature(body).parameters)[1:]  # after the context
         assert sorted(parameters) == sorted(setting.flag_name for setting in options.flags_of(verb)), verb
@@ -71,7 +71,8 @@ def test_defaults_and_per_host_settings_come_from_the_table():
     assert "follow" not in options.DEFAULTS  # a flag only: no config key
     assert set(options.PER_HOST) == {"project", "port", "addr", "python", "settings", "env", "noreload",
                                      "start_timeout", "stop_timeout", "lines", "agent_python", "state_dir",
-                                     "ttl", "log_keep", "log_max", "port_range"}
+                                     "ttl", "log_keep", "log_max", "port_range",
+                                     "check", "manage_timeout"}
     # Registered as CONFIGURED (numbers as text, for FABRIC_FABSERVE_*), which parses to DEFAULTS.
     assert ns.configuration()["fabserve"] == options.CONFIGURED
     parsed = lambda defaults: {name: options.SETTING[name].parse(value) for name, value in defaults.items()

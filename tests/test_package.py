@@ -106,7 +106,7 @@ def test_version_and_list_as_the_test_user_outside_the_checkout(installed, as_us
     listing = as_test_user(as_user, [installed.fabserve, "--list"], target.home)
     assert listing.returncode == 0, listing.stderr
     listed = re.findall(r"^  (\S+)", listing.stdout, re.MULTILINE)
-    assert sorted(listed) == sorted(options.VERBS)
+    assert sorted(listed) == sorted(options.TASKS)
 
 
 def test_start_status_stop_over_ssh_leave_site_packages_as_installed(installed, outside, target, site):
@@ -146,7 +146,7 @@ def test_a_fabfile_of_your_own_runs_the_collection_under_another_name(installed,
         f"ns.configure(fabserve.config(project={str(site)!r}))\n")
     command = [installed.fab, "-S", target.ssh_config, "-H", target.alias]
     listing = as_root([installed.fab, "--list"], mine)
-    assert {f"serve.{verb}" for verb in options.VERBS} | {"deploy"} <= set(listing.stdout.split())
+    assert {f"serve.{verb}" for verb in options.TASKS} | {"deploy"} <= set(listing.stdout.split())
     # The parent's fabserve section and a FABRIC_FABSERVE_* variable name the instance.
     port_env = {"FABRIC_FABSERVE_PORT": str(port)}
     start = as_root([*command, "serve.start"], mine, env=port_env)

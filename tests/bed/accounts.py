@@ -91,6 +91,25 @@ class Spawner:
         self.procs.clear()
 
 
+BREAKABLE_URLS = """\
+from pathlib import Path
+
+from django.http import HttpResponse
+from django.urls import path
+
+BROKEN = Path(__file__).resolve().parent.parent / "broken"
+
+
+def home(request):
+    if BROKEN.exists():
+        raise RuntimeError("the view is broken on purpose")
+    return HttpResponse("fine")
+
+
+urlpatterns = [path("", home)]
+"""
+
+
 class ProjectMaker:
     """Creates Django projects (startproject) owned by the target's user, each with a
     .venv linked to the target venv."""
@@ -120,6 +139,15 @@ class ProjectMaker:
             result = self._as_user(command)
             if result.returncode != 0:
                 raise BedError(f"{command} failed:\n{result.stdout}{result.stderr}")
+        return project
+
+    def breakable(self, name: str = "site") -> Path:
+        """A project whose one view, at /, answers "fine" until a file `broken`
+        exists in the project directory, then raises (HTTP 500)."""
+        project = self(name)
+        urls = project / "mysite" / "urls.py"
+        urls.write_text(BREAKABLE_URLS)
+        os.chown(urls, self._target.uid, -1)
         return project
 
     def cleanup(self) -> None:

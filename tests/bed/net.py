@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import random
 import socket
 import urllib.error
 import urllib.request
@@ -19,6 +20,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def free_port_between(low: int, high: int, host: str = "127.0.0.1") -> int:
+    """A TCP port from low to high (inclusive) that was free on host a moment ago,
+    for tests that keep to a range of their own; any free port if none is."""
+    for port in random.sample(range(low, high + 1), high + 1 - low):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    return free_port(host)
 
 
 def accepts(address: str, port: int, timeout: float = 1) -> bool:

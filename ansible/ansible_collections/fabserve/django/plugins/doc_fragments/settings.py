@@ -30,12 +30,12 @@ options:
     type: str
   settings:
     description:
-    - Django settings module, passed as runserver --settings.
+    - Django settings module, passed as --settings to runserver or the command.
     - fab's C(--settings) and the inventory variable C(settings).
     type: str
   env:
     description:
-    - KEY=VALUE set in the server's environment (repeatable).
+    - KEY=VALUE set in the server's (or the command's) environment (repeatable).
     - fab's C(--env) and the inventory variable C(env).
     - A mapping of names to values.
     type: dict
@@ -86,6 +86,12 @@ options:
     - The config setting and inventory variable C(port_range).
     type: str
     default: 8000-8999
+  check:
+    description:
+    - 'Path the agent GETs on the host once the port answers: start and restart wait for an answer below
+      500, status says failed otherwise (default: no check).'
+    - fab's C(--check) and the inventory variable C(check).
+    type: str
   timeout:
     description:
     - 'As fab''s C(--timeout): sets C(start_timeout) for C(state=started|restarted); C(stop_timeout) for

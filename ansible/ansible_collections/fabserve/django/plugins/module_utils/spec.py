@@ -15,8 +15,9 @@ ARGUMENT_SPEC = {'project': {'type': 'str', 'required': True},
  'log_max': {'type': 'str', 'default': '50M'},
  'state_dir': {'type': 'str'},
  'port_range': {'type': 'str', 'default': '8000-8999'},
+ 'check': {'type': 'str'},
  'timeout': {'type': 'float'}}
 # Module options that are settings; the rest of ARGUMENT_SPEC are flags setting one of them.
-SETTINGS = ('project', 'port', 'addr', 'python', 'settings', 'env', 'noreload', 'start_timeout', 'stop_timeout', 'ttl', 'log_keep', 'log_max', 'state_dir', 'port_range')
+SETTINGS = ('project', 'port', 'addr', 'python', 'settings', 'env', 'noreload', 'start_timeout', 'stop_timeout', 'ttl', 'log_keep', 'log_max', 'state_dir', 'port_range', 'check')
 # state -> the agent's verb
 STATES = {'started': 'start', 'stopped': 'stop', 'restarted': 'restart', 'status': 'status'}

@@ -167,6 +167,10 @@ ambiguous:
     2).
   returned: with state=started or stopped or restarted or status
   type: str
+http_status:
+  description: 'What GET of the check path answered; null: no check, or no answer.'
+  returned: with state=started or restarted or status
+  type: str
 '''
 
 from ansible.module_utils.basic import AnsibleModule

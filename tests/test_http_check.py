@@ -1,0 +1,69 @@
+"""`--check PATH` over the real sshd with a real Django project whose view can be
+broken: a start whose view raises fails and leaves nothing, a working one reports
+its HTTP status, and status notices a view that broke afterwards."""
+
+from __future__ import annotations
+
+from bed.net import free_port_between
+from helpers import alive, http_status, port_listening, where
+
+
+def port_16k() -> int:
+    """A port in 16000-16999 (the range these tests pick from) that was free a moment ago."""
+    return free_port_between(16000, 16999)
+
+
+def test_check_fails_a_start_whose_view_raises_and_passes_a_working_one(fab, make_project, as_user):
+    project = make_project.breakable()
+    flags = where(project, port_16k())
+    (project / "broken").touch()
+
+    failed = fab("start", *flags, "--check", "/", "--timeout", "8", "--json")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    result = failed.json
+    assert result["ok"] is False and result["state"] == "failed" and result["http_status"] == 500
+    assert result["error"] == "GET / answered HTTP 500 within 8s; the server was stopped"
+    assert any("the view is broken on purpose" in line for line in result["log_tail"])
+    assert not port_listening(int(flags[3]))
+    assert fab("status", *flags).returncode == 3
+
+    human = fab("start", *flags, "--check", "/", "--timeout", "8")
+    assert human.returncode == 1
+    assert "start failed: GET / answered HTTP 500 within 8s; the server was stopped" in human.stderr
+    assert "last lines of" in human.stderr and "the view is broken on purpose" in human.stderr
+
+    (project / "broken").unlink()
+    started = fab("start", *flags, "--check", "/", "--json")
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert started.json["http_status"] == 200 and started.json["state"] == "running"
+    assert started.json["message"].startswith(f"started on {started.json['url']}; GET / answered HTTP 200")
+    pids = started.json["pids"]
+    try:
+        plain = fab("status", *flags, "--json")
+        assert plain.returncode == 0 and plain.json["http_status"] is None  # no check: as before
+        checked = fab("status", *flags, "--check", "/", "--json")
+        assert checked.returncode == 0 and checked.json["http_status"] == 200
+
+        as_user(["touch", str(project / "broken")])
+        assert http_status(started.json["url"]) == 500
+        broken = fab("status", *flags, "--check", "/", "--json")
+        assert broken.returncode == 1, broken.stdout
+        assert broken.json["state"] == "failed" and broken.json["http_status"] == 500
+        assert broken.json["message"] == f"GET / answered HTTP 500 on {started.json['url']}"
+        assert fab("status", *flags, "--check", "/").stderr.strip().endswith(
+            f"GET / answered HTTP 500 on {started.json['url']}")
+        again = fab("start", *flags, "--check", "/", "--json")
+        assert again.returncode == 1 and again.json["changed"] is False
+        assert again.json["message"].startswith("already started but GET / answered HTTP 500")
+        assert all(alive(pid) for pid in pids)  # a status never stops anything
+    finally:
+        stopped = fab("stop", *flags, "--json")
+    assert stopped.returncode == 0 and stopped.json["port_free"] is True
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_check_paths_are_checked_before_connecting(fab, site):
+    for bad in ("healthz", "/a b", "/x\ty", ""):
+        result = fab("start", *where(site, port_16k()), "--check", bad)
+        assert result.returncode == 2, (bad, result.stderr)
+        assert "--check must be a path starting with / without spaces or control characters" in result.stderr

@@ -1,0 +1,110 @@
+"""`manage "ARGS"` over the real sshd and locally, in a real Django project:
+migrate creates the database, an unknown command is Django's own error, argv
+reaches Django literally, a prompting command fails instead of hanging, and
+--timeout ends the command's whole group."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from bed.procs import cmdline, uid_processes
+from helpers import REPO, alive, wait_for
+
+
+def test_migrate_creates_the_database_and_streams_its_output(run, site, mode):
+    result = run("manage", "migrate --noinput", "--project", str(site), json=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "Operations to perform:" in lines and any(line.endswith("... OK") for line in lines)
+    host = "local" if mode == "local" else "fabserve-target"
+    assert lines[-1] == f"{host}: manage.py migrate exited 0"
+    with sqlite3.connect(site / "db.sqlite3") as db:
+        assert db.execute("select count(*) from django_migrations").fetchone()[0] > 10
+
+    again = run("manage", "migrate --noinput", "--project", str(site))
+    assert again.returncode == 0
+    answer = again.json
+    assert answer["ok"] is True and answer["exit_status"] == 0 and answer["error"] is None
+    assert answer["output_tail"][-1] == "  No migrations to apply."
+    assert answer["message"] == "manage.py migrate exited 0"
+
+
+def test_an_unknown_command_exits_1_with_djangos_message(run, site):
+    result = run("manage", "nosuchcommand", "--project", str(site), json=False)
+    assert result.returncode == 1
+    assert "Unknown command: 'nosuchcommand'" in result.stdout
+    assert result.stderr.strip().endswith("manage failed: manage.py nosuchcommand exited with status 1")
+
+    answer = run("manage", "nosuchcommand", "--project", str(site)).json
+    assert answer["ok"] is False and answer["exit_status"] == 1
+    assert "Unknown command: 'nosuchcommand'" in answer["output_tail"]
+
+
+def test_arguments_reach_django_literally(fab, site):
+    literal = "$(id) `id` ; x | y 'q' \"w\" \\ $HOME"
+    args = shlex.join(["shell", "-c", f"print({literal!r})"])
+    result = fab("manage", args, "--project", str(site), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.json["output_tail"][-1] == literal
+
+    injected = fab("manage", "; id", "--project", str(site), "--json")
+    assert injected.returncode == 1
+    assert "Unknown command: ';'" in injected.json["output_tail"]
+    assert not any("uid=" in line for line in injected.json["output_tail"])
+
+
+def test_a_command_that_would_prompt_fails_instead_of_waiting(fab, site):
+    # flush asks "Type 'yes' to continue": stdin is /dev/null, so the answer is end of file.
+    result = fab("manage", "flush", "--project", str(site), "--timeout", "60", "--json", timeout=90)
+    assert result.returncode == 1
+    assert result.json["exit_status"] == 1 and "EOFError" in result.json["output_tail"][-1]
+    assert result.json["error"] == "manage.py flush exited with status 1"
+
+
+def test_timeout_ends_the_commands_whole_group(fab, site, target):
+    # The command forks a child into its group, then both sleep: both must be gone.
+    code = "import os, time; os.fork(); print(os.getpid(), flush=True); time.sleep(120)"
+    # 10 s: Django's shell must start and fork within it, also on a busy machine.
+    result = fab("manage", f"shell -c '{code}'", "--project", str(site), "--timeout", "10", "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.json["error"] == "manage.py shell did not end within 10s; it was ended", result.json
+    assert result.json["exit_status"] is None
+    assert len([line for line in result.json["output_tail"] if line.isdigit()]) == 2, result.json["output_tail"]
+    # the autouse check finds neither process left
+
+
+@pytest.mark.parametrize("args,message", [("", "must name a manage.py command"),
+                                          ("shell -c 'unclosed", "cannot be split into words")])
+def test_bad_args_are_refused_before_connecting(fab, site, args, message):
+    result = fab("manage", args, "--project", str(site))
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_manage_without_a_command_is_invokes_own_parse_error(fab, site):
+    result = fab("manage", "--project", str(site))
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip() == "'manage' did not receive required positional arguments: 'args'"
+
+
+def test_a_caller_gone_ends_the_command(target, site):
+    code = "import time; print('ready', flush=True); time.sleep(120)"
+    caller = subprocess.Popen([sys.executable, "-m", "fabric", "-r", str(REPO), "-S", str(target.ssh_config),
+                               "-H", target.alias, "manage", shlex.join(["shell", "-c", code]), "--project",
+                               str(site)], cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        assert "ready\n" in iter(caller.stdout.readline, "")  # after Django's own first line
+        running = [pid for pid in uid_processes([target.uid]) if "time.sleep(120)" in cmdline(pid)]
+        assert running
+    finally:
+        os.killpg(caller.pid, signal.SIGKILL)  # fab and its connection, gone without a word
+        caller.wait()
+    assert wait_for(lambda: not any(alive(pid) for pid in running), timeout=15)
