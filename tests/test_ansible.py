@@ -123,7 +123,7 @@ def test_a_broken_project_fails_with_the_log_tail_and_leaves_nothing(ansible, si
 def test_bad_values_fail_with_the_settings_own_message(ansible, site, target):
     failed = ansible.module(target.alias, args(site, 70000, "status"))
     assert failed.returncode == 2
-    assert failed.results[target.alias]["msg"] == "port must be a number from 1 to 65535, not 70000"
+    assert failed.results[target.alias]["msg"] == "port must be a number from 1 to 65535, not '70000'"  # key=value text, as fab's --port is
     env = ansible.module(target.alias, f"project={site} state=status env='{{\"1BAD\": \"x\"}}'")
     assert env.results[target.alias]["msg"] == "env names an environment variable that is not valid: '1BAD'"
     missing = ansible.module(target.alias, args(site / "gone", 14806, "started"), "--check")
