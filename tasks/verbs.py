@@ -210,6 +210,24 @@ def restart(c, project=None, port=None, addr=None, python=None, settings=None, e
     return finish(c, operate(c, "restart", flags, env), flags, started(c))
 
 
+def streamed(c: Context, req: Dict[str, Any], agent_python: str, as_json: bool) -> Optional[Dict[str, Any]]:
+    """Run a verb whose output streams (logs, manage): its lines go to stdout as the
+    host sends them (each with its host when there are several), or, with --json,
+    into the one result. None when our own reader went away."""
+    host = remote.host_label(c)
+    req["stream"] = not as_json
+    try:
+        if as_json:
+            result = remote.call(c, req, agent_python)
+        else:
+            result = remote.stream(c, req, agent_python, prefix=f"{host}: " if multiple(c) else "")
+    except remote.HostError as exc:
+        result = report.failure(host, req["action"], str(exc))
+    if result is not None:
+        result["host"] = host
+    return result
+
+
 #: The most lines `logs --json` returns: they are one JSON object on both ends,
 #: about 0.7 GB of the client's memory and 3.4 s at 1,000,000 lines of 100 bytes.
 JSON_LINES = 1_000_000
@@ -237,17 +255,9 @@ def logs(c, project=None, port=None, lines=None, follow=False, json=False, previ
     if as_json and req["lines"] > JSON_LINES:
         raise Exit(f"{host}: --lines must be at most {JSON_LINES} with --json (the lines travel in one "
                    f"object), not {req['lines']}; without --json they stream", 2)
-    req["stream"] = not as_json
-    try:
-        if as_json:
-            result = remote.call(c, req, agent_python)
-        else:
-            result = remote.stream(c, req, agent_python, prefix=f"{host}: " if multiple(c) else "")
-    except remote.HostError as exc:
-        result = report.failure(host, "logs", str(exc))
+    result = streamed(c, req, agent_python, as_json)
     if result is None:  # a follower whose caller went away
         return None
-    result["host"] = host
     return finish(c, result, flags, show_logs)
 
 
@@ -276,20 +286,10 @@ def manage(c, args=None, project=None, python=None, settings=None, env=None, tim
     start; stdin is /dev/null. Exit 0 if the command exited 0, else 1.
     """
     flags = dict(args=args, project=project, python=python, settings=settings, timeout=timeout, json=json)
-    host = remote.host_label(c)
-    as_json = options.setting(c.config, "json", flags)
     req, agent_python = prepare(c, "manage", flags, env)
-    req["stream"] = not as_json
-    try:
-        if as_json:
-            result = remote.call(c, req, agent_python)
-        else:
-            result = remote.stream(c, req, agent_python, prefix=f"{host}: " if multiple(c) else "")
-    except remote.HostError as exc:
-        result = report.failure(host, "manage", str(exc))
+    result = streamed(c, req, agent_python, options.setting(c.config, "json", flags))
     if result is None:  # our own reader went away
         return None
-    result["host"] = host
     return finish(c, result, flags)  # the command's own lines went to stdout as they came
 
 
