@@ -27,6 +27,18 @@ def interpreters():
 INTERPRETERS = interpreters()
 
 
+def in_pid_namespace(lines, tmp_path):
+    """The agent results printed by shell `lines`, run one after another in a
+    fresh PID namespace, and its stderr. They run from a script file: each
+    agent command is one argument of tens of KB, and several would pass the
+    kernel's limit for one `sh -c` argument (MAX_ARG_STRLEN)."""
+    script = tmp_path / "cycle.sh"
+    script.write_text("\n".join(lines) + "\n")
+    done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", str(script)],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    return [remote.parse_result(line) for line in MARKER_RESULTS.findall(done.stdout)], done.stderr
+
+
 @pytest.mark.parametrize("version", sorted(INTERPRETERS))
 def test_full_cycle_under_each_interpreter(version, make_project, target, tmp_path):
     project = make_project("site")
@@ -37,11 +49,8 @@ def test_full_cycle_under_each_interpreter(version, make_project, target, tmp_pa
     def cmd(action):
         return remote.command(options.request(action, values, [], local=False), INTERPRETERS[version])
 
-    script = "; ".join(cmd(action) for action in ("start", "status", "stop", "status"))
-    done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
-    results = [remote.parse_result(line) for line in MARKER_RESULTS.findall(done.stdout)]
-    assert [r["action"] for r in results] == ["start", "status", "stop", "status"], done.stderr
+    results, stderr = in_pid_namespace([cmd(action) for action in ("start", "status", "stop", "status")], tmp_path)
+    assert [r["action"] for r in results] == ["start", "status", "stop", "status"], stderr
     start, status, stop, after = results
     assert start["ok"] and start["state"] == "running" and len(start["pids"]) == 2, start
     assert status["state"] == "running" and status["pids"] == start["pids"]
@@ -74,11 +83,9 @@ def test_ttl_watchdog_and_log_cut_under_each_interpreter(version, make_project, 
                               INTERPRETERS[version])
 
     push = 'i=0; while [ $i -lt 1500 ]; do echo "pushed $i"; i=$((i+1)); done >> "$(echo {}/hosts/*/*/server.log)"'
-    script = "; ".join([cmd("start"), push.format(state), cmd("status", log_max="16K"), "sleep 8", cmd("status")])
-    done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
-    results = [remote.parse_result(line) for line in MARKER_RESULTS.findall(done.stdout)]
-    assert [r["action"] for r in results] == ["start", "status", "status"], done.stderr
+    results, stderr = in_pid_namespace(
+        [cmd("start"), push.format(state), cmd("status", log_max="16K"), "sleep 8", cmd("status")], tmp_path)
+    assert [r["action"] for r in results] == ["start", "status", "status"], stderr
     start, status, after = results
     assert start["ok"] and start["state"] == "running" and 0 < start["expires_in"] <= 5, start
     assert status["state"] == "running" and status["pids"] == start["pids"] and status["expires_at"]
@@ -97,11 +104,8 @@ def test_manage_and_http_checks_under_each_interpreter(version, make_project, ta
     def cmd(action):
         return remote.command(options.request(action, values, [], local=False), INTERPRETERS[version])
 
-    script = "; ".join(cmd(action) for action in ("manage", "start", "status", "stop"))
-    done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
-    results = [remote.parse_result(line) for line in MARKER_RESULTS.findall(done.stdout)]
-    assert [r["action"] for r in results] == ["manage", "start", "status", "stop"], done.stderr
+    results, stderr = in_pid_namespace([cmd(action) for action in ("manage", "start", "status", "stop")], tmp_path)
+    assert [r["action"] for r in results] == ["manage", "start", "status", "stop"], stderr
     manage, start, status, stop = results
     assert manage["ok"] and manage["exit_status"] == 0, manage
     assert any("security.W" in line for line in manage["output_tail"])  # --deploy reached Django
