@@ -1,14 +1,19 @@
 """The agent runs a whole start/status/stop cycle under every CPython >= 3.6 on
 this machine. pyenv's interpreters live under /root, out of the test user's
 reach, so these run as root inside a fresh PID namespace: a signal sent by a
-bug cannot reach anything outside it."""
+bug cannot reach anything outside it. Every scenario under every interpreter runs
+once per session, a few at a time (most of each is Django starting or a TTL
+running out), and each test reads its own scenario's results."""
 
 import glob
 import re
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from bed.accounts import ProjectMaker
 from helpers import free_port
 from tasks import options, remote
 
@@ -27,29 +32,71 @@ def interpreters():
 INTERPRETERS = interpreters()
 
 
-def in_pid_namespace(lines, tmp_path):
+#: Scenarios run at once: most of each is waiting for Django or for a TTL.
+AT_ONCE = 4
+#: The log's pushed lines, appended by the shell to the one instance's log.
+PUSH = 'i=0; while [ $i -lt 1500 ]; do echo "pushed $i"; i=$((i+1)); done >> "$(echo {}/hosts/*/*/server.log)"'
+
+
+def full_cycle(cmd, state):
+    return [cmd("start"), cmd("status"), cmd("stop"), cmd("status")]
+
+
+def ttl_and_log_cut(cmd, state):
+    return [cmd("start", ttl="5s", stop_timeout="2"), PUSH.format(state), cmd("status", log_max="16K"),
+            "sleep 8", cmd("status")]
+
+
+def manage_and_http_check(cmd, state):
+    return [cmd(action, check="/", args="check --deploy") for action in ("manage", "start", "status", "stop")]
+
+
+SCENARIOS = (full_cycle, ttl_and_log_cut, manage_and_http_check)
+
+
+def in_pid_namespace(lines, script):
     """The agent results printed by shell `lines`, run one after another in a
     fresh PID namespace, and its stderr. They run from a script file: each
     agent command is one argument of tens of KB, and several would pass the
     kernel's limit for one `sh -c` argument (MAX_ARG_STRLEN)."""
-    script = tmp_path / "cycle.sh"
     script.write_text("\n".join(lines) + "\n")
     done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", str(script)],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
     return [remote.parse_result(line) for line in MARKER_RESULTS.findall(done.stdout)], done.stderr
 
 
-@pytest.mark.parametrize("version", sorted(INTERPRETERS))
-def test_full_cycle_under_each_interpreter(version, make_project, target, tmp_path):
-    project = make_project("site")
+def run_scenario(scenario, version, project, python, work):
+    state = work / "state"
+
+    def cmd(action, **more):
+        values = {"project": str(project), "port": port, "python": str(python), "state_dir": str(state), **more}
+        return remote.command(options.request(action, options.merged({}, values), [], local=False),
+                              INTERPRETERS[version])
+
     port = free_port()
-    values = options.merged({}, {"project": str(project), "port": port, "python": str(target.python),
-                                 "state_dir": str(tmp_path / "state")})
+    return in_pid_namespace(scenario(cmd, state), work / "scenario.sh")
 
-    def cmd(action):
-        return remote.command(options.request(action, values, [], local=False), INTERPRETERS[version])
 
-    results, stderr = in_pid_namespace([cmd(action) for action in ("start", "status", "stop", "status")], tmp_path)
+@pytest.fixture(scope="module")
+def runs(target, as_user, tmp_path_factory):
+    """(results, stderr) by (scenario name, interpreter), each in a project and state of its own."""
+    maker = ProjectMaker(target, as_user)
+    jobs = {}
+    for scenario in SCENARIOS:
+        for version in INTERPRETERS:
+            work = Path(tmp_path_factory.mktemp(f"{scenario.__name__}-{version}"))
+            jobs[scenario.__name__, version] = (scenario, version, maker("site"), target.python, work)
+    try:
+        with ThreadPoolExecutor(AT_ONCE) as pool:
+            done = dict(zip(jobs, pool.map(lambda job: run_scenario(*job), jobs.values())))
+        yield done
+    finally:
+        maker.cleanup()
+
+
+@pytest.mark.parametrize("version", sorted(INTERPRETERS))
+def test_full_cycle_under_each_interpreter(version, runs):
+    results, stderr = runs["full_cycle", version]
     assert [r["action"] for r in results] == ["start", "status", "stop", "status"], stderr
     start, status, stop, after = results
     assert start["ok"] and start["state"] == "running" and len(start["pids"]) == 2, start
@@ -70,21 +117,10 @@ def test_python2_is_refused_in_words(root):
 
 
 @pytest.mark.parametrize("version", sorted(INTERPRETERS))
-def test_ttl_watchdog_and_log_cut_under_each_interpreter(version, make_project, target, tmp_path):
+def test_ttl_watchdog_and_log_cut_under_each_interpreter(version, runs):
     """The watchdog forked from Popen's preexec_fn, the collapse through ctypes and
     the parsers of the marker work the same under every interpreter."""
-    project = make_project("site")
-    state = tmp_path / "state"
-    values = options.merged({}, {"project": str(project), "port": free_port(), "python": str(target.python),
-                                 "state_dir": str(state), "ttl": "5s", "stop_timeout": "2"})
-
-    def cmd(action, **more):
-        return remote.command(options.request(action, options.merged(values, more), [], local=False),
-                              INTERPRETERS[version])
-
-    push = 'i=0; while [ $i -lt 1500 ]; do echo "pushed $i"; i=$((i+1)); done >> "$(echo {}/hosts/*/*/server.log)"'
-    results, stderr = in_pid_namespace(
-        [cmd("start"), push.format(state), cmd("status", log_max="16K"), "sleep 8", cmd("status")], tmp_path)
+    results, stderr = runs["ttl_and_log_cut", version]
     assert [r["action"] for r in results] == ["start", "status", "status"], stderr
     start, status, after = results
     assert start["ok"] and start["state"] == "running" and 0 < start["expires_in"] <= 5, start
@@ -96,15 +132,8 @@ def test_ttl_watchdog_and_log_cut_under_each_interpreter(version, make_project, 
 
 
 @pytest.mark.parametrize("version", sorted(INTERPRETERS))
-def test_manage_and_http_checks_under_each_interpreter(version, make_project, target, tmp_path):
-    project = make_project("site")
-    values = options.merged({}, {"project": str(project), "port": free_port(), "python": str(target.python),
-                                 "state_dir": str(tmp_path / "state"), "check": "/", "args": "check --deploy"})
-
-    def cmd(action):
-        return remote.command(options.request(action, values, [], local=False), INTERPRETERS[version])
-
-    results, stderr = in_pid_namespace([cmd(action) for action in ("manage", "start", "status", "stop")], tmp_path)
+def test_manage_and_http_checks_under_each_interpreter(version, runs):
+    results, stderr = runs["manage_and_http_check", version]
     assert [r["action"] for r in results] == ["manage", "start", "status", "stop"], stderr
     manage, start, status, stop = results
     assert manage["ok"] and manage["exit_status"] == 0, manage

@@ -62,6 +62,18 @@ def descriptors() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
+def held() -> tuple[set[threading.Thread], set[str]]:
+    """This process's threads and open descriptors."""
+    return set(threading.enumerate()), descriptors()
+
+
+def left_since(before: tuple[set[threading.Thread], set[str]]) -> tuple[set[threading.Thread], set[str]]:
+    """Threads and descriptors opened since `before` and still open (one that an
+    earlier test left and that ends meanwhile is not this test's)."""
+    threads, fds = held()
+    return threads - before[0], fds - before[1]
+
+
 def get(port: int, path: str) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
         conn.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
@@ -73,7 +85,7 @@ def get(port: int, path: str) -> bytes:
 
 
 def test_forwarded_requests_in_parallel_and_nothing_left_after_close(server):
-    threads, fds = threading.active_count(), descriptors()
+    before = held()
     forwarder = Forwarder(0, server, open_socket)
     assert forwarder.port > 0
     assert answers(forwarder.port) is None
@@ -90,7 +102,7 @@ def test_forwarded_requests_in_parallel_and_nothing_left_after_close(server):
     assert idle.recv(10) == b""  # the tunnel ended it
     idle.close()
     # The stand-in server's own handler of that connection ends once it sees the end.
-    assert wait_for(lambda: threading.active_count() == threads and descriptors() == fds)
+    assert wait_for(lambda: left_since(before) == (set(), set()))
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5)
 
@@ -99,22 +111,22 @@ def test_a_port_in_use_is_an_error_at_once_and_leaves_nothing(server):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        threads, fds = threading.active_count(), descriptors()
+        before = held()
         with pytest.raises(OSError) as caught:
             Forwarder(taken.getsockname()[1], server, open_socket)
         assert caught.value.errno == errno.EADDRINUSE
-        assert threading.active_count() == threads and descriptors() == fds
+        assert left_since(before) == (set(), set())
 
 
 def test_a_destination_that_refuses_gives_no_answer_and_says_why(server):
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         closed = unused.getsockname()
-    threads, fds = threading.active_count(), descriptors()
+    before = held()
     forwarder = Forwarder(0, closed, open_socket)
     failed = answers(forwarder.port)
     assert failed  # the connection was accepted, then closed without an answer
     assert "Connection refused" in forwarder.failure
     forwarder.close()
     assert not tunnel_threads()
-    assert wait_for(lambda: threading.active_count() == threads and descriptors() == fds)
+    assert wait_for(lambda: left_since(before) == (set(), set()))
