@@ -78,7 +78,11 @@ class Host:
 
 
 def bench_venv() -> Path:
-    """bench/.venv with Ansible; reinstalled only when bench/requirements.txt changes."""
+    """A venv with Ansible: .venv when `bin/setup --test` put the same pin there
+    (requirements-test.txt; tests/test_collection_unit.py keeps the two equal),
+    else bench/.venv, reinstalled only when bench/requirements.txt changes."""
+    if (REPO / ".venv" / "bin" / "ansible").exists():
+        return REPO / ".venv"
     requirements = BENCH / "requirements.txt"
     digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
     stamp = BENCH_VENV / ".bench-requirements.sha256"

@@ -2,8 +2,8 @@
 
 It checks that the benchmark runs end to end and writes its JSON, not the
 numbers: targets are reported, never asserted. Needs root and network
-namespaces, like the multi-host tests; the first run also installs Ansible into
-bench/.venv, later runs take about 40 s.
+namespaces, like the multi-host tests. It uses the Ansible of .venv (or, without
+one, installs it into bench/.venv first) and takes about 80 s.
 """
 
 from __future__ import annotations
