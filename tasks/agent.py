@@ -583,6 +583,16 @@ def levels(base, directory):
     return found[::-1]
 
 
+def lock_dir(base, directory):
+    """The descriptor of an exclusive flock on `directory`/lock, once every state
+    directory from `base` down to it is private (made so if new)."""
+    for path in levels(base, directory):
+        private_dir(path)
+    fd = os.open(os.path.join(directory, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
 class Host(object):
     """This user's fabserve state on this host: where it lives, and which host it is."""
 
@@ -596,11 +606,7 @@ class Host(object):
 
     def lock(self):
         """Serialise choosing a port (--port auto) across this user's agents on the host."""
-        for path in levels(self.base, self.dir):
-            private_dir(path)
-        fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
+        return lock_dir(self.base, self.dir)
 
     def instances(self):
         """(directory name, port) of every instance directory this host holds."""
@@ -659,11 +665,7 @@ class Instance(object):
 
     def lock(self):
         """Serialise start/stop/restart of this instance across agents."""
-        for path in self.levels(self.dir):
-            private_dir(path)
-        fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
+        return lock_dir(self.base, self.dir)
 
     def levels(self, directory):
         """The state directories from the base down to `directory`."""
