@@ -1490,6 +1490,15 @@ def resolve_python(inst):
     return path
 
 
+def manage_env(inst):
+    """The environment manage.py runs in (the server, or manage's command): the
+    agent's, unbuffered so output shows as it happens, the request's env over it."""
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(inst.req.get("env") or {})
+    return env
+
+
 def server_argv(inst, python):
     host = f"[{inst.addr}]" if ":" in inst.addr else inst.addr
     argv = [python, inst.manage_py, "runserver", f"{host}:{inst.port}"]
@@ -1507,9 +1516,7 @@ def launch(inst, python):
     import subprocess
     argv = server_argv(inst, python)
     token = os.urandom(16).hex()
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"  # so the log shows Django's lines as they happen
-    env.update(inst.req.get("env") or {})
+    env = manage_env(inst)
     env["FABSERVE_TOKEN"] = token
     expires_at = launch_expiry(inst)
     try:
@@ -2066,8 +2073,7 @@ def do_manage(inst):
     argv = [python, inst.manage_py, args[0]]
     if inst.req.get("settings"):  # here both Django's and the command's parser take it
         argv.append(f"--settings={inst.req['settings']}")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **(inst.req.get("env") or {}))
-    proc = subprocess.Popen(argv + args[1:], cwd=inst.project, env=env, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(argv + args[1:], cwd=inst.project, env=manage_env(inst), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     with proc.stdout:
         kept, why = relay(proc, inst.req.get("stream") and sys.stdout.buffer,
@@ -2076,7 +2082,7 @@ def do_manage(inst):
     code = proc.wait()
     if why == "gone":
         return None
-    extra = {"exit_status": None if why else code, "output_tail": tail_text(kept, 20)}
+    extra = {"exit_status": None if why else code, "output_tail": tail_text(kept, TAIL_LINES)}
     if why or code:
         ended = f"did not end within {limit:g}s; it was ended" if why else f"exited with status {code}"
         raise AgentError(f"manage.py {args[0]} {ended}", **extra)

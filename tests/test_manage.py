@@ -36,6 +36,14 @@ def test_migrate_creates_the_database_and_streams_its_output(run, site, mode):
     assert answer["message"] == "manage.py migrate exited 0"
 
 
+def test_env_reaches_the_command_and_may_set_what_the_agent_sets(fab, site):
+    code = "import os; print(os.environ['GREETING'], os.environ['PYTHONUNBUFFERED'])"
+    result = fab("manage", shlex.join(["shell", "-c", code]), "--project", str(site),
+                 "--env", "GREETING=hello", "--env", "PYTHONUNBUFFERED=0", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.json["output_tail"][-1] == "hello 0"
+
+
 def test_an_unknown_command_exits_1_with_djangos_message(run, site):
     result = run("manage", "nosuchcommand", "--project", str(site), json=False)
     assert result.returncode == 1
