@@ -5,6 +5,7 @@ import json
 from typing import Any, Dict, List
 
 from . import report
+from .agent import RUNNING
 
 #: The table's columns: heading, and how a row shows in it.
 COLUMNS = (
@@ -22,7 +23,7 @@ COLUMNS = (
 
 def state_of(row: Dict[str, Any]) -> str:
     """A row's state, `stale` for one stopped whose pidfile names a process that is gone."""
-    if row.get("state") != "running" and "stale pidfile" in (row.get("message") or ""):
+    if row.get("state") != RUNNING and "stale pidfile" in (row.get("message") or ""):
         return "stale"
     return row.get("state") or "-"
 
