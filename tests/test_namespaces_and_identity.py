@@ -80,7 +80,7 @@ def assert_untouched(result, survivors: list[int]) -> None:
 
 
 @pytest.fixture
-def spawn_in_namespaces(target) -> Iterator[Callable[..., list[int]]]:
+def spawn_in_namespaces(target, tmp_path_factory) -> Iterator[Callable[..., list[int]]]:
     """Start, as root, `manage.py runserver` of a project in new PID, network
     and mount namespaces, dropped to the test user with its cwd in the project:
     what `docker run --user $(id -u) -v $PWD:$PWD -w $PWD` gives. Returns the
@@ -98,19 +98,26 @@ def spawn_in_namespaces(target) -> Iterator[Callable[..., list[int]]]:
     def spawn(project: Path, port: int, token: str | None = None) -> list[int]:
         inner = ('"$1" link set lo up && cd "$2" && exec "$3" --reuid="$4" --regid="$5" --init-groups '
                  'setsid "$6" manage.py runserver "$7"')
-        proc = subprocess.Popen(
-            [tools["unshare"], "--net", "--pid", "--fork", "--mount-proc", "--kill-child",
-             "sh", "-c", inner, "sh", tools["ip"], str(project), tools["setpriv"], str(user.pw_uid),
-             str(user.pw_gid), str(project / ".venv" / "bin" / "python"), f"127.0.0.1:{port}"],
-            env=env | ({"FABSERVE_TOKEN": token} if token else {}), start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
+        # The twin's output is kept for the failure message: without it a slow or
+        # failed start inside the namespaces is only a timeout.
+        output = tmp_path_factory.mktemp("twin") / "output"
+        with open(output, "wb") as sink:
+            proc = subprocess.Popen(
+                [tools["unshare"], "--net", "--pid", "--fork", "--mount-proc", "--kill-child",
+                 "sh", "-c", inner, "sh", tools["ip"], str(project), tools["setpriv"], str(user.pw_uid),
+                 str(user.pw_gid), str(project / ".venv" / "bin" / "python"), f"127.0.0.1:{port}"],
+                env=env | ({"FABSERVE_TOKEN": token} if token else {}), start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT)
         launched.append(proc)
         parents: list[int] = []
-        assert wait_for(lambda: parents.extend(children(proc.pid)) or parents, timeout=10)
-        servers: list[int] = []
-        assert wait_for(lambda: servers.extend(children(parents[0])) or servers, timeout=30)
-        assert wait_for(lambda: listening_in_netns_of(servers[0], port), timeout=30)
-        return [parents[0], servers[0]]
+        assert wait_for(lambda: parents.extend(children(proc.pid)) or parents, timeout=10), output.read_text()
+        reloader = parents[0]
+        # Every process inside shares the namespace's socket table, so the reloader's
+        # view answers for whichever serving child it runs by then.
+        assert wait_for(lambda: listening_in_netns_of(reloader, port), timeout=60), output.read_text()
+        servers = children(reloader)
+        assert len(servers) == 1, (servers, output.read_text())
+        return [reloader, servers[0]]
 
     yield spawn
     for proc in launched:
