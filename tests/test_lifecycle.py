@@ -152,21 +152,22 @@ def test_pidfile_naming_an_unrelated_live_process_spares_it(run, site, spawn_as_
 PID_MAX = int(open("/proc/sys/kernel/pid_max").read())
 
 
-@pytest.mark.parametrize("content", ["0", "1", "-1", "-123", "", "abc", "12 34", str(PID_MAX + 1)])
-def test_garbage_pidfile_signals_nothing_and_start_replaces_it(run, site, as_user, content):
+def test_garbage_pidfile_signals_nothing_and_start_replaces_it(run, site, as_user):
+    """Each content in turn, on one instance (its first start only tells where the pidfile is)."""
     port = free_port()
     data = started(run, site, port)
     assert run("stop", *where(site, port)).returncode == 0
-    as_user(["sh", "-c", 'printf "%s" "$1" > "$2"', "sh", content, data["pidfile"]])
-    status = run("status", *where(site, port))
-    assert status.returncode == 3 and "corrupt" in status.json["message"]
-    cleanup = run("stop", *where(site, port))
-    assert cleanup.returncode == 0 and cleanup.json["changed"] is False
-    assert not os.path.exists(data["pidfile"])
-    as_user(["sh", "-c", 'printf "%s" "$1" > "$2"', "sh", content, data["pidfile"]])
-    again = started(run, site, port)
-    assert run("stop", *where(site, port)).returncode == 0
-    assert_gone(again, port)
+    for content in ("0", "1", "-1", "-123", "", "abc", "12 34", str(PID_MAX + 1)):
+        as_user(["sh", "-c", 'printf "%s" "$1" > "$2"', "sh", content, data["pidfile"]])
+        status = run("status", *where(site, port))
+        assert status.returncode == 3 and "corrupt" in status.json["message"], (content, status.stdout)
+        cleanup = run("stop", *where(site, port))
+        assert cleanup.returncode == 0 and cleanup.json["changed"] is False, (content, cleanup.stdout)
+        assert not os.path.exists(data["pidfile"]), content
+        as_user(["sh", "-c", 'printf "%s" "$1" > "$2"', "sh", content, data["pidfile"]])
+        again = started(run, site, port)
+        assert run("stop", *where(site, port)).returncode == 0, content
+        assert_gone(again, port)
 
 
 def test_orphaned_reloader_child_is_found_and_stopped(run, site):
