@@ -903,10 +903,38 @@ def terminate(found, grace):
     return True, wait_gone(found, time.time() + KILL_WAIT)
 
 
-def token_carriers(token):
+def terminate_all(found, grace):
+    """terminate(), with survivors of KILL an error. Returns whether KILL was needed."""
+    killed, survivors = terminate(found, grace)
+    if survivors:
+        raise AgentError(f"still running after SIGKILL: pids {' '.join(map(str, survivors))}", pids=survivors)
+    return killed
+
+
+def end_token_carriers(token, grace, ended=(), except_group=None):
+    """Once a server's group is ended, end every process still carrying its token
+    (forks that left the group) but members of `except_group`, as the group was
+    ended, looking ESCAPE_ROUNDS times in all. Returns (their PIDs but those in
+    `ended`, whether KILL was needed)."""
+    escaped, killed = [], False
+    for _ in range(ESCAPE_ROUNDS - 1):
+        found = token_carriers(token, except_group)
+        if found is None:
+            return escaped, killed
+        escaped += [pid for pid in found.members() if pid not in escaped and pid not in ended]
+        killed = terminate_all(found, grace) or killed
+    found = token_carriers(token, except_group)
+    if found is None:
+        return escaped, killed
+    raise AgentError(f"processes carrying the server's token keep appearing: pids "
+                     f"{' '.join(map(str, found.members()))}", pids=found.members())
+
+
+def token_carriers(token, except_group=None):
     """Every process of this user in the agent's namespaces whose environment
-    carries `token`, as a Found pinned by start time: what a server forked
-    that left its group (setsid, start_new_session) still inherits."""
+    carries `token`, outside process group `except_group`, as a Found pinned by
+    start time: what a server forked that left its group (setsid,
+    start_new_session) still inherits."""
     if not token:
         return None
     excluded = ancestors()
@@ -917,7 +945,7 @@ def token_carriers(token):
         if pid in excluded or owner(pid) != uid or environ_token(pid) != token:
             continue
         info = proc_stat(pid)
-        if info and info["state"] != "Z" and namespaces(pid) == own:
+        if info and info["state"] != "Z" and info["pgrp"] != except_group and namespaces(pid) == own:
             pids.append(pid)
     return Found(pids=pids) if pids else None
 
@@ -1214,10 +1242,12 @@ def close_inherited():
 def watchdog(expires_at, grace, token, directory):
     """The TTL watchdog, forked into the server's own session and group before
     the server's exec. It sleeps until `expires_at`, then stops its own group:
-    TERM, KILL after `grace`. A process group ID cannot be reused while one of
-    its members lives, and this process is one, so its signals reach that
-    group and nothing else. It ends with the group on a stop (TERM's default
-    action), and early, quietly, once the server ended on its own."""
+    TERM, KILL after `grace`; and, as a stop does, the processes that left the
+    group carrying the server's token. A process group ID cannot be reused
+    while one of its members lives, and this process is one, so its group
+    signals reach that group and nothing else. It ends with the group on a
+    stop (TERM's default action), and early, quietly, once the server ended on
+    its own."""
     close_inherited()
     os.chdir("/")  # the project directory is the server's to keep busy, not ours
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -1237,10 +1267,20 @@ def watchdog(expires_at, grace, token, directory):
         if not group_others() or time.time() >= deadline:
             break
         time.sleep(pause)
+    # As a stop does: what left the group (setsid) still carries the token. What
+    # is still in it is ended below, by the group, with this process.
+    try:
+        escaped, escaped_killed = end_token_carriers(token, grace, except_group=group)
+        problem = ""
+    except AgentError as exc:
+        escaped, escaped_killed, problem = [], False, str(exc)
     killed = bool(group_others())
-    release_state(directory, leader, token)
-    log_line(f"{EXPIRED}: the ttl ended, so the server was stopped"
-             + (f" with SIGKILL after {grace:g}s grace" if killed else ""))
+    if not problem:
+        release_state(directory, leader, token)
+    log_line(join(f"{EXPIRED}: the ttl ended, so the server was stopped"
+                  + (f" with SIGKILL after {grace:g}s grace" if killed or escaped_killed else ""),
+                  f"pids {' '.join(map(str, escaped))} had left the server's process group" if escaped else "",
+                  problem))
     if killed:
         os.killpg(group, signal.SIGKILL)  # this process too: nothing is left to do
 
@@ -1440,21 +1480,10 @@ def do_stop(inst):
                         message=join("not running", note))
     managed = found.managed
     grace = inst.req["stop_timeout"]
-    pids, escaped, killed = found.members(), [], False
-    for round_number in range(ESCAPE_ROUNDS):
-        if round_number:
-            escaped += [pid for pid in found.members() if pid not in escaped and pid not in pids]
-        was_killed, survivors = terminate(found, grace)
-        killed = killed or was_killed
-        if survivors:
-            raise AgentError(f"still running after SIGKILL: pids {' '.join(map(str, survivors))}",
-                             pids=survivors)
-        found = token_carriers(token)
-        if found is None:
-            break
-    else:
-        raise AgentError(f"processes carrying the server's token keep appearing: pids "
-                         f"{' '.join(map(str, found.members()))}", pids=found.members())
+    pids = found.members()
+    killed = terminate_all(found, grace)
+    escaped, escaped_killed = end_token_carriers(token, grace, pids)
+    killed = killed or escaped_killed
     inst.forget()
     stopped = pids + escaped
     grace_text = f" with SIGKILL after {grace:g}s grace" if killed else ""

@@ -5,6 +5,7 @@ processes a server forked that left its group, and the address given at start.""
 from __future__ import annotations
 
 import os
+import re
 import urllib.request
 from pathlib import Path
 
@@ -165,6 +166,28 @@ def test_stop_ends_forks_that_left_the_group_with_the_socket_or_the_token(run, f
     assert not port_listening(port)
     status = run("status", *where(forking_site, port))
     assert status.returncode == 3 and status.json["pids"] == [], status.stdout
+
+
+def test_expiry_ends_forks_that_left_the_group_with_the_token_too(fab, forking_site):
+    """With nobody calling: fab has exited and its SSH session is closed."""
+    port = free_port()
+    flags = where(forking_site, port)
+    result = fab("start", *flags, "--ttl", "5s", "--timeout", "30", "--json", env={"FABRIC_FABSERVE_STOP_TIMEOUT": "2"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    server = result.json
+    forked = fetch(f"{server['url']}fork/")
+    spawned = fetch(f"{server['url']}spawn/")
+    for pid in (forked, spawned):
+        assert wait_for(lambda: session_of(pid) == pid), pid
+    everyone = [*server["pids"], forked, spawned]
+    assert wait_for(lambda: not any(alive(pid) for pid in everyone), timeout=5 + 30), \
+        [pid for pid in everyone if alive(pid)]
+    assert not port_listening(port)
+    last = Path(server["log"]).read_text().rstrip("\n").splitlines()[-1]
+    assert "expired: the ttl ended, so the server was stopped" in last, last
+    named = re.search(r"; pids ([0-9 ]+) had left the server's process group", last)
+    assert named and sorted(map(int, named.group(1).split())) == sorted([forked, spawned]), last
+    assert fab("status", *flags).returncode == 3
 
 
 def test_stop_names_a_holder_of_the_port_without_the_token_and_leaves_it(run, forking_site):
