@@ -9,6 +9,7 @@ against SETTINGS by tests/test_options_unit.py.
 """
 
 import ipaddress
+import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ DEFAULT_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "host
 CONNECT_TIMEOUT = 10  # seconds; Fabric's own default is to wait forever
 EXAMPLE_PROJECT = Path(__file__).resolve().parent.parent / "example"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_VARIABLE = "FABRIC_FABSERVE_ENV"  # `env` as KEY=VALUE words, read by env_over_config
 SETTINGS_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 #: The verbs that act on one instance (a project and a port).
 INSTANCE_VERBS = ("start", "stop", "status", "restart", "logs")
@@ -182,7 +184,24 @@ def parse_settings_module(value: Any) -> Optional[str]:
     return value
 
 
+def env_words(text: str) -> Dict[str, str]:
+    """`env` given as text, such as FABRIC_FABSERVE_ENV: KEY=VALUE words split with shell rules."""
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise Invalid(f"cannot be split into KEY=VALUE words ({exc}): {shown(text)}") from None
+    pairs: Dict[str, str] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep:
+            raise Invalid(f"must be KEY=VALUE words, not {shown(word)}")
+        pairs[key] = value
+    return pairs
+
+
 def parse_env(env: Any) -> Dict[str, str]:
+    if isinstance(env, str):
+        env = env_words(env)
     if not isinstance(env, Mapping):
         raise Invalid(f"must be a mapping of variable names to values, not {shown(env)}")
     checked: Dict[str, str] = {}
@@ -518,6 +537,9 @@ def merged(config: Mapping[str, Any], flags: Mapping[str, Any], host_vars: Optio
             values.give(name, value, (f"fabserve.{name}", config_where(config_origin, name)))
             if config_origin is not None and not configured(config_origin, name):
                 values.defaulted.add(name)
+    variable = os.environ.get(ENV_VARIABLE) if config_origin is not None else None
+    if variable is not None:
+        env_over_config(values, variable)
     for name, value in (host_vars or {}).items():
         if name in DEFAULTS:
             values.give(name, value, (name, " (from the inventory)"))
@@ -525,6 +547,22 @@ def merged(config: Mapping[str, Any], flags: Mapping[str, Any], host_vars: Optio
         if value is not None and value is not False:
             values.give(name, value, (f"--{dashed(name)}", ""))
     return values
+
+
+def env_over_config(values: Values, variable: str) -> None:
+    """FABRIC_FABSERVE_ENV's pairs over the configured `env` mapping. invoke
+    reads no variable for a setting whose value is a mapping, so it is read
+    here, at the variables' place: over config files, under the inventory and
+    flags. A bad value is kept as given, to be refused naming its source."""
+    try:
+        configured_env = parse_env(values["env"])
+    except Invalid:
+        return  # refused later, naming the file that gave it
+    origin = ("fabserve.env", f" (from {ENV_VARIABLE})")
+    try:
+        values.give("env", {**configured_env, **parse_env(variable)}, origin)
+    except Invalid:
+        values.give("env", variable, origin)
 
 
 def host_values(config: Mapping[str, Any], host_vars: Mapping[str, Any],
@@ -583,6 +621,11 @@ def request(action: str, values: Mapping[str, Any], env_flags: Optional[Iterable
 def env_with(config_env: Any, pairs: Iterable[str]) -> Any:
     """Config's env mapping updated by repeated --env KEY=VALUE flags (a config
     value that is no mapping is left for the parser to refuse)."""
+    if isinstance(config_env, str):
+        try:
+            config_env = env_words(config_env)
+        except Invalid:
+            return config_env
     if not isinstance(config_env, Mapping):
         return config_env
     env = dict(config_env)

@@ -57,6 +57,21 @@ def test_variables_invoke_used_to_refuse_now_work(run, site):
     assert result.returncode == 3 and result.json["state"] == "stopped", result.stderr
 
 
+def test_the_env_variable_reaches_the_server_and_a_bad_one_is_one_line(run, mode, site):
+    port = free_port()
+    variable = "FROM_VARIABLE='two words' OVERRIDDEN=variable"
+    result = run("start", *where(site, port), "--env", "OVERRIDDEN=flag", env={"FABRIC_FABSERVE_ENV": variable})
+    assert result.returncode == 0, result.stdout + result.stderr
+    try:
+        environ = open(f"/proc/{result.json['pid']}/environ", "rb").read().split(b"\0")
+        assert b"FROM_VARIABLE=two words" in environ and b"OVERRIDDEN=flag" in environ
+    finally:
+        assert run("stop", *where(site, port)).returncode == 0
+    bad = run("start", *where(site, port), env={"FABRIC_FABSERVE_ENV": "A=1 oops"}, json=False)
+    assert one_line(bad) == f"{host_of(mode)}: fabserve.env must be KEY=VALUE words, not 'oops' (from FABRIC_FABSERVE_ENV)"
+    assert not port_listening(port)
+
+
 def test_agent_python_with_a_bang_is_refused(run, mode, site):
     result = run("status", "--project", str(site), env={"FABRIC_FABSERVE_AGENT_PYTHON": "python3!"}, json=False)
     assert one_line(result) == (f"{host_of(mode)}: fabserve.agent_python must be an interpreter without '!', "

@@ -118,3 +118,32 @@ def test_json_is_on_from_the_flag_or_the_config():
     assert options.setting(off, "json", {"json": False}) is False
     assert options.setting(off, "json", {"json": True}) is True
     assert options.setting(on, "json", {"json": False}) is True
+
+
+def env_request(config_env, variable, monkeypatch, flags=()):
+    monkeypatch.setenv("FABRIC_FABSERVE_ENV", variable)
+    config = Config(overrides={"fabserve": {"env": config_env}})
+    return options.request("start", options.host_values(config, {}, {}), list(flags), local=True)["env"]
+
+
+def test_the_env_variable_adds_shell_split_pairs_over_the_config_and_under_the_flags(monkeypatch):
+    # invoke itself reads no variable for a mapping; without this one it was silently ignored.
+    env = env_request({"KEEP": "1", "A": "config"}, "A=variable 'B=two words' C=", monkeypatch, ["C=flag"])
+    assert env == {"KEEP": "1", "A": "variable", "B": "two words", "C": "flag"}
+
+
+@pytest.mark.parametrize("variable,message", [
+    ("A=1 oops", "must be KEY=VALUE words, not 'oops'"),
+    ("A='unclosed", "cannot be split into KEY=VALUE words (No closing quotation): \"A='unclosed\""),
+    ("1A=x", "names an environment variable that is not valid: '1A'"),
+])
+def test_a_bad_env_variable_is_refused_naming_it(monkeypatch, variable, message):
+    with pytest.raises(options.UsageError) as caught:
+        env_request({}, variable, monkeypatch)
+    assert str(caught.value) == f"fabserve.env {message} (from FABRIC_FABSERVE_ENV)"
+
+
+def test_a_bad_configured_env_is_refused_naming_the_config_not_the_variable(monkeypatch):
+    with pytest.raises(options.UsageError) as caught:
+        env_request(["A=1"], "B=2", monkeypatch)
+    assert str(caught.value).startswith("fabserve.env must be a mapping of variable names to values, not ['A=1']")
