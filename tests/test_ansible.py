@@ -7,6 +7,7 @@ import ast
 import json
 import os
 import re
+import socket
 import tarfile
 
 import pytest
@@ -91,6 +92,25 @@ def test_fab_start_then_module_status_and_stop(ansible, site, fab, target):
     assert stopped.returncode == 0 and stopped.results[target.alias]["changed"] is True
     assert_gone(started.json, port)
     assert fab("status", *where(site, port)).returncode == 3
+
+
+def test_port_auto_chooses_from_the_range_and_a_portless_stop_finds_the_instance(ansible, site, target):
+    low = 14810
+    module_args = f"project={site} port=auto port_range={low}-{low + 9} state=started"
+    with socket.create_server(("127.0.0.1", low)):  # the range's first port is taken
+        chosen = ansible.module(target.alias, module_args)
+        assert chosen.returncode == 0, chosen
+        result = chosen.results[target.alias]
+        assert result["changed"] is True and result["state"] == "running", result
+        assert low < result["port"] <= low + 9 and result["url"] == f"http://127.0.0.1:{result['port']}/"
+        assert http_status(result["url"]) == 200
+    again = ansible.module(target.alias, module_args)  # the project runs: that instance, nothing started
+    assert again.returncode == 0 and again.results[target.alias]["changed"] is False, again
+    assert again.results[target.alias]["port"] == result["port"]
+    stopped = ansible.module(target.alias, f"project={site} state=stopped")  # no port: its one instance
+    assert stopped.returncode == 0 and stopped.results[target.alias]["changed"] is True, stopped
+    assert stopped.results[target.alias]["port"] == result["port"]
+    assert_gone(result, result["port"])
 
 
 def test_the_fallback_finds_and_stops_a_hand_started_runserver(ansible, site, spawn_as_user, target):
