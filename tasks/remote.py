@@ -228,6 +228,8 @@ def run(c: Context, cmd: str, timeout: Optional[float], hide: Any, **kwargs: Any
         if is_remote(c):
             one_connect_timeout(c)
         with hostkeys.verified(c, strict) if is_remote(c) else nullcontext():
+            if is_remote(c):
+                keep_alive(c)
             return c.run(cmd, hide=hide, warn=True, in_stream=False, timeout=timeout, **kwargs)
     except hostkeys.HostKeyError as exc:
         raise HostError(str(exc)) from None
@@ -245,6 +247,20 @@ def run(c: Context, cmd: str, timeout: Optional[float], hide: Any, **kwargs: Any
         raise HostError("connection timed out; check the host and port, or raise -t") from None
     except (SSHException, EOFError, OSError) as exc:
         raise HostError(f"SSH failed: {exc or type(exc).__name__}") from None
+
+
+def keep_alive(c: Context) -> None:
+    """Honour ssh_config's ServerAliveInterval, which Fabric does not: a keepalive
+    after every N quiet seconds keeps a NAT or firewall from dropping a quiet
+    connection (a tunnel, logs --follow, a long manage command)."""
+    value = c.ssh_config.get("serveraliveinterval")
+    if value is None:
+        return
+    if not (isinstance(value, str) and value.isascii() and value.isdigit()):
+        raise HostError(f"ServerAliveInterval in ssh_config must be a whole number of seconds, not {value!r}")
+    if int(value):
+        c.open()
+        c.transport.set_keepalive(int(value))
 
 
 def one_connect_timeout(c: Context) -> None:
