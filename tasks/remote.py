@@ -21,7 +21,7 @@ from invoke import Context
 from invoke.exceptions import CommandTimedOut, ThreadException
 from paramiko.ssh_exception import AuthenticationException, NoValidConnectionsError, SSHException
 
-from . import hostkeys, options, report
+from . import hostkeys, options, report, runners
 from .agent import MARKER
 
 AGENT_SOURCE = Path(__file__).with_name("agent.py")
@@ -96,6 +96,37 @@ class ReaderGone(Exception):
 
 #: Set once stdout's reader is gone: it is the whole process's, so every host's stream ends.
 READER_GONE = threading.Event()
+READER_POLL = 250  # ms between looks at stdout for a reader gone while no line comes
+
+
+@lru_cache(maxsize=1)
+def watch_reader() -> None:
+    """Start, once, a thread that notices stdout's reader gone while no line
+    comes (an idle `logs --follow | head -1`, one idle host of several) and
+    ends every streamed run then, as the next line would have."""
+    threading.Thread(target=reader_watch, name="fabserve-reader-watch", daemon=True).start()
+
+
+def reader_watch() -> None:
+    import select
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # no real descriptor: nothing to watch
+        return
+    poller = select.poll()
+    poller.register(fd, 0)  # no events asked for: poll reports only POLLERR or POLLHUP, the reader gone
+    while not READER_GONE.is_set():
+        events = poller.poll(READER_POLL)
+        if not events:
+            continue
+        if events[0][1] & select.POLLNVAL:
+            return
+        with Passthrough.lock:
+            if not READER_GONE.is_set():
+                report.drop_output(sys.stdout)
+                READER_GONE.set()
+        runners.end_streams()
+        return
 
 
 @lru_cache(maxsize=1)
@@ -209,6 +240,7 @@ def stream(c: Context, request: Dict[str, Any], agent_python: str, prefix: str =
     """
     out = Passthrough(prefix)
     timeout = deadline_of(request)
+    watch_reader()
     try:
         result = run(c, command(request, agent_python), timeout=timeout, hide="stderr", out_stream=out)
         parsed = out.close()
@@ -216,6 +248,8 @@ def stream(c: Context, request: Dict[str, Any], agent_python: str, prefix: str =
         if READER_GONE.is_set():
             return None
         raise
+    if READER_GONE.is_set():  # ended by reader_watch
+        return None
     if parsed is None and result.exited not in (0, None):
         raise HostError(agent_failure(result.exited, result.stderr, agent_python))
     return parsed

@@ -10,10 +10,29 @@ consumes itself (a `logs --follow` may run for days).
 """
 
 import codecs
-from typing import Any, Callable, Iterator, List
+import threading
+from typing import Any, Callable, Iterator, List, Set
 
 from fabric.runners import Remote as FabricRemote
 from invoke.runners import Local as InvokeLocal
+
+
+#: The runs whose output an out_stream consumes as it comes (streamed verbs), while they run.
+STREAMING: Set["LinearOutput"] = set()
+STREAMING_LOCK = threading.Lock()
+
+
+def end_streams() -> None:
+    """End every streamed run now, as invoke's own timeout does: over SSH its
+    channel closes, locally its process is killed; the agents, their reader
+    gone, end their followers on the host."""
+    with STREAMING_LOCK:
+        running = list(STREAMING)
+    for runner in running:
+        try:
+            runner.kill()
+        except (AttributeError, OSError):  # not started yet, or already gone
+            pass
 
 
 class Discarded(list):  # type: ignore[type-arg]
@@ -29,6 +48,18 @@ class LinearOutput:
     read_chunk_size = 65536
     watchers: List[Any]
     encoding: str
+
+    def run(self, command: str, **kwargs: Any) -> Any:
+        streamed = getattr(kwargs.get("out_stream"), "consumes_output", False)
+        if streamed:
+            with STREAMING_LOCK:
+                STREAMING.add(self)
+        try:
+            return super().run(command, **kwargs)  # type: ignore[misc]
+        finally:
+            if streamed:
+                with STREAMING_LOCK:
+                    STREAMING.discard(self)
 
     def respond(self, buffer_: List[str]) -> None:
         if self.watchers:

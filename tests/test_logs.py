@@ -179,3 +179,29 @@ def test_follow_ends_quietly_with_exit_0_when_its_reader_closes(run, mode, targe
     assert stderr == b""
     assert wait_for(lambda: not any(alive(pid) for pid in agents), timeout=10)
     assert run("stop", *flags).returncode == 0
+
+
+def test_an_idle_follow_ends_too_when_its_reader_closes(run, mode, target, product, site, as_user):
+    """No line comes after the reader left, so no write can find the pipe closed:
+    fab notices on its own, and the agent following the log ends with it."""
+    flags = where(site, free_port())
+    assert run("start", *flags).returncode == 0
+    log = Path(run("status", *flags).json["log"])
+    assert as_user(["sh", "-c", 'printf "before 1\\nbefore 2\\n" >> "$1"', "sh", str(log)]).returncode == 0
+    argv, cwd, env = follow_argv(target, product, mode, flags)
+    follower = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert follower.stdout.readline() == b"before 1\n"
+        assert follower.stdout.readline() == b"before 2\n"
+        agents = followers_of(log)
+        follower.stdout.close()
+        _, stderr = follower.communicate(timeout=30)
+    finally:
+        if follower.poll() is None:
+            os.killpg(follower.pid, signal.SIGTERM)
+            follower.wait(timeout=10)
+    assert len(agents) == 1
+    assert follower.returncode == 0 and stderr == b"", stderr
+    assert wait_for(lambda: not any(alive(pid) for pid in agents), timeout=10)
+    assert run("stop", *flags).returncode == 0

@@ -181,6 +181,20 @@ def test_logs_follow_prefixes_each_hosts_lines(machines, tmp_path):
             follower.wait(timeout=10)
 
 
+def test_logs_follow_ends_when_its_reader_closes_while_every_host_is_quiet(machines):
+    names = sorted(machines.hosts)[:2]
+    assert machines.fab("-H", ",".join(names), "start").returncode == 0
+    follower = machines.popen("-H", ",".join(names), "logs", "--follow", "--lines", "1", stdout=subprocess.PIPE)
+    try:
+        assert follower.stdout.readline()  # one host's last line; then the reader goes, and no line comes
+        follower.stdout.close()
+        assert follower.wait(timeout=30) == 0
+    finally:
+        if follower.poll() is None:
+            os.killpg(follower.pid, signal.SIGTERM)
+            follower.wait(timeout=10)
+
+
 def test_list_across_hosts_one_table_each_and_json_lines_with_their_host(machines):
     names = sorted(machines.hosts)
     assert machines.fab("-H", "web", "start").returncode == 0  # the first three hosts
