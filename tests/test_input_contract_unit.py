@@ -91,12 +91,17 @@ def test_agent_python_takes_names_and_paths_with_spaces():
         "/opt/my py/bin/python3"
 
 
-@pytest.mark.parametrize("env", [[1], "A=1", 5, {"A": {"b": 1}}, {"A": [1]}, {"A": None}, {"A\n": "x"},
-                                 {"1A": "x"}, {5: "x"}, {"A": "\udcff"}, {"A": "x\0"}])
+@pytest.mark.parametrize("env", [[1], "A=1 oops", "A='open", 5, {"A": {"b": 1}}, {"A": [1]}, {"A": None},
+                                 {"A\n": "x"}, {"1A": "x"}, {5: "x"}, {"A": "\udcff"}, {"A": "x\0"}])
 def test_env_must_be_a_mapping_of_names_to_text(env):
     with pytest.raises(options.UsageError) as caught:
         options.request("start", options.merged({"env": env}, {}), [], local=True)
     assert str(caught.value).startswith("fabserve.env ")
+
+
+def test_env_as_words_is_split_with_shell_rules_and_flags_add_to_it():
+    req = options.request("start", options.merged({"env": "A=1 'B=two words'"}, {}), ["A=2"], local=True)
+    assert req["env"] == {"A": "2", "B": "two words"}
 
 
 def test_env_values_from_yaml_numbers_become_text():
