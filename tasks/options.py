@@ -190,11 +190,16 @@ def env_words(text: str) -> Dict[str, str]:
         words = shlex.split(text)
     except ValueError as exc:
         raise Invalid(f"cannot be split into KEY=VALUE words ({exc}): {shown(text)}") from None
+    return key_values(words, lambda word: Invalid(f"must be KEY=VALUE words, not {shown(word)}"))
+
+
+def key_values(words: Iterable[str], refusal: Callable[[str], Exception]) -> Dict[str, str]:
+    """KEY=VALUE words as a mapping; `refusal(word)` is raised for a word without `=`."""
     pairs: Dict[str, str] = {}
     for word in words:
         key, sep, value = word.partition("=")
         if not sep:
-            raise Invalid(f"must be KEY=VALUE words, not {shown(word)}")
+            raise refusal(word)
         pairs[key] = value
     return pairs
 
@@ -628,10 +633,4 @@ def env_with(config_env: Any, pairs: Iterable[str]) -> Any:
             return config_env
     if not isinstance(config_env, Mapping):
         return config_env
-    env = dict(config_env)
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise UsageError(f"--env takes KEY=VALUE, not {shown(pair)}")
-        env[key] = value
-    return env
+    return {**config_env, **key_values(pairs, lambda pair: UsageError(f"--env takes KEY=VALUE, not {shown(pair)}"))}

@@ -152,15 +152,21 @@ def follow_argv(target, product, mode: str, flags: list[str]) -> tuple[list[str]
              *args], REPO, dict(os.environ))
 
 
-def test_follow_ends_quietly_with_exit_0_when_its_reader_closes(run, mode, target, product, site, as_user):
-    """`fab logs --follow | head -1`: the client and the agent following the log both end."""
+def follow_two_lines(run, mode, target, product, site, as_user) -> tuple[list[str], Path, subprocess.Popen[bytes]]:
+    """A started server whose log holds two lines, and `fab logs --follow --lines 2`
+    of it with its stdout a pipe: (flags, log, follower)."""
     flags = where(site, free_port())
     assert run("start", *flags).returncode == 0
     log = Path(run("status", *flags).json["log"])
     assert as_user(["sh", "-c", 'printf "before 1\\nbefore 2\\n" >> "$1"', "sh", str(log)]).returncode == 0
     argv, cwd, env = follow_argv(target, product, mode, flags)
-    follower = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+    return flags, log, subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, start_new_session=True)
+
+
+def test_follow_ends_quietly_with_exit_0_when_its_reader_closes(run, mode, target, product, site, as_user):
+    """`fab logs --follow | head -1`: the client and the agent following the log both end."""
+    flags, log, follower = follow_two_lines(run, mode, target, product, site, as_user)
     try:
         first = follower.stdout.readline()
         agents = followers_of(log)
@@ -184,13 +190,7 @@ def test_follow_ends_quietly_with_exit_0_when_its_reader_closes(run, mode, targe
 def test_an_idle_follow_ends_too_when_its_reader_closes(run, mode, target, product, site, as_user):
     """No line comes after the reader left, so no write can find the pipe closed:
     fab notices on its own, and the agent following the log ends with it."""
-    flags = where(site, free_port())
-    assert run("start", *flags).returncode == 0
-    log = Path(run("status", *flags).json["log"])
-    assert as_user(["sh", "-c", 'printf "before 1\\nbefore 2\\n" >> "$1"', "sh", str(log)]).returncode == 0
-    argv, cwd, env = follow_argv(target, product, mode, flags)
-    follower = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+    flags, log, follower = follow_two_lines(run, mode, target, product, site, as_user)
     try:
         assert follower.stdout.readline() == b"before 1\n"
         assert follower.stdout.readline() == b"before 2\n"
