@@ -1997,8 +1997,8 @@ def do_list(host, req):
         except (AgentError, OSError) as exc:  # its state is refused (not private) or unreadable: say so in its row
             found, note = None, str(exc)
         pids = None
-        if found is not None and found.pgid is not None:
-            pids = sorted(groups.get(found.pgid, []))
+        if found is not None and found.pgid is not None:  # as Found.members, from the pass over /proc
+            pids = sorted(pid for pid in groups.get(found.pgid, []) if not is_helper(pid))
         row = status_of(inst, found, note, pids, listening)
         claimed.update(row["pids"])
         rows.append(row)
