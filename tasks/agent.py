@@ -83,14 +83,7 @@ def parse_pid(text, pid_max):
 
 def parse_listen_inodes(text, port):
     """Socket inodes listening on `port` in /proc/net/tcp or tcp6 text."""
-    inodes = set()
-    for line in text.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) < 10 or fields[3] != "0A":  # 0A: TCP_LISTEN
-            continue
-        if int(fields[1].rsplit(":", 1)[1], 16) == port:
-            inodes.add(fields[9])
-    return inodes
+    return listeners([text]).get(port, set())
 
 
 def addrport_port(value):
@@ -475,22 +468,24 @@ def tcp_tables():
 def listen_inodes(port, listening=None):
     """The inodes of sockets listening on `port`: from `listening` (see
     listeners) when a caller looks at many ports at one moment, else read now."""
-    if listening is not None:
-        return listening.get(port, set())
-    inodes = set()
-    for text in tcp_tables():
-        inodes |= parse_listen_inodes(text, port)
-    return inodes
+    return (listeners(tcp_tables()) if listening is None else listening).get(port, set())
+
+
+def listening_sockets(text):
+    """(port, inode, hex local address) of each listening socket in /proc/net/tcp or tcp6 text."""
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 10 and fields[3] == "0A":  # 0A: TCP_LISTEN
+            hex_addr, hex_port = fields[1].rsplit(":", 1)
+            yield int(hex_port, 16), fields[9], hex_addr
 
 
 def listeners(texts):
     """Port -> inodes of the sockets listening on it, in /proc/net/tcp{,6} `texts`."""
     found = {}
     for text in texts:
-        for line in text.splitlines()[1:]:
-            fields = line.split()
-            if len(fields) >= 10 and fields[3] == "0A":  # 0A: TCP_LISTEN
-                found.setdefault(int(fields[1].rsplit(":", 1)[1], 16), set()).add(fields[9])
+        for port, inode, _ in listening_sockets(text):
+            found.setdefault(port, set()).add(inode)
     return found
 
 
@@ -974,15 +969,7 @@ def conflicts(listener, ours):
 def parse_listeners(text, port):
     """(inode, local address bytes) of the sockets listening on `port` in
     /proc/net/tcp or tcp6 text."""
-    found = []
-    for line in text.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) < 10 or fields[3] != "0A":
-            continue
-        hex_addr, hex_port = fields[1].rsplit(":", 1)
-        if int(hex_port, 16) == port:
-            found.append((fields[9], listen_address(hex_addr)))
-    return found
+    return [(inode, listen_address(hex_addr)) for bound, inode, hex_addr in listening_sockets(text) if bound == port]
 
 
 def port_held(port, addr):
@@ -990,13 +977,8 @@ def port_held(port, addr):
     waiting up to PORT_WAIT for a closing one to go."""
     deadline = time.time() + PORT_WAIT
     for pause in pauses():
-        held = set()
-        for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-            try:
-                listeners = parse_listeners(read_file(name), port)
-            except OSError:
-                continue
-            held |= {inode for inode, bound in listeners if conflicts(bound, packed(addr))}
+        held = {inode for text in tcp_tables() for inode, bound in parse_listeners(text, port)
+                if conflicts(bound, packed(addr))}
         if not held or time.time() >= deadline:
             return held
         time.sleep(pause)
