@@ -2135,13 +2135,11 @@ def handle(req):
             finally:
                 if held is not None:
                     os.close(held)
-            if fd is not None:
-                try:
-                    result = run(inst)
-                finally:
-                    os.close(fd)
-            else:
+            try:
                 result = run(inst)
+            finally:
+                if fd is not None:
+                    os.close(fd)
         if result is None:
             return None
     except AgentError as exc:
