@@ -125,19 +125,25 @@ def parse_seconds(value: Any) -> float:
 
 
 DURATION = re.compile(r"^([0-9]{1,9})([smhd]?)$")
-UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+UNIT_SECONDS = {"": 1, "S": 1, "M": 60, "H": 3600, "D": 86400}
 TTL_MAX = 366 * 86400  # a year: longer is no lifetime for a development server
+
+
+def with_unit(value: Any, pattern: "re.Pattern[str]", units: Mapping[str, int], expected: str) -> int:
+    """A whole number as given, or text `pattern` matches as digits and a unit
+    (a key of `units`, upper case), times that unit; else Invalid: `expected`."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    found = pattern.match(value.strip()) if isinstance(value, str) and value.isascii() else None
+    if not found:
+        raise Invalid(f"{expected}, not {shown(value)}")
+    return int(found.group(1)) * units[found.group(2).upper()]
 
 
 def parse_duration(value: Any) -> int:
     """Whole seconds of `30m`, `2h`, `1d`, `3s` or a bare number of seconds."""
-    found = DURATION.match(value.strip()) if isinstance(value, str) and value.isascii() else None
-    if isinstance(value, int) and not isinstance(value, bool):
-        seconds = value
-    elif found:
-        seconds = int(found.group(1)) * UNIT_SECONDS[found.group(2)]
-    else:
-        raise Invalid(f"must be a duration such as 30m, 2h or 1d (a bare number is seconds), not {shown(value)}")
+    seconds = with_unit(value, DURATION, UNIT_SECONDS,
+                        "must be a duration such as 30m, 2h or 1d (a bare number is seconds)")
     if not 0 < seconds <= TTL_MAX:
         raise Invalid(f"must be more than 0 seconds and at most 366d, not {shown(value)}")
     return seconds
@@ -150,13 +156,7 @@ LOG_MIN = 4096  # below a few lines' worth a cut would keep next to nothing
 
 def parse_size(value: Any) -> int:
     """Bytes of a byte count or of `512K`, `50M`, `1G` (binary units)."""
-    found = SIZE.match(value.strip()) if isinstance(value, str) and value.isascii() else None
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    elif found:
-        size = int(found.group(1)) * SIZE_UNITS[found.group(2).upper()]
-    else:
-        raise Invalid(f"must be a size in bytes, or with K, M or G, such as 50M, not {shown(value)}")
+    size = with_unit(value, SIZE, SIZE_UNITS, "must be a size in bytes, or with K, M or G, such as 50M")
     if size < LOG_MIN:
         raise Invalid(f"must be at least {LOG_MIN} bytes (4K), not {shown(value)}")
     return size
