@@ -273,6 +273,7 @@ def list_servers(c, json=False):
     if options.setting(c.config, "json", flags):
         for line in listing.json_lines(result):
             report.say(line)
+        entrypoints.end_task(c, result)
         return result
     return finish(c, result, flags, listing.show_list)
 

@@ -5,6 +5,7 @@ codes under Fabric's own executor, the program's config and version."""
 import contextlib
 import importlib.util
 import io
+import json
 
 import pytest
 from fabric import Config, Connection
@@ -13,7 +14,7 @@ from invoke.exceptions import Exit
 
 import tasks
 from helpers import REPO
-from tasks import __version__, collection, entrypoints, options, remote, verbs
+from tasks import __version__, collection, entrypoints, options, remote, report, verbs
 from tasks.program import PROJECT_FILE, ProgramConfig, program
 
 
@@ -153,3 +154,12 @@ def test_a_broken_project_file_is_one_line_exit_2(tmp_path, monkeypatch, capsys)
     error = capsys.readouterr().err.strip()
     assert error.startswith("cannot read fabserve.* of the current directory: while parsing a flow node")
     assert len(error.splitlines()) == 1 and "Traceback" not in error
+
+
+def test_list_as_json_lines_under_fabrics_executor_still_gets_fabserves_exit_code(monkeypatch, capsys):
+    failed = report.failure("web1", "list", "cannot connect")
+    monkeypatch.setattr(verbs, "operate", lambda c, action, flags: failed)
+    with pytest.raises(Exit) as caught:
+        verbs.list_servers.body(Context(config=Config()), json=True)
+    assert caught.value.code == 1
+    assert [json.loads(line)["error"] for line in capsys.readouterr().out.splitlines()] == ["cannot connect"]
