@@ -35,6 +35,7 @@ RESULT_TYPES: Dict[str, Tuple[str, str]] = {
     "ok": ("bool", ""), "changed": ("bool", ""), "pid": ("int", ""), "pids": ("list", "int"),
     "port": ("int", ""), "managed": ("bool", ""), "uptime": ("int", ""), "log_tail": ("list", "str"),
     "killed": ("bool", ""), "port_free": ("bool", ""), "stopped_pids": ("list", "int"),
+    "expires_in": ("int", ""), "http_status": ("int", ""), "ambiguous": ("list", "int"),
 }
 #: Result fields the module leaves out: the client's, not the agent's.
 CLIENT_FIELDS = ("host",)

@@ -135,7 +135,7 @@ expires_at:
 expires_in:
   description: Whole seconds until then; null without a TTL.
   returned: always
-  type: str
+  type: int
 uptime:
   description: Seconds since the server started.
   returned: with state=status
@@ -166,11 +166,12 @@ ambiguous:
   description: The ports of the project's instances, when no port was given and there are several (exit
     2).
   returned: with state=started or stopped or restarted or status
-  type: str
+  type: list
+  elements: int
 http_status:
   description: 'What GET of the check path answered; null: no check, or no answer.'
   returned: with state=started or restarted or status
-  type: str
+  type: int
 '''
 
 from ansible.module_utils.basic import AnsibleModule
