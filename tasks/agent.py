@@ -1340,7 +1340,8 @@ ANSWERED = (
 EXTRAS = (
     ("uptime", ("status",), "seconds since the server started"),
     ("python", ("start", "restart"), "the interpreter that runs manage.py"),
-    ("log_tail", ("start", "restart"), "the log's last lines, when the start failed"),
+    ("log_tail", ("start", "restart"), "the log's last lines, when the start failed (a failed check: "
+                                       "Django's unapplied-migrations line and \"...\" first, if the log has it)"),
     ("killed", ("stop",), "true when TERM was not enough and KILL was sent"),
     ("port_free", ("stop",), "whether the port is free afterwards"),
     ("stopped_pids", ("restart",), "the processes the restart stopped"),
@@ -1632,8 +1633,32 @@ def do_start(inst):
     terminate(found, min(inst.req["stop_timeout"], 5))
     proc.poll()
     inst.forget()
+    tail = log_tail(inst, offset)
+    unapplied = unapplied_migrations(inst.log, offset) if http and http >= 500 else None
+    if unapplied:
+        why = join(why, f"the log says: {unapplied}", "run `manage migrate` to apply them")
+        if unapplied not in tail:  # said at start-up, long before the tracebacks of the tail
+            tail = [unapplied, "..."] + tail
     # The client says which action failed: the reason alone.
-    raise AgentError(why, log_tail=log_tail(inst, offset), http_status=http)
+    raise AgentError(why, log_tail=tail, http_status=http)
+
+
+# Django's runserver says this at start-up when the database lacks migrations: the
+# usual reason a fresh project answers 500 (ANSI colours, if forced on, are dropped).
+UNAPPLIED = re.compile(rb"You have [0-9]+ unapplied migration\(s\)\.[^\n]*")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def unapplied_migrations(log, offset):
+    """Django's unapplied-migrations line in the log's first BLOCKs from `offset` (this
+    run's start, where runserver prints it), or None."""
+    try:
+        with open(log, "rb") as handle:
+            handle.seek(offset)
+            found = UNAPPLIED.search(handle.read(4 * BLOCK))
+    except OSError:
+        return None
+    return ANSI.sub("", found.group(0).decode("utf-8", "replace")).strip() if found else None
 
 
 @verb("restart", locks=True)
@@ -2034,12 +2059,23 @@ def checked_health(inst, state, message):
     return FAILED, f"{check_note(inst, status)} on {inst.url}", status
 
 
+# How many answers of 500 or more in a row fail a start's check at once (about 3 s of
+# them): a server that answers so is broken until someone changes it (a migration, a
+# fix), and each such answer writes a traceback to the log.
+CHECK_FAILS = 10
+
+
 def wait_http(inst, proc, deadline):
-    """(http_status, why start failed): GET until below 500 (why None), exit or deadline."""
+    """(http_status, why start failed): GET until below 500 (why None), CHECK_FAILS
+    answers of 500 or more in a row, exit or deadline. No answer breaks a run."""
+    run = 0
     while inst.req.get("check"):
         status = http_get(inst, max(0.5, min(5.0, deadline - time.time())))
         if status and status < 500:
             return status, None
+        run = run + 1 if status else 0
+        if run >= CHECK_FAILS:
+            return status, f"GET {inst.req['check']} still HTTP {status} after {run} requests; the server was stopped"
         if proc.poll() is not None or time.time() >= deadline:
             return status, f"{check_note(inst, status)} within {inst.req['start_timeout']:g}s; the server was stopped"
         time.sleep(0.25)  # not faster: each 500 writes a traceback to the log

@@ -145,7 +145,8 @@ python:
   returned: with state=started or restarted
   type: str
 log_tail:
-  description: The log's last lines, when the start failed.
+  description: 'The log''s last lines, when the start failed (a failed check: Django''s unapplied-migrations
+    line and "..." first, if the log has it).'
   returned: with state=started or restarted
   type: list
   elements: str
