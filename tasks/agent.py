@@ -1664,6 +1664,7 @@ def unapplied_migrations(log, offset):
 @verb("restart", locks=True)
 def do_restart(inst):
     inst.require_project()
+    rerun(inst)
     resolve_python(inst)  # fail before stopping anything if start cannot work
     stopped = do_stop(inst)
     inst.kept_expiry = inst.expires_at  # kept unless a new --ttl is given
@@ -1948,22 +1949,57 @@ def resolve_instance(req):
     return dict(req, port=port), None
 
 
+# The request settings that make a server what it is, and their types: each
+# start records them (instance.json, kept after stop), and a restart not given
+# one reruns the recorded value. python is kept as given (None: the project's
+# venv, found again in the release the project now resolves to).
+RERUN = (("python", str), ("settings", str), ("env", dict), ("noreload", bool), ("addr", str), ("check", str))
+
+
 def remember(inst):
-    """Record which project and port the instance directory is for, kept after
-    stop with its log, so list can name the project of a stopped instance."""
-    write_atomic(os.path.join(inst.dir, "instance.json"), json.dumps({"project": inst.given, "port": inst.port}))
+    """Record which project and port the instance directory is for, and what
+    it is started with (RERUN), kept after stop with its log, so list can name
+    the project of a stopped instance and restart can rerun it."""
+    started = {name: inst.req.get(name) for name, _ in RERUN}
+    started["addr"] = inst.addr  # as launched: given, recorded by the last start, or the default
+    write_atomic(os.path.join(inst.dir, "instance.json"),
+                 json.dumps({"project": inst.given, "port": inst.port, "started_with": started}))
+
+
+def instance_record(directory):
+    """What remember wrote in `directory` (a dict), or None when it is missing,
+    unreadable or not this user's private file."""
+    path = os.path.join(directory, "instance.json")
+    try:
+        check_private(path, "instance record")
+        record = json.loads(read_file(path))
+    except (OSError, ValueError, AgentError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def recorded_project(directory, meta):
     """The project path as given that an instance directory is for (see
     remember; else its metadata's), or None when neither says."""
-    path = os.path.join(directory, "instance.json")
-    try:
-        check_private(path, "instance record")
-        project = json.loads(read_file(path)).get("project")
-    except (OSError, ValueError, AttributeError, AgentError):
-        project = (meta or {}).get("project_given")
+    record = instance_record(directory)
+    project = record.get("project") if record is not None else (meta or {}).get("project_given")
     return project if isinstance(project, str) else None
+
+
+def rerun(inst):
+    """Give the request the settings of RERUN it lacks (None, empty, off) from
+    the instance's last start, so a restart reruns what was started."""
+    started = (instance_record(inst.dir) or {}).get("started_with")
+    if not isinstance(started, dict):
+        return
+    req = dict(inst.req)
+    for name, kind in RERUN:
+        value = started.get(name)
+        if not req.get(name) and value and isinstance(value, kind):
+            req[name] = value
+    inst.req = req
+    if not inst.addr_given and req.get("addr"):
+        inst.addr_given = inst.addr = req["addr"]
 
 
 def runserver_addr(argv):

@@ -275,3 +275,50 @@ def test_missing_project_and_interpreter_are_one_line_errors(run, target, site):
     assert no_python.returncode == 1
     assert "interpreter /nonexistent/python not found" in no_python.stderr
     assert len(no_python.stderr.strip().splitlines()) == 1
+
+
+def server_facts(pid):
+    """argv and environment of a server process, as the kernel has them."""
+    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+        argv = handle.read().decode().split("\0")[:-1]
+    with open(f"/proc/{pid}/environ", "rb") as handle:
+        env = dict(item.split("=", 1) for item in handle.read().decode().split("\0") if "=" in item)
+    return argv, env
+
+
+def test_restart_reruns_the_interpreter_env_settings_and_check_it_was_started_with(run, make_project, target):
+    # Django is installed only in the venv outside the project: python3 on PATH cannot serve it.
+    project = make_project("site")
+    (project / ".venv").unlink()
+    settings = project / "mysite" / "restart_settings.py"
+    settings.write_text("from .settings import *  # noqa: F401,F403\n")
+    os.chown(settings, target.uid, -1)
+    python = str(target.venv / "bin" / "python")
+    port = free_port()
+    first = started(run, project, port, "--python", python, "--env", "FABSERVE_PROBE=kept",
+                    "--settings", "mysite.restart_settings", "--check", "/")
+
+    def reran(data):
+        assert data["python"] == python and data["http_status"] == 200, data
+        assert http_status(data["url"]) == 200
+        for pid in data["pids"]:
+            argv, env = server_facts(pid)
+            assert argv[0] == python, argv  # the reloader's child is sys.executable: the venv's, too
+            assert "--settings=mysite.restart_settings" in argv and env.get("FABSERVE_PROBE") == "kept", argv
+
+    reran(first)
+    again = run("restart", *where(project, port))
+    assert again.returncode == 0, again.stderr + again.stdout
+    assert not set(again.json["pids"]) & set(first["pids"])
+    reran(again.json)
+    # Stopped, it is restarted as it was last started, too.
+    assert run("stop", *where(project, port)).returncode == 0
+    after_stop = run("restart", *where(project, port))
+    assert after_stop.returncode == 0, after_stop.stderr + after_stop.stdout
+    reran(after_stop.json)
+    # A setting given to restart replaces the recorded one.
+    changed = run("restart", *where(project, port), "--env", "FABSERVE_PROBE=new")
+    assert changed.returncode == 0, changed.stderr + changed.stdout
+    assert all(server_facts(pid)[1].get("FABSERVE_PROBE") == "new" for pid in changed.json["pids"])
+    assert changed.json["python"] == python
+    assert run("stop", *where(project, port)).returncode == 0
