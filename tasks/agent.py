@@ -1670,6 +1670,8 @@ def do_restart(inst):
     inst.kept_expiry = inst.expires_at  # kept unless a new --ttl is given
     started = do_start(inst)
     started["changed"] = True
+    if (started.get("message") or "").startswith("started "):  # the same server again: say so
+        started["message"] = "re" + started["message"]
     started["stopped_pids"] = stopped["pids"]
     return started
 

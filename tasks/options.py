@@ -316,6 +316,7 @@ class Setting:
     config: bool = True  # the `fabserve` config section may set it
     repeatable: bool = False  # the flag may be given several times
     positional: bool = False  # the flag's value may also be given without the flag
+    placeholder: str = ""  # the value --help shows for a repeatable flag (invoke shows none)
 
     @property
     def flag_name(self) -> str:
@@ -352,7 +353,7 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("settings", None, parse_settings_module, "Django settings module, passed as --settings to runserver or the command",
             verbs=STARTING + ("manage",), per_host=True, request=True),
     Setting("env", {}, parse_env, "KEY=VALUE set in the server's (or the command's) environment (repeatable)",
-            verbs=STARTING + ("manage",), per_host=True, request=True, repeatable=True),
+            verbs=STARTING + ("manage",), per_host=True, request=True, repeatable=True, placeholder="KEY=VALUE"),
     Setting("noreload", False, parse_switch, "run without Django's autoreloader (a single process)",
             verbs=STARTING, per_host=True, request=True),
     Setting("start_timeout", 30, parse_seconds,
@@ -461,6 +462,11 @@ def helps(verb: str) -> Dict[str, str]:
 def repeatable(verb: str) -> List[str]:
     """`verb`'s flags that may be given several times, for its @task."""
     return [setting.flag_name for setting in flags_of(verb) if setting.repeatable]
+
+
+def placeholder(flag: str) -> str:
+    """The --help placeholder of the flag named `flag` (as Python names it), "" if none."""
+    return next((setting.placeholder for setting in SETTINGS if setting.flag_name == flag), "")
 
 
 def positional(verb: str) -> List[str]:

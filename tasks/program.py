@@ -7,16 +7,22 @@ invoke loads no project file for a program with a bundled namespace, so this
 one loads it itself, at the same place in the order.
 """
 
+import contextlib
+import inspect
 import os
+import re
+import sys
+from typing import Any, Iterator, List, Optional
 
 from fabric import Config
 from fabric import __version__ as fabric_version
 from fabric.main import Fab
 from invoke import __version__ as invoke_version
-from invoke.exceptions import Exit
+from invoke import Program as InvokeProgram
+from invoke.exceptions import Exit, ParseError
 from paramiko import __version__ as paramiko_version
 
-from . import __version__, collection
+from . import __version__, collection, options, report
 from .executor import ConcurrentExecutor
 
 #: The project file's name without its suffix: ./fabserve.yaml and the like.
@@ -36,7 +42,105 @@ class ProgramConfig(Config):
             self._set(file_prefix=shared)
 
 
-class Program(Fab):
+class Cli:
+    """Mixed into an invoke Program (fabserve's, and the `fab` that loads the
+    checkout's fabfile.py, see `adopt`): invoke's own usage errors exit 2 with a
+    hint, as fabserve's do, instead of 1 ("failed"); a task's --help names the
+    program that runs it and a placeholder for every flag that takes a value;
+    a reader that stops early ends help and listings quietly."""
+
+    _binary: Optional[str]
+    called_as: str
+    leading_indent: str
+    parser: Any
+    collection: Any
+
+    @property
+    def binary(self) -> str:
+        """The name users typed: invoke takes argv[0]'s basename, which for
+        `python -m fabric` is `__main__.py`, a name nobody can type."""
+        if self._binary or self.called_as != "__main__.py":
+            return self._binary or self.called_as
+        main = getattr(sys.modules["__main__"], "__spec__", None)
+        return f"python -m {main.parent}" if main is not None and main.parent else self.called_as
+
+    def parse_core(self, argv: Optional[List[str]]) -> None:
+        with usage_errors(self.binary):
+            super().parse_core(argv)  # type: ignore[misc]
+
+    def parse_tasks(self) -> None:
+        with usage_errors(self.binary):
+            super().parse_tasks()  # type: ignore[misc]
+
+    def parse_cleanup(self) -> None:
+        try:
+            with usage_errors(self.binary):
+                super().parse_cleanup()  # type: ignore[misc]
+        except BrokenPipeError:  # `fabserve --help manage | head -1`
+            report.drop_output(sys.stdout)
+            raise Exit(code=0) from None
+
+    def print_task_help(self, name: str) -> None:
+        """invoke's per-task help, with this program's name where the task's text
+        says `fab`, and placeholders for repeatable flags (invoke shows none)."""
+        ctx = self.parser.contexts[name]
+        rows = [(self.placeholders(ctx, spec), self.named(text)) for spec, text in ctx.help_tuples()]
+        print(f"Usage: {self.binary} [--core-opts] {name} {'[--options] ' if rows else ''}[other tasks here ...]")
+        print("\nDocstring:")
+        docstring = inspect.getdoc(self.collection[name])
+        for line in self.named(docstring or "none").splitlines():
+            print(self.leading_indent + line if line.strip() else "")
+        print("\nOptions:")
+        if rows:
+            self.print_columns(rows)  # type: ignore[attr-defined]
+        else:
+            print(self.leading_indent + "none\n")
+
+    def named(self, text: str) -> str:
+        """`text` with the program that runs the tasks in place of the word `fab`."""
+        return re.sub(r"\bfab\b", self.binary, text)
+
+    @staticmethod
+    def placeholders(ctx: Any, spec: str) -> str:
+        """`-e, --env` as `-e KEY=VALUE, --env=KEY=VALUE`: a repeatable flag's
+        placeholder comes from its setting."""
+        shown = []
+        for name in spec.split(", "):
+            repeatable = name in ctx.flags and ctx.flags[name].kind is list
+            placeholder = options.placeholder(ctx.flags[name].name) if repeatable else ""
+            shown.append(name if not placeholder else
+                         f"{name} {placeholder}" if not name.startswith("--") else f"{name}={placeholder}")
+        return ", ".join(shown)
+
+
+@contextlib.contextmanager
+def usage_errors(binary: str) -> Iterator[None]:
+    """invoke's ParseError as one line with a hint, exit 2."""
+    try:
+        yield
+    except ParseError as exc:
+        task = exc.context.name if exc.context is not None and exc.context.name else None
+        hint = f"{binary} --help {task} shows its flags" if task else f"{binary} --list shows the tasks"
+        raise Exit(f"{exc} ({hint})", 2) from None
+
+
+def adopt() -> None:
+    """Make the invoke Program that is loading the caller (`fab` importing the
+    checkout's fabfile.py) a `Cli` too; nothing when none is (an import of
+    fabfile.py from Python). invoke offers no hook between loading the tasks
+    and parsing their flags, and its `fab` is Fabric's own program object."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        loader = frame.f_locals.get("self")
+        if frame.f_code.co_name == "load_collection" and isinstance(loader, InvokeProgram):
+            if not isinstance(loader, Cli):
+                kind = type(loader)
+                loader.__class__ = type(kind.__name__, (Cli, kind), {})
+            return
+        frame = frame.f_back
+
+
+class Program(Cli, Fab):
     """`fab` with a bundled namespace, the project file of the current directory, and every version."""
 
     def print_version(self) -> None:

@@ -96,15 +96,19 @@ def test_stop_twice_exits_zero(run, site):
     assert_gone(data, port)
 
 
-def test_restart_replaces_the_processes(run, site):
+def test_restart_replaces_the_processes(run, site, mode):
     port = free_port()
     before = started(run, site, port)
     after = run("restart", *where(site, port))
     assert after.returncode == 0, after.stderr
     assert after.json["changed"] is True and after.json["state"] == "running"
+    assert after.json["message"].startswith(f"restarted on {after.json['url']}")
     assert not set(after.json["pids"]) & set(before["pids"])
     assert not any(alive(pid) for pid in before["pids"])
     assert http_status(after.json["url"]) == 200
+    human = run("restart", *where(site, port), json=False)
+    host = "local" if mode == "local" else "fabserve-target"
+    assert human.returncode == 0 and human.stdout.startswith(f"{host}: restarted on {after.json['url']}"), human
     assert run("stop", *where(site, port)).returncode == 0
 
 
