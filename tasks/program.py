@@ -11,6 +11,7 @@ import contextlib
 import inspect
 import os
 import re
+import stat
 import sys
 from typing import Any, Iterator, List, Optional
 
@@ -34,12 +35,46 @@ class ProgramConfig(Config):
 
     def load_project(self, merge: bool = True) -> None:
         # invoke names every level's file after file_prefix; only the project's differs here.
-        shared = self.file_prefix
-        self._set(file_prefix=PROJECT_FILE)
+        # The current directory's file is data: a fabserve.py there is not run (-f FILE runs one).
+        shared, suffixes = self.file_prefix, self._file_suffixes
+        self._set(file_prefix=PROJECT_FILE, _file_suffixes=DATA_SUFFIXES)
         try:
             super().load_project(merge=merge)
         finally:
-            self._set(file_prefix=shared)
+            self._set(file_prefix=shared, _file_suffixes=suffixes)
+
+
+#: The project file's kinds: data, never code.
+DATA_SUFFIXES = ("yaml", "yml", "json")
+
+
+def untrusted(path: str) -> str:
+    """Why another user could have written `path` (its owner, or that others may
+    write it), "" when only this user or root could have."""
+    info = os.stat(path)
+    if info.st_uid not in (os.geteuid(), 0):
+        return f"owned by uid {info.st_uid}"
+    return "writable by others" if info.st_mode & stat.S_IWOTH else ""
+
+
+def project_directory() -> Optional[str]:
+    """The current directory, when its fabserve.* may be read: not when it is
+    gone (a remote verb needs no project file), nor when another user could have
+    planted the file (/tmp): then a line on stderr says it is ignored."""
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        return None
+    # invoke reads the first of these that exists.
+    files = [os.path.join(cwd, f"{PROJECT_FILE}.{suffix}") for suffix in DATA_SUFFIXES]
+    found = next((path for path in files if os.path.isfile(path)), None)
+    if found is None:
+        return cwd
+    where, itself = untrusted(cwd), untrusted(found)
+    if where or itself:
+        print(f"ignoring {found}: {f'its directory is {where}' if where else f'it is {itself}'}", file=sys.stderr)
+        return None
+    return cwd
 
 
 class Cli:
@@ -151,8 +186,11 @@ class Program(Cli, Fab):
 
     def parse_collection(self) -> None:
         super().parse_collection()
+        cwd = project_directory()
+        if cwd is None:
+            return
         try:
-            self.config.set_project_location(os.getcwd())
+            self.config.set_project_location(cwd)
             self.config.load_project()
         except Exception as exc:  # YAML, JSON and Python files fail in their own ways
             detail = " ".join(str(exc).split())

@@ -6,6 +6,10 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from fabric import Config, Connection
@@ -13,7 +17,7 @@ from invoke import Collection, Context
 from invoke.exceptions import Exit
 
 import tasks
-from helpers import REPO
+from helpers import REPO, free_port
 from tasks import __version__, collection, entrypoints, options, remote, report, verbs
 from tasks.program import PROJECT_FILE, ProgramConfig, program
 
@@ -163,3 +167,53 @@ def test_list_as_json_lines_under_fabrics_executor_still_gets_fabserves_exit_cod
         verbs.list_servers.body(Context(config=Config()), json=True)
     assert caught.value.code == 1
     assert [json.loads(line)["error"] for line in capsys.readouterr().out.splitlines()] == ["cannot connect"]
+
+
+#: The `fabserve` command as its console script runs it, from the checkout.
+FABSERVE = "import sys; sys.argv[0] = 'fabserve'; from tasks.program import program; program.run()"
+
+
+def run_fabserve(cwd: Path, *args: str, remove: bool = False) -> subprocess.CompletedProcess:
+    """`fabserve ARGS` in `cwd`, which a shell removes first when `remove`."""
+    script = 'cd "$1" && ' + ('rmdir "$1" && ' if remove else "") + 'shift && exec "$@"'
+    return subprocess.run(["sh", "-c", script, "sh", str(cwd), sys.executable, "-c", FABSERVE, *args],
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_program_runs_no_fabserve_py_of_the_current_directory(tmp_path):
+    ran = tmp_path / "ran"
+    (tmp_path / "fabserve.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
+    result = run_fabserve(tmp_path, "--list")
+    assert result.returncode == 0, result.stderr
+    assert not ran.exists()
+
+
+def test_a_project_file_others_could_have_planted_is_ignored_with_a_line(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp
+    (shared / "fabserve.yaml").write_text("fabserve: {port: [\n")  # would be exit 2 if read
+    result = run_fabserve(shared, "--list")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == f"ignoring {shared}/fabserve.yaml: its directory is writable by others\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_project_file_of_another_user_is_ignored_with_a_line(tmp_path):
+    planted = tmp_path / "fabserve.yml"
+    planted.write_text("fabserve: {port: [\n")
+    os.chown(planted, 65534, 65534)
+    result = run_fabserve(tmp_path, "--list")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == f"ignoring {planted}: it is owned by uid 65534\n"
+
+
+def test_a_deleted_current_directory_does_not_fail_a_remote_verb(tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    host = f"nobody@127.0.0.1:{free_port()}"
+    result = run_fabserve(gone, "-H", host, "status", "--project", "/srv/site", remove=True)
+    assert not gone.exists()
+    assert result.returncode == 1, result.stderr  # the host is down: failed, not a usage error
+    assert result.stderr.strip() == f"{host}: status failed: cannot connect: Connection refused"
