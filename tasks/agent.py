@@ -1347,7 +1347,7 @@ EXTRAS = (
     ("stopped_pids", ("restart",), "the processes the restart stopped"),
     ("lines", ("logs",), "the log's last lines"),
     ("ambiguous", ("start", "stop", "status", "restart", "logs"),
-     "the ports of the project's instances, when no port was given and there are several (exit 2)"),
+     "the ports of the project's running instances, when no port was given and several run (exit 2)"),
     ("rows", ("list",), "the host's instances, each as status describes it"),
     ("http_status", CHECKED, "what GET of the check path answered; null: no check, or no answer"),
     ("exit_status", ("manage",), "the command's exit status (-N: signal N); null: its timeout ended it"),
@@ -1816,9 +1816,9 @@ def choose_port(low, high, taken, tcp_texts, addr):
 class Ambiguous(AgentError):
     """No port was given and the project has several instances: a usage error, exit 2."""
 
-    def __init__(self, project, ports, what="instances"):
+    def __init__(self, project, ports):
         listed = ", ".join(str(port) for port in ports)
-        AgentError.__init__(self, f"{project} has {len(ports)} {what} on this host, on ports {listed}: "
+        AgentError.__init__(self, f"{project} has {len(ports)} instances on this host, on ports {listed}: "
                                   f"name one with --port", ambiguous=list(ports))
 
 
@@ -1859,13 +1859,23 @@ def runservers(groups=None):
     return found
 
 
+def last_written(inst):
+    """When the instance's state was last written: its log, else its pidfile (0: neither)."""
+    for path in (inst.log, inst.pidfile):
+        try:
+            return os.lstat(path).st_mtime
+        except OSError:
+            pass
+    return 0
+
+
 def project_instances(host, req, procs):
     """(live, recorded): the ports of the project's instances on this host.
-    Live: a server runs (trusted pidfile, or found among `procs`), or an agent
-    is starting or stopping it now. Recorded: only state is left (a stale
-    pidfile, a kept log)."""
+    Live (sorted): a server runs (trusted pidfile, or found among `procs`), or
+    an agent is starting or stopping it now. Recorded, the last written last:
+    only state is left (a stale pidfile, a kept log)."""
     given = given_path(req["project"])
-    live, recorded = set(), set()
+    live, recorded = set(), {}
     for name, port in host.instances():
         if name != instance_name(given, port):
             continue
@@ -1880,13 +1890,13 @@ def project_instances(host, req, procs):
         if pid is not None and other_host(meta, host.machine_id, host.hostname) is None and verify(pid, meta) is None:
             live.add(port)
         elif os.path.lexists(inst.pidfile) or os.path.lexists(inst.log):
-            recorded.add(port)
+            recorded[port] = last_written(inst)
     probe = Instance(dict(req, port=DEFAULT_PORT))
     manage_py, uid, excluded = os.path.realpath(probe.manage_py), os.getuid(), ancestors()
     for proc in procs:
         if is_candidate(proc, manage_py, proc["port"], uid, None, excluded, probe.given_manage_py):
             live.add(proc["port"])
-    return sorted(live), sorted(recorded - live)
+    return sorted(live), sorted((port for port in recorded if port not in live), key=lambda port: recorded[port])
 
 
 def taken_ports(host):
@@ -1921,8 +1931,11 @@ def resolve_instance(req):
     project's one live instance on this host; several: Ambiguous (exit 2).
     None live: start and restart with `auto` choose a free port (see claim_port),
     under the host's lock so concurrent starts never choose the same one, and
-    the project's check runs under it too; otherwise the project's one recorded
-    instance (several: Ambiguous), else DEFAULT_PORT, as before ports were optional.
+    the project's check runs under it too; otherwise the project's recorded
+    instance written last (its log: the last start, or a start that never came
+    up), else DEFAULT_PORT, as before ports were optional. Only servers that run
+    make a project ambiguous: with none, a CI job's stop without a port is
+    "not running", exit 0, however many stopped instances it left.
     """
     port = req.get("port")
     if isinstance(port, int):
@@ -1938,10 +1951,8 @@ def resolve_instance(req):
             port = live[0]
         elif choosing:
             return dict(req, port=claim_port(host, req)), held
-        elif len(recorded) > 1:
-            raise Ambiguous(req["project"], recorded, "stopped instances")
         else:
-            port = recorded[0] if recorded else DEFAULT_PORT
+            port = recorded[-1] if recorded else DEFAULT_PORT
     except BaseException:
         if held is not None:
             os.close(held)
@@ -2019,12 +2030,13 @@ def runserver_addr(argv):
 @verb("list", host=True)
 def do_list(host, req):
     """Every server of this user on the host, each row as status describes it:
-    instances with state (running, stopped with their log kept, stale), then
-    runservers fabserve did not start (managed false). Never another user's."""
+    instances with state (running, stale; stopped with their log kept only
+    with `all`), then runservers fabserve did not start (managed false).
+    Never another user's."""
     groups = {}
     procs = runservers(groups)
     listening = listeners(tcp_tables())  # read once: on a busy host each read costs milliseconds
-    rows, claimed = [], set()
+    rows, claimed, hidden = [], set(), 0
     for name, port in host.instances():
         directory = os.path.join(host.dir, name)
         try:
@@ -2045,6 +2057,12 @@ def do_list(host, req):
         if found is not None and found.pgid is not None:  # as Found.members, from the pass over /proc
             pids = sorted(pid for pid in groups.get(found.pgid, []) if not is_helper(pid))
         row = status_of(inst, found, note, pids, listening)
+        # Stopped by stop, by its TTL or by a start that never came up: history,
+        # which would otherwise stay for ever. A stale pidfile (a server that
+        # died) is still shown: something ended it that nobody asked to.
+        if row["state"] == STOPPED and not os.path.lexists(inst.pidfile) and not req.get("all"):
+            hidden += 1
+            continue
         claimed.update(row["pids"])
         rows.append(row)
     unmanaged = {}
@@ -2063,6 +2081,8 @@ def do_list(host, req):
         row["action"] = "list"
     count = len(rows)
     message = f"{count} server{'s' if count != 1 else ''}" if count else "no servers"
+    if hidden:
+        message += f"; {hidden} stopped (list --all shows them)"
     return result_of(ok=True, changed=False, state=None, message=message, rows=rows)
 
 

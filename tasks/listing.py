@@ -37,10 +37,11 @@ def table(rows: List[Dict[str, Any]]) -> List[str]:
 
 
 def show_list(result: Dict[str, Any]) -> str:
-    """A host's servers: `host: N servers` and the table, or `host: no servers`."""
+    """A host's servers: `host: N servers` and the table, or `host: no servers`
+    (either saying how many stopped ones only --all shows)."""
     host, rows = result["host"], result.get("rows") or []
     if not rows:
-        return f"{host}: no servers"
+        return f"{host}: {result.get('message') or 'no servers'}"
     return "\n".join([f"{host}: {result['message']}"] + [f"  {line}" for line in table(rows)])
 
 

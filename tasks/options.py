@@ -368,6 +368,8 @@ SETTINGS: Tuple[Setting, ...] = (
             verbs=("logs",), request=True, config=False),
     Setting("json", False, parse_switch, "print JSON on stdout and nothing else: one object per host (list: one per server)",
             verbs=TASKS),
+    Setting("all", False, parse_switch, "also list stopped instances whose log is kept",
+            verbs=("list",), request=True, config=False),
     Setting("ttl", None, optional(parse_duration),
             "stop the server after this long, e.g. 30m, 2h, 1d (default: never; restart keeps the old one)",
             verbs=STARTING, per_host=True, request=True),

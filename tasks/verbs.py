@@ -262,13 +262,14 @@ def logs(c, project=None, port=None, lines=None, follow=False, json=False, previ
 
 
 @verb(name="list")
-def list_servers(c, json=False):
+def list_servers(c, json=False, all=False):
     """List every server of the connecting user on each host, as a table.
 
-    Managed ones (running, stopped with their log kept, stale) and runservers
-    fabserve did not start; with --json, one line per server with its host.
+    Managed ones (running, stale; with --all also those stopped with their log
+    kept) and runservers fabserve did not start; with --json, one line per
+    server with its host.
     """
-    flags = dict(json=json)
+    flags = dict(json=json, all=all)
     result = operate(c, "list", flags)
     if options.setting(c.config, "json", flags):
         for line in listing.json_lines(result):

@@ -66,7 +66,8 @@ def test_status_shows_the_expiry_restart_keeps_it_and_stop_leaves_no_watchdog(fa
     assert data["expires_at"].endswith("Z") and len(data["expires_at"]) == len("2026-12-01T22:00:00Z")
     human = fab("status", *flags)
     assert f"; expires in 59m" in human.stdout and data["expires_at"] in human.stdout
-    listed = [row for row in fab("list", "--json").json if row["port"] == data["port"]]
+    rows = fab("list", "--json").json  # one line, or a list of them
+    listed = [row for row in (rows if isinstance(rows, list) else [rows]) if row["port"] == data["port"]]
     assert len(listed) == 1 and listed[0]["pids"] == data["pids"], listed  # the watchdog left out here too
     assert listed[0]["expires_at"] == data["expires_at"]
 

@@ -2,11 +2,18 @@
 projects: `--port auto` chosen concurrently, a project named without its port,
 and `list` of the user's servers, managed or not, never another user's or a decoy."""
 
+import json
 import os
+import re
 import socket
+import stat
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from helpers import alive, free_port, group_members, http_status, port_listening, wait_for, where
+import yaml
+
+from helpers import REPO, alive, free_port, group_members, http_status, port_listening, wait_for, where
 
 # This module's own port range (other modules' tests run alongside as the same user).
 LOW, HIGH = 18200, 18299
@@ -107,7 +114,10 @@ def test_list_shows_managed_and_hand_started_servers_not_another_users_nor_decoy
         hand_pids = [pid for pid in group_members(hand.pid) if pid != hand.pid]  # runuser leads the group
         bystanders = set(group_members(theirs.pid)) | {pid for d in decoys for pid in group_members(d.pid)}
 
-        listed = fab("list", "--json")
+        plain = fab("list", "--json")
+        assert plain.returncode == 0, plain.stderr
+        assert not [row for row in as_list(plain.json) if row["project"] == str(stopped)]  # --all shows it
+        listed = fab("list", "--all", "--json")
         assert listed.returncode == 0, listed.stderr
         rows = as_list(listed.json)  # every line parses
         assert all(row["host"] == target.alias and row["action"] == "list" for row in rows)
@@ -127,10 +137,73 @@ def test_list_shows_managed_and_hand_started_servers_not_another_users_nor_decoy
         table = fab("list")
         assert table.returncode == 0, table.stderr
         lines = table.stdout.splitlines()
-        assert lines[0].startswith(f"{target.alias}: ") and lines[0].endswith(" servers")
+        assert re.fullmatch(rf"{target.alias}: \d+ servers(; \d+ stopped \(list --all shows them\))?", lines[0]), lines[0]
         assert lines[1].split() == ["PROJECT", "PORT", "STATE", "MANAGED", "PIDS", "UPTIME", "EXPIRES", "URL", "LOG"]
         hand_line = next(line for line in lines if str(by_hand) in line)
         assert f" {hand_port} " in hand_line and " running " in hand_line and " no " in hand_line
     finally:
         stop = fab("stop", *where(managed, port), "--json")
     assert stop.returncode == 0 and not any(alive(pid) for pid in running["pids"])
+
+
+def readme_ci_job():
+    """The README's GitHub Actions job ("Use in CI"), parsed."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("\n## Use in CI\n", 1)[1].split("```yaml\n", 1)[1].split("\n```", 1)[0]
+    return yaml.safe_load(block)["jobs"]["preview"]
+
+
+def test_the_readme_ci_always_step_exits_0_after_stopped_instances_and_a_start_that_never_came_up(
+        fab, site, target, tmp_path):
+    job = readme_ci_job()
+    always = next(step for step in job["steps"] if step.get("if") == "always()")
+    # The job's runner: .fab/bin/fabserve is the `fabserve` command of this checkout, and the
+    # host named in the recipe is the target's sshd, its key pinned as the recipe pins it.
+    runner = tmp_path / "job"
+    (runner / ".fab" / "bin").mkdir(parents=True)
+    (runner / "site-packages").mkdir()
+    (runner / "site-packages" / "fabserve").symlink_to(REPO / "tasks")
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    kind, blob = (target.ssh_config.parent / "host_ed25519.pub").read_text().split()[:2]
+    (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{target.port} {kind} {blob}\n")
+    (home / ".ssh" / "config").write_text(
+        f"Host preview.example.com\n    HostName 127.0.0.1\n    Port {target.port}\n"
+        f"    IdentityFile {target.key}\n    IdentitiesOnly yes\n")
+    command = runner / ".fab" / "bin" / "fabserve"
+    command.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(runner / 'site-packages')!r})\n"
+                       "from fabserve.program import program\nprogram.run()\n")
+    command.chmod(command.stat().st_mode | stat.S_IXUSR)
+    script = runner / "always.sh"
+    script.write_text(always["run"].replace("deploy@", f"{target.user}@") + "\n")
+
+    def always_step():
+        clean = {key: value for key, value in os.environ.items() if not key.startswith("FABRIC_")}
+        env = clean | {key: str(value) for key, value in job["env"].items()} | {
+            "HOME": str(home), "FABRIC_FABSERVE_PROJECT": str(site)}
+        return subprocess.run(["bash", "-e", script], cwd=runner, env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=120)
+
+    # Two runs of the job that stopped their server, and one whose start never came up.
+    ports = [free_port(), free_port(), free_port()]
+    for port in ports[:2]:
+        ok(fab("start", *where(site, port), "--noreload", "--json"))
+        ok(fab("stop", *where(site, port), "--json"))
+    never = fab("start", *where(site, ports[2]), "--settings", "no_such_settings", "--json")
+    assert never.returncode == 1, never.stdout + never.stderr
+
+    step = always_step()
+    assert step.returncode == 0, step.stdout + step.stderr
+    result = json.loads(step.stdout)
+    assert result["ok"] and result["changed"] is False and result["message"] == "not running", result
+    listed = [row for row in as_list(fab("list", "--json").json) if row.get("project") == str(site)]
+    assert listed == []  # nothing of the project runs
+    every = [row for row in as_list(fab("list", "--all", "--json").json) if row.get("project") == str(site)]
+    assert sorted(row["port"] for row in every) == sorted(ports)
+    # With one server running among them, the always-step stops exactly that one.
+    running = ok(fab("start", *where(site, ports[0]), "--noreload", "--json"))
+    step = always_step()
+    assert step.returncode == 0, step.stdout + step.stderr
+    result = json.loads(step.stdout)
+    assert result["changed"] is True and result["port"] == ports[0], result
+    assert not any(alive(pid) for pid in running["pids"]) and not port_listening(ports[0])

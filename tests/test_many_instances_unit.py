@@ -167,20 +167,23 @@ def project(tmp_path):
     return path
 
 
-def test_no_port_names_the_one_stopped_instance_and_several_are_exit_2(tmp_path, project):
+def test_no_port_names_the_one_stopped_instance_and_of_several_the_last_written_never_exit_2(tmp_path, project):
     state_of(tmp_path, project, 18101)
     state_of(tmp_path, project, 18150, log=False)  # a lock alone (a stop of nothing) is no instance
     one = agent.handle(agent_request(tmp_path, project, "status"))
     assert one["port"] == 18101 and one["state"] == agent.STOPPED and agent.exit_code("status", one) == 3
-    state_of(tmp_path, project, 18102)
-    for action in ("status", "stop", "logs", "restart"):
+    later = state_of(tmp_path, project, 18102)
+    earlier = state_of(tmp_path, project, 18103)  # a start that never came up leaves a log too
+    os.utime(earlier.log, (1_000_000, 1_000_000))
+    # Nothing runs: only running instances make a project ambiguous (the CI recipe's always-step).
+    for action in ("status", "stop", "logs"):
         result = agent.handle(agent_request(tmp_path, project, action))
-        assert result["ambiguous"] == [18101, 18102] and result["port"] is None, action
-        assert result["ok"] is False and agent.exit_code(action, result) == 2, action
-        assert "ports 18101, 18102: name one with --port" in result["error"], action
-    named = agent.handle(agent_request(tmp_path, project, "status", 18102))
-    assert named["port"] == 18102 and agent.exit_code("status", named) == 3
-    assert combined([0, agent.exit_code("status", result)]) == 2
+        assert result["port"] == later.port and "ambiguous" not in result, (action, result)
+        assert agent.exit_code(action, result) == (3 if action == "status" else 0), (action, result)
+    stop = agent.handle(agent_request(tmp_path, project, "stop"))
+    assert stop["ok"] and stop["changed"] is False and stop["message"] == "not running"
+    named = agent.handle(agent_request(tmp_path, project, "status", 18103))
+    assert named["port"] == 18103 and agent.exit_code("status", named) == 3
 
 
 def test_no_port_and_no_instance_is_port_8000_as_before(tmp_path, project):
@@ -188,18 +191,31 @@ def test_no_port_and_no_instance_is_port_8000_as_before(tmp_path, project):
     assert result["port"] == 8000 and result["ok"] and result["message"] == "not running"
 
 
-def test_list_of_stopped_instances_names_their_projects_and_keeps_out_a_lock_alone(tmp_path, project):
+def test_list_leaves_stopped_instances_to_list_all_which_names_their_projects_and_keeps_out_a_lock_alone(
+        tmp_path, project):
     other = tmp_path / "other"
     other.mkdir()
     state_of(tmp_path, project, 18101)
     state_of(tmp_path, other, 18102)
     state_of(tmp_path, other, 18103, log=False)
-    req = agent_request(tmp_path, None, "list")
-    result = agent.handle(req)
-    mine = [(row["project"], row["port"], row["state"], row["managed"]) for row in result["rows"]
-            if row["project"] in (str(project), str(other))]
+
+    def listed(**extra):
+        result = agent.handle(dict(agent_request(tmp_path, None, "list"), **extra))
+        assert result["ok"] and agent.exit_code("list", result) == 0
+        return result, [(row["project"], row["port"], row["state"], row["managed"]) for row in result["rows"]
+                        if row["project"] in (str(project), str(other))]
+
+    plain, mine = listed()
+    assert mine == [] and plain["message"] == "no servers; 2 stopped (list --all shows them)", plain["message"]
+    everything, mine = listed(all=True)
     assert sorted(mine) == sorted([(str(project), 18101, "stopped", None), (str(other), 18102, "stopped", None)])
-    assert result["ok"] and agent.exit_code("list", result) == 0
+    assert everything["message"] == "2 servers"
+
+
+def test_list_all_is_a_flag_of_list_alone_that_travels():
+    values = options.host_values(loaded_config(), {}, {"all": True})
+    assert options.request("list", values, [], local=False)["all"] is True
+    assert [setting.name for setting in options.flags_of("list")] == ["json", "all"]
 
 
 # ------------------------------------------------------------------ the table

@@ -164,7 +164,7 @@ stopped_pids:
   type: list
   elements: int
 ambiguous:
-  description: The ports of the project's instances, when no port was given and there are several (exit
+  description: The ports of the project's running instances, when no port was given and several run (exit
     2).
   returned: with state=started or stopped or restarted or status
   type: list
