@@ -1938,7 +1938,7 @@ def resolve_instance(req):
     "not running", exit 0, however many stopped instances it left.
     """
     port = req.get("port")
-    if isinstance(port, int):
+    if isinstance(port, int) or req["action"] == "manage":  # manage runs the same whichever runs (see ran_against)
         return req, None
     host = Host(req)
     choosing = port == AUTO and req["action"] in STARTS
@@ -2191,9 +2191,21 @@ def do_manage(inst):
     if why or code:
         ended = f"did not end within {limit:g}s; it was ended" if why else f"exited with status {code}"
         raise AgentError(f"manage.py {args[0]} {ended}", **extra)
-    found, _ = locate(inst)
-    return describe(inst, found, ok=True, changed=False, state=RUNNING if found and found.members() else STOPPED,
-                    message=f"manage.py {args[0]} exited 0", **extra)
+    fields = dict(ok=True, changed=False, message=f"manage.py {args[0]} exited 0", **extra)
+    against = ran_against(inst)
+    if against is None:
+        return result_of(state=None, project=inst.project, port=None, state_dir=None, managed=None, **fields)
+    found, _ = locate(against)
+    return describe(against, found, state=RUNNING if found and found.members() else STOPPED, **fields)
+
+
+def ran_against(inst):
+    """The instance a manage command ran beside: the one its port names, else
+    the project's one running instance; None when none or several run."""
+    if isinstance(inst.req.get("port"), int):
+        return inst
+    live, _ = project_instances(Host(inst.req), inst.req, runservers())
+    return Instance(dict(inst.req, port=live[0])) if len(live) == 1 else None
 
 
 def join(*parts):
@@ -2250,7 +2262,7 @@ def handle(req):
 def failure(inst, req, error, state, extra):
     """The result of a verb that failed: for its instance, or, before one was
     named (several instances of the project, a state directory refused), for the project."""
-    if inst is not None:
+    if inst is not None and isinstance(inst.req.get("port"), int):
         return describe(inst, None, ok=False, changed=False, state=state, error=error, message=error, **extra)
     project = os.path.realpath(given_path(req["project"])) if req.get("project") else None
     return result_of(ok=False, changed=False, state=state, error=error, message=error, project=project,

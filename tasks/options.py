@@ -626,7 +626,7 @@ def request(action: str, values: Mapping[str, Any], env_flags: Optional[Iterable
                 req[each.name] = None
                 continue
             req[each.name] = each.check(values.get(each.name, each.default), origin.get(each.name))
-    if not port_given and action in INSTANCE_VERBS and action not in PORT_DEFAULTED:
+    if not port_given and action in INSTANCE_VERBS + ("manage",) and action not in PORT_DEFAULTED:
         req["port"] = None
     return req
 

@@ -116,3 +116,23 @@ def test_a_caller_gone_ends_the_command(target, site):
         os.killpg(caller.pid, signal.SIGKILL)  # fab and its connection, gone without a word
         caller.wait()
     assert wait_for(lambda: not any(alive(pid) for pid in running), timeout=15)
+
+
+def test_json_describes_the_projects_one_running_server_or_none(fab, site):
+    from helpers import free_port, where
+    alone = fab("manage", "check", "--project", str(site), "--json")
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    assert alone.json["port"] is None and alone.json["pids"] == [] and alone.json["url"] is None, alone.json
+    port = free_port()
+    server = fab("start", *where(site, port), "--noreload", "--json")
+    assert server.returncode == 0, server.stdout + server.stderr
+    try:
+        result = fab("manage", "check", "--project", str(site), "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        answer = result.json
+        assert answer["port"] == port and answer["pids"] == server.json["pids"], answer
+        assert answer["state"] == "running" and answer["url"] == server.json["url"]
+        failed = fab("manage", "nosuchcommand", "--project", str(site), "--json").json
+        assert failed["exit_status"] == 1 and failed["port"] in (None, port), failed
+    finally:
+        assert fab("stop", *where(site, port), "--json").returncode == 0
