@@ -1004,8 +1004,10 @@ def holders(inodes):
 LOG_KEEP = 5  # previous runs' logs a start keeps, when the request does not say
 LOG_MAX = 50 << 20  # bytes above which a running server's log is cut, when the request does not say
 ROTATED = re.compile(r"^server\.log\.([0-9]+)$")
-# The first line of a log that was cut: what a follower needs to keep its place.
-CUT_MARK = re.compile(rb"^--- fabserve [^\n]* log cut to its newest part; ([0-9]+) bytes dropped in all *\n")
+# The first line of a log that was cut: what a follower needs to keep its place,
+# and, after a cut that punched a hole (cut_log), where the lines go on.
+CUT_MARK = re.compile(rb"^--- fabserve [^\n]* log cut to its newest part; ([0-9]+) bytes dropped in all"
+                      rb"(?:; kept from byte ([0-9]+))? *\n")
 
 
 def rotate_logs(directory, log, keep):
@@ -1027,11 +1029,28 @@ def rotate_logs(directory, log, keep):
         remove(log)
 
 
+def read_mark(fd):
+    """(bytes dropped in all, where the marker line ends, where the kept lines
+    begin) of a log that was cut; None for one that never was."""
+    found = CUT_MARK.match(os.pread(fd, 2 * MARK_ROOM, 0))
+    if not found:
+        return None
+    return int(found.group(1)), found.end(), int(found.group(2) or found.end())
+
+
 def log_base(fd):
     """How far a byte's offset in the log is behind where it was first written:
-    the bytes cut from the front in all, less the cut's own first line."""
-    found = CUT_MARK.match(os.pread(fd, 2 * MARK_ROOM, 0))
-    return int(found.group(1)) - found.end() if found else 0
+    the bytes cut from the front in all, less those in front of the kept lines
+    (the marker line, and the hole of a punched cut)."""
+    mark = read_mark(fd)
+    return mark[0] - mark[2] if mark else 0
+
+
+def hole_end(fd):
+    """Where the hole a punched cut left after its marker line ends, which
+    readers skip (the file reads as NUL bytes there); 0 when there is none."""
+    mark = read_mark(fd)
+    return mark[2] if mark and mark[2] > mark[1] else 0
 
 
 def copy_within(fd, source, end, target):
@@ -1046,21 +1065,24 @@ def copy_within(fd, source, end, target):
     return source
 
 
-FALLOC_FL_COLLAPSE_RANGE = 0x08  # linux/falloc.h
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_COLLAPSE_RANGE = 0x01, 0x02, 0x08  # linux/falloc.h
 MARK_ROOM = 128  # bytes a cut's marker line may take: its text fits in them whatever its count
+PUNCHED_MARK = 2 * MARK_ROOM  # the fixed length of a punched cut's marker, which names two offsets
 
 
-def cut_mark(dropped, length=0):
-    """The marker line a cut puts first, padded to `length` bytes."""
+def cut_mark(dropped, length=0, kept=None):
+    """The marker line a cut puts first, padded to `length` bytes; `kept`: where
+    the lines go on after the hole of a punched cut."""
     text = (f"--- fabserve {time.strftime('%Y-%m-%d %H:%M:%S')} log cut to its newest part; "
             f"{dropped} bytes dropped in all")
+    if kept is not None:
+        text += f"; kept from byte {kept}"
     return (text.ljust(length - 1) + "\n").encode()
 
 
-def collapse_front(fd, length):
-    """Remove the first `length` bytes of `fd` in one step, which the kernel
-    orders with every append (fallocate FALLOC_FL_COLLAPSE_RANGE: ext4 and XFS,
-    in whole blocks). False where that is not available."""
+def fallocate(fd, mode, offset, length):
+    """fallocate(2) with `mode`, which os.posix_fallocate cannot pass; False
+    where the file system (or the C library) cannot do it."""
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
@@ -1068,24 +1090,44 @@ def collapse_front(fd, length):
     except (ImportError, OSError, AttributeError):
         return False
     call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    return call(fd, FALLOC_FL_COLLAPSE_RANGE, 0, length) == 0
+    return call(fd, mode, offset, length) == 0
 
 
-def cut_log(path, limit, collapse=True):
-    """Cut the log at `path` to about its newest half of `limit` when it holds
-    more than `limit` bytes; returns the bytes removed (0: nothing to do).
+def collapse_front(fd, length):
+    """Remove the first `length` bytes of `fd` in one step, which the kernel
+    orders with every append (fallocate FALLOC_FL_COLLAPSE_RANGE: ext4 and XFS,
+    in whole blocks). False where that is not available."""
+    return fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, 0, length)
+
+
+def punch(fd, start, end):
+    """Free bytes start..end of `fd` without moving any other byte or changing
+    its size (FALLOC_FL_PUNCH_HOLE: tmpfs, btrfs, ext4, XFS, NFS 4.2); they read
+    as NUL bytes after. False where that is not available."""
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, end - start)
+
+
+def cut_log(path, limit, ways=("collapse", "punch")):
+    """Cut the log at `path` to about its newest half of `limit` when more than
+    `limit` of its bytes are kept; returns the bytes this cut dropped (0: nothing to do).
 
     The server appends with O_APPEND: each of its writes lands at the end as
-    the file is at that moment, wherever that is. Where the file system can
-    (ext4, XFS), the front is removed in whole blocks by one fallocate call
-    that the kernel orders with the server's writes, so none is lost; the
-    marker line then overwrites what is left first, up to the first line end
-    from MARK_ROOM on (MARK_ROOM bytes when none is within twice that).
-    Elsewhere the kept part, from a line start,
-    is copied to the front after the marker, then whatever was appended
-    meanwhile, until the size holds still; the file is truncated right after
-    it, and the server's next write lands there: only a write between that
-    last size check and the truncate (two system calls apart) could be lost.
+    the file is at that moment, wherever that is. The first of `ways` the file
+    system can do is used, else a copy:
+    - collapse (ext4, XFS): the front is removed in whole blocks by one fallocate
+      call that the kernel orders with the server's writes, so none is lost; the
+      marker line then overwrites what is left first, up to the first line end
+      from MARK_ROOM on (MARK_ROOM bytes when none is within twice that).
+    - punch (tmpfs, btrfs, NFS 4.2): the marker line is written first, naming
+      where the kept part begins (a line start), then the bytes between are
+      freed by one fallocate call that moves no byte and leaves the size as it
+      is, so no write can be lost either: the file keeps growing in apparent
+      size and reads as NUL bytes in the hole, which readers skip (hole_end).
+    - copy: the kept part, from a line start, is copied to the front after the
+      marker, then whatever was appended meanwhile, until the size holds still;
+      the file is truncated right after it, and the server's next write lands
+      there: only a write between that last size check and the truncate (two
+      system calls apart) could be lost.
     The marker counts the bytes dropped in all, so a follower keeps its place
     (log_base). One cut at a time (flock); errors leave the log as it is.
     """
@@ -1095,7 +1137,8 @@ def cut_log(path, limit, collapse=True):
         return 0
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_size <= limit:
+        if (not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid()
+                or info.st_size - hole_end(fd) <= limit):
             return 0
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -1103,9 +1146,9 @@ def cut_log(path, limit, collapse=True):
             return 0
         size = os.fstat(fd).st_size
         start = size - limit // 2
-        base = log_base(fd)
+        base, hole = log_base(fd), hole_end(fd)
         block = info.st_blksize or 4096
-        if collapse and start // block and collapse_front(fd, start // block * block):
+        if "collapse" in ways and start // block and collapse_front(fd, start // block * block):
             start = start // block * block
             newline = os.pread(fd, 2 * MARK_ROOM, 0).find(b"\n", MARK_ROOM - 1)
             length = newline + 1 if newline >= 0 else MARK_ROOM
@@ -1115,6 +1158,13 @@ def cut_log(path, limit, collapse=True):
         newline = os.pread(fd, BLOCK, start - 1).find(b"\n")
         if newline >= 0:
             start += newline
+        if "punch" in ways and start > PUNCHED_MARK:
+            # The marker first: a reader that meets the hole finds where it ends.
+            front = os.pread(fd, PUNCHED_MARK, 0)
+            os.pwrite(fd, cut_mark(base + start, PUNCHED_MARK, start), 0)
+            if punch(fd, PUNCHED_MARK, start):
+                return start - hole
+            os.pwrite(fd, front, 0)
         mark = cut_mark(base + start)
         target = len(mark) - start  # where a kept byte moves: its offset plus this
         end = copy_within(fd, start, size, start + target)
@@ -1583,7 +1633,7 @@ def launch(inst, python):
 def log_tail(inst, offset=0, lines=TAIL_LINES):
     try:
         with open(inst.log, "rb") as handle:
-            return read_tail(handle, lines, offset)
+            return read_tail(handle, lines, max(offset, hole_end(handle.fileno())))
     except OSError:
         return []
 
@@ -1700,16 +1750,29 @@ def open_log(inst, log=None):
     return handle
 
 
-def copy_out(handle, offset, end, out):
-    """Write bytes offset..end of `handle` to `out`, ending with a newline."""
+def kept_bytes(handle, offset, end):
+    """Bytes offset..end of the log open as `handle`, block by block, less any
+    part that a punched cut freed meanwhile (read as NUL bytes: see hole_end)."""
     handle.seek(offset)
-    last = b"\n"
     while offset < end:
         chunk = handle.read(min(16 * BLOCK, end - offset))
         if not chunk:  # truncated meanwhile
             break
-        out.write(chunk)
+        hole = hole_end(handle.fileno()) if b"\0" in chunk else 0
+        if hole > offset:
+            offset = handle.seek(hole)
+            continue
+        yield chunk
         offset += len(chunk)
+
+
+def copy_out(handle, offset, end, out, front=b""):
+    """Write `front`, then bytes offset..end of `handle` (kept_bytes) to `out`,
+    ending with a newline."""
+    out.write(front)
+    last = b"\n"
+    for chunk in kept_bytes(handle, offset, end):
+        out.write(chunk)
         last = chunk[-1:]
     if last != b"\n":
         out.write(b"\n")
@@ -1726,18 +1789,21 @@ def do_logs(inst):
     found, _ = locate(inst)  # first: a running server's log is cut to the cap before it is read
     log = f"{inst.log}.1" if inst.req.get("previous") else inst.log
     with open_log(inst, log) as handle:
-        offset, end, count = tail_span(handle, lines)
+        hole = hole_end(handle.fileno())
+        offset, end, count = tail_span(handle, lines, hole)
+        front = b""
+        if hole and offset == hole and count < lines:  # back to a punched cut: its marker first, as after any cut
+            front, count = os.pread(handle.fileno(), PUNCHED_MARK, 0).rstrip(b" \n") + b"\n", count + 1
         try:
             if inst.req.get("follow"):
-                copy_out(handle, offset, end, out)
+                copy_out(handle, offset, end, out, front)
                 follow(handle, out)
                 return None
             if inst.req.get("stream"):
-                copy_out(handle, offset, end, out)
+                copy_out(handle, offset, end, out, front)
                 extra = {}
             else:
-                handle.seek(offset)
-                extra = {"lines": tail_text(handle.read(end - offset), lines)}
+                extra = {"lines": tail_text(front + b"".join(kept_bytes(handle, offset, end)), lines)}
         except (BrokenPipeError, KeyboardInterrupt):  # the caller went away
             return None
     return describe(inst, found, ok=True, changed=False,
@@ -1750,7 +1816,8 @@ def follow(handle, out):
     parent changes (the SSH session or shell that ran us is gone), or nothing
     reads `out` any more (dash, fish and tcsh stay our parent after the session
     ends). A log truncated in place is followed from its new start, as tail -F does;
-    one cut to its newest part (cut_log) from where the follower was in it."""
+    one cut to its newest part (cut_log) from where the follower was in it (or
+    where the kept part begins, when the cut dropped what it had not read yet)."""
     import select
     parent = os.getppid()
     reader = select.poll()
@@ -1760,7 +1827,10 @@ def follow(handle, out):
     base = log_base(handle.fileno())
     while os.getppid() == parent:
         chunk = handle.read(BLOCK)
-        if chunk:
+        hole = hole_end(handle.fileno()) if b"\0" in chunk else 0
+        if hole > pos:  # a punched cut freed what was not read yet: go on after it
+            pos = handle.seek(hole)
+        elif chunk:
             out.write(chunk)
             out.flush()
             pos += len(chunk)

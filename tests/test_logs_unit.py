@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -223,6 +224,37 @@ def test_follow_refuses_a_state_directory_writable_by_others(instance: agent.Ins
     assert code == 1 and result["error"].startswith(f"refusing state directory {instance.dir}: writable by others")
 
 
+def punched_log(inst: agent.Instance, count: int = 2000) -> Path:
+    """The instance's log of `count` numbered lines, cut to its newest part by punching a hole."""
+    log = write_log(inst, b"".join(b"line %d\n" % number for number in range(count)))
+    assert agent.cut_log(str(log), 8192, ("punch",)) > 0
+    return log
+
+
+def test_a_punched_log_shows_its_marker_then_its_kept_lines_and_no_hole(instance: agent.Instance) -> None:
+    log = punched_log(instance)
+    with open(log, "rb") as handle:
+        hole = agent.hole_end(handle.fileno())
+        kept = handle.read()[hole:].decode().splitlines()
+    code, _, result = run_agent(instance, lines=100_000)
+    assert code == 0 and result["lines"][1:] == kept and kept[-1] == "line 1999"
+    assert result["lines"][0].startswith("--- fabserve ") and result["lines"][0].endswith(f"kept from byte {hole}")
+    assert result["message"] == f"{len(kept) + 1} lines of {log}"
+    code, before, result = run_agent(instance, stream=True, lines=100_000)
+    assert code == 0 and b"\0" not in before and before.decode().splitlines()[1:] == kept
+    code, _, result = run_agent(instance, lines=3)
+    assert result["lines"] == ["line 1997", "line 1998", "line 1999"]
+
+
+def test_a_read_meeting_a_hole_punched_meanwhile_goes_on_after_it(instance: agent.Instance) -> None:
+    log = write_log(instance, b"".join(b"line %d\n" % number for number in range(2000)))
+    with open(log, "rb") as handle:
+        assert agent.cut_log(str(log), 8192, ("punch",)) > 0  # after the reader chose where to begin
+        hole = agent.hole_end(handle.fileno())
+        read = b"".join(agent.kept_bytes(handle, 0, log.stat().st_size))
+    assert read == log.read_bytes()[hole:] and read.startswith(b"line ")
+
+
 # --- follow through a pipe
 
 
@@ -274,6 +306,38 @@ def test_follow_continues_from_the_start_of_a_log_truncated_in_place(instance: a
     append(instance, b"after\n")
     assert read_until(follower.stdout, b"after\n") == b"after\n"
     assert follower.poll() is None
+
+
+def numbered(first: int, count: int) -> bytes:
+    return b"".join(b"new %d\n" % number for number in range(first, first + count))
+
+
+def test_follow_goes_on_across_a_punched_cut_showing_nothing_twice(instance: agent.Instance,
+                                                                  follower: Any) -> None:
+    assert read_until(follower.stdout, b"old 3\n").endswith(b"old 3\n")
+    append(instance, numbered(0, 2000))
+    assert read_until(follower.stdout, b"new 1999\n").endswith(b"new 1999\n")
+    assert agent.cut_log(instance.log, 8192, ("punch",)) > 0
+    append(instance, b"after\n")
+    assert read_until(follower.stdout, b"after\n") == b"after\n"
+
+
+def test_a_follower_behind_a_punched_cut_goes_on_from_the_kept_lines(instance: agent.Instance,
+                                                                      follower: Any) -> None:
+    """What the cut dropped before the follower read it is gone; it must not be
+    shown as the hole's NUL bytes."""
+    assert read_until(follower.stdout, b"old 3\n").endswith(b"old 3\n")
+    os.kill(follower.pid, signal.SIGSTOP)  # our own child, held while the log moves on without it
+    try:
+        append(instance, numbered(0, 2000))
+        assert agent.cut_log(instance.log, 8192, ("punch",)) > 0
+        append(instance, b"after\n")
+    finally:
+        os.kill(follower.pid, signal.SIGCONT)
+    seen = read_until(follower.stdout, b"after\n")
+    with open(instance.log, "rb") as handle:
+        kept = handle.read()[agent.hole_end(handle.fileno()):]
+    assert seen == kept and seen.startswith(b"new ") and seen.endswith(b"new 1999\nafter\n")
 
 
 def test_follow_ends_once_nothing_reads_its_output(instance: agent.Instance, follower: Any) -> None:

@@ -16,6 +16,7 @@ one-line-first message; callers decide whether that skips, fails or aborts.
   fab     running fab against the target
   package fabserve built as a wheel and installed in a fresh virtualenv
   hosts   namespaced hosts, each with its own network, processes and sshd
+  disks   scratch file systems (tmpfs, ext4, btrfs on a loop device)
   ansible ansible-core against those hosts, the fabserve.django collection from the checkout
 """
 
