@@ -116,9 +116,13 @@ def test_identify_reads_the_executable_behind_argv():
 def leader():
     """A process of ours leading its own group, with FABSERVE_TOKEN=right."""
     env = dict(os.environ, FABSERVE_TOKEN="right")
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env,
-                             start_new_session=True)
+    child = subprocess.Popen([sys.executable, "-c", "import time; print(flush=True); time.sleep(60)"], env=env,
+                             stdout=subprocess.PIPE, start_new_session=True)
+    # Popen returns once exec has replaced the memory, before the new environment
+    # is in it (/proc/PID/environ is empty a moment): the first line comes after.
+    child.stdout.readline()
     yield child.pid
+    child.stdout.close()
     child.kill()
     child.wait()
 
