@@ -17,6 +17,7 @@ one-line-first message; callers decide whether that skips, fails or aborts.
   package fabserve built as a wheel and installed in a fresh virtualenv
   hosts   namespaced hosts, each with its own network, processes and sshd
   ansible ansible-core against those hosts, the fabserve.django collection from the checkout
+  unprivileged  the unit tier as `nobody`, from a copy of the checkout (CI's .ci/run)
 """
 
 from __future__ import annotations
