@@ -11,7 +11,7 @@ one-line-first message; callers decide whether that skips, fails or aborts.
   users   unprivileged accounts and their authorized_keys
   sshd    host keys, sshd and ssh client configuration, starting sshd
   venv    virtualenvs keyed by their requirements
-  target  the local sshd target and its accounts, as the integration tests use it
+  target  the local sshd target and its accounts, as the integration tests use it; one with pam_namespace
   accounts  running and spawning commands as a test account, its Django projects
   fab     running fab against the target
   package fabserve built as a wheel and installed in a fresh virtualenv
