@@ -178,8 +178,8 @@ def is_interpreter(exe):
 def is_ours(proc, token, own_namespaces):
     """Whether a candidate (see is_candidate) is confirmed as this instance's.
 
-    It must live in the agent's own PID, network and mount namespaces: a
-    container or `unshare` twin of the same project and port is not ours, and
+    It must live in the agent's own PID and network namespaces: a container
+    or `unshare` twin of the same project and port is not ours, and
     neither is a process whose namespaces cannot be read. Then it carries the
     instance's token, or its executable is a Python interpreter.
     """
@@ -399,7 +399,10 @@ def environ_token(pid):
     return None
 
 
-NAMESPACES = ("pid", "net", "mnt")
+# The namespaces that make another host: its PIDs and its ports. Not the mount
+# namespace: pam_namespace gives every SSH session one of its own (and systemd's
+# PrivateTmp every service), so the server an earlier session started is in another.
+NAMESPACES = ("pid", "net")
 
 
 def namespaces(pid):
@@ -748,7 +751,7 @@ def verify(pid, meta):
     if found is None:
         return f"the namespaces of PID {pid} cannot be read"
     if found != own_namespaces():
-        return f"PID {pid} runs in another PID, network or mount namespace"
+        return f"PID {pid} runs in another PID or network namespace"
     # fabserve always records a token, and the server inherits it: metadata
     # without one is not fabserve's, a process without it is not the server.
     recorded = meta.get("token")

@@ -110,7 +110,12 @@ class Cli:
     def parse_cleanup(self) -> None:
         try:
             with usage_errors(self.binary):
-                super().parse_cleanup()  # type: ignore[misc]
+                try:
+                    super().parse_cleanup()  # type: ignore[misc]
+                finally:
+                    # Help and listings end by raising Exit; a buffered stdout
+                    # meets a reader that is gone only at this flush.
+                    sys.stdout.flush()
         except BrokenPipeError:  # `fabserve --help manage | head -1`
             report.drop_output(sys.stdout)
             raise Exit(code=0) from None

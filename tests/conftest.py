@@ -21,8 +21,8 @@ from bed import hosts, procs, wait_for
 from bed.state import ensure_dir
 from bed.accounts import ProjectMaker, Spawner, UserRunner
 from bed.fab import FabResult, FabRunner
-from bed.target import (OTHER_USER, ShellAccount, Target, local_target, other_account, product_copy,
-                        TEST_USER, shell_account as shell_account_of, tiny_tmpfs as tmpfs_of)
+from bed.target import (OTHER_USER, ShellAccount, Target, local_target, other_account, pam_namespace_target,
+                        product_copy, TEST_USER, shell_account as shell_account_of, tiny_tmpfs as tmpfs_of)
 from helpers import bed_outcome, skip_or_fail
 
 _TIERS = ("unit", "sshd", "hosts", "bench")
@@ -135,6 +135,14 @@ def run(fab: FabRunner, mode: str) -> Callable[..., FabResult]:
 @pytest.fixture
 def site(make_project: ProjectMaker) -> Path:
     return make_project("site")
+
+
+@pytest.fixture(scope="session")
+def pam_target(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """The target's user through a second sshd whose PAM sessions load pam_namespace:
+    each SSH session its own mount namespace and /tmp (see bed.target)."""
+    with bed_outcome(), pam_namespace_target(target, tmp_path_factory.mktemp("pam")) as reached:
+        yield reached
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import pytest
 from bed import BedError, procs
 from bed.hosts import free_slots
 from bed.net import port_listening
+from bed.unprivileged import verdict
 from helpers import FabResult
 
 
@@ -72,3 +73,15 @@ def test_kill_pids_refuses_our_own_pid_and_ignores_gone_ones() -> None:
     os.waitpid(gone, 0)
     procs.kill_pids([gone])
     assert not procs.alive(gone)
+
+
+@pytest.mark.parametrize("status, output, why", [
+    (0, "....\n4 passed, 3 deselected in 0.51s\n", None),
+    (1, "F...\n1 failed, 3 passed in 0.51s\n", "pytest exited 1, 3 tests passed"),
+    (2, "E\n!!! Interrupted: 1 error during collection !!!\n267 deselected, 1 error in 1.56s\n",
+     "pytest exited 2, no tests passed"),
+    (5, "\n291 deselected in 0.40s\n", "pytest exited 5, no tests passed"),
+    (0, "12 passed earlier\n0 passed in 0.1s\n", "pytest exited 0, 0 tests passed"),
+])
+def test_the_unprivileged_unit_tier_fails_ci_unless_tests_ran_and_passed(status, output, why) -> None:
+    assert verdict(status, output) == (None if why is None else f"unit tier as nobody: {why}")

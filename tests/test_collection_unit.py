@@ -4,6 +4,8 @@ SETTINGS and the result fields, and the Ansible pins agree."""
 
 import ast
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,15 +87,50 @@ def test_the_tests_and_the_benchmark_pin_the_same_ansible_core():
     assert "ansible" not in (REPO / "requirements.txt").read_text().lower()
 
 
-def target_interpreters():
-    """/usr/bin/python3 and every pyenv CPython 3.8 or newer on this machine: the
-    interpreters the module's target side must run under."""
+#: Where pyenv keeps this machine's CPythons: root's home, which other users cannot read.
+PYENV_VERSIONS = Path("/root/.pyenv/versions")
+
+
+def target_interpreters(versions: Path = PYENV_VERSIONS) -> dict[str, str]:
+    """/usr/bin/python3 and every pyenv CPython 3.8 or newer on this machine that
+    whoever runs the tests can execute: the interpreters the module's target side
+    must run under. Called at collection: a directory it cannot read (root's home,
+    mode 0700, for any other user) holds no parameters, and is no error."""
     found = {"system": "/usr/bin/python3"}
-    for path in sorted(Path("/root/.pyenv/versions").glob("3.*/bin/python3")):
-        version = path.parts[-3]
-        if int(version.split(".")[1]) >= 8:
-            found[version] = str(path)
+    try:
+        names = os.listdir(versions)
+    except OSError:
+        return found
+    for version in sorted(names):
+        python = versions / version / "bin" / "python3"
+        if re.fullmatch(r"3\.(\d+)\.\d+", version) and int(version.split(".")[1]) >= 8 \
+                and os.access(python, os.X_OK):
+            found[version] = str(python)
     return found
+
+
+def test_interpreters_are_the_executable_pythons_3_8_and_later(tmp_path):
+    for version in ("3.7.16", "3.8.18", "3.13.0", "2.7.18", "3.12-dev", "3.9.18"):
+        (tmp_path / version / "bin").mkdir(parents=True)
+        if version != "3.9.18":  # a version whose python was never built
+            (tmp_path / version / "bin" / "python3").touch(mode=0o755)
+    assert target_interpreters(tmp_path) == {
+        "system": "/usr/bin/python3", "3.8.18": f"{tmp_path}/3.8.18/bin/python3",
+        "3.13.0": f"{tmp_path}/3.13.0/bin/python3"}
+
+
+def test_interpreters_in_a_directory_no_one_may_read_are_no_parameters_and_no_error(monkeypatch):
+    # What a non-root user meets in root's home (mode 0700), whoever runs this test.
+    def denied(real):
+        def call(path, *args, **kwargs):
+            if str(path).startswith(f"{PYENV_VERSIONS}"):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path, *args, **kwargs)
+        return call
+
+    for name in ("stat", "lstat", "scandir", "listdir", "access"):
+        monkeypatch.setattr(os, name, denied(getattr(os, name)))
+    assert target_interpreters() == {"system": "/usr/bin/python3"}
 
 
 @pytest.mark.parametrize("version", sorted(target_interpreters()))

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bed.procs import children, stat_fields
-from helpers import (REPO, alive, free_port, group_members, http_status, pids_with_cwd_under, port_listening,
-                     wait_for, where)
+from bed.procs import children, real_uid, stat_fields
+from helpers import (REPO, alive, free_port, group_members, http_status, kill_pids, pids_with_cwd_under,
+                     port_listening, wait_for, where)
 
 
 def started(run, project, port, *extra):
@@ -199,6 +199,62 @@ def test_server_ignoring_term_is_killed_after_the_grace(run, site):
     assert time.monotonic() - began >= 2  # TERM alone did nothing
     assert stop.json["killed"] is True and "with SIGKILL after 2s grace" in stop.json["message"]
     assert not any(alive(pid) for pid in data["pids"]) and not port_listening(port)
+
+
+#: Becomes root for good (real, effective and saved UID) and waits: no signal
+#: the test user sends reaches it, KILL included (EPERM).
+SURVIVOR_C = r"""
+#define _GNU_SOURCE
+#include <unistd.h>
+int main(void) {
+    if (setresuid(0, 0, 0) != 0)
+        return 1;
+    for (;;)
+        pause();
+}
+"""
+
+
+@pytest.fixture
+def survivor_site(site, tmp_path):
+    """A project whose server, at start, starts a setuid-root helper in its own
+    process group and environment (the token too): the one member stop cannot end.
+    Yields (project, the file the helper's PID is written to); kills the helper
+    as root by that PID and removes the binary."""
+    source = tmp_path / "survivor.c"
+    source.write_text(SURVIVOR_C)
+    helper = site / "survivor"
+    subprocess.run(["gcc", "-O2", "-o", str(helper), str(source)], check=True, capture_output=True, text=True)
+    os.chmod(helper, 0o4755)  # root's, setuid: the test user runs it, cannot signal it
+    pidfile = site / "survivor.pid"
+    settings = site / "mysite" / "settings.py"
+    settings.write_text(settings.read_text() + (
+        "\nimport os, subprocess\n"
+        "if os.environ.get('FABSERVE_TOKEN'):  # the server fabserve starts, not a manage command\n"
+        f"    open({str(pidfile)!r}, 'w').write(str(subprocess.Popen([{str(helper)!r}]).pid))\n"))
+    try:
+        yield site, pidfile
+    finally:
+        if pidfile.exists():
+            kill_pids([int(pidfile.read_text())])
+        helper.unlink()
+
+
+def test_a_process_that_survives_kill_makes_stop_exit_1_naming_it(run, survivor_site):
+    site, pidfile = survivor_site
+    port = free_port()
+    data = started(run, site, port, "--noreload")
+    assert wait_for(lambda: pidfile.exists() and pidfile.read_text())
+    survivor = int(pidfile.read_text())
+    # setresuid done: the test user can no longer signal it (a nosuid mount or no_new_privs would stop it here).
+    assert wait_for(lambda: real_uid(survivor) == 0), f"helper {survivor} did not become root"
+    assert group_members(data["pid"]) == sorted([data["pid"], survivor])
+    stop = run("stop", *where(site, port), "--timeout", "1")
+    assert stop.returncode == 1, stop.stdout + stop.stderr
+    assert stop.json["ok"] is False and stop.json["state"] == "failed", stop.json
+    assert stop.json["message"] == f"still running after SIGKILL: pids {survivor}", stop.json
+    assert stop.json["pids"] == [survivor] and alive(survivor) and not alive(data["pid"])
+    assert not port_listening(port)  # the server itself is gone: only the helper stayed
 
 
 def test_reloaded_child_is_stopped_too(run, site):

@@ -96,10 +96,11 @@ def test_bad_args_are_refused_before_connecting(fab, site, args, message):
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_manage_without_a_command_is_invokes_own_parse_error(fab, site):
+def test_manage_without_a_command_is_a_usage_error(fab, site):
     result = fab("manage", "--project", str(site))
-    assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.strip() == "'manage' did not receive required positional arguments: 'args'"
+    assert (result.returncode, result.stdout) == (2, ""), result
+    assert result.stderr == ("'manage' did not receive required positional arguments: 'args' "
+                             "(python -m fabric --help manage shows its flags)\n")
 
 
 def test_a_caller_gone_ends_the_command(target, site):

@@ -1,5 +1,6 @@
 """What counts as this instance's server (README "Safety"): a process in the
-agent's own PID, network and mount namespaces, running a Python interpreter
+agent's own PID and network namespaces (its mount namespace may be a session's
+own, as pam_namespace makes it), running a Python interpreter
 (by its executable, not its argv[0]) on this project's manage.py as resolved by
 the kernel, and, through the pidfile, carrying the token fabserve recorded.
 Look-alikes are neither reported nor signalled. Real sshd, real Django projects,
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from bed.fab import FabRunner
+from bed.target import POLY_PARENT
 from helpers import alive, free_port, group_members, http_status, kill_pids, port_listening, wait_for, where
 
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -161,7 +164,7 @@ def test_a_pidfile_naming_a_twin_in_other_namespaces_is_stale(run, site, as_user
     write_state(as_user, data, leader, token=token)
     status = run("status", *where(site, port))
     assert status.returncode == 3 and status.json["state"] == "stopped", status.stdout
-    assert f"stale pidfile: PID {leader} runs in another PID, network or mount namespace" in status.json["message"]
+    assert f"stale pidfile: PID {leader} runs in another PID or network namespace" in status.json["message"]
     assert_untouched(run("stop", *where(site, port)), twin)
     assert not os.path.exists(data["pidfile"]) and listening_in_netns_of(twin[1], port)
 
@@ -242,3 +245,45 @@ def test_a_pidfile_is_trusted_only_with_the_recorded_token(run, site, as_user, o
     assert f"stale pidfile: {reason.format(pid=pid)}" in status.json["message"]
     assert_untouched(run("stop", *where(site, port)), [pid])
     assert not os.path.exists(data["pidfile"])
+
+
+# -------------------------------------------------------------- pam_namespace
+
+
+def mount_namespace(pid: int | str) -> str:
+    return os.readlink(f"/proc/{pid}/ns/mnt")
+
+
+def tmp_source(pid: int) -> str | None:
+    """What is mounted on /tmp for `pid` (mountinfo's root field), if anything is."""
+    for line in open(f"/proc/{pid}/mountinfo"):
+        fields = line.split()
+        if fields[4] == "/tmp":
+            return fields[3]
+    return None
+
+
+def test_a_pam_namespace_host_finds_the_server_an_earlier_session_started(pam_target, product, site):
+    """Under pam_namespace every SSH session runs in a mount namespace of its own
+    (with a /tmp of the user's own): status, list and stop come in sessions other
+    than the start's, and must still find the server it started."""
+    fab = FabRunner(pam_target, product)
+    port = free_port()
+    start = fab("start", *where(site, port), "--json")
+    assert start.returncode == 0, start.stdout + start.stderr
+    leader = start.json["pid"]
+    assert mount_namespace(leader) != mount_namespace("self")
+    assert tmp_source(leader) == f"{POLY_PARENT}/{pam_target.user}"  # polyinstantiated
+    later = subprocess.run(["ssh", "-F", str(pam_target.ssh_config), pam_target.alias, "readlink /proc/self/ns/mnt"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert later.returncode == 0 and later.stdout.strip() != mount_namespace(leader), later
+    status = fab("status", *where(site, port), "--json")
+    assert status.returncode == 0 and status.json["state"] == "running", status.stdout + status.stderr
+    assert sorted(status.json["pids"]) == sorted(start.json["pids"])
+    listed = fab("list", "--json")
+    assert listed.returncode == 0 and port in [row["port"] for row in listed.json if row["state"] == "running"], \
+        listed.stdout
+    stop = fab("stop", *where(site, port), "--json")
+    assert stop.returncode == 0 and stop.json["changed"] is True, stop.stdout + stop.stderr
+    assert not any(alive(pid) for pid in start.json["pids"]) and not port_listening(port)
+    assert os.listdir(POLY_PARENT / pam_target.user) == []  # the user's /tmp: fabserve kept nothing there

@@ -11,13 +11,14 @@ one-line-first message; callers decide whether that skips, fails or aborts.
   users   unprivileged accounts and their authorized_keys
   sshd    host keys, sshd and ssh client configuration, starting sshd
   venv    virtualenvs keyed by their requirements
-  target  the local sshd target and its accounts, as the integration tests use it
+  target  the local sshd target and its accounts, as the integration tests use it; one with pam_namespace
   accounts  running and spawning commands as a test account, its Django projects
   fab     running fab against the target
   package fabserve built as a wheel and installed in a fresh virtualenv
   hosts   namespaced hosts, each with its own network, processes and sshd
   disks   scratch file systems (tmpfs, ext4, btrfs on a loop device)
   ansible ansible-core against those hosts, the fabserve.django collection from the checkout
+  unprivileged  the unit tier as `nobody`, from a copy of the checkout (CI's .ci/run)
 """
 
 from __future__ import annotations

@@ -73,15 +73,16 @@ def ssh_config(*, alias: str, hostname: str, port: int, user: str, key: Path) ->
     return "\n".join(options) + "\n"
 
 
-def start_sshd(config: Path, log: Path, netns: str | None = None) -> subprocess.Popen[bytes]:
+def start_sshd(config: Path, log: Path, netns: str | None = None, program: Path = SSHD) -> subprocess.Popen[bytes]:
     """sshd -D -e -f config, output appended to log, inside network namespace netns if
     given (`ip netns exec` execs sshd, so the PID is sshd's own). It gets SIGTERM if
-    the thread that started it ends."""
+    the thread that started it ends. program: a link to sshd whose name becomes
+    the PAM service's."""
     enter = [str(IP), "netns", "exec", netns] if netns else []
     PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
     with log.open("ab") as out:
         return subprocess.Popen(
-            [*enter, str(SSHD), "-D", "-e", "-f", str(config)],
+            [*enter, str(program), "-D", "-e", "-f", str(config)],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

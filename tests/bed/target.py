@@ -9,6 +9,9 @@ bed.state's lock, so two sessions can run at once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fcntl
+import glob
 import os
 import pwd
 import shutil
@@ -159,6 +162,78 @@ def shell_account(target: Target, workdir: Path) -> Iterator[ShellAccount]:
         config.write_text(ssh_config(alias=SHELL_ALIAS, hostname="127.0.0.1", port=target.port,
                                      user=SHELL_USER, key=target.key))
         yield ShellAccount(user=SHELL_USER, uid=user.pw_uid, home=Path(user.pw_dir), ssh_config=config)
+
+
+#: pam_namespace's configuration for TEST_USER: a /tmp of its own in every PAM
+#: session that loads the module, which only PAM_SERVICE's does. Shared by the
+#: sessions that use it, removed by the last (PAM_USERS counts them).
+NAMESPACE_CONF = Path("/etc/security/namespace.d/fabserve-test.conf")
+POLY_PARENT = Path("/tmp/fabserve-test-inst")
+PAM_USERS = STATE_DIR / "pam-namespace.users"
+#: OpenSSH names its PAM service after the program (argv[0]): an sshd started
+#: through a link of this name opens sessions through /etc/pam.d/PAM_SERVICE-<pid>,
+#: and the machine's own /etc/pam.d/sshd stays untouched.
+PAM_SERVICE = "fabserve-test-pamns"
+PAM_STACK = (
+    "# fabserve's tests: the key is the only way in (auth never runs), every session gets its own /tmp.\n"
+    "auth required pam_deny.so\n"
+    "account required pam_permit.so\n"
+    "session required pam_namespace.so\n"
+)
+
+
+@contextlib.contextmanager
+def _namespace_conf() -> Iterator[None]:
+    """pam_namespace's /tmp for TEST_USER while this session needs it."""
+    ensure_dir()
+    with open(PAM_USERS, "a") as users:
+        with state_lock():
+            NAMESPACE_CONF.write_text(f"/tmp {POLY_PARENT}/ user ~{TEST_USER}\n")
+            POLY_PARENT.mkdir(exist_ok=True)
+            POLY_PARENT.chmod(0)  # pam_namespace wants the instances' parent closed to all
+            fcntl.flock(users, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            with state_lock():
+                try:
+                    fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return  # another session still uses it
+                NAMESPACE_CONF.unlink(missing_ok=True)
+                shutil.rmtree(POLY_PARENT, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pam_namespace_target(target: Target, workdir: Path) -> Iterator[Target]:
+    """A second sshd for target's user with UsePAM yes and pam_namespace in its
+    session stack: every SSH session runs in a mount namespace of its own, with
+    a /tmp of the user's own. Yields target as reached through it."""
+    if not glob.glob("/lib/*/security/pam_namespace.so") + glob.glob("/usr/lib/*/security/pam_namespace.so"):
+        raise BedUnavailable("pam_namespace.so (libpam-modules) is missing")
+    service = f"{PAM_SERVICE}-{os.getpid()}"
+    link, stack = ensure_dir() / service, Path("/etc/pam.d") / service
+    with contextlib.ExitStack() as teardown:
+        teardown.enter_context(_namespace_conf())
+        link.unlink(missing_ok=True)
+        link.symlink_to(SSHD)
+        teardown.callback(link.unlink, missing_ok=True)
+        stack.write_text(PAM_STACK)
+        teardown.callback(stack.unlink, missing_ok=True)
+        port = free_port()
+        text = sshd_config(listen="127.0.0.1", port=port, host_key=keygen(workdir / "host_ed25519", "pam host"),
+                           users=[target.user])
+        config = write_sshd_config(workdir / "sshd_config", text.replace("UsePAM no", "UsePAM yes"))
+        log = workdir / "sshd.log"
+        sshd = start_sshd(config, log, program=link)
+        teardown.callback(procs.terminate, sshd)
+        wait_for_sshd(sshd, "127.0.0.1", port, log)
+        alias = "fabserve-pamns-target"
+        client_config = workdir / "ssh_config"
+        client_config.write_text(ssh_config(alias=alias, hostname="127.0.0.1", port=port, user=target.user,
+                                            key=target.key))
+        yield dataclasses.replace(target, port=port, alias=alias, ssh_config=client_config, sshd_pid=sshd.pid,
+                                  sshd_log=log)
 
 
 def other_account() -> pwd.struct_passwd:
