@@ -99,6 +99,17 @@ class Cli:
         main = getattr(sys.modules["__main__"], "__spec__", None)
         return f"python -m {main.parent}" if main is not None and main.parent else self.called_as
 
+    def run(self, argv: Optional[List[str]] = None, exit: bool = True) -> None:
+        try:
+            super().run(argv, exit)  # type: ignore[misc]
+        finally:
+            # `--version` ends inside parse_core, before any hook of ours: its
+            # buffered lines meet a reader that is gone only here.
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:  # `fabserve --version | head -0`
+                report.drop_output(sys.stdout)
+
     def parse_core(self, argv: Optional[List[str]]) -> None:
         with usage_errors(self.binary):
             super().parse_core(argv)  # type: ignore[misc]
