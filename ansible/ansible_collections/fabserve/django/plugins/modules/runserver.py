@@ -54,8 +54,8 @@ EXAMPLES = r'''
 
 - name: The inventory's fabserve variables as options
   fabserve.django.runserver:
-    project: "{{ project }}"
-    port: "{{ port }}"
+    project: "{{ fabserve_project }}"
+    port: "{{ fabserve_port }}"
     state: status
   register: server
 
