@@ -307,3 +307,17 @@ def test_check_mode_with_port_auto_claims_no_port_the_real_run_would_not_take(an
     stopped = ansible.module(target.alias, args(site, taken["port"], "stopped"))
     assert stopped.returncode == 0 and stopped.results[target.alias]["changed"] is True
     assert_gone(taken, taken["port"])
+
+
+def test_check_mode_of_a_start_without_a_port_asks_about_the_port_the_start_takes(ansible, site, target):
+    # start's port given nowhere is 8000, whichever other instance of the project runs;
+    # check mode asks about that one too (nothing here binds 8000: check mode starts nothing).
+    port = 14830
+    other = ansible.module(target.alias, args(site, port, "started"))
+    assert other.returncode == 0, other
+    checked = ansible.module(target.alias, f"project={site} state=started", "--check")
+    assert checked.returncode == 0, checked
+    result = checked.results[target.alias]
+    assert result["changed"] is True and result["port"] == 8000 and result["msg"] == "would be started", result
+    stopped = ansible.module(target.alias, args(site, port, "stopped"))
+    assert stopped.returncode == 0 and stopped.results[target.alias]["changed"] is True
