@@ -1,7 +1,8 @@
 """fabserve.django.runserver through real ansible-core, over the real sshd as the
-test user: playbook and ad-hoc runs, check mode, the fallback search, a broken
-project, cross-tool with fab, ansible-doc, the module's raw stdout, and the
-collection built with ansible-galaxy."""
+test user: playbook and ad-hoc runs, check mode (also with port=auto), diff mode,
+every result field in every state, status failing when asked, restarted's changed,
+the fallback search, a broken project, cross-tool with fab, ansible-doc, the
+module's raw stdout, and the collection built with ansible-galaxy."""
 
 import ast
 import json
