@@ -1721,7 +1721,12 @@ def do_restart(inst):
     resolve_python(inst)  # fail before stopping anything if start cannot work
     stopped = do_stop(inst)
     inst.kept_expiry = inst.expires_at  # kept unless a new --ttl is given
-    started = do_start(inst)
+    try:
+        started = do_start(inst)
+    except AgentError as exc:
+        # The old server is gone although no new one runs: that changed the host.
+        exc.extra.update(changed=stopped["changed"], stopped_pids=stopped["pids"])
+        raise
     started["changed"] = True
     if (started.get("message") or "").startswith("started "):  # the same server again: say so
         started["message"] = "re" + started["message"]
@@ -2334,12 +2339,14 @@ def handle(req):
 
 def failure(inst, req, error, state, extra):
     """The result of a verb that failed: for its instance, or, before one was
-    named (several instances of the project, a state directory refused), for the project."""
+    named (several instances of the project, a state directory refused), for the project.
+    `extra` may say it changed something before it failed (a restart that stopped the old server)."""
+    fields = dict(ok=False, changed=False, state=state, error=error, message=error)
+    fields.update(extra)
     if inst is not None and isinstance(inst.req.get("port"), int):
-        return describe(inst, None, ok=False, changed=False, state=state, error=error, message=error, **extra)
+        return describe(inst, None, **fields)
     project = os.path.realpath(given_path(req["project"])) if req.get("project") else None
-    return result_of(ok=False, changed=False, state=state, error=error, message=error, project=project,
-                     port=None, state_dir=None, managed=None, **extra)
+    return result_of(project=project, port=None, state_dir=None, managed=None, **fields)
 
 
 def main(argv):

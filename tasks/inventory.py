@@ -3,7 +3,9 @@
 A file holds groups (`all` and any other top-level key); each group may have
 `hosts` (name -> vars), `vars` and `children` (name -> group). Variables merge
 from the outermost group to the innermost (children over parents, siblings of
-one depth by name, as Ansible does), then the host's own vars on top.
+one depth by name, as Ansible does), then the host's own vars on top. A
+fabserve setting is a variable of its own name or of that name prefixed
+`fabserve_` (options.INVENTORY_PREFIX), which Ansible reads without a warning.
 """
 
 from dataclasses import dataclass, field
@@ -12,7 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional, Set
 
 import yaml
 
-from .options import PER_HOST
+from .options import INVENTORY_PREFIX, PER_HOST
 
 
 class InventoryError(Exception):
@@ -159,7 +161,15 @@ def host_from_vars(name: str, merged: Dict[str, Any], source: str) -> Host:
     key = merged.get("ansible_ssh_private_key_file")
     if key is not None:
         connect["connect_kwargs"] = {"key_filename": [str(Path(str(key)).expanduser())]}
-    settings = {key: value for key, value in merged.items() if key in PER_HOST}
+    settings: Dict[str, Any] = {}
+    for setting in PER_HOST:
+        # Kept under the spelling given, for messages. To Ansible each spelling is
+        # its own variable, merged with its precedence; the prefixed one wins
+        # wherever it is set, as `{{ fabserve_port | default(port) }}` reads them.
+        for variable in (INVENTORY_PREFIX + setting, setting):
+            if variable in merged:
+                settings[variable] = merged[variable]
+                break
     return Host(name=name, connect=connect, settings=settings)
 
 

@@ -427,6 +427,16 @@ CONFIGURED: Dict[str, Any] = {
 #: What an inventory may set per group or host; output format and the run's own
 #: settings are the caller's.
 PER_HOST: Tuple[str, ...] = tuple(setting.name for setting in SETTINGS if setting.per_host)
+#: An inventory may also give each of them with this prefix (`fabserve_port`):
+#: the spelling Ansible reads without a warning, as it reserves some bare names
+#: (`port` is a play keyword) and warns about any variable using one.
+INVENTORY_PREFIX = "fabserve_"
+
+
+def inventory_setting(variable: str) -> Optional[str]:
+    """The per-host setting an inventory variable gives (`port` or `fabserve_port`), else None."""
+    name = variable[len(INVENTORY_PREFIX):] if variable.startswith(INVENTORY_PREFIX) else variable
+    return name if name in PER_HOST else None
 
 #: How a message names a given value, and where it was given (" (from FILE)", or "").
 Origin = Tuple[str, str]
@@ -553,9 +563,10 @@ def merged(config: Mapping[str, Any], flags: Mapping[str, Any], host_vars: Optio
     variable = os.environ.get(ENV_VARIABLE) if config_origin is not None else None
     if variable is not None:
         env_over_config(values, variable)
-    for name, value in (host_vars or {}).items():
-        if name in DEFAULTS:
-            values.give(name, value, (name, " (from the inventory)"))
+    for variable, value in (host_vars or {}).items():
+        name = inventory_setting(variable)
+        if name is not None:
+            values.give(name, value, (variable, " (from the inventory)"))
     for name, value in flags.items():
         if value is not None and value is not False:
             values.give(name, value, (f"--{dashed(name)}", ""))

@@ -1,7 +1,8 @@
 """fabserve.django.runserver through real ansible-core, over the real sshd as the
-test user: playbook and ad-hoc runs, check mode, the fallback search, a broken
-project, cross-tool with fab, ansible-doc, the module's raw stdout, and the
-collection built with ansible-galaxy."""
+test user: playbook and ad-hoc runs, check mode (also with port=auto), diff mode,
+every result field in every state, status failing when asked, restarted's changed,
+the fallback search, a broken project, cross-tool with fab, ansible-doc, the
+module's raw stdout, and the collection built with ansible-galaxy."""
 
 import ast
 import json
@@ -90,6 +91,8 @@ def test_fab_start_then_module_status_and_stop(ansible, site, fab, target):
     assert result["state"] == "running" and result["managed"] is True and result["pid"] == started.json["pid"]
     stopped = ansible.module(target.alias, args(site, port, "stopped"))
     assert stopped.returncode == 0 and stopped.results[target.alias]["changed"] is True
+    # Every declared field, whatever the state: null where it does not apply.
+    assert stopped.results[target.alias]["http_status"] is None and result["killed"] is None
     assert_gone(started.json, port)
     assert fab("status", *where(site, port)).returncode == 3
 
@@ -198,3 +201,124 @@ def test_the_built_collection_holds_the_agent_itself_and_installs(ansible):
     assert installed.returncode == 0, installed.stderr
     doc = ansible.run("ansible-doc", [MODULE], env={"ANSIBLE_COLLECTIONS_PATH": str(ansible.work / "installed")})
     assert doc.returncode == 0 and str(ansible.work / "installed") in doc.stdout
+
+
+def test_every_state_returns_every_field_and_status_fails_when_asked(ansible, site, target):
+    from tasks import module_spec
+
+    port = 14807
+    task = {"project": str(site), "port": port}
+    play = {"hosts": "all", "gather_facts": False, "tasks": [
+        {MODULE: {**task, "state": "status", "fail_if_not_running": True}, "register": "absent",
+         "ignore_errors": True},
+        {MODULE: {**task, "state": "status"}, "register": "quiet"},
+        {MODULE: {**task, "state": "started"}, "register": "started"},
+        {MODULE: {**task, "state": "status", "fail_if_not_running": True}, "register": "running"},
+        {MODULE: {**task, "state": "stopped"}, "register": "stopped"},
+        # Fields of other states, read as a play would: an undefined one fails the task.
+        {"ansible.builtin.debug": {"msg": "{{ stopped.http_status }} {{ started.killed }} {{ running.stopped_pids }}"}},
+        save(["absent", "quiet", "started", "running", "stopped"])]}
+    played = ansible.playbook([play])
+    assert played.returncode == 0, played
+    results = played.results[target.alias]
+    fields = set(module_spec.return_fields()) - {"changed"}
+    for name, result in results.items():
+        assert fields <= set(result), (name, sorted(fields - set(result)))
+    absent = results["absent"]
+    assert absent["failed"] is True and absent["msg"] == "status failed: not running", absent
+    assert absent["state"] == "stopped" and absent["changed"] is False
+    assert results["quiet"].get("failed") is False and results["quiet"]["state"] == "stopped"
+    assert results["running"].get("failed") is False and results["running"]["state"] == "running"
+    assert results["stopped"]["http_status"] is None and results["started"]["killed"] is None
+    assert results["stopped"]["changed"] is True and not port_listening(port)
+    refused = ansible.module(target.alias, args(site, port, "started", "fail_if_not_running=true"))
+    assert refused.statuses[target.alias] == "FAILED", refused
+    assert refused.results[target.alias]["msg"] == "fail_if_not_running is for state=status only, not state=started"
+    assert not port_listening(port)
+
+
+def test_restarted_is_changed_as_the_service_module_says(ansible, site, target):
+    port = 14808
+    # A server that is not running is started, changed (ansible.builtin.service starts a stopped service).
+    first = ansible.module(target.alias, args(site, port, "restarted"))
+    assert first.returncode == 0 and first.statuses[target.alias] == "CHANGED", first
+    started = first.results[target.alias]
+    assert started["state"] == "running" and started["stopped_pids"] == []
+    urls = site / "mysite" / "urls.py"
+    urls.write_text(urls.read_text() + "\ndef (\n")
+    # The old server is stopped, the new one fails: the task failed, and it changed the host.
+    broken = ansible.module(target.alias, args(site, port, "restarted", "timeout=4"))
+    assert broken.statuses[target.alias] == "FAILED", broken
+    result = broken.results[target.alias]
+    # (the autoreloader replaced its child when urls.py changed: the group leader is the same)
+    assert result["changed"] is True and started["pid"] in result["stopped_pids"], result
+    assert_gone(started, port)
+    # Nothing runs now and the start fails again: nothing changed.
+    again = ansible.module(target.alias, args(site, port, "restarted", "timeout=4"))
+    assert again.statuses[target.alias] == "FAILED", again
+    assert again.results[target.alias]["changed"] is False and again.results[target.alias]["stopped_pids"] == []
+
+
+def test_diff_mode_shows_state_port_and_pids_before_and_after(ansible, site, target):
+    port = 14809
+    task = {"project": str(site), "port": port}
+    play = {"hosts": "all", "gather_facts": False, "tasks": [
+        {MODULE: {**task, "state": "started"}, "check_mode": True, "register": "would_start"},
+        {MODULE: {**task, "state": "started"}, "register": "started"},
+        {MODULE: {**task, "state": "started"}, "register": "again"},
+        {MODULE: {**task, "state": "stopped"}, "check_mode": True, "register": "would_stop"},
+        {MODULE: {**task, "state": "stopped"}, "register": "stopped"},
+        save(["would_start", "started", "again", "would_stop", "stopped"])]}
+    played = ansible.playbook([play], "--diff")
+    assert played.returncode == 0, played
+    results = played.results[target.alias]
+    pids = results["started"]["pids"]
+    assert pids and results["stopped"]["changed"] is True
+    stopped, running = {"state": "stopped", "port": port, "pids": []}, {"state": "running", "port": port, "pids": pids}
+    assert results["would_start"]["diff"] == {"before": stopped, "after": {**running, "pids": None}}
+    assert results["started"]["diff"] == {"before": stopped, "after": running}
+    assert results["again"]["diff"] == {"before": running, "after": running}
+    assert results["would_stop"]["diff"] == {"before": running, "after": stopped}
+    assert results["stopped"]["diff"] == {"before": running, "after": stopped}
+    # Ansible prints it as a diff of the two.
+    assert re.search(r'^-\s+"state": "stopped"$', played.stdout, re.MULTILINE), played.stdout
+    assert re.search(r'^\+\s+"state": "running"$', played.stdout, re.MULTILINE), played.stdout
+    assert not port_listening(port)
+
+
+def test_check_mode_with_port_auto_claims_no_port_the_real_run_would_not_take(ansible, site, fab, target):
+    low = 14820
+    port_range = f"port_range={low}-{low + 9}"
+    # An earlier instance of the project on the range's first port, stopped: its log stays.
+    earlier = ansible.module(target.alias, args(site, low, "started"))
+    assert earlier.returncode == 0, earlier
+    assert ansible.module(target.alias, args(site, low, "stopped")).returncode == 0
+    with socket.create_server(("127.0.0.1", low)):  # now another user's process holds that port
+        checked = ansible.module(target.alias, args(site, "auto", "started", port_range), "--check")
+        assert checked.returncode == 0, checked
+        predicted = checked.results[target.alias]
+        real = ansible.module(target.alias, args(site, "auto", "started", port_range))
+        assert real.returncode == 0, real
+        taken = real.results[target.alias]
+        assert taken["changed"] is True and low < taken["port"] <= low + 9, taken
+        assert http_status(taken["url"]) == 200
+    assert predicted["changed"] is True and predicted["port"] in (None, taken["port"]), predicted
+    assert predicted["port"] is None and predicted["url"] is None
+    assert predicted["msg"] == f"would be started on a free port from {low}-{low + 9} (port_range), chosen at start"
+    stopped = ansible.module(target.alias, args(site, taken["port"], "stopped"))
+    assert stopped.returncode == 0 and stopped.results[target.alias]["changed"] is True
+    assert_gone(taken, taken["port"])
+
+
+def test_check_mode_of_a_start_without_a_port_asks_about_the_port_the_start_takes(ansible, site, target):
+    # start's port given nowhere is 8000, whichever other instance of the project runs;
+    # check mode asks about that one too (nothing here binds 8000: check mode starts nothing).
+    port = 14830
+    other = ansible.module(target.alias, args(site, port, "started"))
+    assert other.returncode == 0, other
+    checked = ansible.module(target.alias, f"project={site} state=started", "--check")
+    assert checked.returncode == 0, checked
+    result = checked.results[target.alias]
+    assert result["changed"] is True and result["port"] == 8000 and result["msg"] == "would be started", result
+    stopped = ansible.module(target.alias, args(site, port, "stopped"))
+    assert stopped.returncode == 0 and stopped.results[target.alias]["changed"] is True

@@ -1,5 +1,6 @@
 """The repo's inventory and README's inventory example read the same in Ansible as
-in fab: `ansible staging` names the hosts `fab -H staging` does, with the same vars."""
+in fab: `ansible staging` names the hosts `fab -H staging` does, with the same vars,
+and without a warning about reserved variable names."""
 
 import json
 import re
@@ -9,6 +10,8 @@ import pytest
 
 from bed.ansible import Ansible
 from helpers import bed_outcome
+from tasks import options
+from tasks.inventory import Inventory
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,14 +31,21 @@ def test_ansible_reads_the_inventory_with_fabs_hosts_and_vars(source, tmp_path):
         ansible = Ansible(tmp_path / "ansible", {})
     listed = ansible.run("ansible-inventory", ["-i", str(path), "--list"])
     assert listed.returncode == 0, listed.stderr
-    # `port` is also a play keyword: Ansible warns about the variable, and connects
-    # with ansible_port all the same (README, "From Ansible"). Nothing else is said.
-    warnings = re.findall(r"^\[WARNING\]: (.*)$", listed.stderr, re.MULTILINE)
-    assert set(warnings) == {"Found variable using reserved name 'port'."}, listed.stderr
+    # The settings are spelled fabserve_NAME: Ansible warns about a bare `port` (a
+    # name it reserves) and says nothing about these.
+    assert re.findall(r"^\[WARNING\]: (.*)$", listed.stderr, re.MULTILINE) == [], listed.stderr
     inventory = json.loads(listed.stdout)
     assert sorted(inventory["staging"]["hosts"]) == ["web1", "web2"]
     hostvars = inventory["_meta"]["hostvars"]
-    assert hostvars["web2"]["port"] == 8001 and hostvars["web1"]["project"] == hostvars["web2"]["project"]
+    assert hostvars["web2"]["fabserve_port"] == 8001
+    assert hostvars["web1"]["fabserve_project"] == hostvars["web2"]["fabserve_project"]
     assert hostvars["web1"]["ansible_user"] == "deploy"
+    # fab reads the same settings from the same file.
+    fab_inventory = Inventory.load(path)
+    for name in ("web1", "web2"):
+        values = options.merged({}, {}, fab_inventory.host(name).settings)
+        assert values["port"] == hostvars[name]["fabserve_port"], name
+        assert values["project"] == hostvars[name]["fabserve_project"], name
     hosts = ansible.run("ansible", ["staging", "-i", str(path), "--list-hosts"])
     assert hosts.returncode == 0 and hosts.stdout.split()[-2:] == ["web1", "web2"]
+    assert "[WARNING]" not in hosts.stderr, hosts.stderr

@@ -71,7 +71,28 @@ def test_return_values_are_the_result_fields():
     assert {"action", "ok", "changed", "state", "pid", "pids", "url", "log", "message", "error",
             "log_tail", "killed", "port_free"} <= set(fields)
     assert "lines" not in fields  # logs is fab's only
-    assert fields["log_tail"]["returned"] == "with state=started or restarted"
+    # Every field is in every result (null where it does not apply), so a task may read any of them.
+    assert {field["returned"] for field in fields.values()} == {"always"}
+    assert fields["log_tail"]["description"].endswith("Null unless state=started or restarted.")
+    assert fields["ambiguous"]["description"].endswith("(exit 2).")  # every state may give it
+
+
+def test_the_module_fills_in_every_result_field_and_takes_its_own_options():
+    spec = ast.literal_eval(module_spec.spec_text().split("RESULTS = ", 1)[1].splitlines()[0])
+    assert spec == tuple(module_spec.return_fields())
+    assert "http_status" in spec and "killed" in spec and "host" not in spec
+    own = module_spec.own_spec()
+    assert own["fail_if_not_running"] == {"type": "bool", "default": False}
+    assert own["state"]["choices"] == list(module_spec.STATES) and own["state"]["default"] == "started"
+    assert not set(own) & set(module_spec.argument_spec())  # no own option is sent to the agent as a setting
+
+
+def test_the_readme_lists_every_option_of_the_modules_argument_spec():
+    text = (REPO / "README.md").read_text()
+    block = text[text.index(module_spec.README_START):text.index(module_spec.README_END)]
+    listed = re.findall(r"^\| `(\w+)` \|", block, re.MULTILINE)
+    assert listed == list({**module_spec.own_spec(), **module_spec.argument_spec()})
+    assert {"check", "ttl", "log_keep", "log_max", "port_range", "fail_if_not_running", "state"} <= set(listed)
 
 
 def requirement(path, name):

@@ -79,6 +79,51 @@ def test_flags_beat_host_vars_beat_config(inv):
     assert values["port"] == "7000" and values["project"] == "/srv/web2" and values["stop_timeout"] == 3
 
 
+PREFIXED = """
+all:
+  vars:
+    fabserve_port: 8000
+    port: 7000
+    project: /srv/bare
+  children:
+    staging:
+      vars:
+        fabserve_project: /srv/staging
+      hosts:
+        web1:
+          port: 8001
+        web2:
+          fabserve_port: 8002
+          fabserve_ttl: 1h
+"""
+
+
+def test_a_setting_may_be_given_prefixed_and_the_prefixed_variable_wins_wherever_it_is_set():
+    web1, web2 = expand(["web1", "web2"], Inventory.parse(PREFIXED, "hosts.yml"), [])
+    # As a playbook reads `{{ fabserve_port | default(port) }}`: all's fabserve_port
+    # beats web1's own bare port (two variables to Ansible), each kept as spelled.
+    assert web1.settings == {"fabserve_project": "/srv/staging", "fabserve_port": 8000}
+    assert web2.settings == {"fabserve_project": "/srv/staging", "fabserve_port": 8002, "fabserve_ttl": "1h"}
+    values = options.merged({}, {}, web2.settings)
+    assert (values["port"], values["project"], values["ttl"]) == (8002, "/srv/staging", "1h")
+    # A bad value is named as the inventory spells it.
+    bad = options.merged({}, {}, {"fabserve_port": 70000})
+    with pytest.raises(options.UsageError, match=r"^fabserve_port must be a number .* \(from the inventory\)$"):
+        options.checked(bad, "port")
+    # Anything else with the prefix is not a setting.
+    assert options.inventory_setting("fabserve_json") is None and options.inventory_setting("fabserve_") is None
+
+
+def test_every_per_host_setting_has_a_prefixed_spelling_that_ansible_does_not_reserve():
+    from ansible.vars.reserved import get_reserved_names
+
+    reserved = get_reserved_names()
+    assert "port" in reserved  # why the prefix exists
+    for name in options.PER_HOST:
+        assert options.inventory_setting(options.INVENTORY_PREFIX + name) == name
+        assert options.INVENTORY_PREFIX + name not in reserved
+
+
 def test_connection_variables_become_connection_arguments(inv, monkeypatch):
     monkeypatch.setenv("HOME", "/home/me")
     web2, pg1, solo = expand(["web2", "pg1", "solo"], inv, [])

@@ -21,3 +21,10 @@ ARGUMENT_SPEC = {'project': {'type': 'str', 'required': True},
 SETTINGS = ('project', 'port', 'addr', 'python', 'settings', 'env', 'noreload', 'start_timeout', 'stop_timeout', 'ttl', 'log_keep', 'log_max', 'state_dir', 'port_range', 'check')
 # state -> the agent's verb
 STATES = {'started': 'start', 'stopped': 'stop', 'restarted': 'restart', 'status': 'status'}
+# The module's own options, which are no setting.
+OPTIONS = {'state': {'type': 'str',
+           'default': 'started',
+           'choices': ['started', 'stopped', 'restarted', 'status']},
+ 'fail_if_not_running': {'type': 'bool', 'default': False}}
+# Every result field: each is in every result, null where it does not apply.
+RESULTS = ('action', 'ok', 'changed', 'state', 'pid', 'pids', 'url', 'pidfile', 'log', 'message', 'error', 'project', 'port', 'state_dir', 'managed', 'expires_at', 'expires_in', 'uptime', 'python', 'log_tail', 'killed', 'port_free', 'stopped_pids', 'ambiguous', 'http_status')
