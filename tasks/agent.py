@@ -972,10 +972,10 @@ def parse_listeners(text, port):
     return [(inode, listen_address(hex_addr)) for bound, inode, hex_addr in listening_sockets(text) if bound == port]
 
 
-def port_held(port, addr):
+def port_held(port, addr, wait=PORT_WAIT):
     """The inodes of listeners that keep `addr`:`port` from being bound, after
-    waiting up to PORT_WAIT for a closing one to go."""
-    deadline = time.time() + PORT_WAIT
+    waiting up to `wait` seconds for a closing one to go."""
+    deadline = time.time() + wait
     for pause in pauses():
         held = {inode for text in tcp_tables() for inode, bound in parse_listeners(text, port)
                 if conflicts(bound, packed(addr))}
@@ -984,9 +984,30 @@ def port_held(port, addr):
         time.sleep(pause)
 
 
+def user_name(uid):
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, TypeError):
+        return f"uid {uid}"
+
+
+def socket_owners(inodes):
+    """The uids /proc/net/tcp{,6} gives as owners of the listening sockets
+    `inodes`: every user's sockets show there, whoever may see their processes."""
+    uids = set()
+    for text in tcp_tables():
+        for line in text.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 10 and fields[3] == "0A" and fields[9] in inodes:
+                uids.add(int(fields[7]))
+    return sorted(uids)
+
+
 def holders(inodes):
     """Who holds the listening sockets `inodes`, for a message: each process
-    this user can see as `pid N (command line)`."""
+    this user can see as `pid N (command line) of user U`, else the sockets'
+    owners (another user's processes are not visible to a user's agent)."""
     named = []
     for pid in pids_holding(inodes, all_pids()):
         try:
@@ -994,8 +1015,13 @@ def holders(inodes):
         except OSError:
             argv = []
         command = " ".join(part.decode("utf-8", "replace") for part in argv)[:120]
-        named.append(f"pid {pid} ({command})")
-    return named or ["a process of another user"]
+        named.append(f"pid {pid} ({command}) of user {user_name(owner(pid))}")
+    if named:
+        return named
+    mine = os.getuid()
+    owners = [f"another user's process (user {user_name(uid)})" if uid != mine
+              else f"a process of user {user_name(uid)} not visible here" for uid in socket_owners(inodes)]
+    return owners or ["another user's process"]
 
 
 # ------------------------------------------------------------ bounded logs
@@ -1588,6 +1614,15 @@ def log_tail(inst, offset=0, lines=TAIL_LINES):
         return []
 
 
+def taken_by(inst, pids=()):
+    """Who keeps the instance's port from being bound for its address (see
+    conflicts), when none of `pids` holds a listener on it; else None."""
+    held = port_held(inst.port, inst.addr, wait=0)
+    if not held or pids_holding(held, pids):
+        return None
+    return ", ".join(holders(held))
+
+
 @verb("start", locks=True)
 def do_start(inst):
     inst.require_project()
@@ -1609,6 +1644,10 @@ def do_start(inst):
         raise AgentError(f"{inst.pidfile} records a server started on host {inst.foreign}: "
                          f"it is that host's, so it is not replaced; nothing was started")
     inst.forget()
+    # Launched, a server on a held port may wait out the timeout (daphne keeps running).
+    taken = taken_by(inst)
+    if taken:
+        raise AgentError(f"port {inst.port} on {inst.addr} is already in use by {taken}; nothing was started")
     remember(inst)
     proc, offset = launch(inst, python)
     found = Found(pgid=proc.pid)

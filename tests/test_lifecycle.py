@@ -232,22 +232,40 @@ def test_project_path_with_spaces_quotes_and_shell_syntax(run, make_project, tar
     assert not marker.exists()
 
 
-def test_port_held_by_another_program_fails_and_leaves_it_alone(run, site):
+# A listener that keeps its port, as daphne does after its own bind failed.
+LISTENER = "import socket, sys, time; s = socket.socket(); s.bind((sys.argv[1], int(sys.argv[2]))); " \
+           "s.listen(); time.sleep(600)"
+
+
+def test_port_held_before_start_fails_at_once_naming_its_holder_and_launches_nothing(
+        run, site, spawn_as_user, target):
+    # Root's listener (this test's): a user's agent cannot see its process, only its socket's owner.
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     holder.listen()
     port = holder.getsockname()[1]
     try:
-        result = run("start", *where(site, port))
+        result = run("start", *where(site, port), "--timeout", "60")
         assert result.returncode == 1
-        assert "That port is already in use" in "\n".join(result.json["log_tail"])
-        assert not os.path.exists(result.json["pidfile"])
+        error = f"port {port} on 127.0.0.1 is already in use by another user's process (user root); nothing was started"
+        assert result.json["error"] == error
+        assert not os.path.exists(result.json["pidfile"]) and not os.path.exists(result.json["log"])  # not launched
         holder.getsockname()  # still ours, still open
-        human = run("start", *where(site, port), json=False)
-        assert human.returncode == 1 and "That port is already in use" in human.stderr
-        assert ": start failed: server exited with status 1" in human.stderr.splitlines()[0]
+        human = run("start", *where(site, port), "--timeout", "60", json=False)
+        assert human.returncode == 1 and human.stderr.splitlines()[0].endswith(f": start failed: {error}")
     finally:
         holder.close()
+
+    # The user's own listener on the wildcard address, which holds 127.0.0.1's port too: pid and user.
+    port = free_port()
+    spawn_as_user([str(target.python), "-c", LISTENER, "0.0.0.0", str(port)])
+    assert wait_for(lambda: port_listening(port), timeout=10)
+    result = run("start", *where(site, port), "--timeout", "60")
+    assert result.returncode == 1
+    named = re.fullmatch(rf"port {port} on 127\.0\.0\.1 is already in use by pid ([0-9]+) \(\S*python\S* -c "
+                         rf"import socket, .*\) of user {target.user}; nothing was started", result.json["error"])
+    assert named, result.json["error"]
+    assert alive(int(named.group(1))) and not os.path.exists(result.json["log"])
 
 
 def test_broken_project_fails_within_timeout_and_leaves_nothing(run, site):
