@@ -73,6 +73,9 @@ def test_the_chooser_skips_listeners_on_the_address_wildcards_and_taken_ports():
     assert agent.choose_port(18000, 18010, {18002, 18003}, texts, "127.0.0.1") == 18005
     # A wildcard bind conflicts with every listener.
     assert agent.choose_port(18000, 18010, set(), texts, "0.0.0.0") == 18002
+    # Every port it could choose, in order: a start whose port was taken at bind time picks among them.
+    assert agent.free_ports(18000, 18010, {18002}, texts, "127.0.0.1") == [18003, 18005, 18006, 18007, 18008,
+                                                                           18009, 18010]
 
 
 def test_listeners_map_each_listening_port_to_its_sockets_as_listen_inodes_reads_them():
