@@ -1628,6 +1628,14 @@ def taken_by(inst, pids=()):
     return ", ".join(holders(held))
 
 
+def fallback_note(inst, python):
+    """The hint for a failed start whose interpreter was python3 from PATH, the
+    project having no venv of its own (the usual cause: the venv lives elsewhere)."""
+    if inst.req.get("python") or python.startswith(os.path.join(inst.project, "")):
+        return ""
+    return f"no .venv/ or venv/ in {inst.project}, used python3; pass --python"
+
+
 @verb("start", locks=True)
 def do_start(inst):
     inst.require_project()
@@ -1691,7 +1699,7 @@ def do_start(inst):
         if unapplied not in tail:  # said at start-up, long before the tracebacks of the tail
             tail = [unapplied, "..."] + tail
     # The client says which action failed: the reason alone.
-    raise AgentError(why, log_tail=tail, http_status=http)
+    raise AgentError(join(why, fallback_note(inst, python)), log_tail=tail, http_status=http)
 
 
 # Django's runserver says this at start-up when the database lacks migrations: the

@@ -299,6 +299,24 @@ def test_missing_project_and_interpreter_are_one_line_errors(run, target, site):
     assert len(no_python.stderr.strip().splitlines()) == 1
 
 
+def test_a_failed_start_on_python3_for_want_of_a_venv_in_the_project_says_so(run, make_project):
+    # The project's venv lives elsewhere: python3 on PATH has no Django.
+    project = make_project("site")
+    (project / ".venv").unlink()
+    port = free_port()
+    result = run("start", *where(project, port))
+    assert result.returncode == 1
+    assert result.json["error"] == (f"server exited with status 1; no .venv/ or venv/ in {project}, "
+                                    f"used python3; pass --python")
+    assert any("Couldn't import Django" in line for line in result.json["log_tail"]), result.json["log_tail"]
+    human = run("start", *where(project, port), json=False)
+    assert human.returncode == 1
+    assert human.stderr.splitlines()[0].endswith(f"no .venv/ or venv/ in {project}, used python3; pass --python")
+    # python3 given: the user's choice, no hint.
+    given = run("start", *where(project, port), "--python", "python3")
+    assert given.returncode == 1 and given.json["error"] == "server exited with status 1"
+
+
 def server_facts(pid):
     """argv and environment of a server process, as the kernel has them."""
     with open(f"/proc/{pid}/cmdline", "rb") as handle:
