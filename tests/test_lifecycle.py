@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -266,6 +267,30 @@ def test_port_held_before_start_fails_at_once_naming_its_holder_and_launches_not
                          rf"import socket, .*\) of user {target.user}; nothing was started", result.json["error"])
     assert named, result.json["error"]
     assert alive(int(named.group(1))) and not os.path.exists(result.json["log"])
+
+
+def test_a_port_taken_while_the_server_starts_up_fails_the_start_at_once(fab, site, target):
+    # A slow start-up (settings that sleep) leaves time for another program to bind the port
+    # after start found it free: the server could only fail its bind, or linger as daphne does.
+    settings = site / "mysite" / "settings.py"
+    settings.write_text(settings.read_text() + "\nimport time\ntime.sleep(3)\n")
+    port = free_port()
+    logs = target.home / ".local" / "state" / "fabserve" / "hosts"
+    holder = socket.socket()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            starting = pool.submit(fab, "start", *where(site, port), "--noreload", "--timeout", "60", "--json")
+            # The log's first line is written once the port was checked, before the launch.
+            assert wait_for(lambda: list(logs.glob(f"*/site-{port}-*/server.log")), timeout=60)
+            holder.bind(("127.0.0.1", port))
+            holder.listen()
+            result = starting.result()
+    finally:
+        holder.close()
+    assert result.returncode == 1
+    assert result.json["error"] == (f"port {port} on 127.0.0.1 was taken by another user's process (user root) "
+                                    f"before the server could bind it")
+    assert not os.path.exists(result.json["pidfile"])
 
 
 def test_broken_project_fails_within_timeout_and_leaves_nothing(run, site):
