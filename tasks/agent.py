@@ -972,13 +972,18 @@ def parse_listeners(text, port):
     return [(inode, listen_address(hex_addr)) for bound, inode, hex_addr in listening_sockets(text) if bound == port]
 
 
-def port_held(port, addr, wait=PORT_WAIT):
+def held_in(texts, port, addr):
+    """The inodes of listeners in /proc/net/tcp{,6} `texts` that keep `addr`:`port` from being bound."""
+    ours = packed(addr)
+    return {inode for text in texts for inode, bound in parse_listeners(text, port) if conflicts(bound, ours)}
+
+
+def port_held(port, addr):
     """The inodes of listeners that keep `addr`:`port` from being bound, after
-    waiting up to `wait` seconds for a closing one to go."""
-    deadline = time.time() + wait
+    waiting up to PORT_WAIT for a closing one to go."""
+    deadline = time.time() + PORT_WAIT
     for pause in pauses():
-        held = {inode for text in tcp_tables() for inode, bound in parse_listeners(text, port)
-                if conflicts(bound, packed(addr))}
+        held = held_in(tcp_tables(), port, addr)
         if not held or time.time() >= deadline:
             return held
         time.sleep(pause)
@@ -1619,10 +1624,11 @@ class PortTaken(AgentError):
     could not bind it: a start on a chosen port tries another (see handle)."""
 
 
-def taken_by(inst, pids=()):
+def taken_by(inst, texts, pids=()):
     """Who keeps the instance's port from being bound for its address (see
-    conflicts), when none of `pids` holds a listener on it; else None."""
-    held = port_held(inst.port, inst.addr, wait=0)
+    conflicts), by the /proc/net/tcp{,6} `texts`, when none of `pids` holds a
+    listener on it; else None."""
+    held = held_in(texts, inst.port, inst.addr)
     if not held or pids_holding(held, pids):
         return None
     return ", ".join(holders(held))
@@ -1658,7 +1664,7 @@ def do_start(inst):
                          f"it is that host's, so it is not replaced; nothing was started")
     inst.forget()
     # Launched, a server on a held port may wait out the timeout (daphne keeps running).
-    taken = taken_by(inst)
+    taken = taken_by(inst, tcp_tables())
     if taken:
         raise PortTaken(f"port {inst.port} on {inst.addr} is already in use by {taken}; nothing was started")
     remember(inst)
@@ -1669,15 +1675,16 @@ def do_start(inst):
     for pause in pauses():
         code = proc.poll()
         pids = found.members()
+        texts = tcp_tables()  # one read a poll: with many sockets, a read takes milliseconds
         # Another user's server may bind the port first: their listeners are seen only then.
-        taken = taken_by(inst, pids)
+        taken = taken_by(inst, texts, pids)
         if taken:
             why = f"port {inst.port} on {inst.addr} was taken by {taken} before the server could bind it"
             break
         if code is not None:
             why = f"server exited with status {code}"
             break
-        if pids_holding(listen_inodes(inst.port), pids) and port_answers(inst.addr, inst.port):
+        if pids_holding(listen_inodes(inst.port, listeners(texts)), pids) and port_answers(inst.addr, inst.port):
             http, why = wait_http(inst, proc, deadline)
             if why is None:
                 return describe(inst, found, ok=True, changed=True, state=RUNNING, python=python, pids=pids,
