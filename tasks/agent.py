@@ -975,21 +975,47 @@ def parse_listeners(text, port):
     return [(inode, listen_address(hex_addr)) for bound, inode, hex_addr in listening_sockets(text) if bound == port]
 
 
+def held_in(texts, port, addr):
+    """The inodes of listeners in /proc/net/tcp{,6} `texts` that keep `addr`:`port` from being bound."""
+    ours = packed(addr)
+    return {inode for text in texts for inode, bound in parse_listeners(text, port) if conflicts(bound, ours)}
+
+
 def port_held(port, addr):
     """The inodes of listeners that keep `addr`:`port` from being bound, after
     waiting up to PORT_WAIT for a closing one to go."""
     deadline = time.time() + PORT_WAIT
     for pause in pauses():
-        held = {inode for text in tcp_tables() for inode, bound in parse_listeners(text, port)
-                if conflicts(bound, packed(addr))}
+        held = held_in(tcp_tables(), port, addr)
         if not held or time.time() >= deadline:
             return held
         time.sleep(pause)
 
 
+def user_name(uid):
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, TypeError):
+        return f"uid {uid}"
+
+
+def socket_owners(inodes):
+    """The uids /proc/net/tcp{,6} gives as owners of the listening sockets
+    `inodes`: every user's sockets show there, whoever may see their processes."""
+    uids = set()
+    for text in tcp_tables():
+        for line in text.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 10 and fields[3] == "0A" and fields[9] in inodes:
+                uids.add(int(fields[7]))
+    return sorted(uids)
+
+
 def holders(inodes):
     """Who holds the listening sockets `inodes`, for a message: each process
-    this user can see as `pid N (command line)`."""
+    this user can see as `pid N (command line) of user U`, else the sockets'
+    owners (another user's processes are not visible to a user's agent)."""
     named = []
     for pid in pids_holding(inodes, all_pids()):
         try:
@@ -997,8 +1023,13 @@ def holders(inodes):
         except OSError:
             argv = []
         command = " ".join(part.decode("utf-8", "replace") for part in argv)[:120]
-        named.append(f"pid {pid} ({command})")
-    return named or ["a process of another user"]
+        named.append(f"pid {pid} ({command}) of user {user_name(owner(pid))}")
+    if named:
+        return named
+    mine = os.getuid()
+    owners = [f"another user's process (user {user_name(uid)})" if uid != mine
+              else f"a process of user {user_name(uid)} not visible here" for uid in socket_owners(inodes)]
+    return owners or ["another user's process"]
 
 
 # ------------------------------------------------------------ bounded logs
@@ -1641,6 +1672,29 @@ def log_tail(inst, offset=0, lines=TAIL_LINES):
         return []
 
 
+class PortTaken(AgentError):
+    """Another program holds the port, found before launching or once the server
+    could not bind it: a start on a chosen port tries another (see handle)."""
+
+
+def taken_by(inst, texts, pids=()):
+    """Who keeps the instance's port from being bound for its address (see
+    conflicts), by the /proc/net/tcp{,6} `texts`, when none of `pids` holds a
+    listener on it; else None."""
+    held = held_in(texts, inst.port, inst.addr)
+    if not held or pids_holding(held, pids):
+        return None
+    return ", ".join(holders(held))
+
+
+def fallback_note(inst, python):
+    """The hint for a failed start whose interpreter was python3 from PATH, the
+    project having no venv of its own (the usual cause: the venv lives elsewhere)."""
+    if inst.req.get("python") or python.startswith(os.path.join(inst.project, "")):
+        return ""
+    return f"no .venv/ or venv/ in {inst.project}, used python3; pass --python"
+
+
 @verb("start", locks=True)
 def do_start(inst):
     inst.require_project()
@@ -1662,6 +1716,10 @@ def do_start(inst):
         raise AgentError(f"{inst.pidfile} records a server started on host {inst.foreign}: "
                          f"it is that host's, so it is not replaced; nothing was started")
     inst.forget()
+    # Launched, a server on a held port may wait out the timeout (daphne keeps running).
+    taken = taken_by(inst, tcp_tables())
+    if taken:
+        raise PortTaken(f"port {inst.port} on {inst.addr} is already in use by {taken}; nothing was started")
     remember(inst)
     proc, offset = launch(inst, python)
     found = Found(pgid=proc.pid)
@@ -1669,11 +1727,17 @@ def do_start(inst):
     http = None
     for pause in pauses():
         code = proc.poll()
+        pids = found.members()
+        texts = tcp_tables()  # one read a poll: with many sockets, a read takes milliseconds
+        # Another user's server may bind the port first: their listeners are seen only then.
+        taken = taken_by(inst, texts, pids)
+        if taken:
+            why = f"port {inst.port} on {inst.addr} was taken by {taken} before the server could bind it"
+            break
         if code is not None:
             why = f"server exited with status {code}"
             break
-        pids = found.members()
-        if pids_holding(listen_inodes(inst.port), pids) and port_answers(inst.addr, inst.port):
+        if pids_holding(listen_inodes(inst.port, listeners(texts)), pids) and port_answers(inst.addr, inst.port):
             http, why = wait_http(inst, proc, deadline)
             if why is None:
                 return describe(inst, found, ok=True, changed=True, state=RUNNING, python=python, pids=pids,
@@ -1687,13 +1751,15 @@ def do_start(inst):
     proc.poll()
     inst.forget()
     tail = log_tail(inst, offset)
+    if taken:
+        raise PortTaken(why, log_tail=tail, http_status=http)
     unapplied = unapplied_migrations(inst.log, offset) if http and http >= 500 else None
     if unapplied:
         why = join(why, f"the log says: {unapplied}", "run `manage migrate` to apply them")
         if unapplied not in tail:  # said at start-up, long before the tracebacks of the tail
             tail = [unapplied, "..."] + tail
     # The client says which action failed: the reason alone.
-    raise AgentError(why, log_tail=tail, http_status=http)
+    raise AgentError(join(why, fallback_note(inst, python)), log_tail=tail, http_status=http)
 
 
 # Django's runserver says this at start-up when the database lacks migrations: the
@@ -1866,6 +1932,9 @@ DEFAULT_PORT = 8000  # start's port when none is given anywhere
 DEFAULT_PORT_RANGE = "8000-8999"
 PORT_RANGE = re.compile(r"^([0-9]{1,5})-([0-9]{1,5})$")
 STARTS = ("start", "restart")  # the verbs that may start a server on a chosen port
+# How many chosen ports a start tries: another user's agent may choose the same one
+# (the choice is locked per user), and their server is seen only once it listens.
+PORT_TRIES = 5
 
 
 def port_range(text):
@@ -1878,17 +1947,20 @@ def port_range(text):
     return low, high
 
 
-def choose_port(low, high, taken, tcp_texts, addr):
-    """The first port from low to high that is not in `taken` and that no
-    listener in the /proc/net/tcp{,6} texts holds for `addr` (the same address,
-    a wildcard, or an IPv4-mapped one: see conflicts); None when there is none."""
+def free_ports(low, high, taken, tcp_texts, addr):
+    """The ports from low to high that are not in `taken` and that no listener
+    in the /proc/net/tcp{,6} texts holds for `addr` (the same address, a
+    wildcard, or an IPv4-mapped one: see conflicts), in order."""
     ours = packed(addr)
-    for port in range(low, high + 1):
-        if port in taken:
-            continue
-        if not any(conflicts(bound, ours) for text in tcp_texts for _, bound in parse_listeners(text, port)):
-            return port
-    return None
+    held = {port for text in tcp_texts for port, _, hex_addr in listening_sockets(text)
+            if low <= port <= high and conflicts(listen_address(hex_addr), ours)}
+    return [port for port in range(low, high + 1) if port not in taken and port not in held]
+
+
+def choose_port(low, high, taken, tcp_texts, addr):
+    """The first of free_ports; None when there is none."""
+    ports = free_ports(low, high, taken, tcp_texts, addr)
+    return ports[0] if ports else None
 
 
 class Ambiguous(AgentError):
@@ -1988,22 +2060,29 @@ def taken_ports(host):
     return taken
 
 
-def claim_port(host, req):
-    """A free port of the request's range for a new instance (see choose_port).
-    The caller holds the host's lock until it holds the new instance's own, which
-    marks the port as taken for the next chooser (see taken_ports)."""
+def claim_port(host, req, tried=()):
+    """A free port of the request's range for a new instance (see choose_port),
+    none of `tried` (found taken by this start). The caller holds the host's lock
+    until it holds the new instance's own, which marks the port as taken for the
+    next chooser (see taken_ports)."""
     low, high = port_range(req.get("port_range") or DEFAULT_PORT_RANGE)
     addr = req.get("addr") or DEFAULT_ADDR
-    chosen = choose_port(low, high, taken_ports(host), tcp_tables(), addr)
-    if chosen is None:
+    free = free_ports(low, high, taken_ports(host) | set(tried), tcp_tables(), addr)
+    if not free:
         raise AgentError(f"no free port from {low} to {high} on {addr} (port_range): every one is listened "
-                         f"on or recorded by another instance; nothing was started")
-    return chosen
+                         f"on{', tried by this start' if tried else ''} or recorded by another instance; "
+                         f"nothing was started")
+    # Once a chosen port was taken at bind time, another user's agent (which scans the
+    # same way) chose it too; the first free port again would likely be both users' next.
+    if not tried:
+        return free[0]
+    import random
+    return random.choice(free)
 
 
-def resolve_instance(req):
+def resolve_instance(req, tried=()):
     """`req` with the port of the instance it names, and the host's lock when
-    that port was just chosen (else None).
+    that port was just chosen (else None); a port is never chosen from `tried`.
 
     A port given (a number) names it. None (given nowhere) or `auto`: the
     project's one live instance on this host; several: Ambiguous (exit 2).
@@ -2028,7 +2107,7 @@ def resolve_instance(req):
         if live:
             port = live[0]
         elif choosing:
-            return dict(req, port=claim_port(host, req)), held
+            return dict(req, port=claim_port(host, req, tried)), held
         else:
             port = recorded[-1] if recorded else DEFAULT_PORT
     except BaseException:
@@ -2311,19 +2390,28 @@ def handle(req):
         if action in HOST_VERBS:
             result = run(Host(req), req)
         else:
-            # The port named, found or chosen; `held`: the host's lock, while a chosen one is claimed.
-            req, held = resolve_instance(req)
-            inst = Instance(req)
-            try:
-                fd = inst.lock() if locks else None
-            finally:
-                if held is not None:
-                    os.close(held)
-            try:
-                result = run(inst)
-            finally:
-                if fd is not None:
-                    os.close(fd)
+            tried = []
+            while True:
+                # The port named, found or chosen; `held`: the host's lock, while a chosen one is claimed.
+                named, held = resolve_instance(req, tried)
+                inst = Instance(named)
+                try:
+                    fd = inst.lock() if locks else None
+                finally:
+                    if held is not None:
+                        os.close(held)
+                try:
+                    result = run(inst)
+                    break
+                except PortTaken as exc:
+                    if held is None:
+                        raise
+                    tried.append(inst.port)
+                    if len(tried) == PORT_TRIES:
+                        raise PortTaken(join(str(exc), "ports tried: " + ", ".join(map(str, tried))), **exc.extra)
+                finally:
+                    if fd is not None:
+                        os.close(fd)
         if result is None:
             return None
     except AgentError as exc:

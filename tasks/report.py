@@ -96,6 +96,7 @@ def summary(results: List[Dict[str, Any]], unreported: int = 0) -> str:
     if stopped:
         parts.append(f"{len(stopped)} not running: " + ", ".join(result["host"] for result in stopped))
     if failed or unreported:
-        reasons = ", ".join(f"{result['host']} ({result['error']})" for result in failed)
+        # A status that failed has no error, only its message (its --check failed).
+        reasons = ", ".join(f"{result['host']} ({result['error'] or result['message']})" for result in failed)
         parts.append(f"{len(failed) + unreported} failed" + (f": {reasons}" if reasons else ""))
     return ", ".join(parts)

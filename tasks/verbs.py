@@ -15,7 +15,7 @@ from invoke import Context, task
 from invoke.exceptions import Exit
 
 from . import entrypoints, listing, options, remote, report, tunnels
-from .agent import RUNNING
+from .agent import FAILED, RUNNING
 from .report import Formatter, pid_list, plain
 
 
@@ -174,7 +174,10 @@ def stop(c, project=None, port=None, timeout=None, json=False):
 def show_status(result: Dict[str, Any]) -> str:
     """A running server's pids, uptime, log and pidfile, and the agent's notes
     ("not started by fabserve", "stale pidfile: ..."); a server found by the
-    /proc search has no pidfile of its own to show."""
+    /proc search has no pidfile of its own to show. One that runs but fails
+    (its --check, or nothing answers) says `failed` first, then why."""
+    if result["state"] == FAILED:
+        return f"{result['host']}: failed: {result['message']}; log {result['log']}"
     if result["state"] != RUNNING:
         return plain(result)
     text = (f"{result['host']}: running on {result['url']}, pids {pid_list(result['pids'])}, "

@@ -71,8 +71,10 @@ def test_check_fails_a_start_whose_view_raises_and_passes_a_working_one(fab, mak
         assert broken.returncode == 1, broken.stdout
         assert broken.json["state"] == "failed" and broken.json["http_status"] == 500
         assert broken.json["message"] == f"GET / answered HTTP 500 on {started.json['url']}"
-        assert fab("status", *flags, "--check", "/").stderr.strip().endswith(
-            f"GET / answered HTTP 500 on {started.json['url']}")
+        human = fab("status", *flags, "--check", "/")
+        assert human.returncode == 1 and human.stdout == ""
+        assert human.stderr.splitlines()[0] == (f"fabserve-target: failed: GET / answered HTTP 500 on "
+                                                f"{started.json['url']}; log {started.json['log']}")
         again = fab("start", *flags, "--check", "/", "--json")
         assert again.returncode == 1 and again.json["changed"] is False
         assert again.json["message"].startswith("already started but GET / answered HTTP 500")

@@ -292,6 +292,16 @@ def test_human_status_keeps_the_agents_notes_and_names_only_its_own_pidfile():
                                           "stale pidfile: process 4 is gone")
 
 
+def test_human_status_of_a_server_failing_its_check_says_failed_first_and_so_does_the_summary():
+    failing = running(state="failed", message="GET /healthz answered HTTP 500 on http://127.0.0.1:8000/",
+                      http_status=500, action="status", ok=False, error=None)
+    assert verbs.show_status(failing) == ("web1: failed: GET /healthz answered HTTP 500 on http://127.0.0.1:8000/; "
+                                          "log /s/server.log")
+    fine = running(host="web2", action="status", ok=True, error=None)
+    assert report.summary([fine, failing]) == \
+        "1 running, 1 failed: web1 (GET /healthz answered HTTP 500 on http://127.0.0.1:8000/)"
+
+
 SHELLS = ("sh", "bash", "dash", "zsh", "fish", "tcsh", "csh")
 
 

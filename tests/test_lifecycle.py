@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -232,22 +233,64 @@ def test_project_path_with_spaces_quotes_and_shell_syntax(run, make_project, tar
     assert not marker.exists()
 
 
-def test_port_held_by_another_program_fails_and_leaves_it_alone(run, site):
+# A listener that keeps its port, as daphne does after its own bind failed.
+LISTENER = "import socket, sys, time; s = socket.socket(); s.bind((sys.argv[1], int(sys.argv[2]))); " \
+           "s.listen(); time.sleep(600)"
+
+
+def test_port_held_before_start_fails_at_once_naming_its_holder_and_launches_nothing(
+        run, site, spawn_as_user, target):
+    # Root's listener (this test's): a user's agent cannot see its process, only its socket's owner.
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     holder.listen()
     port = holder.getsockname()[1]
     try:
-        result = run("start", *where(site, port))
+        result = run("start", *where(site, port), "--timeout", "60")
         assert result.returncode == 1
-        assert "That port is already in use" in "\n".join(result.json["log_tail"])
-        assert not os.path.exists(result.json["pidfile"])
+        error = f"port {port} on 127.0.0.1 is already in use by another user's process (user root); nothing was started"
+        assert result.json["error"] == error
+        assert not os.path.exists(result.json["pidfile"]) and not os.path.exists(result.json["log"])  # not launched
         holder.getsockname()  # still ours, still open
-        human = run("start", *where(site, port), json=False)
-        assert human.returncode == 1 and "That port is already in use" in human.stderr
-        assert ": start failed: server exited with status 1" in human.stderr.splitlines()[0]
+        human = run("start", *where(site, port), "--timeout", "60", json=False)
+        assert human.returncode == 1 and human.stderr.splitlines()[0].endswith(f": start failed: {error}")
     finally:
         holder.close()
+
+    # The user's own listener on the wildcard address, which holds 127.0.0.1's port too: pid and user.
+    port = free_port()
+    spawn_as_user([str(target.python), "-c", LISTENER, "0.0.0.0", str(port)])
+    assert wait_for(lambda: port_listening(port), timeout=10)
+    result = run("start", *where(site, port), "--timeout", "60")
+    assert result.returncode == 1
+    named = re.fullmatch(rf"port {port} on 127\.0\.0\.1 is already in use by pid ([0-9]+) \(\S*python\S* -c "
+                         rf"import socket, .*\) of user {target.user}; nothing was started", result.json["error"])
+    assert named, result.json["error"]
+    assert alive(int(named.group(1))) and not os.path.exists(result.json["log"])
+
+
+def test_a_port_taken_while_the_server_starts_up_fails_the_start_at_once(fab, site, target):
+    # A slow start-up (settings that sleep) leaves time for another program to bind the port
+    # after start found it free: the server could only fail its bind, or linger as daphne does.
+    settings = site / "mysite" / "settings.py"
+    settings.write_text(settings.read_text() + "\nimport time\ntime.sleep(3)\n")
+    port = free_port()
+    logs = target.home / ".local" / "state" / "fabserve" / "hosts"
+    holder = socket.socket()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            starting = pool.submit(fab, "start", *where(site, port), "--noreload", "--timeout", "60", "--json")
+            # The log's first line is written once the port was checked, before the launch.
+            assert wait_for(lambda: list(logs.glob(f"*/site-{port}-*/server.log")), timeout=60)
+            holder.bind(("127.0.0.1", port))
+            holder.listen()
+            result = starting.result()
+    finally:
+        holder.close()
+    assert result.returncode == 1
+    assert result.json["error"] == (f"port {port} on 127.0.0.1 was taken by another user's process (user root) "
+                                    f"before the server could bind it")
+    assert not os.path.exists(result.json["pidfile"])
 
 
 def test_broken_project_fails_within_timeout_and_leaves_nothing(run, site):
@@ -279,6 +322,24 @@ def test_missing_project_and_interpreter_are_one_line_errors(run, target, site):
     assert no_python.returncode == 1
     assert "interpreter /nonexistent/python not found" in no_python.stderr
     assert len(no_python.stderr.strip().splitlines()) == 1
+
+
+def test_a_failed_start_on_python3_for_want_of_a_venv_in_the_project_says_so(run, make_project):
+    # The project's venv lives elsewhere: python3 on PATH has no Django.
+    project = make_project("site")
+    (project / ".venv").unlink()
+    port = free_port()
+    result = run("start", *where(project, port))
+    assert result.returncode == 1
+    assert result.json["error"] == (f"server exited with status 1; no .venv/ or venv/ in {project}, "
+                                    f"used python3; pass --python")
+    assert any("Couldn't import Django" in line for line in result.json["log_tail"]), result.json["log_tail"]
+    human = run("start", *where(project, port), json=False)
+    assert human.returncode == 1
+    assert human.stderr.splitlines()[0].endswith(f"no .venv/ or venv/ in {project}, used python3; pass --python")
+    # python3 given: the user's choice, no hint.
+    given = run("start", *where(project, port), "--python", "python3")
+    assert given.returncode == 1 and given.json["error"] == "server exited with status 1"
 
 
 def server_facts(pid):

@@ -4,15 +4,23 @@ and `list` of the user's servers, managed or not, never another user's or a deco
 
 import json
 import os
+import pwd
 import re
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import yaml
 
+from bed import procs, state
+from bed.accounts import made_dirs, startproject
+from bed.fab import FabResult
+from bed.run import run_in_group
+from bed.target import SHELL_ALIAS
 from helpers import REPO, alive, free_port, group_members, http_status, port_listening, wait_for, where
 
 # This module's own port range (other modules' tests run alongside as the same user).
@@ -67,6 +75,66 @@ def test_ten_concurrent_auto_starts_get_ten_serving_ports_and_skip_a_taken_one(f
             stops = list(pool.map(lambda project: fab("stop", "--project", str(project), "--json"), projects))
     for data, result in zip(started, stops):
         assert result.returncode == 0 and not any(alive(pid) for pid in data["pids"]), result.stdout
+
+
+def shell_user_projects(account, venv, count):
+    """`count` Django projects of conftest's shell account, each with a .venv linked to `venv`."""
+    root = account.home / "projects" / uuid.uuid4().hex[:12]
+    owner = (account.uid, pwd.getpwnam(account.user).pw_gid)
+    made_dirs(account.home, root, owner)
+    projects = []
+    for index in range(count):
+        project = root / f"preview-{index}"
+        shutil.copytree(startproject(venv), project, symlinks=True)
+        os.symlink(venv, project / ".venv")
+        for path in [project, *project.rglob("*")]:
+            os.lchown(path, *owner)
+        projects.append(project)
+    return root, projects
+
+
+def test_auto_starts_of_two_users_at_once_in_one_range_all_serve_on_distinct_ports(
+        fab, make_project, shell_account, target):
+    # Each user's agent locks its choice in its own state directory: the other user's
+    # servers are seen only once they listen, so both choose the same ports at first.
+    low, high = 19430, 19449
+    env = {"FABRIC_FABSERVE_PORT_RANGE": f"{low}-{high}"}
+
+    def as_shell_user(*args):
+        done = run_in_group([sys.executable, "-m", "fabric", "-r", str(REPO), "-S", str(shell_account.ssh_config),
+                             "-H", SHELL_ALIAS, *args], cwd=REPO, env=os.environ | env, timeout=180,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return FabResult(done.returncode, done.stdout, done.stderr)
+
+    # The account's login shell is another module's to change, under this lock.
+    with state.locked(state.STATE_DIR / ".login-shells.lock"):
+        root, theirs = shell_user_projects(shell_account, target.venv, 5)
+        mine = [make_project(f"preview-{index}") for index in range(5)]
+        calls = [(lambda project=project: fab("start", "--project", str(project), "--port", "auto", "--noreload",
+                                              "--json", env=env, timeout=180)) for project in mine]
+        calls += [(lambda project=project: as_shell_user("start", "--project", str(project), "--port", "auto",
+                                                         "--noreload", "--json")) for project in theirs]
+        started = []
+        try:
+            with ThreadPoolExecutor(len(calls)) as pool:
+                results = list(pool.map(lambda call: call(), calls))
+            started = [ok(result) for result in results]
+            ports = [data["port"] for data in started]
+            assert len(set(ports)) == 10 and all(low <= port <= high for port in ports), ports
+            for data, uid in zip(started, [target.uid] * 5 + [shell_account.uid] * 5):
+                assert data["state"] == "running" and http_status(data["url"]) == 200
+                assert all(procs.real_uid(pid) == uid for pid in data["pids"]), data
+        finally:
+            stops = [fab("stop", "--project", str(project), "--json") for project in mine]
+            stops += [as_shell_user("stop", "--project", str(project), "--json") for project in theirs]
+            try:
+                assert all(result.returncode == 0 for result in stops), [result.stdout for result in stops]
+                assert not any(alive(pid) for data in started for pid in data["pids"])
+                assert not any(port_listening(data["port"]) for data in started)
+                assert wait_for(lambda: not procs.uid_processes([shell_account.uid]))
+            finally:
+                procs.kill_uid_processes([shell_account.uid])
+                shutil.rmtree(root, ignore_errors=True)
 
 
 def test_two_instances_of_a_project_without_a_port_are_exit_2_naming_both(fab, site):

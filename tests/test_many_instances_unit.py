@@ -73,6 +73,9 @@ def test_the_chooser_skips_listeners_on_the_address_wildcards_and_taken_ports():
     assert agent.choose_port(18000, 18010, {18002, 18003}, texts, "127.0.0.1") == 18005
     # A wildcard bind conflicts with every listener.
     assert agent.choose_port(18000, 18010, set(), texts, "0.0.0.0") == 18002
+    # Every port it could choose, in order: a start whose port was taken at bind time picks among them.
+    assert agent.free_ports(18000, 18010, {18002}, texts, "127.0.0.1") == [18003, 18005, 18006, 18007, 18008,
+                                                                           18009, 18010]
 
 
 def test_listeners_map_each_listening_port_to_its_sockets_as_listen_inodes_reads_them():
@@ -259,3 +262,22 @@ def test_json_lines_are_one_per_server_with_the_host_or_the_one_failure():
     assert listing.json_lines({"host": "web1", "rows": [], "error": None}) == []
     failed = {"host": "web9", "action": "list", "error": "cannot connect: Connection refused", "rows": None}
     assert [json.loads(line) for line in listing.json_lines(failed)] == [failed]
+
+
+def test_a_start_whose_chosen_port_is_taken_tries_other_free_ones_then_names_the_ports_tried(
+        tmp_path, project, monkeypatch):
+    tried = []
+
+    def start(inst):  # another user's server binds every port this start chooses first
+        tried.append(inst.port)
+        raise agent.PortTaken(f"port {inst.port} on 127.0.0.1 was taken by another user's process (user o) "
+                              f"before the server could bind it")
+
+    monkeypatch.setitem(agent.VERBS, "start", (start, True))
+    result = agent.handle(agent_request(tmp_path, project, "start", "auto"))
+    assert len(tried) == agent.PORT_TRIES == len(set(tried)) and all(18100 <= port <= 18199 for port in tried)
+    assert result["error"].endswith("before the server could bind it; ports tried: " + ", ".join(map(str, tried)))
+    assert result["port"] == tried[-1] and agent.exit_code("start", result) == 1
+    tried.clear()  # a port given is the instance asked for: no other is tried
+    given = agent.handle(agent_request(tmp_path, project, "start", 18150))
+    assert tried == [18150] and given["error"].endswith("before the server could bind it")
