@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 from urllib.parse import urlsplit
@@ -161,17 +162,22 @@ def answers(port: int) -> Optional[str]:
         conn.close()
 
 
+#: The signals that close the tunnel: Ctrl-C, a TERM, and a HUP (the terminal closed).
+CLOSING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextmanager
 def signals_caught(caught: threading.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set `caught` instead of ending fab, so the tunnel closes
-    cleanly; only the main thread can install handlers (a single host runs there)."""
+    """CLOSING signals set `caught` instead of ending fab, so the tunnel closes
+    cleanly and the command is ended; only the main thread can install handlers
+    (a single host runs there)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     def handler(signum: int, frame: Any) -> None:
         caught.set()
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in CLOSING}
     try:
         yield
     finally:
@@ -180,24 +186,38 @@ def signals_caught(caught: threading.Event) -> Iterator[None]:
 
 
 def end_group(proc: "subprocess.Popen[bytes]") -> None:
-    """TERM to the command's process group (we started it), KILL after CMD_GRACE."""
-    for sig, wait in ((signal.SIGTERM, CMD_GRACE), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(wait)
+    """End the command's process group, whether the command itself still runs or
+    not (`sleep 1234 &` stays in it after the shell exits): TERM, then KILL after
+    CMD_GRACE to whatever of it is left. The group is the one we made; its ID is
+    the command's PID, which no other group can take while any member lives, and
+    each signal goes only to a group just seen to have members."""
+    for sig, grace in ((signal.SIGTERM, CMD_GRACE), (signal.SIGKILL, CMD_GRACE)):
+        if not group_signalled(proc, sig):
             return
-        except subprocess.TimeoutExpired:
-            continue
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not group_signalled(proc, 0):
+                return
+            time.sleep(WATCH)
+
+
+def group_signalled(proc: "subprocess.Popen[bytes]", sig: int) -> bool:
+    """Send `sig` (0: none) to the command's group; False once it has no member left.
+    The command is reaped first, so its own exit does not count as a member."""
+    proc.poll()
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):  # gone, or what is left runs as another user (sudo)
+        return False
+    return True
 
 
 def run_command(command: str, env: Dict[str, str], transport: Any, caught: threading.Event) -> Tuple[int, bool]:
     """Run `command` through the user's shell in a process group of its own, its
-    output going where ours goes, until it exits, a signal is caught (passed on
-    as TERM) or the connection is lost (it is ended). Returns (exit status as a
-    shell reports it, whether the connection was lost)."""
+    output going where ours goes, until it exits, a signal is caught or the
+    connection is lost; then its whole group is ended (end_group: a caught signal
+    reaches it as TERM), whatever way out this takes. Returns (exit status as a shell reports it, whether the
+    connection was lost)."""
     shell = os.environ.get("SHELL") or "/bin/sh"
     proc = subprocess.Popen([shell, "-c", command], env=env, start_new_session=True)
     lost = False
@@ -205,13 +225,11 @@ def run_command(command: str, env: Dict[str, str], transport: Any, caught: threa
         while proc.poll() is None:
             if caught.is_set() or not transport.is_active():
                 lost = not caught.is_set()
-                end_group(proc)
                 break
             caught.wait(WATCH)
     finally:
-        if proc.poll() is None:  # an error of our own: the command must not outlive us
-            end_group(proc)
-    code = proc.returncode
+        end_group(proc)
+    code = proc.wait()
     return (128 - code if code < 0 else code), lost
 
 
