@@ -1350,6 +1350,7 @@ EXTRAS = (
      "the ports of the project's running instances, when no port was given and several run (exit 2)"),
     ("rows", ("list",), "the host's instances, each as status describes it"),
     ("http_status", CHECKED, "what GET of the check path answered; null: no check, or no answer"),
+    ("check", ("status",), "the check path given, else the one the instance was last started with; null: none"),
     ("exit_status", ("manage",), "the command's exit status (-N: signal N); null: its timeout ended it"),
     ("output_tail", ("manage",), "the command's last lines of output"),
 )
@@ -1417,7 +1418,10 @@ def health(inst, pids, listening=None):
 @verb("status")
 def do_status(inst):
     found, note = locate(inst)
-    return status_of(inst, found, note)
+    result = status_of(inst, found, note)
+    # What tunnel's first request asks for: the path given, else the one the instance was started with.
+    result["check"] = inst.req.get("check") or started_check(inst)
+    return result
 
 
 def status_of(inst, found, note, pids=None, listening=None):
@@ -1997,6 +2001,13 @@ def recorded_project(directory, meta):
     record = instance_record(directory)
     project = record.get("project") if record is not None else (meta or {}).get("project_given")
     return project if isinstance(project, str) else None
+
+
+def started_check(inst):
+    """The check path the instance was last started with (see remember), or None."""
+    started = (instance_record(inst.dir) or {}).get("started_with")
+    check = started.get("check") if isinstance(started, dict) else None
+    return check if isinstance(check, str) else None
 
 
 def rerun(inst):

@@ -148,12 +148,12 @@ class Forwarder:
         self.wake_w.close()
 
 
-def answers(port: int) -> Optional[str]:
-    """None when GET / through 127.0.0.1:`port` gets an HTTP response (any status),
-    else what went wrong."""
+def answers(port: int, path: str) -> Optional[str]:
+    """None when GET `path` through 127.0.0.1:`port` gets an HTTP response (any
+    status: it proves the tunnel, the agent judged the server), else what went wrong."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=READY_TIMEOUT)
     try:
-        conn.request("GET", "/", headers={"Connection": "close"})
+        conn.request("GET", path, headers={"Connection": "close"})
         conn.getresponse().read()
         return None
     except (OSError, http.client.HTTPException) as exc:
@@ -252,10 +252,14 @@ def open_tunnel(c: Context, flags: Dict[str, Any], status: Callable[[], Dict[str
         as_json = options.checked(values, "json")
     except options.UsageError as exc:
         raise Exit(f"{host}: {exc}", 2) from None
-    result = status()
+    result = status()  # with --check (or fabserve.check), the agent GETs it on the host as status does
     if result.get("error") or result["state"] != RUNNING:
         reason = "the server is not running" if result["state"] == STOPPED else result["error"] or result["message"]
         raise refuse(host, reason, 1)
+    try:  # the path given, else the one the instance was started with, as the agent reports it
+        path = options.parse_check(result.get("check") or "/")
+    except options.Invalid as exc:
+        raise refuse(host, f"the check path {exc}", 1) from None
     addr = connect_host(urlsplit(result["url"]).hostname or "127.0.0.1")
     destination = (addr, result["port"])
     transport = c.transport
@@ -273,19 +277,19 @@ def open_tunnel(c: Context, flags: Dict[str, Any], status: Callable[[], Dict[str
     caught = threading.Event()
     try:
         with signals_caught(caught):
-            hold(c, host, forwarder, command, as_json, caught)
+            hold(c, host, forwarder, path, command, as_json, caught)
     finally:
         forwarder.close()
 
 
-def hold(c: Context, host: str, forwarder: Forwarder, command: Optional[str], as_json: bool,
+def hold(c: Context, host: str, forwarder: Forwarder, path: str, command: Optional[str], as_json: bool,
          caught: threading.Event) -> None:
-    """Report the tunnel once a request through it answers, then run the command
-    or wait for a signal; Exit with the command's status or for a lost connection."""
+    """Report the tunnel once a request for `path` through it answers, then run the
+    command or wait for a signal; Exit with the command's status or for a lost connection."""
     addr, port = forwarder.destination
-    failed = answers(forwarder.port)
+    failed = answers(forwarder.port, path)
     if failed:
-        raise refuse(host, f"no HTTP answer through the tunnel from {addr}:{port}: "
+        raise refuse(host, f"no HTTP answer to GET {path} through the tunnel from {addr}:{port}: "
                            f"{forwarder.failure or failed}", 1)
     url = f"http://127.0.0.1:{forwarder.port}/"
     if as_json:

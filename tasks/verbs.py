@@ -296,13 +296,16 @@ def manage(c, args=None, project=None, python=None, settings=None, env=None, tim
 
 
 @verb
-def tunnel(c, project=None, port=None, local_port=None, run=None, json=False):
+def tunnel(c, project=None, port=None, check=None, local_port=None, run=None, json=False):
     """Forward a local port on 127.0.0.1 to the running server, over the same SSH connection.
 
-    Once a request through it answers, prints the URL (--json: one line) and
-    holds it open until Ctrl-C or SIGTERM; with --run CMD it runs CMD through
-    your shell with FABSERVE_URL, FABSERVE_HOST and FABSERVE_PORT set, closes
-    the tunnel when CMD ends and exits with its status. Exactly one host.
+    Once a request through it answers (GET of the --check path, else of the
+    one the server was started with, else of /), prints the URL (--json: one
+    line) and holds it open until Ctrl-C, SIGTERM or SIGHUP; with --run CMD it
+    runs CMD through your shell with FABSERVE_URL, FABSERVE_HOST and
+    FABSERVE_PORT set, closes the tunnel when CMD ends and exits with its
+    status. Exactly one host.
     """
-    flags = dict(project=project, port=port, local_port=local_port, run=run, json=json)
-    tunnels.open_tunnel(c, flags, lambda: operate(c, "status", dict(project=project, port=port, json=json)))
+    flags = dict(project=project, port=port, check=check, local_port=local_port, run=run, json=json)
+    tunnels.open_tunnel(c, flags, lambda: operate(c, "status", dict(project=project, port=port, check=check,
+                                                                     json=json)))

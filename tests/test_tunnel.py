@@ -1,8 +1,9 @@
 """`tunnel` over the real sshd to a real Django server: --run with the command's
 exit status and output, 20 parallel requests through one tunnel, a local port in
 use, SIGTERM to a holding tunnel, an instance that is not running, several
-hosts, a connection lost under --run, and --run's command ended with its whole
-group (what it left in the background, on SIGHUP and SIGTERM)."""
+hosts, a connection lost under --run, --run's command ended with its whole
+group (what it left in the background, on SIGHUP and SIGTERM), and the first
+request sent to the check path."""
 
 from __future__ import annotations
 
@@ -257,3 +258,44 @@ def test_a_signal_ends_the_commands_whole_group(target, served, tmp_path, sig):
         leftovers(*pids)
         kill_pids([pid for pid in pids[:1] if alive(pid) and str(shell_pid) in cmdline(pid)])
 
+
+# `/` answers after 30 s, longer than the tunnel's first request may take; /healthz at once.
+SLOW_HOME_URLS = """\
+import time
+
+from django.http import HttpResponse
+from django.urls import path
+
+
+def home(request):
+    time.sleep(30)
+    return HttpResponse("late")
+
+
+def healthz(request):
+    return HttpResponse("ok")
+
+
+urlpatterns = [path("", home), path("healthz", healthz)]
+"""
+
+
+def test_the_first_request_goes_to_the_check_path(fab, target, make_project):
+    project = make_project()
+    urls = project / "mysite" / "urls.py"
+    urls.write_text(SLOW_HOME_URLS)
+    os.chown(urls, target.uid, -1)
+    checked, unchecked = where(project, port_16k()), where(project, port_16k())
+    assert fab("start", *checked, "--check", "/healthz", "--json").returncode == 0
+    try:
+        assert fab("start", *unchecked, "--json").returncode == 0
+        # The path the instance was started with, or the one given to tunnel.
+        recorded = fab("tunnel", *checked, "--run", "exit 0")
+        assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+        given = fab("tunnel", *unchecked, "--check", "/healthz", "--run", "exit 0")
+        assert given.returncode == 0, given.stdout + given.stderr
+        assert fab("status", *unchecked, "--json").json["check"] is None
+        assert fab("status", *checked, "--json").json["check"] == "/healthz"
+    finally:
+        assert fab("stop", *unchecked).returncode == 0
+        assert fab("stop", *checked).returncode == 0

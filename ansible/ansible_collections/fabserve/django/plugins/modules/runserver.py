@@ -173,6 +173,10 @@ http_status:
   description: 'What GET of the check path answered; null: no check, or no answer.'
   returned: with state=started or restarted or status
   type: int
+check:
+  description: 'The check path given, else the one the instance was last started with; null: none.'
+  returned: with state=status
+  type: str
 '''
 
 from ansible.module_utils.basic import AnsibleModule
