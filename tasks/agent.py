@@ -2182,27 +2182,35 @@ def relay(proc, out, deadline):
 
 @verb("manage")
 def do_manage(inst):
-    """manage.py ARGS as start runs the server, stdin /dev/null, in a group ended with it."""
+    """manage.py ARGS as start runs the server, stdin /dev/null, in a group ended
+    with it, and then every process it started that left the group."""
     import subprocess
     inst.require_project()
     python, args, limit = resolve_python(inst), inst.req["args"], inst.req.get("manage_timeout")
     argv = [python, inst.manage_py, args[0]]
     if inst.req.get("settings"):  # here both Django's and the command's parser take it
         argv.append(f"--settings={inst.req['settings']}")
-    proc = subprocess.Popen(argv + args[1:], cwd=inst.project, env=manage_env(inst), stdin=subprocess.DEVNULL,
+    env = manage_env(inst)
+    # A token of its own, as a server's processes carry theirs: what leaves the
+    # group (setsid, start_new_session) still carries it and is found by it.
+    token = env["FABSERVE_TOKEN"] = os.urandom(16).hex()
+    proc = subprocess.Popen(argv + args[1:], cwd=inst.project, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     with proc.stdout:
         kept, why = relay(proc, inst.req.get("stream") and sys.stdout.buffer,
                           limit and time.time() + limit)
-    terminate(Found(pgid=proc.pid), min(inst.req["stop_timeout"], 5))
+    grace = min(inst.req["stop_timeout"], 5)
+    terminate(Found(pgid=proc.pid), grace)
     code = proc.wait()
+    escaped, _ = end_token_carriers(token, grace, except_group=proc.pid)
     if why == "gone":
         return None
+    left = f"pids {' '.join(map(str, escaped))} had left its process group and were ended" if escaped else ""
     extra = {"exit_status": None if why else code, "output_tail": tail_text(kept, TAIL_LINES)}
     if why or code:
         ended = f"did not end within {limit:g}s; it was ended" if why else f"exited with status {code}"
-        raise AgentError(f"manage.py {args[0]} {ended}", **extra)
-    fields = dict(ok=True, changed=False, message=f"manage.py {args[0]} exited 0", **extra)
+        raise AgentError(join(f"manage.py {args[0]} {ended}", left), **extra)
+    fields = dict(ok=True, changed=False, message=join(f"manage.py {args[0]} exited 0", left), **extra)
     against = ran_against(inst)
     if against is None:
         return result_of(state=None, project=inst.project, port=None, state_dir=None, managed=None, **fields)

@@ -1,7 +1,8 @@
 """`manage "ARGS"` over the real sshd and locally, in a real Django project:
 migrate creates the database, an unknown command is Django's own error, argv
-reaches Django literally, a prompting command fails instead of hanging, and
---timeout ends the command's whole group."""
+reaches Django literally, a prompting command fails instead of hanging,
+--timeout ends the command's whole group, and a child that left the group is
+ended too."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import sys
 import pytest
 
 from bed.procs import cmdline, uid_processes
-from helpers import REPO, alive, wait_for
+from helpers import REPO, alive, kill_pids, wait_for
 
 
 def test_migrate_creates_the_database_and_streams_its_output(run, site, mode):
@@ -136,3 +137,19 @@ def test_json_describes_the_projects_one_running_server_or_none(fab, site):
         assert failed["exit_status"] == 1 and failed["port"] in (None, port), failed
     finally:
         assert fab("stop", *where(site, port), "--json").returncode == 0
+
+
+def test_a_child_that_left_the_group_is_ended_with_the_command(run, site):
+    # A child in a session of its own: ending the command's group does not reach it.
+    code = ("import subprocess; child = subprocess.Popen(['sleep', '1234'], start_new_session=True); "
+            "print(child.pid)")
+    result = run("manage", shlex.join(["shell", "-c", code]), "--project", str(site))
+    child = int(result.json["output_tail"][-1]) if result.json.get("output_tail") else None
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert child is not None and not alive(child)
+        assert result.json["message"] == (f"manage.py shell exited 0; pids {child} had left its process group "
+                                          f"and were ended")
+    finally:
+        if child is not None and alive(child) and "sleep 1234" in cmdline(child):
+            kill_pids([child])
