@@ -1749,29 +1749,63 @@ def do_logs(inst):
                     message=f"{count} lines of {log}", **extra)
 
 
+class Caller(object):
+    """The client reading our stdout, for a verb that runs until it goes away
+    (manage, logs --follow). Gone once our parent changes (the SSH session or
+    shell that ran us is gone), once nothing reads stdout any more (dash, fish
+    and tcsh stay our parent after the session ends; an SSH channel closed by
+    the client), or once SIGINT, SIGTERM or SIGHUP came: a terminal's Ctrl-C
+    reaches a local agent too, and the client ends a local run with TERM. While
+    it is watched (a with block), those signals only mark it gone, so the agent
+    ends what it runs before it exits instead of dying and leaving it behind."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, out):
+        import select
+        self.parent = os.getppid()
+        self.signalled = False
+        self.reader = select.poll()
+        # No events asked for: poll then reports only POLLERR or POLLHUP, the reader gone.
+        self.reader.register(out.fileno(), 0)
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in self.SIGNALS:
+            self.previous[sig] = signal.signal(sig, self.mark)
+        return self
+
+    def __exit__(self, *exc_info):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def mark(self, signum, frame):
+        self.signalled = True
+
+    def gone(self, wait=0.0):
+        """Whether the caller went away, waiting up to `wait` seconds for its reader to go."""
+        if self.signalled or os.getppid() != self.parent:
+            return True
+        return bool(self.reader.poll(wait * 1000)) or self.signalled
+
+
 def follow(handle, out):
-    """Copy what is appended to the log to `out` until the caller goes away: our
-    parent changes (the SSH session or shell that ran us is gone), or nothing
-    reads `out` any more (dash, fish and tcsh stay our parent after the session
-    ends). A log truncated in place is followed from its new start, as tail -F does;
-    one cut to its newest part (cut_log) from where the follower was in it."""
-    import select
-    parent = os.getppid()
-    reader = select.poll()
-    # No events asked for: poll then reports only POLLERR or POLLHUP, the reader gone.
-    reader.register(out.fileno(), 0)
+    """Copy what is appended to the log to `out` until the caller goes away (see
+    Caller). A log truncated in place is followed from its new start, as tail -F
+    does; one cut to its newest part (cut_log) from where the follower was in it."""
     pos = handle.tell()
     base = log_base(handle.fileno())
-    while os.getppid() == parent:
-        chunk = handle.read(BLOCK)
-        if chunk:
-            out.write(chunk)
-            out.flush()
-            pos += len(chunk)
-        elif os.fstat(handle.fileno()).st_size < pos:
-            pos, base = refollow(handle, pos, base)
-        elif reader.poll(250):
-            return
+    with Caller(out) as caller:
+        while not caller.gone():
+            chunk = handle.read(BLOCK)
+            if chunk:
+                out.write(chunk)
+                out.flush()
+                pos += len(chunk)
+            elif os.fstat(handle.fileno()).st_size < pos:
+                pos, base = refollow(handle, pos, base)
+            elif caller.gone(0.25):
+                return
 
 
 def refollow(handle, pos, base):
@@ -2151,14 +2185,16 @@ def wait_http(inst, proc, deadline):
     return None, None
 
 
-def relay(proc, out, deadline):
-    """Copy the output to `out` (if any) until it ends: (its last bytes, why not: timeout, gone)."""
+def relay(proc, out, deadline, caller):
+    """Copy the output to `out` (if any) until it ends: (its last bytes, why not:
+    timeout, gone). `caller` (see Caller) says when the client went away, also
+    while the command is silent."""
     import select
-    parent, fd, kept, last = os.getppid(), proc.stdout.fileno(), b"", b"\n"
+    fd, kept, last = proc.stdout.fileno(), b"", b"\n"
     while True:
         if deadline is not None and time.time() >= deadline:
             return kept, "timeout"
-        if os.getppid() != parent:
+        if caller.gone():
             return kept, "gone"
         if not select.select([fd], [], [], 0.25)[0]:
             if proc.poll() is not None:  # what it left may hold the pipe
@@ -2194,15 +2230,17 @@ def do_manage(inst):
     # A token of its own, as a server's processes carry theirs: what leaves the
     # group (setsid, start_new_session) still carries it and is found by it.
     token = env["FABSERVE_TOKEN"] = os.urandom(16).hex()
-    proc = subprocess.Popen(argv + args[1:], cwd=inst.project, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    with proc.stdout:
-        kept, why = relay(proc, inst.req.get("stream") and sys.stdout.buffer,
-                          limit and time.time() + limit)
-    grace = min(inst.req["stop_timeout"], 5)
-    terminate(Found(pgid=proc.pid), grace)
-    code = proc.wait()
-    escaped, _ = end_token_carriers(token, grace, except_group=proc.pid)
+    # Watched until the command's processes are ended: a signal meanwhile only says the caller left.
+    with Caller(sys.stdout) as caller:
+        proc = subprocess.Popen(argv + args[1:], cwd=inst.project, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        with proc.stdout:
+            kept, why = relay(proc, inst.req.get("stream") and sys.stdout.buffer,
+                              limit and time.time() + limit, caller)
+        grace = min(inst.req["stop_timeout"], 5)
+        terminate(Found(pgid=proc.pid), grace)
+        code = proc.wait()
+        escaped, _ = end_token_carriers(token, grace, except_group=proc.pid)
     if why == "gone":
         return None
     left = f"pids {' '.join(map(str, escaped))} had left its process group and were ended" if escaped else ""

@@ -14,7 +14,7 @@ from fabric.main import program as fab_program
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from . import entrypoints, listing, options, remote, report, tunnels
+from . import entrypoints, listing, options, remote, report, runners, tunnels
 from .agent import RUNNING
 from .report import Formatter, pid_list, plain
 
@@ -213,14 +213,16 @@ def restart(c, project=None, port=None, addr=None, python=None, settings=None, e
 def streamed(c: Context, req: Dict[str, Any], agent_python: str, as_json: bool) -> Optional[Dict[str, Any]]:
     """Run a verb whose output streams (logs, manage): its lines go to stdout as the
     host sends them (each with its host when there are several), or, with --json,
-    into the one result. None when our own reader went away."""
+    into the one result. None when our own reader went away; runners.Interrupted
+    when one SIGINT (Ctrl-C) ended it, the agent and what it ran with it."""
     host = remote.host_label(c)
     req["stream"] = not as_json
     try:
-        if as_json:
-            result = remote.call(c, req, agent_python)
-        else:
-            result = remote.stream(c, req, agent_python, prefix=f"{host}: " if multiple(c) else "")
+        with runners.interrupting():
+            if as_json:
+                result = remote.call(c, req, agent_python)
+            else:
+                result = remote.stream(c, req, agent_python, prefix=f"{host}: " if multiple(c) else "")
     except remote.HostError as exc:
         result = report.failure(host, req["action"], str(exc))
     if result is not None:
@@ -240,7 +242,7 @@ def show_logs(result: Dict[str, Any]) -> str:
 
 @verb
 def logs(c, project=None, port=None, lines=None, follow=False, json=False, previous=False):
-    """Show the server's log: its last lines, or follow it.
+    """Show the server's log: its last lines, or follow it (until Ctrl-C: exit 0).
 
     With --json the lines are in the one result object; otherwise they stream
     to stdout as the host reads them (each with its host when there are several).
@@ -255,7 +257,12 @@ def logs(c, project=None, port=None, lines=None, follow=False, json=False, previ
     if as_json and req["lines"] > JSON_LINES:
         raise Exit(f"{host}: --lines must be at most {JSON_LINES} with --json (the lines travel in one "
                    f"object), not {req['lines']}; without --json they stream", 2)
-    result = streamed(c, req, agent_python, as_json)
+    try:
+        result = streamed(c, req, agent_python, as_json)
+    except runners.Interrupted:
+        if follow:  # Ctrl-C is how a follow ends
+            return None
+        raise Exit(f"{host}: logs interrupted", 130) from None
     if result is None:  # a follower whose caller went away
         return None
     return finish(c, result, flags, show_logs)
@@ -285,11 +292,15 @@ def manage(c, args=None, project=None, python=None, settings=None, env=None, tim
 
     ARGS is split with shell rules here and reaches manage.py as separate
     words, never through a shell. Same interpreter, --settings and --env as
-    start; stdin is /dev/null. Exit 0 if the command exited 0, else 1.
+    start; stdin is /dev/null. Exit 0 if the command exited 0, else 1; 130
+    when one Ctrl-C ended it (and the command with it).
     """
     flags = dict(args=args, project=project, python=python, settings=settings, timeout=timeout, json=json)
     req, agent_python = prepare(c, "manage", flags, env)
-    result = streamed(c, req, agent_python, options.setting(c.config, "json", flags))
+    try:
+        result = streamed(c, req, agent_python, options.setting(c.config, "json", flags))
+    except runners.Interrupted:
+        raise Exit(f"{remote.host_label(c)}: manage interrupted; the command was ended", 130) from None
     if result is None:  # our own reader went away
         return None
     return finish(c, result, flags)  # the command's own lines went to stdout as they came
