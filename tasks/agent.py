@@ -1434,6 +1434,7 @@ EXTRAS = (
      "the ports of the project's running instances, when no port was given and several run (exit 2)"),
     ("rows", ("list",), "the host's instances, each as status describes it"),
     ("http_status", CHECKED, "what GET of the check path answered; null: no check, or no answer"),
+    ("check", ("status",), "the check path given, else the one the instance was last started with; null: none"),
     ("exit_status", ("manage",), "the command's exit status (-N: signal N); null: its timeout ended it"),
     ("output_tail", ("manage",), "the command's last lines of output"),
 )
@@ -1501,7 +1502,10 @@ def health(inst, pids, listening=None):
 @verb("status")
 def do_status(inst):
     found, note = locate(inst)
-    return status_of(inst, found, note)
+    result = status_of(inst, found, note)
+    # What tunnel's first request asks for: the path given, else the one the instance was started with.
+    result["check"] = inst.req.get("check") or started_check(inst)
+    return result
 
 
 def status_of(inst, found, note, pids=None, listening=None):
@@ -1885,33 +1889,67 @@ def do_logs(inst):
                     message=f"{count} lines of {log}", **extra)
 
 
+class Caller(object):
+    """The client reading our stdout, for a verb that runs until it goes away
+    (manage, logs --follow). Gone once our parent changes (the SSH session or
+    shell that ran us is gone), once nothing reads stdout any more (dash, fish
+    and tcsh stay our parent after the session ends; an SSH channel closed by
+    the client), or once SIGINT, SIGTERM or SIGHUP came: a terminal's Ctrl-C
+    reaches a local agent too, and the client ends a local run with TERM. While
+    it is watched (a with block), those signals only mark it gone, so the agent
+    ends what it runs before it exits instead of dying and leaving it behind."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, out):
+        import select
+        self.parent = os.getppid()
+        self.signalled = False
+        self.reader = select.poll()
+        # No events asked for: poll then reports only POLLERR or POLLHUP, the reader gone.
+        self.reader.register(out.fileno(), 0)
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in self.SIGNALS:
+            self.previous[sig] = signal.signal(sig, self.mark)
+        return self
+
+    def __exit__(self, *exc_info):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def mark(self, signum, frame):
+        self.signalled = True
+
+    def gone(self, wait=0.0):
+        """Whether the caller went away, waiting up to `wait` seconds for its reader to go."""
+        if self.signalled or os.getppid() != self.parent:
+            return True
+        return bool(self.reader.poll(wait * 1000)) or self.signalled
+
+
 def follow(handle, out):
-    """Copy what is appended to the log to `out` until the caller goes away: our
-    parent changes (the SSH session or shell that ran us is gone), or nothing
-    reads `out` any more (dash, fish and tcsh stay our parent after the session
-    ends). A log truncated in place is followed from its new start, as tail -F does;
-    one cut to its newest part (cut_log) from where the follower was in it (or
+    """Copy what is appended to the log to `out` until the caller goes away (see
+    Caller). A log truncated in place is followed from its new start, as tail -F
+    does; one cut to its newest part (cut_log) from where the follower was in it (or
     where the kept part begins, when the cut dropped what it had not read yet)."""
-    import select
-    parent = os.getppid()
-    reader = select.poll()
-    # No events asked for: poll then reports only POLLERR or POLLHUP, the reader gone.
-    reader.register(out.fileno(), 0)
     pos = handle.tell()
     base = log_base(handle.fileno())
-    while os.getppid() == parent:
-        chunk = handle.read(BLOCK)
-        hole = hole_end(handle.fileno()) if b"\0" in chunk else 0
-        if hole > pos:  # a punched cut freed what was not read yet: go on after it
-            pos = handle.seek(hole)
-        elif chunk:
-            out.write(chunk)
-            out.flush()
-            pos += len(chunk)
-        elif os.fstat(handle.fileno()).st_size < pos:
-            pos, base = refollow(handle, pos, base)
-        elif reader.poll(250):
-            return
+    with Caller(out) as caller:
+        while not caller.gone():
+            chunk = handle.read(BLOCK)
+            hole = hole_end(handle.fileno()) if b"\0" in chunk else 0
+            if hole > pos:  # a punched cut freed what was not read yet: go on after it
+                pos = handle.seek(hole)
+            elif chunk:
+                out.write(chunk)
+                out.flush()
+                pos += len(chunk)
+            elif os.fstat(handle.fileno()).st_size < pos:
+                pos, base = refollow(handle, pos, base)
+            elif caller.gone(0.25):
+                return
 
 
 def refollow(handle, pos, base):
@@ -2156,6 +2194,13 @@ def recorded_project(directory, meta):
     return project if isinstance(project, str) else None
 
 
+def started_check(inst):
+    """The check path the instance was last started with (see remember), or None."""
+    started = (instance_record(inst.dir) or {}).get("started_with")
+    check = started.get("check") if isinstance(started, dict) else None
+    return check if isinstance(check, str) else None
+
+
 def rerun(inst):
     """Give the request the settings of RERUN it lacks (None, empty, off) from
     the instance's last start, so a restart reruns what was started."""
@@ -2297,14 +2342,16 @@ def wait_http(inst, proc, deadline):
     return None, None
 
 
-def relay(proc, out, deadline):
-    """Copy the output to `out` (if any) until it ends: (its last bytes, why not: timeout, gone)."""
+def relay(proc, out, deadline, caller):
+    """Copy the output to `out` (if any) until it ends: (its last bytes, why not:
+    timeout, gone). `caller` (see Caller) says when the client went away, also
+    while the command is silent."""
     import select
-    parent, fd, kept, last = os.getppid(), proc.stdout.fileno(), b"", b"\n"
+    fd, kept, last = proc.stdout.fileno(), b"", b"\n"
     while True:
         if deadline is not None and time.time() >= deadline:
             return kept, "timeout"
-        if os.getppid() != parent:
+        if caller.gone():
             return kept, "gone"
         if not select.select([fd], [], [], 0.25)[0]:
             if proc.poll() is not None:  # what it left may hold the pipe
@@ -2328,27 +2375,37 @@ def relay(proc, out, deadline):
 
 @verb("manage")
 def do_manage(inst):
-    """manage.py ARGS as start runs the server, stdin /dev/null, in a group ended with it."""
+    """manage.py ARGS as start runs the server, stdin /dev/null, in a group ended
+    with it, and then every process it started that left the group."""
     import subprocess
     inst.require_project()
     python, args, limit = resolve_python(inst), inst.req["args"], inst.req.get("manage_timeout")
     argv = [python, inst.manage_py, args[0]]
     if inst.req.get("settings"):  # here both Django's and the command's parser take it
         argv.append(f"--settings={inst.req['settings']}")
-    proc = subprocess.Popen(argv + args[1:], cwd=inst.project, env=manage_env(inst), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    with proc.stdout:
-        kept, why = relay(proc, inst.req.get("stream") and sys.stdout.buffer,
-                          limit and time.time() + limit)
-    terminate(Found(pgid=proc.pid), min(inst.req["stop_timeout"], 5))
-    code = proc.wait()
+    env = manage_env(inst)
+    # A token of its own, as a server's processes carry theirs: what leaves the
+    # group (setsid, start_new_session) still carries it and is found by it.
+    token = env["FABSERVE_TOKEN"] = os.urandom(16).hex()
+    # Watched until the command's processes are ended: a signal meanwhile only says the caller left.
+    with Caller(sys.stdout) as caller:
+        proc = subprocess.Popen(argv + args[1:], cwd=inst.project, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        with proc.stdout:
+            kept, why = relay(proc, inst.req.get("stream") and sys.stdout.buffer,
+                              limit and time.time() + limit, caller)
+        grace = min(inst.req["stop_timeout"], 5)
+        terminate(Found(pgid=proc.pid), grace)
+        code = proc.wait()
+        escaped, _ = end_token_carriers(token, grace, except_group=proc.pid)
     if why == "gone":
         return None
+    left = f"pids {' '.join(map(str, escaped))} had left its process group and were ended" if escaped else ""
     extra = {"exit_status": None if why else code, "output_tail": tail_text(kept, TAIL_LINES)}
     if why or code:
         ended = f"did not end within {limit:g}s; it was ended" if why else f"exited with status {code}"
-        raise AgentError(f"manage.py {args[0]} {ended}", **extra)
-    fields = dict(ok=True, changed=False, message=f"manage.py {args[0]} exited 0", **extra)
+        raise AgentError(join(f"manage.py {args[0]} {ended}", left), **extra)
+    fields = dict(ok=True, changed=False, message=join(f"manage.py {args[0]} exited 0", left), **extra)
     against = ran_against(inst)
     if against is None:
         return result_of(state=None, project=inst.project, port=None, state_dir=None, managed=None, **fields)

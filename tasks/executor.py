@@ -19,7 +19,7 @@ from fabric.tasks import ConnectionCall
 from invoke import Context
 from invoke.exceptions import Exit
 
-from . import entrypoints, options, report
+from . import entrypoints, options, report, runners
 from .agent import exit_code
 from .inventory import Inventory, InventoryError, expand
 
@@ -135,13 +135,15 @@ def run_concurrently(calls: List[Any], contexts: List[Context], limit: int) -> L
         with slots:
             outcomes[index] = run_one(calls[index], contexts[index])
 
-    # Daemon threads: Ctrl-C ends the run instead of waiting for hung hosts.
+    # Daemon threads: Ctrl-C ends the run instead of waiting for hung hosts, but
+    # first ends the hosts' manage and logs runs, which then report it.
     threads = [threading.Thread(target=work, args=(index,), daemon=True) for index in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.2)
+    with runners.sigint_ends_runs():
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
     return [outcome for outcome in outcomes if outcome is not None]
 
 

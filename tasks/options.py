@@ -393,8 +393,9 @@ SETTINGS: Tuple[Setting, ...] = (
             "ports --port auto chooses from, LOW-HIGH", per_host=True, request=True),
     Setting("check", None, optional(parse_check),
             "path the agent GETs on the host once the port answers: start and restart wait for an "
-            "answer below 500, status says failed otherwise (default: no check)",
-            verbs=STARTING + ("status",), per_host=True, request=True),
+            "answer below 500, status and tunnel fail otherwise; tunnel's first request goes there "
+            "(default: no check; tunnel's first request: the path the instance was started with, else /)",
+            verbs=STARTING + ("status", "tunnel"), per_host=True, request=True),
     Setting("args", None, optional(parse_manage_args),
             "the manage.py command and its arguments as one string, split with shell rules",
             verbs=("manage",), request=True, config=False, positional=True),

@@ -10,7 +10,9 @@ consumes itself (a `logs --follow` may run for days).
 """
 
 import codecs
+import signal
 import threading
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator, List, Set
 
 from fabric.runners import Remote as FabricRemote
@@ -19,13 +21,83 @@ from invoke.runners import Local as InvokeLocal
 
 #: The runs whose output an out_stream consumes as it comes (streamed verbs), while they run.
 STREAMING: Set["LinearOutput"] = set()
-STREAMING_LOCK = threading.Lock()
+#: The runs one SIGINT ends (those started under `interrupting`), while they run.
+INTERRUPTIBLE: Set["LinearOutput"] = set()
+STREAMING_LOCK = threading.RLock()  # also taken in a signal handler, whose thread may hold it
+#: Set by the SIGINT that sigint_ends_runs turns into ending the runs.
+INTERRUPTED = threading.Event()
+#: .interrupting: the runs this thread starts are INTERRUPTIBLE.
+THREAD = threading.local()
+
+
+class Interrupted(Exception):
+    """A SIGINT (Ctrl-C) ended the runs under `interrupting`."""
+
+
+@contextmanager
+def sigint_ends_runs() -> Iterator[None]:
+    """In the main thread, the only one Python hands signals to, while tasks run
+    there or in the executor's threads: the first SIGINT ends every run started
+    under `interrupting` (over SSH its channel closes; locally the agent gets
+    TERM), so each agent ends what it runs and exits; those starting later are
+    ended as they start. With none started yet (still connecting), and at a
+    second SIGINT (no more waiting for the agents), SIGINT interrupts as usual.
+    Elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    INTERRUPTED.clear()  # an earlier task's Ctrl-C ended that task
+
+    def handler(signum: int, frame: Any) -> None:
+        again = INTERRUPTED.is_set()
+        INTERRUPTED.set()
+        with STREAMING_LOCK:
+            started = [runner for runner in INTERRUPTIBLE if runner.started]
+        if again or not started:
+            raise KeyboardInterrupt
+        # Ended in a thread of its own: closing a channel takes locks this thread may hold.
+        threading.Thread(target=end_runs, args=(started,), name="fabserve-interrupt", daemon=True).start()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def interrupting() -> Iterator[None]:
+    """Around one task's runs that a SIGINT ends (manage, logs), as
+    sigint_ends_runs says (installed here for a task in the main thread, by the
+    executor for several hosts); the block then raises Interrupted. invoke would
+    instead send ^C to the agent's stdin, which no agent reads without a
+    terminal, and wait for a second SIGINT."""
+    THREAD.interrupting = True
+    try:
+        with sigint_ends_runs():
+            yield
+    except BaseException:  # what the ended run raises (no result, a closed channel), or KeyboardInterrupt
+        if INTERRUPTED.is_set():
+            raise Interrupted() from None
+        raise
+    finally:
+        THREAD.interrupting = False
+    if INTERRUPTED.is_set():
+        raise Interrupted()
+
+
+def end_runs(runs: List["LinearOutput"]) -> None:
+    for runner in runs:
+        try:
+            runner.kill()
+        except (AttributeError, OSError):  # already gone
+            pass
 
 
 def end_streams() -> None:
     """End every streamed run now, as invoke's own timeout does: over SSH its
-    channel closes, locally its process is killed; the agents, their reader
-    gone, end their followers on the host."""
+    channel closes, locally its agent gets TERM (Local.kill); the agents, their
+    reader gone, end their followers on the host."""
     with STREAMING_LOCK:
         running = list(STREAMING)
     for runner in running:
@@ -48,18 +120,28 @@ class LinearOutput:
     read_chunk_size = 65536
     watchers: List[Any]
     encoding: str
+    started = False  # whether the command was started (a channel or a process to end)
 
     def run(self, command: str, **kwargs: Any) -> Any:
         streamed = getattr(kwargs.get("out_stream"), "consumes_output", False)
-        if streamed:
-            with STREAMING_LOCK:
+        interruptible = getattr(THREAD, "interrupting", False)
+        with STREAMING_LOCK:
+            if streamed:
                 STREAMING.add(self)
+            if interruptible:
+                INTERRUPTIBLE.add(self)
         try:
             return super().run(command, **kwargs)  # type: ignore[misc]
         finally:
-            if streamed:
-                with STREAMING_LOCK:
-                    STREAMING.discard(self)
+            with STREAMING_LOCK:
+                STREAMING.discard(self)
+                INTERRUPTIBLE.discard(self)
+
+    def start(self, *args: Any, **kwargs: Any) -> None:
+        super().start(*args, **kwargs)  # type: ignore[misc]
+        self.started = True
+        if INTERRUPTED.is_set() and self in INTERRUPTIBLE:  # a SIGINT came before it could be ended
+            self.kill()  # type: ignore[attr-defined]
 
     def respond(self, buffer_: List[str]) -> None:
         if self.watchers:
@@ -89,6 +171,12 @@ class Remote(LinearOutput, FabricRemote):
 
 class Local(LinearOutput, InvokeLocal):
     """invoke's local runner, with linear output handling."""
+
+    def kill(self) -> None:
+        """TERM rather than invoke's KILL: the agent then ends what it runs before
+        it exits (a manage command, in a session of its own, would outlive a
+        killed agent); an agent not watching its caller just ends."""
+        self.process.send_signal(signal.SIGTERM)
 
 
 #: For a collection's configuration: {"runners": RUNNERS}.

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 from urllib.parse import urlsplit
@@ -147,12 +148,12 @@ class Forwarder:
         self.wake_w.close()
 
 
-def answers(port: int) -> Optional[str]:
-    """None when GET / through 127.0.0.1:`port` gets an HTTP response (any status),
-    else what went wrong."""
+def answers(port: int, path: str) -> Optional[str]:
+    """None when GET `path` through 127.0.0.1:`port` gets an HTTP response (any
+    status: it proves the tunnel, the agent judged the server), else what went wrong."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=READY_TIMEOUT)
     try:
-        conn.request("GET", "/", headers={"Connection": "close"})
+        conn.request("GET", path, headers={"Connection": "close"})
         conn.getresponse().read()
         return None
     except (OSError, http.client.HTTPException) as exc:
@@ -161,17 +162,22 @@ def answers(port: int) -> Optional[str]:
         conn.close()
 
 
+#: The signals that close the tunnel: Ctrl-C, a TERM, and a HUP (the terminal closed).
+CLOSING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextmanager
 def signals_caught(caught: threading.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set `caught` instead of ending fab, so the tunnel closes
-    cleanly; only the main thread can install handlers (a single host runs there)."""
+    """CLOSING signals set `caught` instead of ending fab, so the tunnel closes
+    cleanly and the command is ended; only the main thread can install handlers
+    (a single host runs there)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     def handler(signum: int, frame: Any) -> None:
         caught.set()
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in CLOSING}
     try:
         yield
     finally:
@@ -180,24 +186,38 @@ def signals_caught(caught: threading.Event) -> Iterator[None]:
 
 
 def end_group(proc: "subprocess.Popen[bytes]") -> None:
-    """TERM to the command's process group (we started it), KILL after CMD_GRACE."""
-    for sig, wait in ((signal.SIGTERM, CMD_GRACE), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(wait)
+    """End the command's process group, whether the command itself still runs or
+    not (`sleep 1234 &` stays in it after the shell exits): TERM, then KILL after
+    CMD_GRACE to whatever of it is left. The group is the one we made; its ID is
+    the command's PID, which no other group can take while any member lives, and
+    each signal goes only to a group just seen to have members."""
+    for sig, grace in ((signal.SIGTERM, CMD_GRACE), (signal.SIGKILL, CMD_GRACE)):
+        if not group_signalled(proc, sig):
             return
-        except subprocess.TimeoutExpired:
-            continue
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not group_signalled(proc, 0):
+                return
+            time.sleep(WATCH)
+
+
+def group_signalled(proc: "subprocess.Popen[bytes]", sig: int) -> bool:
+    """Send `sig` (0: none) to the command's group; False once it has no member left.
+    The command is reaped first, so its own exit does not count as a member."""
+    proc.poll()
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):  # gone, or what is left runs as another user (sudo)
+        return False
+    return True
 
 
 def run_command(command: str, env: Dict[str, str], transport: Any, caught: threading.Event) -> Tuple[int, bool]:
     """Run `command` through the user's shell in a process group of its own, its
-    output going where ours goes, until it exits, a signal is caught (passed on
-    as TERM) or the connection is lost (it is ended). Returns (exit status as a
-    shell reports it, whether the connection was lost)."""
+    output going where ours goes, until it exits, a signal is caught or the
+    connection is lost; then its whole group is ended (end_group: a caught signal
+    reaches it as TERM), whatever way out this takes. Returns (exit status as a shell reports it, whether the
+    connection was lost)."""
     shell = os.environ.get("SHELL") or "/bin/sh"
     proc = subprocess.Popen([shell, "-c", command], env=env, start_new_session=True)
     lost = False
@@ -205,13 +225,11 @@ def run_command(command: str, env: Dict[str, str], transport: Any, caught: threa
         while proc.poll() is None:
             if caught.is_set() or not transport.is_active():
                 lost = not caught.is_set()
-                end_group(proc)
                 break
             caught.wait(WATCH)
     finally:
-        if proc.poll() is None:  # an error of our own: the command must not outlive us
-            end_group(proc)
-    code = proc.returncode
+        end_group(proc)
+    code = proc.wait()
     return (128 - code if code < 0 else code), lost
 
 
@@ -234,10 +252,14 @@ def open_tunnel(c: Context, flags: Dict[str, Any], status: Callable[[], Dict[str
         as_json = options.checked(values, "json")
     except options.UsageError as exc:
         raise Exit(f"{host}: {exc}", 2) from None
-    result = status()
+    result = status()  # with --check (or fabserve.check), the agent GETs it on the host as status does
     if result.get("error") or result["state"] != RUNNING:
         reason = "the server is not running" if result["state"] == STOPPED else result["error"] or result["message"]
         raise refuse(host, reason, 1)
+    try:  # the path given, else the one the instance was started with, as the agent reports it
+        path = options.parse_check(result.get("check") or "/")
+    except options.Invalid as exc:
+        raise refuse(host, f"the check path {exc}", 1) from None
     addr = connect_host(urlsplit(result["url"]).hostname or "127.0.0.1")
     destination = (addr, result["port"])
     transport = c.transport
@@ -255,19 +277,19 @@ def open_tunnel(c: Context, flags: Dict[str, Any], status: Callable[[], Dict[str
     caught = threading.Event()
     try:
         with signals_caught(caught):
-            hold(c, host, forwarder, command, as_json, caught)
+            hold(c, host, forwarder, path, command, as_json, caught)
     finally:
         forwarder.close()
 
 
-def hold(c: Context, host: str, forwarder: Forwarder, command: Optional[str], as_json: bool,
+def hold(c: Context, host: str, forwarder: Forwarder, path: str, command: Optional[str], as_json: bool,
          caught: threading.Event) -> None:
-    """Report the tunnel once a request through it answers, then run the command
-    or wait for a signal; Exit with the command's status or for a lost connection."""
+    """Report the tunnel once a request for `path` through it answers, then run the
+    command or wait for a signal; Exit with the command's status or for a lost connection."""
     addr, port = forwarder.destination
-    failed = answers(forwarder.port)
+    failed = answers(forwarder.port, path)
     if failed:
-        raise refuse(host, f"no HTTP answer through the tunnel from {addr}:{port}: "
+        raise refuse(host, f"no HTTP answer to GET {path} through the tunnel from {addr}:{port}: "
                            f"{forwarder.failure or failed}", 1)
     url = f"http://127.0.0.1:{forwarder.port}/"
     if as_json:

@@ -14,7 +14,7 @@ from fabric.main import program as fab_program
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from . import entrypoints, listing, options, remote, report, tunnels
+from . import entrypoints, listing, options, remote, report, runners, tunnels
 from .agent import FAILED, RUNNING
 from .report import Formatter, pid_list, plain
 
@@ -216,14 +216,16 @@ def restart(c, project=None, port=None, addr=None, python=None, settings=None, e
 def streamed(c: Context, req: Dict[str, Any], agent_python: str, as_json: bool) -> Optional[Dict[str, Any]]:
     """Run a verb whose output streams (logs, manage): its lines go to stdout as the
     host sends them (each with its host when there are several), or, with --json,
-    into the one result. None when our own reader went away."""
+    into the one result. None when our own reader went away; runners.Interrupted
+    when one SIGINT (Ctrl-C) ended it, the agent and what it ran with it."""
     host = remote.host_label(c)
     req["stream"] = not as_json
     try:
-        if as_json:
-            result = remote.call(c, req, agent_python)
-        else:
-            result = remote.stream(c, req, agent_python, prefix=f"{host}: " if multiple(c) else "")
+        with runners.interrupting():
+            if as_json:
+                result = remote.call(c, req, agent_python)
+            else:
+                result = remote.stream(c, req, agent_python, prefix=f"{host}: " if multiple(c) else "")
     except remote.HostError as exc:
         result = report.failure(host, req["action"], str(exc))
     if result is not None:
@@ -243,7 +245,7 @@ def show_logs(result: Dict[str, Any]) -> str:
 
 @verb
 def logs(c, project=None, port=None, lines=None, follow=False, json=False, previous=False):
-    """Show the server's log: its last lines, or follow it.
+    """Show the server's log: its last lines, or follow it (until Ctrl-C: exit 0).
 
     With --json the lines are in the one result object; otherwise they stream
     to stdout as the host reads them (each with its host when there are several).
@@ -258,7 +260,12 @@ def logs(c, project=None, port=None, lines=None, follow=False, json=False, previ
     if as_json and req["lines"] > JSON_LINES:
         raise Exit(f"{host}: --lines must be at most {JSON_LINES} with --json (the lines travel in one "
                    f"object), not {req['lines']}; without --json they stream", 2)
-    result = streamed(c, req, agent_python, as_json)
+    try:
+        result = streamed(c, req, agent_python, as_json)
+    except runners.Interrupted:
+        if follow:  # Ctrl-C is how a follow ends
+            return None
+        raise Exit(f"{host}: logs interrupted", 130) from None
     if result is None:  # a follower whose caller went away
         return None
     return finish(c, result, flags, show_logs)
@@ -288,24 +295,31 @@ def manage(c, args=None, project=None, python=None, settings=None, env=None, tim
 
     ARGS is split with shell rules here and reaches manage.py as separate
     words, never through a shell. Same interpreter, --settings and --env as
-    start; stdin is /dev/null. Exit 0 if the command exited 0, else 1.
+    start; stdin is /dev/null. Exit 0 if the command exited 0, else 1; 130
+    when one Ctrl-C ended it (and the command with it).
     """
     flags = dict(args=args, project=project, python=python, settings=settings, timeout=timeout, json=json)
     req, agent_python = prepare(c, "manage", flags, env)
-    result = streamed(c, req, agent_python, options.setting(c.config, "json", flags))
+    try:
+        result = streamed(c, req, agent_python, options.setting(c.config, "json", flags))
+    except runners.Interrupted:
+        raise Exit(f"{remote.host_label(c)}: manage interrupted; the command was ended", 130) from None
     if result is None:  # our own reader went away
         return None
     return finish(c, result, flags)  # the command's own lines went to stdout as they came
 
 
 @verb
-def tunnel(c, project=None, port=None, local_port=None, run=None, json=False):
+def tunnel(c, project=None, port=None, check=None, local_port=None, run=None, json=False):
     """Forward a local port on 127.0.0.1 to the running server, over the same SSH connection.
 
-    Once a request through it answers, prints the URL (--json: one line) and
-    holds it open until Ctrl-C or SIGTERM; with --run CMD it runs CMD through
-    your shell with FABSERVE_URL, FABSERVE_HOST and FABSERVE_PORT set, closes
-    the tunnel when CMD ends and exits with its status. Exactly one host.
+    Once a request through it answers (GET of the --check path, else of the
+    one the server was started with, else of /), prints the URL (--json: one
+    line) and holds it open until Ctrl-C, SIGTERM or SIGHUP; with --run CMD it
+    runs CMD through your shell with FABSERVE_URL, FABSERVE_HOST and
+    FABSERVE_PORT set, closes the tunnel when CMD ends and exits with its
+    status. Exactly one host.
     """
-    flags = dict(project=project, port=port, local_port=local_port, run=run, json=json)
-    tunnels.open_tunnel(c, flags, lambda: operate(c, "status", dict(project=project, port=port, json=json)))
+    flags = dict(project=project, port=port, check=check, local_port=local_port, run=run, json=json)
+    tunnels.open_tunnel(c, flags, lambda: operate(c, "status", dict(project=project, port=port, check=check,
+                                                                     json=json)))

@@ -1,5 +1,6 @@
 """`logs` end to end, over the real sshd and in local mode: a 100 MB log's last
-100000 lines, the log's checks, and `logs --follow` across a truncation in place."""
+100000 lines, the log's checks, `logs --follow` across a truncation in place, and
+one SIGINT ending a follow on both sides."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bed.procs import children
 from bed.users import runuser_argv, user_env
 from helpers import REPO, alive, free_port, wait_for, where
 
@@ -205,3 +207,45 @@ def test_an_idle_follow_ends_too_when_its_reader_closes(run, mode, target, produ
     assert follower.returncode == 0 and stderr == b"", stderr
     assert wait_for(lambda: not any(alive(pid) for pid in agents), timeout=10)
     assert run("stop", *flags).returncode == 0
+
+
+
+def interrupt_a_follow(fab, local: bool, site, as_user, whom: str) -> None:
+    """Follow a running server's log, send one SIGINT once the tail came, and check that
+    fab exits 0 with nothing more to say and the agent following the log is gone."""
+    flags = where(site, free_port())
+    assert fab("start", *flags, "--json", local=local).returncode == 0
+    log = Path(fab("status", *flags, "--json", local=local).json["log"])
+    assert as_user(["sh", "-c", 'printf "before 1\\nbefore 2\\n" >> "$1"', "sh", str(log)]).returncode == 0
+    follower = fab.spawn("logs", *flags, "--follow", "--lines", "2", local=local,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert follower.stdout.readline() == b"before 1\n"
+        assert follower.stdout.readline() == b"before 2\n"
+        agents = followers_of(log)
+        assert len(agents) == 1
+        if whom == "group":
+            os.killpg(follower.pid, signal.SIGINT)
+        else:  # fab itself, under runuser
+            fab_pid, = children(follower.pid)
+            os.kill(fab_pid, signal.SIGINT)
+        out, err = follower.communicate(timeout=60)
+    finally:
+        if follower.poll() is None:
+            os.killpg(follower.pid, signal.SIGKILL)
+            follower.wait()
+    assert follower.returncode == 0, err
+    assert out == b"" and err == b""
+    assert wait_for(lambda: not any(alive(pid) for pid in agents), timeout=15)
+    assert fab("stop", *flags, local=local).returncode == 0
+
+
+def test_one_sigint_to_the_terminals_group_ends_a_follow_with_exit_0(fab, mode, site, as_user):
+    """Ctrl-C in a terminal: SIGINT to fab's whole foreground group (locally the agent
+    following the log is in it too, over SSH it is not)."""
+    interrupt_a_follow(fab, mode == "local", site, as_user, "group")
+
+
+def test_one_sigint_to_fab_alone_ends_a_local_follow_with_exit_0(fab, site, as_user):
+    """`kill -INT` of fab's PID: locally the agent gets no signal of its own."""
+    interrupt_a_follow(fab, True, site, as_user, "fab")

@@ -1,7 +1,8 @@
 """`manage "ARGS"` over the real sshd and locally, in a real Django project:
 migrate creates the database, an unknown command is Django's own error, argv
-reaches Django literally, a prompting command fails instead of hanging, and
---timeout ends the command's whole group."""
+reaches Django literally, a prompting command fails instead of hanging,
+--timeout ends the command's whole group, a child that left the group is
+ended too, and one SIGINT ends the command and its agent."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import sys
 
 import pytest
 
-from bed.procs import cmdline, uid_processes
-from helpers import REPO, alive, wait_for
+from bed.procs import children, cmdline, parent, uid_processes
+from helpers import REPO, alive, kill_pids, wait_for
 
 
 def test_migrate_creates_the_database_and_streams_its_output(run, site, mode):
@@ -137,3 +138,76 @@ def test_json_describes_the_projects_one_running_server_or_none(fab, site):
         assert failed["exit_status"] == 1 and failed["port"] in (None, port), failed
     finally:
         assert fab("stop", *where(site, port), "--json").returncode == 0
+
+
+def test_a_child_that_left_the_group_is_ended_with_the_command(run, site):
+    # A child in a session of its own: ending the command's group does not reach it.
+    code = ("import subprocess; child = subprocess.Popen(['sleep', '1234'], start_new_session=True); "
+            "print(child.pid)")
+    result = run("manage", shlex.join(["shell", "-c", code]), "--project", str(site))
+    child = int(result.json["output_tail"][-1]) if result.json.get("output_tail") else None
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert child is not None and not alive(child)
+        assert result.json["message"] == (f"manage.py shell exited 0; pids {child} had left its process group "
+                                          f"and were ended")
+    finally:
+        if child is not None and alive(child) and "sleep 1234" in cmdline(child):
+            kill_pids([child])
+
+
+def agent_chain(pid: int) -> list[int]:
+    """`pid` and its ancestors that run the agent (a login shell that did not exec it included)."""
+    chain = [pid]
+    while (up := parent(chain[-1])) and "fabserve-agent" in cmdline(up):
+        chain.append(up)
+    return chain
+
+
+def interrupt_manage(fab, local: bool, site, target, whom: str, *extra: str) -> None:
+    """Run a command that prints a line and then stays silent, send one SIGINT, and
+    check that fab exits 130 with one line and the command and its agent are gone."""
+    marker = f"fabserve-sigint-{os.getpid()}-{local}-{whom}-{len(extra)}"
+    code = f"import time; print('ready', flush=True); time.sleep(120)  # {marker}"
+    caller = fab.spawn("manage", shlex.join(["shell", "-c", code]), "--project", str(site), *extra, local=local,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if not extra:  # the line streams as it comes
+            assert "ready\n" in iter(caller.stdout.readline, "")
+        def running() -> list[int]:  # the command's own process (locally fab's argv holds the marker too)
+            return [pid for pid in uid_processes([target.uid]) if marker in cmdline(pid) and "manage.py" in cmdline(pid)]
+
+        assert wait_for(running, timeout=60)
+        command, = running()
+        ours = agent_chain(command)
+        assert len(ours) > 1, [cmdline(pid) for pid in ours]
+        if whom == "group":
+            os.killpg(caller.pid, signal.SIGINT)
+        else:  # fab itself, under runuser
+            fab_pid, = children(caller.pid)
+            os.kill(fab_pid, signal.SIGINT)
+        _, err = caller.communicate(timeout=60)
+    finally:
+        if caller.poll() is None:
+            os.killpg(caller.pid, signal.SIGKILL)
+            caller.wait()
+    host = "local" if local else target.alias
+    assert caller.returncode == 130, err
+    assert err == f"{host}: manage interrupted; the command was ended\n"
+    assert wait_for(lambda: not any(alive(pid) for pid in ours), timeout=15), [cmdline(pid) for pid in ours]
+
+
+def test_one_sigint_to_the_terminals_group_ends_the_command_and_the_agent(fab, mode, site, target):
+    """Ctrl-C in a terminal: SIGINT to fab's whole foreground group (locally the agent
+    is in it too, over SSH it is not)."""
+    interrupt_manage(fab, mode == "local", site, target, "group")
+
+
+def test_one_sigint_to_fab_alone_ends_a_local_command_and_its_agent(fab, site, target):
+    """`kill -INT` of fab's PID: locally the agent gets no signal of its own."""
+    interrupt_manage(fab, True, site, target, "fab")
+
+
+def test_one_sigint_ends_a_json_manage_too(fab, site, target):
+    """With --json nothing streams: the agent notices the closed channel by its stdout alone."""
+    interrupt_manage(fab, False, site, target, "group", "--json")

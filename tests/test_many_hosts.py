@@ -12,7 +12,8 @@ import time
 import pytest
 import yaml
 
-from helpers import REPO, wait_for
+from bed.procs import children, cmdline
+from helpers import REPO, alive, wait_for
 
 PORT = 8000
 
@@ -234,3 +235,31 @@ def test_manage_on_several_hosts_prefixes_each_hosts_lines(machines):
         assert f"{name}: System check identified no issues (0 silenced)." in result.stdout.splitlines()
         assert f"{name}: manage.py check exited 0" in result.stdout.splitlines()
     assert result.stdout.splitlines()[-1] == "2 ok"
+
+
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        below = children(todo.pop())
+        found += below
+        todo += below
+    return found
+
+
+def test_one_sigint_ends_a_follow_on_every_host_with_exit_0(machines):
+    names = sorted(machines.hosts)[:2]
+    assert machines.fab("-H", ",".join(names), "start").returncode == 0
+    follower = machines.popen("-H", ",".join(names), "logs", "--follow", "--lines", "1", stdout=subprocess.PIPE)
+    try:
+        assert follower.stdout.readline() and follower.stdout.readline()  # each host's last line
+        # The agents following the logs, inside the hosts (tini is each one's PID 1).
+        agents = [pid for name in names for pid in descendants(machines.hosts[name].tini_pid)
+                  if "fabserve-agent" in cmdline(pid)]
+        assert len(agents) == 2
+        os.killpg(follower.pid, signal.SIGINT)  # Ctrl-C: to fab's whole foreground group
+        assert follower.wait(timeout=30) == 0
+    finally:
+        if follower.poll() is None:
+            os.killpg(follower.pid, signal.SIGKILL)
+            follower.wait()
+    assert wait_for(lambda: not any(alive(pid) for pid in agents), timeout=15)

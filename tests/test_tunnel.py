@@ -1,7 +1,9 @@
 """`tunnel` over the real sshd to a real Django server: --run with the command's
 exit status and output, 20 parallel requests through one tunnel, a local port in
 use, SIGTERM to a holding tunnel, an instance that is not running, several
-hosts, and a connection lost under --run."""
+hosts, a connection lost under --run, --run's command ended with its whole
+group (what it left in the background, on SIGHUP and SIGTERM), and the first
+request sent to the check path."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import pytest
 from bed.accounts import ProjectMaker
 from bed.net import free_port_between
 from bed.procs import cmdline, parent, uid_processes
-from helpers import REPO, alive, http_status, port_listening, wait_for, where
+from helpers import REPO, alive, http_status, kill_pids, port_listening, wait_for, where
 
 # Fetches $FABSERVE_URL (no proxy from the environment), prints what the tunnel
 # task set, and exits 3.
@@ -211,3 +213,89 @@ def test_without_a_host_tunnel_is_a_usage_error(fab, served):
     result = fab("tunnel", *served, local=True)
     assert result.returncode == 2
     assert result.stderr.strip() == "tunnel needs a host (-H): a server here answers on its own URL"
+
+
+def leftovers(*pids: int) -> None:
+    """End what an old fabserve left running of a test's command, by PID."""
+    kill_pids([pid for pid in pids if alive(pid) and "sleep 1234" in cmdline(pid)])
+
+
+def test_run_ends_what_the_command_left_in_its_group(fab, served, tmp_path):
+    background = tmp_path / "background.pid"
+    # Its output elsewhere: a child left holding fab's stdout would keep the test waiting.
+    result = fab("tunnel", *served, "--run", f"sleep 1234 > /dev/null 2>&1 & echo $! > {background}")
+    child = int(background.read_text())
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert not alive(child)
+    finally:
+        leftovers(child)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+def test_a_signal_ends_the_commands_whole_group(target, served, tmp_path, sig):
+    """SIGHUP (a closed terminal) as SIGTERM: the command and a child of it that ignores
+    TERM (KILL after the grace) are gone when fab exits with the command's status."""
+    shell_pid, background = tmp_path / "shell.pid", tmp_path / "background.pid"
+    command = (f"exec > /dev/null 2>&1; echo $$ > {shell_pid}; (trap '' TERM; exec sleep 1234) & "
+               f"echo $! > {background}; wait")
+    runner = subprocess.Popen([*fab_argv(target), "tunnel", *served, "--run", command], cwd=REPO,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    pids: list[int] = []
+    try:
+        assert wait_for(lambda: background.exists() and background.read_text().strip(), timeout=60)
+        pids = [int(shell_pid.read_text()), int(background.read_text())]
+        assert all(alive(pid) for pid in pids)
+        runner.send_signal(sig)
+        out, err = runner.communicate(timeout=60)
+        assert runner.returncode == 128 + signal.SIGTERM, out + err
+        assert not any(alive(pid) for pid in pids), [cmdline(pid) for pid in pids]
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait()
+        leftovers(*pids)
+        kill_pids([pid for pid in pids[:1] if alive(pid) and str(shell_pid) in cmdline(pid)])
+
+
+# `/` answers after 30 s, longer than the tunnel's first request may take; /healthz at once.
+SLOW_HOME_URLS = """\
+import time
+
+from django.http import HttpResponse
+from django.urls import path
+
+
+def home(request):
+    time.sleep(30)
+    return HttpResponse("late")
+
+
+def healthz(request):
+    return HttpResponse("ok")
+
+
+urlpatterns = [path("", home), path("healthz", healthz)]
+"""
+
+
+def test_the_first_request_goes_to_the_check_path(fab, target, make_project):
+    project = make_project()
+    urls = project / "mysite" / "urls.py"
+    urls.write_text(SLOW_HOME_URLS)
+    os.chown(urls, target.uid, -1)
+    checked, unchecked = where(project, port_16k()), where(project, port_16k())
+    assert fab("start", *checked, "--check", "/healthz", "--json").returncode == 0
+    try:
+        assert fab("start", *unchecked, "--json").returncode == 0
+        # The path the instance was started with, or the one given to tunnel.
+        recorded = fab("tunnel", *checked, "--run", "exit 0")
+        assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+        given = fab("tunnel", *unchecked, "--check", "/healthz", "--run", "exit 0")
+        assert given.returncode == 0, given.stdout + given.stderr
+        assert fab("status", *unchecked, "--json").json["check"] is None
+        assert fab("status", *checked, "--json").json["check"] == "/healthz"
+    finally:
+        assert fab("stop", *unchecked).returncode == 0
+        assert fab("stop", *checked).returncode == 0

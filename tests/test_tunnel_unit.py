@@ -88,7 +88,7 @@ def test_forwarded_requests_in_parallel_and_nothing_left_after_close(server):
     before = held()
     forwarder = Forwarder(0, server, open_socket)
     assert forwarder.port > 0
-    assert answers(forwarder.port) is None
+    assert answers(forwarder.port, "/healthz") is None
     with ThreadPoolExecutor(20) as pool:
         pages = list(pool.map(lambda index: get(forwarder.port, f"/{index}"), range(40)))
     assert all(page.startswith(b"HTTP/1.0 200") and page.endswith(f"page /{index}".encode())
@@ -124,7 +124,7 @@ def test_a_destination_that_refuses_gives_no_answer_and_says_why(server):
         closed = unused.getsockname()
     before = held()
     forwarder = Forwarder(0, closed, open_socket)
-    failed = answers(forwarder.port)
+    failed = answers(forwarder.port, "/")
     assert failed  # the connection was accepted, then closed without an answer
     assert "Connection refused" in forwarder.failure
     forwarder.close()

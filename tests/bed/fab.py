@@ -45,14 +45,7 @@ class FabRunner:
         timeout: float = 120,
         env: dict[str, str] | None = None,
     ) -> FabResult:
-        target = self._target
-        if local:
-            cmd = runuser_argv(target.user, [target.venv / "bin" / "fab", "-r", self._product, *args])
-            cwd, full_env = target.home, user_env(target.user, target.home, env)
-        else:
-            cmd = [sys.executable, "-m", "fabric", "-r", str(REPO), "-S", str(target.ssh_config),
-                   "-H", target.alias, *args]
-            cwd, full_env = REPO, os.environ | (env or {})
+        cmd, cwd, full_env = self.command(args, local, env)
         result = run_in_group(
             cmd,
             cwd=cwd,
@@ -64,3 +57,20 @@ class FabRunner:
             text=True,
         )
         return FabResult(result.returncode, result.stdout, result.stderr)
+
+    def command(self, args: tuple[str, ...], local: bool,
+                env: dict[str, str] | None = None) -> tuple[list[str], Path, dict[str, str]]:
+        """argv, cwd and environment of `fab args` in the mode asked."""
+        target = self._target
+        if local:
+            argv = runuser_argv(target.user, [target.venv / "bin" / "fab", "-r", self._product, *args])
+            return argv, target.home, user_env(target.user, target.home, env)
+        return ([sys.executable, "-m", "fabric", "-r", str(REPO), "-S", str(target.ssh_config),
+                 "-H", target.alias, *args], REPO, os.environ | (env or {}))
+
+    def spawn(self, *args: str, local: bool = False, **popen: Any) -> subprocess.Popen[Any]:
+        """`fab args` started and not waited for, leading a process group of its own as a
+        terminal's foreground job does (Ctrl-C: SIGINT to that whole group); stdin /dev/null."""
+        argv, cwd, env = self.command(args, local)
+        return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+                                **popen)

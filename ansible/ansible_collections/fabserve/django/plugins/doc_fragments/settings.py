@@ -111,7 +111,8 @@ options:
   check:
     description:
     - 'Path the agent GETs on the host once the port answers: start and restart wait for an answer below
-      500, status says failed otherwise (default: no check).'
+      500, status and tunnel fail otherwise; tunnel''s first request goes there (default: no check; tunnel''s
+      first request: the path the instance was started with, else /).'
     - fab's C(--check) and the inventory variable C(fabserve_check) (or C(check)).
     type: str
   timeout:

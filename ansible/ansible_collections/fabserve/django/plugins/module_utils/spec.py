@@ -27,4 +27,4 @@ OPTIONS = {'state': {'type': 'str',
            'choices': ['started', 'stopped', 'restarted', 'status']},
  'fail_if_not_running': {'type': 'bool', 'default': False}}
 # Every result field: each is in every result, null where it does not apply.
-RESULTS = ('action', 'ok', 'changed', 'state', 'pid', 'pids', 'url', 'pidfile', 'log', 'message', 'error', 'project', 'port', 'state_dir', 'managed', 'expires_at', 'expires_in', 'uptime', 'python', 'log_tail', 'killed', 'port_free', 'stopped_pids', 'ambiguous', 'http_status')
+RESULTS = ('action', 'ok', 'changed', 'state', 'pid', 'pids', 'url', 'pidfile', 'log', 'message', 'error', 'project', 'port', 'state_dir', 'managed', 'expires_at', 'expires_in', 'uptime', 'python', 'log_tail', 'killed', 'port_free', 'stopped_pids', 'ambiguous', 'http_status', 'check')

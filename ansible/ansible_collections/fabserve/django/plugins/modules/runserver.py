@@ -170,6 +170,11 @@ http_status:
     or restarted or status.'
   returned: always
   type: int
+check:
+  description: 'The check path given, else the one the instance was last started with; null: none. Null
+    unless state=status.'
+  returned: always
+  type: str
 '''
 
 from ansible.module_utils.basic import AnsibleModule
