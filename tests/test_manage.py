@@ -79,7 +79,9 @@ def test_a_command_that_would_prompt_fails_instead_of_waiting(fab, site):
 
 def test_timeout_ends_the_commands_whole_group(fab, site, target):
     # The command forks a child into its group, then both sleep: both must be gone.
-    code = "import os, time; os.fork(); print(os.getpid(), flush=True); time.sleep(120)"
+    # One write each: manage's output is unbuffered, and print's two writes (the
+    # text, then the newline) of the two processes could interleave on one line.
+    code = 'import os, time; os.fork(); os.write(1, b"%d\\n" % os.getpid()); time.sleep(120)'
     # 10 s: Django's shell must start and fork within it, also on a busy machine.
     result = fab("manage", f"shell -c '{code}'", "--project", str(site), "--timeout", "10", "--json")
     assert result.returncode == 1, result.stdout + result.stderr
