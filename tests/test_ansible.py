@@ -7,13 +7,15 @@ import ast
 import json
 import os
 import re
+import signal
 import socket
 import tarfile
+import time
 
 import pytest
 
 from bed.ansible import Ansible, save
-from helpers import alive, bed_outcome, group_members, http_status, port_listening, wait_for, where
+from helpers import alive, bed_outcome, free_port, group_members, http_status, port_listening, wait_for, where
 
 MODULE = "fabserve.django.runserver"
 
@@ -198,3 +200,20 @@ def test_the_built_collection_holds_the_agent_itself_and_installs(ansible):
     assert installed.returncode == 0, installed.stderr
     doc = ansible.run("ansible-doc", [MODULE], env={"ANSIBLE_COLLECTIONS_PATH": str(ansible.work / "installed")})
     assert doc.returncode == 0 and str(ansible.work / "installed") in doc.stdout
+
+
+def test_check_mode_ends_no_server_past_its_ttl_and_says_a_start_would_change_it(ansible, site, fab, target):
+    port = free_port()
+    data = fab("start", *where(site, port), "--ttl", "3s", "--json").json
+    meta = json.loads(open(os.path.join(os.path.dirname(data["pidfile"]), "server.json")).read())
+    os.kill(meta["watchdog"]["pid"], signal.SIGKILL)
+    assert wait_for(lambda: not alive(meta["watchdog"]["pid"]), timeout=10)
+    time.sleep(data["expires_in"] + 1.5)
+    for state in ("started", "stopped"):
+        checked = ansible.module(target.alias, args(site, port, state), "--check")
+        assert checked.returncode == 0 and checked.results[target.alias]["changed"] is True, checked
+    assert all(alive(pid) for pid in data["pids"]) and port_listening(port)  # check mode ended nothing
+    stopped = ansible.module(target.alias, args(site, port, "stopped"))
+    assert stopped.returncode == 0 and stopped.results[target.alias]["changed"] is True, stopped
+    assert stopped.results[target.alias]["msg"].startswith(f"expired at {data['expires_at']} (ttl)")
+    assert_gone(data, port)

@@ -7,16 +7,29 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from bed.procs import children, cmdline
-from helpers import alive, free_port, group_members, port_listening, wait_for, where
+from bed.procs import children, cmdline, parent
+from helpers import alive, free_port, group_members, port_listening, proc_state, wait_for, where
 from test_logs import start_follower, wait_line
 
 GRACE = "2"  # seconds between the expiry's TERM and KILL; Django ends on TERM at once
+
+
+@pytest.fixture
+def own_state(target, as_user):
+    """Settings giving the test's instances a state_dir of their own: `list` then
+    lists them alone, not every instance other sessions of the test user keep."""
+    state = target.home / f"ttl-state-{uuid.uuid4().hex[:12]}"
+    as_user(["mkdir", "-m", "0700", "--", str(state)], check=True)
+    yield {"FABRIC_FABSERVE_STATE_DIR": str(state)}
+    shutil.rmtree(state)
 
 
 def started(fab, flags, *extra, env=None):
@@ -39,11 +52,12 @@ def as_user_sh(as_user, script, *args):
     assert done.returncode == 0, done.stderr
 
 
-def test_a_server_with_a_ttl_stops_itself_with_nobody_calling(fab, site):
+def test_a_server_with_a_ttl_stops_itself_with_nobody_calling(fab, site, own_state):
     port = free_port()
     flags = where(site, port)
     # fab has exited: the SSH session that started the server is closed.
-    data = started(fab, flags, "--ttl", "6s", "--timeout", "30", env={"FABRIC_FABSERVE_STOP_TIMEOUT": GRACE})
+    data = started(fab, flags, "--ttl", "6s", "--timeout", "30",
+                   env={"FABRIC_FABSERVE_STOP_TIMEOUT": GRACE, **own_state})
     watchdog = watchdog_of(data)
     assert len(data["pids"]) == 2 and 0 < data["expires_in"] <= 6
     members = group_members(data["pid"])
@@ -51,9 +65,16 @@ def test_a_server_with_a_ttl_stops_itself_with_nobody_calling(fab, site):
     assert not any(alive(pid) for pid in members) and not alive(watchdog)
     assert not os.path.exists(data["pidfile"]) and not os.path.exists(Path(data["pidfile"]).with_name("server.json"))
     last = Path(data["log"]).read_text().rstrip("\n").splitlines()[-1]
-    assert last.startswith("--- fabserve ") and last.endswith("expired: the ttl ended, so the server was stopped")
-    after = fab("status", *flags, "--json")
+    assert last.startswith("--- fabserve ")
+    assert last.endswith(f"expired: the ttl ended at {data['expires_at']}, so the server was stopped")
+    after = fab("status", *flags, "--json", env=own_state)
     assert after.returncode == 3 and after.json["expires_at"] is None and after.json["expires_in"] is None
+    assert after.json["message"] == f"expired at {data['expires_at']} (ttl)"
+    human = fab("status", *flags, env=own_state)
+    assert human.returncode == 3 and human.stdout == f"{fab.remote_host}: expired at {data['expires_at']} (ttl)\n"
+    listed = fab("list", "--all", env=own_state)
+    assert listed.returncode == 0
+    assert next(line for line in listed.stdout.splitlines() if f" {port} " in line).split()[2] == "expired"
 
 
 def test_status_shows_the_expiry_restart_keeps_it_and_stop_leaves_no_watchdog(fab, site):
@@ -103,8 +124,8 @@ def test_the_expiry_signals_its_own_group_not_the_process_its_recorded_pid_now_n
                json.dumps(recorded), meta)
     assert wait_for(lambda: not any(alive(pid) for pid in members), timeout=8 + 30)
     assert alive(unrelated) and Path(data["pidfile"]).read_text() == f"{unrelated}\n"
-    assert Path(data["log"]).read_text().rstrip("\n").splitlines()[-1].endswith("expired: the ttl ended, so "
-                                                                                  "the server was stopped")
+    assert Path(data["log"]).read_text().rstrip("\n").splitlines()[-1].endswith(
+        f"expired: the ttl ended at {data['expires_at']}, so the server was stopped")
     stop = fab("stop", *flags, "--json")  # the stale state goes; the unrelated process stays
     assert stop.returncode == 0 and "stale pidfile" in stop.json["message"]
     assert alive(unrelated) and not os.path.exists(data["pidfile"])
@@ -178,3 +199,90 @@ def test_a_log_over_the_cap_is_cut_at_the_next_call_and_a_follower_keeps_its_pla
         os.killpg(follower.pid, signal.SIGTERM)
         follower.wait(timeout=10)
     assert fab("stop", *flags).returncode == 0
+
+
+def recorded_watchdog(data) -> int:
+    """The watchdog server.json records for the instance `data` describes."""
+    meta = json.loads(Path(data["pidfile"]).with_name("server.json").read_text())
+    return meta["watchdog"]["pid"]
+
+
+def last_log_line(data) -> str:
+    return Path(data["log"]).read_text().rstrip("\n").splitlines()[-1]
+
+
+def past_expiry_without_its_watchdog(call, flags, ttl=4, env=None):
+    """A server started with a short TTL whose watchdog was killed (as root, -9),
+    still serving once its expiry has passed: the start's result."""
+    data = call("start", *flags, "--ttl", str(ttl), "--json",
+                env={"FABRIC_FABSERVE_STOP_TIMEOUT": GRACE, **(env or {})}).json
+    assert data["state"] == "running", data
+    watchdog = recorded_watchdog(data)
+    assert watchdog == watchdog_of(data)
+    os.kill(watchdog, signal.SIGKILL)
+    assert wait_for(lambda: not alive(watchdog), timeout=10)
+    time.sleep(data["expires_in"] + 1.5)
+    assert all(alive(pid) for pid in data["pids"]) and port_listening(data["port"])  # nothing ended it yet
+    return data
+
+
+def assert_ended(data):
+    assert wait_for(lambda: not group_members(data["pid"]), timeout=10), group_members(data["pid"])
+    assert not any(alive(pid) for pid in data["pids"]) and not port_listening(data["port"])
+    assert not os.path.exists(data["pidfile"])
+
+
+def test_a_killed_watchdog_is_reaped_not_left_a_zombie_of_the_server(run, mode, site):
+    flags = where(site, free_port())
+    data = run("start", *flags, "--ttl", "1h").json
+    watchdog = recorded_watchdog(data)
+    os.kill(watchdog, signal.SIGKILL)
+    # Its parent reaps it: not the server (runserver waits only for its own child), which would keep a zombie.
+    assert wait_for(lambda: proc_state(watchdog) is None, timeout=10), (proc_state(watchdog), parent(watchdog))
+    assert all(alive(pid) for pid in data["pids"])
+    assert run("stop", *flags).returncode == 0
+
+
+def test_status_ends_a_server_past_its_expiry_whose_watchdog_was_killed(run, mode, site):
+    flags = where(site, free_port())
+    data = past_expiry_without_its_watchdog(lambda *a, **kw: run(*a, json=False, **kw), flags)
+    status = run("status", *flags)
+    assert status.returncode == 3, status.stderr + status.stdout
+    expected = f"expired at {data['expires_at']} (ttl); its watchdog was gone, so status stopped pids "
+    assert status.json["state"] == "stopped" and status.json["message"].startswith(expected), status.json
+    assert_ended(data)
+    assert last_log_line(data).endswith(f"expired: the ttl ended at {data['expires_at']}, so the server was stopped; "
+                                        f"its watchdog was gone, so status stopped pids "
+                                        f"{' '.join(map(str, data['pids']))}")
+    again = run("status", *flags, json=False)
+    assert again.returncode == 3 and again.stdout.strip().endswith(f": expired at {data['expires_at']} (ttl)")
+
+
+@pytest.mark.parametrize("verb", ["list", "start", "stop", "logs"])
+def test_every_call_that_reads_the_instance_ends_it_past_its_expiry(fab, site, verb, own_state):
+    port = free_port()
+    flags = where(site, port)
+    data = past_expiry_without_its_watchdog(fab, flags, env=own_state)
+    expired = f"expired at {data['expires_at']} (ttl); its watchdog was gone, so {verb} stopped pids "
+    if verb == "list":
+        result = fab("list", env=own_state)  # (with runservers of other sessions fabserve did not start)
+        row = next(line for line in result.stdout.splitlines() if f" {port} " in line).split()
+        assert result.returncode == 0 and row[1:4] == [str(port), "expired", "yes"], result.stdout
+        again = fab("list", "--json", env=own_state)  # ended: stopped rows leave list
+        assert again.returncode == 0 and f'"port": {port},' not in again.stdout, again.stdout
+    elif verb == "start":
+        result = fab("start", *flags, "--json", env=own_state)
+        assert result.returncode == 0 and result.json["state"] == "running", result.stdout
+        assert expired in result.json["message"] and result.json["pid"] != data["pid"]
+        assert not any(alive(pid) for pid in data["pids"])
+        assert fab("stop", *flags, env=own_state).returncode == 0
+    elif verb == "stop":
+        result = fab("stop", *flags, "--json", env=own_state)
+        assert result.returncode == 0 and result.json["message"].startswith(expired), result.stdout
+        assert result.json["changed"] is True and result.json["pids"] == data["pids"]
+    else:
+        result = fab("logs", *flags, "--json", env=own_state)
+        assert result.returncode == 0 and result.json["state"] == "stopped", result.stdout
+        assert result.json["lines"][-1].endswith(f"its watchdog was gone, so logs stopped pids "
+                                                 f"{' '.join(map(str, data['pids']))}")
+    assert_ended(data)

@@ -199,9 +199,10 @@ def request(module, action):
 
 
 def would_change(action, probe):
-    """Whether `action` would start or stop something, given a status result."""
+    """Whether `action` would start or stop something, given a status result: a
+    server at its expiry is ended (and started again) by the real run."""
     if action == "start":
-        return not probe["pids"]
+        return not probe["pids"] or probe.get("expires_in") == 0
     if action == "stop":
         return bool(probe["pids"])
     return action == "restart"
@@ -234,7 +235,7 @@ def main():
     if module.check_mode and action != "status":
         if action in ("start", "restart"):
             startable(module, action, req)
-        probe = agent.handle(request(module, "status"))
+        probe = agent.handle(dict(request(module, "status"), look_only=True))
         if probe.get("error") is not None:
             finish(module, "status", probe)
         probe["changed"] = would_change(action, probe)
