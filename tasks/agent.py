@@ -646,7 +646,6 @@ class Instance(object):
         self.legacy = False  # the trusted pidfile is in legacy_dir
         self.foreign = None  # the host that recorded the pidfile, when it is another one
         self.expires_at = None  # when the located or launched server's TTL ends (epoch seconds)
-        self.kept_expiry = None  # the expiry a restart carries over when no new --ttl is given
         self.locked = False  # this call holds the instance's lock (start, stop, restart)
         self.ended = None  # the PIDs of a server this call found past its expiry and saw ended
 
@@ -1417,10 +1416,10 @@ def append_log(path, text):
 
 
 def launch_expiry(inst):
-    """When the server to launch expires: now plus --ttl, else the expiry a
-    restart kept, else never (None)."""
+    """When the server to launch expires: now plus --ttl (a restart's given, else
+    the recorded one: see rerun), else never (None)."""
     ttl = inst.req.get("ttl")
-    return time.time() + ttl if ttl else inst.kept_expiry
+    return time.time() + ttl if ttl else None
 
 
 # -------------------------------------------------------------------- actions
@@ -1790,7 +1789,6 @@ def do_restart(inst):
     rerun(inst)
     resolve_python(inst)  # fail before stopping anything if start cannot work
     stopped = do_stop(inst)
-    inst.kept_expiry = inst.expires_at  # kept unless a new --ttl is given
     started = do_start(inst)
     started["changed"] = True
     if (started.get("message") or "").startswith("started "):  # the same server again: say so
@@ -2088,8 +2086,10 @@ def resolve_instance(req):
 # The request settings that make a server what it is, and their types: each
 # start records them (instance.json, kept after stop), and a restart not given
 # one reruns the recorded value. python is kept as given (None: the project's
-# venv, found again in the release the project now resolves to).
-RERUN = (("python", str), ("settings", str), ("env", dict), ("noreload", bool), ("addr", str), ("check", str))
+# venv, found again in the release the project now resolves to); ttl as a
+# duration, so a restarted server gets a whole lifetime again.
+RERUN = (("python", str), ("settings", str), ("env", dict), ("noreload", bool), ("addr", str), ("check", str),
+         ("ttl", int))
 
 
 def remember(inst):

@@ -203,7 +203,7 @@ def restart(c, project=None, port=None, addr=None, python=None, settings=None, e
             noreload=False, timeout=None, check=None, json=False, ttl=None):
     """Stop the server if it runs, then start it and wait until it answers.
 
-    The new server keeps the old one's expiry unless --ttl gives a new one.
+    The new server gets a whole TTL again: --ttl, else the last one it was given.
     """
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings,
                  noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl)

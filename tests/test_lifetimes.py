@@ -77,7 +77,7 @@ def test_a_server_with_a_ttl_stops_itself_with_nobody_calling(fab, site, own_sta
     assert next(line for line in listed.stdout.splitlines() if f" {port} " in line).split()[2] == "expired"
 
 
-def test_status_shows_the_expiry_restart_keeps_it_and_stop_leaves_no_watchdog(fab, site):
+def test_status_shows_the_expiry_restart_renews_it_and_stop_leaves_no_watchdog(fab, site):
     flags = where(site, free_port())
     data = started(fab, flags, "--ttl", "1h")
     first = watchdog_of(data)
@@ -92,8 +92,9 @@ def test_status_shows_the_expiry_restart_keeps_it_and_stop_leaves_no_watchdog(fa
     assert len(listed) == 1 and listed[0]["pids"] == data["pids"], listed  # the watchdog left out here too
     assert listed[0]["expires_at"] == data["expires_at"]
 
-    restarted = fab("restart", *flags, "--json").json
-    assert restarted["state"] == "running" and restarted["expires_at"] == data["expires_at"]
+    restarted = fab("restart", *flags, "--json").json  # a whole ttl again: the one it was started with
+    assert restarted["state"] == "running" and 3500 < restarted["expires_in"] <= 3600
+    assert restarted["expires_at"] >= data["expires_at"]
     assert not alive(first)
     second = watchdog_of(restarted)
     renewed = fab("restart", *flags, "--ttl", "2h", "--json").json
@@ -286,3 +287,19 @@ def test_every_call_that_reads_the_instance_ends_it_past_its_expiry(fab, site, v
         assert result.json["lines"][-1].endswith(f"its watchdog was gone, so logs stopped pids "
                                                  f"{' '.join(map(str, data['pids']))}")
     assert_ended(data)
+
+
+def test_restart_past_the_expiry_gives_the_new_server_a_whole_ttl_again(fab, site):
+    flags = where(site, free_port())
+    data = past_expiry_without_its_watchdog(fab, flags, ttl=10)  # the new server's start may take seconds
+    restarted = fab("restart", *flags, "--json", env={"FABRIC_FABSERVE_STOP_TIMEOUT": GRACE})
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    new = restarted.json
+    assert new["state"] == "running" and 0 < new["expires_in"] <= 10, new
+    assert new["expires_at"] > data["expires_at"] and new["message"].startswith("restarted on ")
+    assert not any(alive(pid) for pid in data["pids"])
+    watchdog = watchdog_of(new)
+    # Its own watchdog ends it once its whole TTL has passed, and says so.
+    assert wait_for(lambda: not group_members(new["pid"]) and not port_listening(new["port"]), timeout=10 + 30)
+    assert not alive(watchdog)
+    assert last_log_line(new).endswith(f"expired: the ttl ended at {new['expires_at']}, so the server was stopped")

@@ -60,7 +60,7 @@ options:
     default: 10
   ttl:
     description:
-    - 'Stop the server after this long, e.g. 30m, 2h, 1d (default: never; restart keeps the old one).'
+    - 'Stop the server after this long, e.g. 30m, 2h, 1d (default: never; a restart starts it anew).'
     - fab's C(--ttl) and the inventory variable C(ttl).
     type: str
   log_keep:
