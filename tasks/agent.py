@@ -1247,20 +1247,24 @@ def close_inherited():
                 pass
 
 
-def watchdog(expires_at, grace, token, directory):
-    """The TTL watchdog, forked into the server's own session and group before
-    the server's exec. It sleeps until `expires_at`, then stops its own group:
+def watchdog(expires_at, grace, token, directory, group=None):
+    """The TTL watchdog. Launched with its server, it is forked into the server's
+    own session and group (`group` None) before the server's exec; attached to a
+    server already running (start --ttl), it runs in a session of its own and
+    `group` is the server's. It sleeps until `expires_at`, then stops the group:
     TERM, KILL after `grace`; and, as a stop does, the processes that left the
     group carrying the server's token. A process group ID cannot be reused
-    while one of its members lives, and this process is one, so its group
-    signals reach that group and nothing else. It ends with the group on a
-    stop (TERM's default action), and early, quietly, once the server ended on
-    its own."""
+    while one of its members lives: inside the group this process is one, so its
+    group signals reach that group and nothing else; outside it, the group is
+    signalled only while a member carries the token. It ends with the group on
+    a stop (TERM's default action, or the group seen gone), and early, quietly,
+    once the server ended on its own."""
     close_inherited()
     os.chdir("/")  # the project directory is the server's to keep busy, not ours
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    group = os.getpgrp()
-    leader = group  # the process that execs the server, its group's leader since its setsid
+    inside = group is None
+    group = os.getpgrp() if inside else group
+    leader = group  # the server's process, its group's leader since its setsid
     leader_start = (proc_stat(leader) or {}).get("starttime")
     while True:
         left = expires_at - time.time()
@@ -1269,6 +1273,8 @@ def watchdog(expires_at, grace, token, directory):
         time.sleep(min(left, WATCH_POLL))
         if not alive(leader, leader_start) and not group_others(group):
             return
+    if not inside and not any(environ_token(pid) == token for pid in group_others(group)):
+        return  # nothing of the server is left in it: the group is not ours to signal
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # our own group's TERM is for the server
     os.killpg(group, signal.SIGTERM)
     deadline = time.time() + grace
@@ -1291,7 +1297,7 @@ def watchdog(expires_at, grace, token, directory):
                          f"pids {' '.join(map(str, escaped))} had left the server's process group" if escaped else "",
                          problem))
     if killed:
-        os.killpg(group, signal.SIGKILL)  # this process too: nothing is left to do
+        os.killpg(group, signal.SIGKILL)  # inside the group, this process too: nothing is left to do
 
 
 def watchdog_forker(expires_at, grace, token, directory, report_fd):
@@ -1314,6 +1320,67 @@ def watchdog_forker(expires_at, grace, token, directory, report_fd):
                 os._exit(0)
         os.waitpid(middle, 0)
     return fork_watchdog
+
+
+def attach_watchdog(inst, expires_at, group, token):
+    """Fork a watchdog for the running server whose group is `group`, in a
+    session of its own (a group of another session cannot be joined), stdin
+    /dev/null, output to the log, forked twice so init reaps it, as start's.
+    Returns {"pid", "starttime"}."""
+    try:
+        log = os.open(inst.log, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise AgentError(f"cannot write the log {inst.log}: {exc.strerror}; the ttl was not applied")
+    reader, writer = os.pipe()
+    try:
+        middle = os.fork()
+        if middle == 0:
+            try:
+                os.setsid()
+                pid = os.fork()
+                if pid == 0:
+                    null = os.open(os.devnull, os.O_RDONLY)
+                    os.dup2(null, 0)
+                    os.dup2(log, 1)
+                    os.dup2(log, 2)
+                    watchdog(expires_at, inst.req["stop_timeout"], token, inst.dir, group)
+                else:
+                    os.write(writer, f"{pid}\n".encode())
+            finally:
+                os._exit(0)
+    finally:
+        os.close(writer)
+        os.close(log)
+    os.waitpid(middle, 0)
+    return launched_watchdog(reader)
+
+
+def apply_ttl(inst, found):
+    """Give the running server of `inst` the request's --ttl from now on: a new
+    watchdog (attach_watchdog), recorded in its metadata, then the old one ended.
+    Its duration is recorded too, for restart (see rerun). Returns what to say."""
+    meta = inst.recorded
+    if not found.managed or not isinstance(meta, dict) or inst.foreign:
+        raise AgentError(f"the server on port {inst.port} was not started by fabserve, so --ttl cannot be applied "
+                         f"to it: stop it, then start it with --ttl")
+    ttl = inst.req["ttl"]
+    expires_at = time.time() + ttl
+    old = meta.get("watchdog") if isinstance(meta.get("watchdog"), dict) else {}
+    watch = attach_watchdog(inst, expires_at, found.pgid, meta.get("token"))
+    meta = dict(meta, expires_at=expires_at, watchdog=watch)
+    try:
+        write_atomic(inst.meta_path, json.dumps(meta))
+    except OSError as exc:
+        os.kill(watch["pid"], signal.SIGKILL)  # ours, just forked: the server keeps what it had
+        raise AgentError(f"cannot write state in {inst.dir}: {exc.strerror}; the ttl was not applied")
+    inst.recorded, inst.expires_at = meta, expires_at
+    if old.get("pid") and alive(old["pid"], old.get("starttime")):
+        os.kill(old["pid"], signal.SIGKILL)
+    record = instance_record(inst.dir)
+    if record is not None and isinstance(record.get("started_with"), dict):
+        record["started_with"]["ttl"] = ttl
+        write_atomic(os.path.join(inst.dir, "instance.json"), json.dumps(record))
+    return "the ttl now applies to it"
 
 
 def launched_watchdog(reader):
@@ -1431,7 +1498,7 @@ ALWAYS = (
     ("host", "the host as -H or the inventory named it (set by the client)"),
     ("action", "the verb that ran"),
     ("ok", "whether the verb did what it was asked"),
-    ("changed", "whether it started or stopped a server"),
+    ("changed", "whether it started or stopped a server, or gave a running one a TTL"),
     ("state", "running, stopped or failed"),
     ("pid", "the process group (or, found by the /proc search, the first process)"),
     ("pids", "every process of the server"),
@@ -1725,8 +1792,10 @@ def do_start(inst):
                 message = join(message, "not started by fabserve")
         else:
             message = join("already started but " + message, "use restart")
-        return describe(inst, found, ok=state == RUNNING, changed=False, state=state, pids=pids,
-                        http_status=http, message=join(message, release_note(inst)))
+        # A --ttl is never dropped: a leftover server a CI job's start finds gets it too.
+        applied = apply_ttl(inst, found) if inst.req.get("ttl") else ""
+        return describe(inst, found, ok=state == RUNNING, changed=bool(applied), state=state, pids=pids,
+                        http_status=http, message=join(message, applied, release_note(inst)))
     if inst.foreign:
         raise AgentError(f"{inst.pidfile} records a server started on host {inst.foreign}: "
                          f"it is that host's, so it is not replaced; nothing was started")

@@ -204,6 +204,12 @@ def test_the_built_collection_holds_the_agent_itself_and_installs(ansible):
 
 def test_check_mode_ends_no_server_past_its_ttl_and_says_a_start_would_change_it(ansible, site, fab, target):
     port = free_port()
+    assert fab("start", *where(site, port)).returncode == 0
+    given = ansible.module(target.alias, args(site, port, "started", "ttl=1h"), "--check")
+    assert given.returncode == 0 and given.results[target.alias]["changed"] is True  # the ttl would be applied
+    assert fab("status", *where(site, port), "--json").json["expires_at"] is None
+    assert fab("stop", *where(site, port)).returncode == 0 and not port_listening(port)
+
     data = fab("start", *where(site, port), "--ttl", "3s", "--json").json
     meta = json.loads(open(os.path.join(os.path.dirname(data["pidfile"]), "server.json")).read())
     os.kill(meta["watchdog"]["pid"], signal.SIGKILL)

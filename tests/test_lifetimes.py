@@ -303,3 +303,54 @@ def test_restart_past_the_expiry_gives_the_new_server_a_whole_ttl_again(fab, sit
     assert wait_for(lambda: not group_members(new["pid"]) and not port_listening(new["port"]), timeout=10 + 30)
     assert not alive(watchdog)
     assert last_log_line(new).endswith(f"expired: the ttl ended at {new['expires_at']}, so the server was stopped")
+
+
+def test_start_with_a_ttl_applies_it_to_the_server_that_already_runs(run, mode, site):
+    flags = where(site, free_port())
+    first = run("start", *flags, "--ttl", "1h").json
+    in_group = watchdog_of(first)
+    second = run("start", *flags, "--ttl", "4s", env={"FABRIC_FABSERVE_STOP_TIMEOUT": GRACE})
+    assert second.returncode == 0, second.stdout + second.stderr
+    applied = second.json
+    assert applied["changed"] is True and applied["pids"] == first["pids"] and 0 < applied["expires_in"] <= 4
+    assert applied["message"] == f"already running on {first['url']}; the ttl now applies to it"
+    attached = recorded_watchdog(applied)
+    assert attached != in_group and alive(attached) and attached not in group_members(first["pid"])
+    assert wait_for(lambda: proc_state(in_group) is None, timeout=10)  # the replaced one: ended and reaped
+    assert run("status", *flags).json["expires_at"] == applied["expires_at"]
+    assert wait_for(lambda: not group_members(first["pid"]) and not port_listening(first["port"]), timeout=4 + 30)
+    assert wait_for(lambda: not alive(attached), timeout=10)
+    assert last_log_line(first).endswith(f"expired: the ttl ended at {applied['expires_at']}, so the server was "
+                                         f"stopped")
+    status = run("status", *flags, json=False)
+    assert status.returncode == 3 and status.stdout.strip().endswith(f": expired at {applied['expires_at']} (ttl)")
+
+
+def test_a_ttl_given_to_a_running_server_without_one_is_shown_kept_by_restart_and_ended_by_stop(fab, site):
+    flags = where(site, free_port())
+    first = started(fab, flags)
+    assert first["expires_at"] is None
+    human = fab("start", *flags, "--ttl", "1h")
+    assert human.returncode == 0
+    assert human.stdout.startswith(f"{fab.remote_host}: already running on {first['url']}; the ttl now applies to "
+                                   f"it (pids ")
+    assert "; expires in 59m" in human.stdout or "; expires in 1h" in human.stdout
+    status = fab("status", *flags, "--json").json
+    assert 3500 < status["expires_in"] <= 3600 and status["pids"] == first["pids"]
+    attached = recorded_watchdog(status)
+    restarted = fab("restart", *flags, "--json").json  # the duration given to the running server, again
+    assert restarted["state"] == "running" and 3500 < restarted["expires_in"] <= 3600
+    assert wait_for(lambda: not alive(attached), timeout=10)
+    assert fab("stop", *flags).returncode == 0
+
+
+def test_start_with_a_ttl_refuses_a_server_fabserve_did_not_start(fab, site, spawn_as_user):
+    port = free_port()
+    spawn_as_user([site / ".venv" / "bin" / "python", "manage.py", "runserver", f"127.0.0.1:{port}"], cwd=site)
+    assert wait_for(lambda: port_listening(port), timeout=30)
+    result = fab("start", *where(site, port), "--ttl", "1h")
+    assert result.returncode == 1 and result.stdout == "", result.stdout
+    assert result.stderr.strip().endswith(f"start failed: the server on port {port} was not started by fabserve, "
+                                          f"so --ttl cannot be applied to it: stop it, then start it with --ttl")
+    assert port_listening(port)
+    assert fab("stop", *where(site, port)).returncode == 0

@@ -76,7 +76,7 @@ ok:
   returned: always
   type: bool
 changed:
-  description: Whether it started or stopped a server.
+  description: Whether it started or stopped a server, or gave a running one a TTL.
   returned: always
   type: bool
 state:
@@ -198,11 +198,12 @@ def request(module, action):
         module.fail_json(msg=str(exc))
 
 
-def would_change(action, probe):
-    """Whether `action` would start or stop something, given a status result: a
-    server at its expiry is ended (and started again) by the real run."""
+def would_change(action, probe, req):
+    """Whether `action` would start, stop or change something, given a status
+    result: a server at its expiry is ended (and started again) by the real run,
+    and a running one gets the ttl of a start."""
     if action == "start":
-        return not probe["pids"] or probe.get("expires_in") == 0
+        return not probe["pids"] or probe.get("expires_in") == 0 or bool(req.get("ttl"))
     if action == "stop":
         return bool(probe["pids"])
     return action == "restart"
@@ -238,7 +239,7 @@ def main():
         probe = agent.handle(dict(request(module, "status"), look_only=True))
         if probe.get("error") is not None:
             finish(module, "status", probe)
-        probe["changed"] = would_change(action, probe)
+        probe["changed"] = would_change(action, probe, req)
         if probe["changed"]:
             probe["message"] = WOULD[action]
         finish(module, "status", probe)
