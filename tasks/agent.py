@@ -649,7 +649,8 @@ class Instance(object):
         self.legacy = False  # the trusted pidfile is in legacy_dir
         self.foreign = None  # the host that recorded the pidfile, when it is another one
         self.expires_at = None  # when the located or launched server's TTL ends (epoch seconds)
-        self.kept_expiry = None  # the expiry a restart carries over when no new --ttl is given
+        self.locked = False  # this call holds the instance's lock (start, stop, restart)
+        self.ended = None  # the PIDs of a server this call found past its expiry and saw ended
 
     @property
     def url(self):
@@ -794,6 +795,9 @@ def locate(inst, procs=None):
             inst.legacy = legacy
             inst.serving = meta.get("project") if isinstance(meta.get("project"), str) else None
             trusted(inst, meta)
+            # look_only: a caller that must change nothing (Ansible's check mode) sees it as it is.
+            if inst.expires_at is not None and time.time() >= inst.expires_at and not inst.req.get("look_only"):
+                return end_expired(inst, Found(pgid=pid), meta, procs)
             return Found(pgid=pid), ""
         note = f"stale pidfile{' of the previous state layout' if legacy else ''}: {why}"
     return search(inst, token, procs), note
@@ -1257,18 +1261,40 @@ def expiry_fields(expires_at):
             "expires_in": max(0, int(expires_at - time.time()))}
 
 
-def group_others():
-    """The live members of this process's group other than itself."""
+def group_others(group):
+    """The live members of process group `group` other than this process."""
     me = os.getpid()
-    return [pid for pid in group_members(os.getpgrp()) if pid != me]
+    return [pid for pid in group_members(group) if pid != me]
 
 
-def log_line(text):
-    """Append one line to the log, which is this process's stdout (O_APPEND)."""
+def log_line(text, fd=1):
+    """Append one line to the log: `fd`, by default this process's stdout (O_APPEND)."""
     try:
-        os.write(1, f"--- fabserve {time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n".encode())
+        os.write(fd, f"--- fabserve {time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n".encode())
     except OSError:
         pass
+
+
+def expiry_line(expires_at, *notes):
+    """The log line that says the TTL ended the server (see expired_at)."""
+    return join(f"{EXPIRED}: the ttl ended at {expiry_fields(expires_at)['expires_at']}, so the server was stopped",
+                *notes)
+
+
+EXPIRY_LINE = re.compile(r"^--- fabserve [^\n]*? " + EXPIRED + r": the ttl ended at ([0-9T:Z-]+),")
+
+
+def expired_at(inst):
+    """When the TTL ended the instance's last server (ISO 8601 UTC), as its
+    log's last line says; None when something else ended it, or nothing did."""
+    try:
+        fd = os.open(inst.log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO planted there never blocks
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        last = read_tail(handle, 1) if stat.S_ISREG(os.fstat(fd).st_mode) else []
+    found = EXPIRY_LINE.match(last[-1]) if last else None
+    return found.group(1) if found else None
 
 
 def release_state(directory, leader, token):
@@ -1305,32 +1331,39 @@ def close_inherited():
                 pass
 
 
-def watchdog(expires_at, grace, token, directory):
-    """The TTL watchdog, forked into the server's own session and group before
-    the server's exec. It sleeps until `expires_at`, then stops its own group:
+def watchdog(expires_at, grace, token, directory, group=None):
+    """The TTL watchdog. Launched with its server, it is forked into the server's
+    own session and group (`group` None) before the server's exec; attached to a
+    server already running (start --ttl), it runs in a session of its own and
+    `group` is the server's. It sleeps until `expires_at`, then stops the group:
     TERM, KILL after `grace`; and, as a stop does, the processes that left the
     group carrying the server's token. A process group ID cannot be reused
-    while one of its members lives, and this process is one, so its group
-    signals reach that group and nothing else. It ends with the group on a
-    stop (TERM's default action), and early, quietly, once the server ended on
-    its own."""
+    while one of its members lives: inside the group this process is one, so its
+    group signals reach that group and nothing else; outside it, the group is
+    signalled only while a member carries the token. It ends with the group on
+    a stop (TERM's default action, or the group seen gone), and early, quietly,
+    once the server ended on its own."""
     close_inherited()
     os.chdir("/")  # the project directory is the server's to keep busy, not ours
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    leader = os.getppid()  # the process that execs the server, its group's leader
+    inside = group is None
+    group = os.getpgrp() if inside else group
+    leader = group  # the server's process, its group's leader since its setsid
+    leader_start = (proc_stat(leader) or {}).get("starttime")
     while True:
         left = expires_at - time.time()
         if left <= 0:
             break
         time.sleep(min(left, WATCH_POLL))
-        if os.getppid() != leader and not group_others():
+        if not alive(leader, leader_start) and not group_others(group):
             return
+    if not inside and not any(environ_token(pid) == token for pid in group_others(group)):
+        return  # nothing of the server is left in it: the group is not ours to signal
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # our own group's TERM is for the server
-    group = os.getpgrp()
     os.killpg(group, signal.SIGTERM)
     deadline = time.time() + grace
     for pause in pauses():
-        if not group_others() or time.time() >= deadline:
+        if not group_others(group) or time.time() >= deadline:
             break
         time.sleep(pause)
     # As a stop does: what left the group (setsid) still carries the token. What
@@ -1340,30 +1373,98 @@ def watchdog(expires_at, grace, token, directory):
         problem = ""
     except AgentError as exc:
         escaped, escaped_killed, problem = [], False, str(exc)
-    killed = bool(group_others())
+    killed = bool(group_others(group))
     if not problem:
         release_state(directory, leader, token)
-    log_line(join(f"{EXPIRED}: the ttl ended, so the server was stopped"
-                  + (f" with SIGKILL after {grace:g}s grace" if killed or escaped_killed else ""),
-                  f"pids {' '.join(map(str, escaped))} had left the server's process group" if escaped else "",
-                  problem))
+    log_line(expiry_line(expires_at,
+                         f"with SIGKILL after {grace:g}s grace" if killed or escaped_killed else "",
+                         f"pids {' '.join(map(str, escaped))} had left the server's process group" if escaped else "",
+                         problem))
     if killed:
-        os.killpg(group, signal.SIGKILL)  # this process too: nothing is left to do
+        os.killpg(group, signal.SIGKILL)  # inside the group, this process too: nothing is left to do
 
 
 def watchdog_forker(expires_at, grace, token, directory, report_fd):
     """A preexec_fn for the server's Popen: after its setsid, fork the watchdog
     (so it joins the server's session and group) and write its PID to
-    `report_fd`; the server's exec follows."""
+    `report_fd`; the server's exec follows. The watchdog is forked twice, its
+    first parent gone at once: its parent is then init (or the nearest
+    subreaper), which reaps it however it ends, not the server, which would
+    keep it a zombie (runserver waits only for its own child)."""
     def fork_watchdog():
-        pid = os.fork()
-        if pid == 0:
+        middle = os.fork()
+        if middle == 0:
             try:
-                watchdog(expires_at, grace, token, directory)
+                pid = os.fork()
+                if pid == 0:
+                    watchdog(expires_at, grace, token, directory)
+                else:
+                    os.write(report_fd, f"{pid}\n".encode())
             finally:
                 os._exit(0)
-        os.write(report_fd, f"{pid}\n".encode())
+        os.waitpid(middle, 0)
     return fork_watchdog
+
+
+def attach_watchdog(inst, expires_at, group, token):
+    """Fork a watchdog for the running server whose group is `group`, in a
+    session of its own (a group of another session cannot be joined), stdin
+    /dev/null, output to the log, forked twice so init reaps it, as start's.
+    Returns {"pid", "starttime"}."""
+    try:
+        log = os.open(inst.log, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise AgentError(f"cannot write the log {inst.log}: {exc.strerror}; the ttl was not applied")
+    reader, writer = os.pipe()
+    try:
+        middle = os.fork()
+        if middle == 0:
+            try:
+                os.setsid()
+                pid = os.fork()
+                if pid == 0:
+                    null = os.open(os.devnull, os.O_RDONLY)
+                    os.dup2(null, 0)
+                    os.dup2(log, 1)
+                    os.dup2(log, 2)
+                    watchdog(expires_at, inst.req["stop_timeout"], token, inst.dir, group)
+                else:
+                    os.write(writer, f"{pid}\n".encode())
+            finally:
+                os._exit(0)
+    finally:
+        os.close(writer)
+        os.close(log)
+    os.waitpid(middle, 0)
+    return launched_watchdog(reader)
+
+
+def apply_ttl(inst, found):
+    """Give the running server of `inst` the request's --ttl from now on: a new
+    watchdog (attach_watchdog), recorded in its metadata, then the old one ended.
+    Its duration is recorded too, for restart (see rerun). Returns what to say."""
+    meta = inst.recorded
+    if not found.managed or not isinstance(meta, dict) or inst.foreign:
+        raise AgentError(f"the server on port {inst.port} was not started by fabserve, so --ttl cannot be applied "
+                         f"to it: stop it, then start it with --ttl")
+    ttl = inst.req["ttl"]
+    expires_at = time.time() + ttl
+    old = meta.get("watchdog") if isinstance(meta.get("watchdog"), dict) else {}
+    watch = attach_watchdog(inst, expires_at, found.pgid, meta.get("token"))
+    meta = dict(meta, expires_at=expires_at, watchdog=watch)
+    try:
+        write_atomic(inst.meta_path, json.dumps(meta))
+    except OSError as exc:
+        os.kill(watch["pid"], signal.SIGKILL)  # ours, just forked: the server keeps what it had
+        raise AgentError(f"cannot write state in {inst.dir}: {exc.strerror}; the ttl was not applied")
+    inst.recorded, inst.expires_at = meta, expires_at
+    if old.get("pid") and alive(old["pid"], old.get("starttime")):
+        os.kill(old["pid"], signal.SIGKILL)
+    record = instance_record(inst.dir)
+    if record is not None and isinstance(record.get("started_with"), dict):
+        record["started_with"]["ttl"] = ttl
+        write_atomic(os.path.join(inst.dir, "instance.json"), json.dumps(record))
+    return "the ttl now applies to it"
 
 
 def launched_watchdog(reader):
@@ -1385,11 +1486,91 @@ def trusted(inst, meta):
     cap_log(inst)
 
 
+def end_expired(inst, found, meta, procs):
+    """(None, what happened) for a server found past its expiry, once it is
+    ended as its watchdog ends it: every call that locates an instance does
+    this, so the TTL holds when the watchdog is gone (killed, or never ran).
+    A live watchdog gets the time its own stop takes first. A call without the
+    instance's lock (status, logs, list) takes it, giving way to a start, stop
+    or restart that holds it (which ends the server itself), and goes on only
+    while the state still names this server."""
+    grace = inst.req["stop_timeout"]
+    watch = meta.get("watchdog") if isinstance(meta.get("watchdog"), dict) else {}
+    pids = found.members()
+    deadline = time.time() + grace + WATCH_POLL + KILL_WAIT
+    for pause in pauses():
+        # Locked, the watchdog waits for our lock to remove the state: wait for the server alone.
+        working = alive(watch.get("pid"), watch.get("starttime")) if watch.get("pid") else False
+        if not (working and (found.members() or not inst.locked)) or time.time() >= deadline:
+            break
+        time.sleep(pause)
+    lock = None
+    if not inst.locked:
+        lock = try_lock(inst.dir)
+        if lock is None:
+            return found, ""
+    try:
+        if lock is not None:
+            try:
+                now_pid, now = inst.read_meta()
+            except ValueError:
+                now_pid, now = None, None
+            if now_pid != found.pgid or (now or {}).get("token") != meta.get("token"):
+                os.close(lock)  # ended or replaced meanwhile: look again
+                lock = None
+                return locate(inst, procs)
+        left = found.members()
+        escaped, notes = [], []
+        if left:
+            killed = terminate_all(found, grace)
+            escaped, escaped_killed = end_token_carriers(meta.get("token"), grace, left)
+            notes = [f"with SIGKILL after {grace:g}s grace" if killed or escaped_killed else "",
+                     f"pids {' '.join(map(str, escaped))} had left the server's process group" if escaped else "",
+                     f"its watchdog was gone, so {inst.req['action']} stopped pids "
+                     f"{' '.join(map(str, left + escaped))}"]
+            append_log(inst.log, expiry_line(inst.expires_at, *notes))
+        inst.forget()
+        inst.ended = sorted(set(pids + left + escaped))
+        return None, join(f"{EXPIRED} at {expiry_fields(inst.expires_at)['expires_at']} (ttl)",
+                          notes[-1] if notes else "")
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def try_lock(directory):
+    """The descriptor of the instance lock in `directory` taken at once, or None
+    while another call holds it (or it is missing)."""
+    try:
+        fd = os.open(os.path.join(directory, "lock"), os.O_RDWR | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def append_log(path, text):
+    """Append one line to the log at `path` (O_APPEND, as the server writes it)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            log_line(text, fd)
+    finally:
+        os.close(fd)
+
+
 def launch_expiry(inst):
-    """When the server to launch expires: now plus --ttl, else the expiry a
-    restart kept, else never (None)."""
+    """When the server to launch expires: now plus --ttl (a restart's given, else
+    the recorded one: see rerun), else never (None)."""
     ttl = inst.req.get("ttl")
-    return time.time() + ttl if ttl else inst.kept_expiry
+    return time.time() + ttl if ttl else None
 
 
 # -------------------------------------------------------------------- actions
@@ -1401,7 +1582,7 @@ ALWAYS = (
     ("host", "the host as -H or the inventory named it (set by the client)"),
     ("action", "the verb that ran"),
     ("ok", "whether the verb did what it was asked"),
-    ("changed", "whether it started or stopped a server"),
+    ("changed", "whether it started or stopped a server, or gave a running one a TTL"),
     ("state", "running, stopped or failed"),
     ("pid", "the process group (or, found by the /proc search, the first process)"),
     ("pids", "every process of the server"),
@@ -1513,8 +1694,7 @@ def status_of(inst, found, note, pids=None, listening=None):
     and each row of list; `pids`: its processes when already known; `listening`:
     see listen_inodes."""
     if found is None:
-        return describe(inst, None, ok=True, changed=False, state=STOPPED,
-                        message=join("not running", note))
+        return describe(inst, None, ok=True, changed=False, state=STOPPED, message=not_running(inst, note))
     pids = found.members() if pids is None else pids
     state, message = health(inst, pids, listening)
     extra = {}
@@ -1526,6 +1706,15 @@ def status_of(inst, found, note, pids=None, listening=None):
         message = join(message, "not started by fabserve")
     return describe(inst, found, ok=state == RUNNING, changed=False, state=state, pids=pids,
                     message=join(message, release_note(inst), note), **extra)
+
+
+def not_running(inst, note):
+    """What a verb says of an instance with no server: "expired at TIME (ttl)"
+    when its TTL ended it (end_expired's note, else its log's last line)."""
+    if note.startswith(EXPIRED):
+        return note
+    when = expired_at(inst)
+    return join(f"{EXPIRED} at {when} (ttl)" if when else "not running", note)
 
 
 def release_note(inst):
@@ -1547,8 +1736,8 @@ def do_stop(inst):
     token = (inst.recorded or {}).get("token")
     if found is None:
         inst.forget()
-        return describe(inst, None, ok=True, changed=False, state=STOPPED,
-                        message=join("not running", note))
+        return describe(inst, None, ok=True, changed=bool(inst.ended), state=STOPPED, pids=inst.ended or [],
+                        message=not_running(inst, note))
     managed = found.managed
     grace = inst.req["stop_timeout"]
     pids = found.members()
@@ -1714,8 +1903,10 @@ def do_start(inst):
                 message = join(message, "not started by fabserve")
         else:
             message = join("already started but " + message, "use restart")
-        return describe(inst, found, ok=state == RUNNING, changed=False, state=state, pids=pids,
-                        http_status=http, message=join(message, release_note(inst)))
+        # A --ttl is never dropped: a leftover server a CI job's start finds gets it too.
+        applied = apply_ttl(inst, found) if inst.req.get("ttl") else ""
+        return describe(inst, found, ok=state == RUNNING, changed=bool(applied), state=state, pids=pids,
+                        http_status=http, message=join(message, applied, release_note(inst)))
     if inst.foreign:
         raise AgentError(f"{inst.pidfile} records a server started on host {inst.foreign}: "
                          f"it is that host's, so it is not replaced; nothing was started")
@@ -1790,7 +1981,6 @@ def do_restart(inst):
     rerun(inst)
     resolve_python(inst)  # fail before stopping anything if start cannot work
     stopped = do_stop(inst)
-    inst.kept_expiry = inst.expires_at  # kept unless a new --ttl is given
     try:
         started = do_start(inst)
     except AgentError as exc:
@@ -2160,8 +2350,10 @@ def resolve_instance(req, tried=()):
 # The request settings that make a server what it is, and their types: each
 # start records them (instance.json, kept after stop), and a restart not given
 # one reruns the recorded value. python is kept as given (None: the project's
-# venv, found again in the release the project now resolves to).
-RERUN = (("python", str), ("settings", str), ("env", dict), ("noreload", bool), ("addr", str), ("check", str))
+# venv, found again in the release the project now resolves to); ttl as a
+# duration, so a restarted server gets a whole lifetime again.
+RERUN = (("python", str), ("settings", str), ("env", dict), ("noreload", bool), ("addr", str), ("check", str),
+         ("ttl", int))
 
 
 def remember(inst):
@@ -2261,11 +2453,12 @@ def do_list(host, req):
         row = status_of(inst, found, note, pids, listening)
         # Stopped by stop, by its TTL or by a start that never came up: history,
         # which would otherwise stay for ever. A stale pidfile (a server that
-        # died) is still shown: something ended it that nobody asked to.
-        if row["state"] == STOPPED and not os.path.lexists(inst.pidfile) and not req.get("all"):
+        # died) is still shown: something ended it that nobody asked to; and
+        # so is a server this list ended, past its expiry.
+        if row["state"] == STOPPED and not os.path.lexists(inst.pidfile) and not req.get("all") and not inst.ended:
             hidden += 1
             continue
-        claimed.update(row["pids"])
+        claimed.update(row["pids"] + (inst.ended or []))
         rows.append(row)
     unmanaged = {}
     for proc in procs:
@@ -2454,6 +2647,7 @@ def handle(req):
                 inst = Instance(named)
                 try:
                     fd = inst.lock() if locks else None
+                    inst.locked = fd is not None
                 finally:
                     if held is not None:
                         os.close(held)

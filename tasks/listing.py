@@ -5,7 +5,7 @@ import json
 from typing import Any, Dict, List
 
 from . import report
-from .agent import RUNNING
+from .agent import EXPIRED, RUNNING
 
 #: The table's columns: heading, and how a row shows in it.
 COLUMNS = (
@@ -22,9 +22,12 @@ COLUMNS = (
 
 
 def state_of(row: Dict[str, Any]) -> str:
-    """A row's state, `stale` for one stopped whose pidfile names a process that is gone."""
+    """A row's state, `stale` for one stopped whose pidfile names a process that is
+    gone, `expired` for one its TTL ended."""
     if row.get("state") != RUNNING and "stale pidfile" in (row.get("message") or ""):
         return "stale"
+    if row.get("state") != RUNNING and (row.get("message") or "").startswith(f"{EXPIRED} at "):
+        return EXPIRED
     return row.get("state") or "-"
 
 

@@ -153,7 +153,7 @@ def start(c, project=None, port=None, addr=None, python=None, settings=None, env
     Already running: reports it and starts nothing. On failure (port taken,
     broken project, timeout, --check not answered below 500) it kills what it
     launched and shows the log's tail. With --ttl it stops itself once that
-    time has passed.
+    time has passed; a server already running gets that TTL from now.
     """
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings,
                  noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl)
@@ -206,7 +206,7 @@ def restart(c, project=None, port=None, addr=None, python=None, settings=None, e
             noreload=False, timeout=None, check=None, json=False, ttl=None):
     """Stop the server if it runs, then start it and wait until it answers.
 
-    The new server keeps the old one's expiry unless --ttl gives a new one.
+    The new server gets a whole TTL again: --ttl, else the last one it was given.
     """
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings,
                  noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl)

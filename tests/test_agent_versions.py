@@ -126,9 +126,10 @@ def test_ttl_watchdog_and_log_cut_under_each_interpreter(version, runs):
     assert start["ok"] and start["state"] == "running" and 0 < start["expires_in"] <= 5, start
     assert status["state"] == "running" and status["pids"] == start["pids"] and status["expires_at"]
     assert after["state"] == "stopped" and after["expires_at"] is None
+    assert after["message"] == f"expired at {start['expires_at']} (ttl)"
     lines = open(start["log"]).read().splitlines()
     assert "log cut to its newest part" in lines[0] and "pushed 1499" in lines
-    assert lines[-1].endswith("expired: the ttl ended, so the server was stopped")
+    assert lines[-1].endswith(f"expired: the ttl ended at {start['expires_at']}, so the server was stopped")
 
 
 @pytest.mark.parametrize("version", sorted(INTERPRETERS))

@@ -8,13 +8,15 @@ import ast
 import json
 import os
 import re
+import signal
 import socket
 import tarfile
+import time
 
 import pytest
 
 from bed.ansible import Ansible, save
-from helpers import alive, bed_outcome, group_members, http_status, port_listening, wait_for, where
+from helpers import alive, bed_outcome, free_port, group_members, http_status, port_listening, wait_for, where
 
 MODULE = "fabserve.django.runserver"
 
@@ -322,3 +324,26 @@ def test_check_mode_of_a_start_without_a_port_asks_about_the_port_the_start_take
     assert result["changed"] is True and result["port"] == 8000 and result["msg"] == "would be started", result
     stopped = ansible.module(target.alias, args(site, port, "stopped"))
     assert stopped.returncode == 0 and stopped.results[target.alias]["changed"] is True
+
+
+def test_check_mode_ends_no_server_past_its_ttl_and_says_a_start_would_change_it(ansible, site, fab, target):
+    port = free_port()
+    assert fab("start", *where(site, port)).returncode == 0
+    given = ansible.module(target.alias, args(site, port, "started", "ttl=1h"), "--check")
+    assert given.returncode == 0 and given.results[target.alias]["changed"] is True  # the ttl would be applied
+    assert fab("status", *where(site, port), "--json").json["expires_at"] is None
+    assert fab("stop", *where(site, port)).returncode == 0 and not port_listening(port)
+
+    data = fab("start", *where(site, port), "--ttl", "3s", "--json").json
+    meta = json.loads(open(os.path.join(os.path.dirname(data["pidfile"]), "server.json")).read())
+    os.kill(meta["watchdog"]["pid"], signal.SIGKILL)
+    assert wait_for(lambda: not alive(meta["watchdog"]["pid"]), timeout=10)
+    time.sleep(data["expires_in"] + 1.5)
+    for state in ("started", "stopped"):
+        checked = ansible.module(target.alias, args(site, port, state), "--check")
+        assert checked.returncode == 0 and checked.results[target.alias]["changed"] is True, checked
+    assert all(alive(pid) for pid in data["pids"]) and port_listening(port)  # check mode ended nothing
+    stopped = ansible.module(target.alias, args(site, port, "stopped"))
+    assert stopped.returncode == 0 and stopped.results[target.alias]["changed"] is True, stopped
+    assert stopped.results[target.alias]["msg"].startswith(f"expired at {data['expires_at']} (ttl)")
+    assert_gone(data, port)

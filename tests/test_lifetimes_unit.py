@@ -269,3 +269,31 @@ def test_lines_longer_than_the_marker_room_keep_their_places_too(tmp_path):
         assert handle.readline().startswith(b"--- fabserve ")
         handle.seek(offset - agent.log_base(handle.fileno()))
         assert handle.readline() == recent
+
+
+def test_a_log_ending_with_the_expiry_line_says_when_the_ttl_ended(tmp_path):
+    log = tmp_path / "server.log"
+    inst = type("Inst", (), {"log": str(log)})()
+    assert agent.expired_at(inst) is None  # no log yet
+    log.write_text("--- fabserve 2026-12-07 10:00:00 python manage.py runserver\nserving\n")
+    assert agent.expired_at(inst) is None
+    with open(log, "ab") as handle:
+        agent.log_line(agent.expiry_line(1796162400, "its watchdog was gone, so status stopped pids 5 6"),
+                       handle.fileno())
+    assert agent.expired_at(inst) == "2026-12-01T22:00:00Z"
+    with open(log, "a") as handle:
+        handle.write("started again\n")
+    assert agent.expired_at(inst) is None  # only the last line counts: something came after
+
+
+def test_the_expiry_is_never_read_from_a_fifo(tmp_path):
+    os.mkfifo(tmp_path / "server.log")
+    inst = type("Inst", (), {"log": str(tmp_path / "server.log")})()
+    assert agent.expired_at(inst) is None  # returns at once: no writer is waited for
+
+
+def test_list_shows_a_row_its_ttl_ended_as_expired():
+    from tasks import listing
+    assert listing.state_of({"state": "stopped", "message": "expired at 2026-12-01T22:00:00Z (ttl)"}) == "expired"
+    assert listing.state_of({"state": "stopped", "message": "not running"}) == "stopped"
+    assert listing.state_of({"state": "running", "message": "running on http://127.0.0.1:8000/"}) == "running"

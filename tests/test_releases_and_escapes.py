@@ -184,7 +184,7 @@ def test_expiry_ends_forks_that_left_the_group_with_the_token_too(fab, forking_s
         [pid for pid in everyone if alive(pid)]
     assert not port_listening(port)
     last = Path(server["log"]).read_text().rstrip("\n").splitlines()[-1]
-    assert "expired: the ttl ended, so the server was stopped" in last, last
+    assert f"expired: the ttl ended at {server['expires_at']}, so the server was stopped" in last, last
     named = re.search(r"; pids ([0-9 ]+) had left the server's process group", last)
     assert named and sorted(map(int, named.group(1).split())) == sorted([forked, spawned]), last
     assert fab("status", *flags).returncode == 3

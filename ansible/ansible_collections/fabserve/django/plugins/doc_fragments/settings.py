@@ -82,7 +82,7 @@ options:
     default: 10
   ttl:
     description:
-    - 'Stop the server after this long, e.g. 30m, 2h, 1d (default: never; restart keeps the old one).'
+    - 'Stop the server after this long, e.g. 30m, 2h, 1d (default: never; a restart starts it anew).'
     - fab's C(--ttl) and the inventory variable C(fabserve_ttl) (or C(ttl)).
     type: str
   log_keep:
