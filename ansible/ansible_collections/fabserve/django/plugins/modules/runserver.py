@@ -15,19 +15,15 @@ description:
   - C(state=stopped) ends the server's whole process group, TERM then KILL after C(stop_timeout),
     found through its identity-checked pidfile or, without one, a precise search of this user's processes.
   - Changed exactly when a server was started or stopped; C(state=status) never changes anything.
-options:
-  state:
-    description:
-      - C(started) starts the server unless it already runs, C(stopped) stops it if it runs,
-        C(restarted) stops it if it runs and starts it again, C(status) only reports.
-    type: str
-    choices: [started, stopped, restarted, status]
-    default: started
+  - Every result holds every field of RETURN, null where it does not apply to the state.
 extends_documentation_fragment:
   - fabserve.django.settings
 notes:
   - Supports check mode; it reports what C(started), C(stopped) or C(restarted) would change from a
-    read-only status of the server.
+    read-only status of the server. With C(port=auto) and no server of the project running, the port
+    is chosen at start, so check mode reports C(port) null and names the range in C(msg).
+  - Supports diff mode (C(--diff)); C(diff) holds the server's C(state), C(port) and C(pids) before and
+    after, in check mode what they would be (C(pids) null for a server not started yet).
   - State (pidfile, metadata, log) lives in C(state_dir), by default C(~/.local/state/fabserve) on the
     target, the same as for C(fab).
   - Pipelining (C(ANSIBLE_PIPELINING=true)) saves SSH commands per task; the module needs no temporary
@@ -54,8 +50,8 @@ EXAMPLES = r'''
 
 - name: The inventory's fabserve variables as options
   fabserve.django.runserver:
-    project: "{{ project }}"
-    port: "{{ port }}"
+    project: "{{ fabserve_project }}"
+    port: "{{ fabserve_port }}"
     state: status
   register: server
 
@@ -183,12 +179,14 @@ check:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.fabserve.django.plugins.module_utils import agent, options
-from ansible_collections.fabserve.django.plugins.module_utils.spec import ARGUMENT_SPEC, STATES
+from ansible_collections.fabserve.django.plugins.module_utils.spec import ARGUMENT_SPEC, OPTIONS, RESULTS, STATES
 
 # What a check-mode run says would happen, by verb.
 WOULD = {"start": "would be started", "stop": "would be stopped", "restart": "would be restarted"}
 # Result fields that are the client's (fab's), not the agent's.
 CLIENT_FIELDS = ("host", "changed")
+# What diff mode shows of a server, before and after.
+DIFFED = ("state", "port", "pids")
 
 
 def request(module, action):
@@ -226,30 +224,81 @@ def startable(module, action, req):
         module.fail_json(msg=f"{action} failed: {exc}")
 
 
-def finish(module, action, result):
-    """exit_json, or fail_json with the one-line reason (and the log's tail when a start failed)."""
-    fields = dict((name, value) for name, value in result.items() if name not in CLIENT_FIELDS)
+def predicted(action, req, probe):
+    """Check mode's result for `action`, from a status of the instance `req` names
+    (the same port as the verb's own: start's default too). With port=auto and
+    nothing of the project running, the real run chooses a free port only then,
+    under the host's lock and past ports others listen on since: that port is
+    not known now, so none is claimed, nor any file of the status's instance."""
+    result = dict(probe, changed=would_change(action, probe, req))
+    if not result["changed"]:
+        return result
+    result["message"] = WOULD[action]
+    if req["port"] == agent.AUTO and action in agent.STARTS and probe["state"] == agent.STOPPED:
+        result.update(port=None, url=None, pidfile=None, log=None, state_dir=None)
+        result["message"] += f" on a free port from {req['port_range']} (port_range), chosen at start"
+    return result
+
+
+def shown(result):
+    """The server as diff mode shows it (a stop's result lists what it stopped: none is left)."""
+    server = dict((name, result.get(name)) for name in DIFFED)
+    if server["state"] == agent.STOPPED:
+        server["pids"] = []
+    return server
+
+
+def would_be(action, result):
+    """The server as check mode predicts it, from predicted's `result`; the
+    processes of a server not started yet are not known (null)."""
+    if not result["changed"]:
+        return shown(result)
+    if action == "stop":
+        return {"state": agent.STOPPED, "port": result["port"], "pids": []}
+    return {"state": agent.RUNNING, "port": result["port"], "pids": None}
+
+
+def finish(module, action, result, diff=None, fail_stopped=False):
+    """exit_json, or fail_json with the one-line reason (and the log's tail when a
+    start failed); every result field present, null where the verb gives none."""
+    fields = dict((name, result.get(name)) for name in RESULTS if name not in CLIENT_FIELDS)
+    if diff is not None:
+        fields["diff"] = diff
+    changed = bool(result["changed"])
     if result.get("error") is not None or (not result["ok"] and action != "status"):
-        module.fail_json(msg=f"{action} failed: {result.get('error') or result['message']}", **fields)
-    module.exit_json(changed=bool(result["changed"]), msg=result["message"], **fields)
+        module.fail_json(msg=f"{action} failed: {result.get('error') or result['message']}", changed=changed,
+                         **fields)
+    if fail_stopped and result["state"] != agent.RUNNING:
+        module.fail_json(msg=f"status failed: {result['message']}", changed=changed, **fields)
+    module.exit_json(changed=changed, msg=result["message"], **fields)
 
 
 def main():
-    spec = dict(ARGUMENT_SPEC, state=dict(type="str", default="started", choices=list(STATES)))
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=dict(ARGUMENT_SPEC, **OPTIONS), supports_check_mode=True)
     action = STATES[module.params["state"]]
+    fail_stopped = module.params["fail_if_not_running"]
+    if fail_stopped and action != "status":
+        module.fail_json(msg=f"fail_if_not_running is for state=status only, not state={module.params['state']}")
     req = request(module, action)
+    # The verb's own request as a status: the same port (start's default too). It
+    # only looks: a status would end a server past its TTL, which check mode must not.
+    probe = dict(req, action="status", look_only=True)
     if module.check_mode and action != "status":
-        if action in ("start", "restart"):
+        if action in agent.STARTS:
             startable(module, action, req)
-        probe = agent.handle(dict(request(module, "status"), look_only=True))
-        if probe.get("error") is not None:
-            finish(module, "status", probe)
-        probe["changed"] = would_change(action, probe, req)
-        if probe["changed"]:
-            probe["message"] = WOULD[action]
-        finish(module, "status", probe)
-    finish(module, action, agent.handle(req))
+        before = agent.handle(probe)
+        if before.get("error") is not None:  # several instances, a state directory refused...
+            finish(module, "status", before)
+        result = predicted(action, req, before)
+        diff = {"before": shown(before), "after": would_be(action, result)} if module._diff else None
+        finish(module, "status", result, diff)
+    before = agent.handle(probe) if module._diff and action != "status" else None
+    result = agent.handle(req)
+    diff = None
+    if module._diff:
+        known = before is not None and before.get("error") is None
+        diff = {"before": shown(before if known else result), "after": shown(result)}
+    finish(module, action, result, diff, fail_stopped)
 
 
 if __name__ == "__main__":
