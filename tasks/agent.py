@@ -2,13 +2,12 @@
 
 The client ships this file (compressed) inside a single `python3 -c ...` command,
 so each operation costs one SSH round trip and nothing is installed on the host.
-It reads one request (base64 JSON, the last argv element), acts, and prints one
+It reads one request (a line of JSON on stdin, never argv), acts, and prints one
 result line prefixed by MARKER. It must run on CPython 3.6+, so: no walrus, no
 dataclasses, no `from __future__ import annotations`, no 3.7+ subprocess flags.
 Linux only: process identity comes from /proc.
 """
 
-import base64
 import errno
 import fcntl
 import hashlib
@@ -1221,9 +1220,10 @@ def close_inherited():
                 pass
 
 
-def watchdog(expires_at, grace, token, directory):
+def watchdog(expires_at, grace, token, directory, leader):
     """The TTL watchdog, forked into the server's own session and group before
-    the server's exec. It sleeps until `expires_at`, then stops its own group:
+    the server's exec (`leader`: the server's PID, its group's leader), in an
+    interpreter of its own (see WATCHDOG). It sleeps until `expires_at`, then stops its own group:
     TERM, KILL after `grace`; and, as a stop does, the processes that left the
     group carrying the server's token. A process group ID cannot be reused
     while one of its members lives, and this process is one, so its group
@@ -1233,7 +1233,6 @@ def watchdog(expires_at, grace, token, directory):
     close_inherited()
     os.chdir("/")  # the project directory is the server's to keep busy, not ours
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    leader = os.getppid()  # the process that execs the server, its group's leader
     while True:
         left = expires_at - time.time()
         if left <= 0:
@@ -1267,19 +1266,59 @@ def watchdog(expires_at, grace, token, directory):
         os.killpg(group, signal.SIGKILL)  # this process too: nothing is left to do
 
 
-def watchdog_forker(expires_at, grace, token, directory, report_fd):
+# The TTL watchdog's program. It runs in an interpreter of its own, not as a fork
+# of the agent, so its command line (which every local user can read in
+# /proc/PID/cmdline, and ps shows for as long as the TTL runs) is this short
+# line: the agent's code and the watchdog's settings come on its stdin (see
+# feed_watchdog), which then becomes /dev/null.
+WATCHDOG = ("import marshal,sys;i=sys.stdin.buffer;g={'__name__':'fabserve_watchdog'};"
+            "exec(marshal.load(i),g);g['watch'](i)  # fabserve-watchdog")
+# This program's compiled code (the frame running this line is the module's own),
+# which feed_watchdog hands to the watchdog's interpreter, the same one as ours.
+CODE = sys._getframe().f_code
+
+
+def watchdog_forker(python, feed_fd, report_fd):
     """A preexec_fn for the server's Popen: after its setsid, fork the watchdog
-    (so it joins the server's session and group) and write its PID to
-    `report_fd`; the server's exec follows."""
+    (so it joins the server's session and group), which execs `python` running
+    WATCHDOG with `feed_fd` as its stdin, and write its PID to `report_fd`; the
+    server's exec follows."""
+    argv = [python, "-I", "-S", "-c", WATCHDOG]
+
     def fork_watchdog():
         pid = os.fork()
         if pid == 0:
             try:
-                watchdog(expires_at, grace, token, directory)
+                os.dup2(feed_fd, 0)
+                os.execv(python, argv)
             finally:
-                os._exit(0)
+                os._exit(127)
         os.write(report_fd, f"{pid}\n".encode())
     return fork_watchdog
+
+
+def feed_watchdog(fd, settings):
+    """Write the agent's code and then the watchdog's `settings` (one JSON line)
+    to the watchdog's stdin, `fd`; False when it is gone (its exec failed)."""
+    import marshal
+    try:
+        with os.fdopen(fd, "wb") as pipe:
+            marshal.dump(CODE, pipe)
+            pipe.write(json.dumps(settings).encode() + b"\n")
+    except OSError:
+        return False
+    return True
+
+
+def watch(stream):
+    """The watchdog's interpreter's entry (see WATCHDOG): read its settings from
+    `stream`, its stdin, put /dev/null there instead, and watch."""
+    settings = json.loads(stream.readline().decode("utf-8"))
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    watchdog(settings["expires_at"], settings["grace"], settings["token"], settings["directory"],
+             settings["leader"])
 
 
 def launched_watchdog(reader):
@@ -1540,9 +1579,13 @@ def launch(inst, python):
         log.flush()
     except OSError as exc:
         raise AgentError(f"cannot write the log {inst.log}: {exc.strerror}; nothing was started")
+    if expires_at is not None and not sys.executable:
+        raise AgentError("cannot start the ttl watchdog: this interpreter cannot name its own path "
+                         "(sys.executable); nothing was started")
+    # The watchdog reports its PID on one pipe and reads the agent's code and its settings from the other.
     reader, writer = os.pipe() if expires_at is not None else (None, None)
-    forker = None if writer is None else watchdog_forker(expires_at, inst.req["stop_timeout"], token, inst.dir,
-                                                          writer)
+    feed_in, feed_out = os.pipe() if expires_at is not None else (None, None)
+    forker = None if writer is None else watchdog_forker(sys.executable, feed_in, writer)
     with log:
         previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited across exec
         try:
@@ -1553,9 +1596,17 @@ def launch(inst, python):
             raise AgentError(f"cannot start the ttl watchdog: {exc}; nothing was started")
         finally:
             signal.signal(signal.SIGHUP, previous)
-            if writer is not None:
-                os.close(writer)
+            for fd in (writer, feed_in):
+                if fd is not None:
+                    os.close(fd)
     watch = launched_watchdog(reader)
+    settings = {"expires_at": expires_at, "grace": inst.req["stop_timeout"], "token": token,
+                "directory": inst.dir, "leader": proc.pid}
+    if feed_out is not None and not feed_watchdog(feed_out, settings):
+        terminate(Found(pgid=proc.pid), 0)
+        proc.poll()
+        raise AgentError(f"cannot start the ttl watchdog: its interpreter {sys.executable} did not run; "
+                         f"nothing was started")
     info = proc_stat(proc.pid)
     # The project as given names the instance; as resolved, the release it runs.
     meta = {"pid": proc.pid, "starttime": info["starttime"] if info else None, "boot_id": boot_id(),
@@ -2269,8 +2320,27 @@ def failure(inst, req, error, state, extra):
                      port=None, state_dir=None, managed=None, **extra)
 
 
-def main(argv):
-    req = json.loads(base64.b64decode(argv[-1]).decode("utf-8"))
+def run_limit(req):
+    """Seconds a call may take by its request's own deadlines; None for what may
+    run as long as it likes (a follower, a manage command without --timeout)."""
+    if req.get("follow") or (req["action"] == "manage" and req.get("manage_timeout") is None):
+        return None
+    limit = req["manage_timeout"] if req["action"] == "manage" else req["start_timeout"]
+    return limit + 2 * req["stop_timeout"]
+
+
+def read_request(stream):
+    """The request: one line of JSON on stdin, where the client writes it. Never
+    in argv, which every local user can read (/proc/PID/cmdline, ps) for as long
+    as the process runs: its env may hold secrets."""
+    line = stream.readline()
+    if not line.endswith(b"\n"):
+        raise SystemExit("fabserve agent: no request on stdin")
+    return json.loads(line.decode("utf-8"))
+
+
+def main():
+    req = read_request(sys.stdin.buffer)
     result = handle(req)
     if result is None:
         return 0
@@ -2285,4 +2355,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main())

@@ -90,6 +90,13 @@ class Remote(LinearOutput, FabricRemote):
 class Local(LinearOutput, InvokeLocal):
     """invoke's local runner, with linear output handling."""
 
+    def send_interrupt(self, interrupt: KeyboardInterrupt) -> None:
+        # invoke passes Ctrl-C on as \x03 on the program's stdin. The agent's is
+        # closed once its request is written (writing would raise), and the agent,
+        # in our process group, got the terminal's SIGINT itself.
+        if not (self.process and self.process.stdin and self.process.stdin.closed):
+            super().send_interrupt(interrupt)
+
 
 #: For a collection's configuration: {"runners": RUNNERS}.
 RUNNERS = {"remote": Remote, "local": Local}
