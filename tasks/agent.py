@@ -536,6 +536,33 @@ def check_private(path, what):
         raise AgentError(f"refusing {what} {path}: writable by others (mode {info.st_mode & 0o777:o})")
 
 
+def open_regular(path, what):
+    """`path` open for reading in binary, only if it is a regular file: opened
+    without following a symlink and without waiting (a FIFO planted there would
+    block the reader for ever), then checked. AgentError otherwise; OSError when
+    it cannot be opened (ENOENT: there is none)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "a special file"
+        raise AgentError(f"refusing {what} {path}: {kind}, not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def read_state(path, what):
+    """The text of state file `path` (`what` says which in messages), once it
+    passed check_private and open_regular."""
+    check_private(path, what)
+    try:
+        with open_regular(path, what) as handle:
+            return handle.read().decode("utf-8")
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):  # swapped for a symlink since the check
+            raise AgentError(f"refusing {what} {path}: it is a symlink")
+        raise
+
+
 def private_dir(path):
     try:
         os.makedirs(path, mode=0o700)
@@ -676,10 +703,11 @@ class Instance(object):
         pidfile, meta_path = os.path.join(directory, "server.pid"), os.path.join(directory, "server.json")
         if not os.path.lexists(pidfile):
             return None, None
-        check_private(pidfile, "pidfile")
-        pid = parse_pid(read_file(pidfile), pid_max())
+        pid = parse_pid(read_state(pidfile, "pidfile"), pid_max())
         try:
-            meta = json.loads(read_file(meta_path))
+            meta = json.loads(read_state(meta_path, "metadata"))
+        except AgentError as exc:
+            raise ValueError(str(exc))
         except (OSError, ValueError):
             raise ValueError(f"metadata {meta_path} is missing or unreadable")
         if not isinstance(meta, dict):
@@ -1197,9 +1225,9 @@ def release_state(directory, leader, token):
         fcntl.flock(lock, fcntl.LOCK_EX)
         pidfile, meta_path = os.path.join(directory, "server.pid"), os.path.join(directory, "server.json")
         try:
-            pid = parse_pid(read_file(pidfile), pid_max())
-            meta = json.loads(read_file(meta_path))
-        except (OSError, ValueError):
+            pid = parse_pid(read_state(pidfile, "pidfile"), pid_max())
+            meta = json.loads(read_state(meta_path, "metadata"))
+        except (OSError, ValueError, AgentError):
             return
         if pid == leader and isinstance(meta, dict) and meta.get("token") == token and meta.get("pid") == leader:
             remove(pidfile)
@@ -1633,9 +1661,9 @@ def launch(inst, python):
 
 def log_tail(inst, offset=0, lines=TAIL_LINES):
     try:
-        with open(inst.log, "rb") as handle:
+        with open_regular(inst.log, "log") as handle:
             return read_tail(handle, lines, offset)
-    except OSError:
+    except (OSError, AgentError):
         return []
 
 
@@ -1704,10 +1732,10 @@ def unapplied_migrations(log, offset):
     """Django's unapplied-migrations line in the log's first BLOCKs from `offset` (this
     run's start, where runserver prints it), or None."""
     try:
-        with open(log, "rb") as handle:
+        with open_regular(log, "log") as handle:
             handle.seek(offset)
             found = UNAPPLIED.search(handle.read(4 * BLOCK))
-    except OSError:
+    except (OSError, AgentError):
         return None
     return ANSI.sub("", found.group(0).decode("utf-8", "replace")).strip() if found else None
 
@@ -2035,8 +2063,7 @@ def instance_record(directory):
     unreadable or not this user's private file."""
     path = os.path.join(directory, "instance.json")
     try:
-        check_private(path, "instance record")
-        record = json.loads(read_file(path))
+        record = json.loads(read_state(path, "instance record"))
     except (OSError, ValueError, AgentError):
         return None
     return record if isinstance(record, dict) else None
@@ -2091,8 +2118,8 @@ def do_list(host, req):
     for name, port in host.instances():
         directory = os.path.join(host.dir, name)
         try:
-            meta = json.loads(read_file(os.path.join(directory, "server.json")))
-        except (OSError, ValueError):
+            meta = json.loads(read_state(os.path.join(directory, "server.json"), "metadata"))
+        except (OSError, ValueError, AgentError):
             meta = None
         project = recorded_project(directory, meta if isinstance(meta, dict) else None)
         if project is None or instance_name(project, port) != name:
@@ -2320,6 +2347,22 @@ def failure(inst, req, error, state, extra):
                      port=None, state_dir=None, managed=None, **extra)
 
 
+# Seconds an agent call may run past its request's own deadlines (run_limit)
+# before it gives itself up: nothing it does takes that long unless something
+# blocks it, and it must not outlive the client, which gives up later still
+# (remote.SLACK seconds past them) and would otherwise leave it running.
+GIVE_UP = 20
+
+
+class GaveUp(BaseException):
+    """Raised by SIGALRM once a call ran past its bound (see main). Not an
+    AgentError: no handler of expected failures may take it for one and go on."""
+
+
+def give_up(signum, frame):
+    raise GaveUp()
+
+
 def run_limit(req):
     """Seconds a call may take by its request's own deadlines; None for what may
     run as long as it likes (a follower, a manage command without --timeout)."""
@@ -2341,7 +2384,20 @@ def read_request(stream):
 
 def main():
     req = read_request(sys.stdin.buffer)
-    result = handle(req)
+    limit = run_limit(req)
+    if limit is not None:
+        bound = int(limit + GIVE_UP) + 1
+        signal.signal(signal.SIGALRM, give_up)
+        signal.alarm(bound)
+    try:
+        result = handle(req)
+    except GaveUp:
+        result = failure(None, req, f"gave up after {bound}s: something on the host blocked this call", FAILED, {})
+        if req["action"] in CHECKED:
+            result["http_status"] = None
+        result["action"] = req["action"]
+    finally:
+        signal.alarm(0)
     if result is None:
         return 0
     if req.get("follow") or req.get("stream"):

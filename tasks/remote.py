@@ -49,7 +49,9 @@ def private(path):  # code is loaded only from our own directory that no one els
 try:
     if not private(folder):
         raise ValueError(folder)
-    with open(cache, 'rb') as handle:
+    with os.fdopen(os.open(cache, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), 'rb') as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # a FIFO would block the read for ever
+            raise ValueError(cache)
         code = marshal.load(handle)
     if code.co_filename != 'fabserve-agent':
         raise ValueError(cache)
@@ -79,7 +81,8 @@ exec(code)
 BOOTSTRAP = ("import sys,binascii,zlib;exec(zlib.decompress(binascii.a2b_base64(sys.argv.pop())))"
              "  # fabserve-agent")
 LOADER_WORD = base64.b64encode(zlib.compress(LOADER.encode("ascii"), 9)).decode("ascii")
-# Seconds on top of the agent's own deadlines before a hung call is given up.
+# Seconds on top of the agent's own deadlines before a hung call is given up:
+# more than the agent's own bound (agent.GIVE_UP), so it gets the agent's answer.
 SLACK = 30
 
 

@@ -2,6 +2,7 @@
 
 import json
 import marshal
+import os
 import shlex
 import subprocess
 import sys
@@ -136,6 +137,15 @@ def test_compiled_agent_is_cached_per_source_and_interpreter(tmp_path):
     cache.unlink()
     agent_status(tmp_path)  # a new entry replaces older versions' entries for this interpreter only
     assert sorted(path.name for path in cache.parent.iterdir()) == sorted([cache.name, other.name])
+
+
+def test_a_fifo_as_the_cache_entry_is_compiled_over_not_waited_on(tmp_path):
+    folder = tmp_path / ".cache" / "fabserve"
+    folder.mkdir(parents=True, mode=0o700)
+    entry = folder / f"agent-{remote.payload()[0]}-{sys.implementation.cache_tag}"
+    os.mkfifo(entry)  # opened without O_NONBLOCK, it would block the loader until a writer came
+    agent_status(tmp_path)
+    assert entry.is_file() and entry.stat().st_size > 1000
 
 
 def test_agent_cache_others_can_write_is_never_loaded(tmp_path):
