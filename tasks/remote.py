@@ -161,22 +161,6 @@ def request_line(request: Dict[str, Any]) -> str:
     return json.dumps(request) + "\n"
 
 
-class RequestStream:
-    """invoke's in_stream that carries the request to the agent's stdin.
-
-    invoke reads an in_stream one byte per 10 ms (its loop is made for a
-    terminal): this one gives the whole request at the first read, then EOF,
-    on which invoke closes the agent's stdin (over SSH: the channel's EOF).
-    It has no fileno, so invoke never treats it as a terminal."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def read(self, size: int = -1) -> str:
-        text, self.text = self.text, ""
-        return text
-
-
 def parse_result(stdout: str) -> Optional[Dict[str, Any]]:
     """The agent's result line; login-shell chatter before it is ignored."""
     for line in reversed(stdout.splitlines()):
@@ -268,7 +252,7 @@ def run(c: Context, cmd: str, request: Dict[str, Any], timeout: Optional[float],
         with hostkeys.verified(c, strict) if is_remote(c) else nullcontext():
             if is_remote(c):
                 keep_alive(c)
-            return c.run(cmd, hide=hide, warn=True, in_stream=RequestStream(request_line(request)),
+            return c.run(cmd, hide=hide, warn=True, in_stream=runners.RequestStream(request_line(request)),
                          timeout=timeout, **kwargs)
     except hostkeys.HostKeyError as exc:
         raise HostError(str(exc)) from None

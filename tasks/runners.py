@@ -6,7 +6,8 @@ then costs seconds and 20 MB more than a minute. It also decodes each read on
 its own, so a UTF-8 character split between two reads turns into garbage.
 These runners read 64 KiB at a time, decode incrementally, join nothing
 unless a watcher is there, and keep no copy of output that an out_stream
-consumes itself (a `logs --follow` may run for days).
+consumes itself (a `logs --follow` may run for days). An agent's request
+(RequestStream) goes to its stdin in one write, its stdin closed right after.
 """
 
 import codecs
@@ -35,6 +36,21 @@ def end_streams() -> None:
             pass
 
 
+class RequestStream:
+    """An in_stream holding a program's whole input (the agent's request): the
+    runners below write it at once and close the program's stdin (over SSH: the
+    channel's EOF). invoke's own loop, made for a terminal, would read it one
+    byte per 10 ms and hold the run open until the next 10 ms after the
+    program ended; it also takes this stream, in one read."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def read(self, size: int = -1) -> str:
+        text, self.text = self.text, ""
+        return text
+
+
 class Discarded(list):  # type: ignore[type-arg]
     """A capture buffer that keeps nothing."""
 
@@ -60,6 +76,13 @@ class LinearOutput:
             if streamed:
                 with STREAMING_LOCK:
                     STREAMING.discard(self)
+
+    def handle_stdin(self, input_: Any, output: Any, echo: bool = False) -> None:
+        if not isinstance(input_, RequestStream):
+            super().handle_stdin(input_, output, echo)  # type: ignore[misc]
+            return
+        self.write_proc_stdin(input_.read())  # type: ignore[attr-defined]
+        self.close_proc_stdin()  # type: ignore[attr-defined]
 
     def respond(self, buffer_: List[str]) -> None:
         if self.watchers:

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from tasks import options, remote, report
+from invoke import Config, Context
+
+from tasks import options, remote, report, runners
 from tasks.agent import MARKER
 
 
@@ -85,8 +87,14 @@ def test_the_command_holds_no_request_and_its_line_round_trips():
 
 
 def test_the_request_stream_gives_invoke_the_whole_request_at_once():
-    stream = remote.RequestStream("{}\n")
-    assert stream.read(1) == "{}\n" and stream.read(1) == ""  # invoke asks one byte at a time
+    stream = runners.RequestStream("{}\n")
+    assert stream.read(1) == "{}\n" and stream.read(1) == ""  # invoke's own loop asks one byte at a time
+
+
+def test_a_local_run_writes_the_request_and_closes_stdin_at_once():
+    c = Context(Config(overrides={"runners": runners.RUNNERS}))
+    done = c.run("cat; echo EOF", in_stream=runners.RequestStream("one line\n"), hide=True)
+    assert done.stdout == "one line\nEOF\n"
 
 
 def test_command_runs_the_shipped_agent_through_a_real_shell(tmp_path):
