@@ -2365,11 +2365,15 @@ def give_up(signum, frame):
 
 def run_limit(req):
     """Seconds a call may take by its request's own deadlines; None for what may
-    run as long as it likes (a follower, a manage command without --timeout)."""
+    run as long as it likes (a follower, a manage command without --timeout).
+    Its start's (or manage's) timeout, and what a stop may wait on top (a restart
+    stops, then starts): for the group and each later round of what left it
+    (ESCAPE_ROUNDS in all), TERM, the grace, KILL and KILL_WAIT; then PORT_WAIT;
+    and a start that failed ends what it launched (grace at most 5 s, KILL_WAIT)."""
     if req.get("follow") or (req["action"] == "manage" and req.get("manage_timeout") is None):
         return None
     limit = req["manage_timeout"] if req["action"] == "manage" else req["start_timeout"]
-    return limit + 2 * req["stop_timeout"]
+    return limit + (ESCAPE_ROUNDS + 1) * (req["stop_timeout"] + KILL_WAIT) + PORT_WAIT
 
 
 def read_request(stream):

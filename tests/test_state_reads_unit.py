@@ -107,7 +107,9 @@ def test_a_call_that_blocks_gives_itself_up_before_its_client(tmp_path, monkeypa
     # A read that blocks until a writer comes, as a FIFO read without O_NONBLOCK does.
     monkeypatch.setitem(agent.VERBS, "status", (lambda inst: fifo.read_text(), False))
     monkeypatch.setattr(agent, "GIVE_UP", 0)
-    req = request(tmp_path, "status", start_timeout=0.5, stop_timeout=0.25)
+    monkeypatch.setattr(agent, "KILL_WAIT", 0)
+    monkeypatch.setattr(agent, "PORT_WAIT", 0)
+    req = request(tmp_path, "status", start_timeout=0.5, stop_timeout=0.25)  # 1.5 s: it gives up at 2 s
     assert agent.run_limit(req) + agent.GIVE_UP < remote.deadline_of(req)
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(remote.request_line(req).encode())))
     assert agent.main() == 1
