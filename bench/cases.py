@@ -67,15 +67,15 @@ def load_diy() -> Any:
     return module
 
 
-def agent_command() -> str | None:
-    """The exact shell command fabserve sends for `status`, to run it through OpenSSH
-    (separates the agent's time on the host from the client's). None if fabserve's
-    internals changed shape."""
+def agent_command() -> tuple[str, str] | None:
+    """The exact shell command fabserve sends for `status` and the request line it
+    writes to its stdin, to run it through OpenSSH (separates the agent's time on
+    the host from the client's). None if fabserve's internals changed shape."""
     try:
         from tasks import options, remote
         values = options.merged({}, {"project": PROJECT, "port": PORT})
         request = options.request("status", values, None, local=False)
-        return remote.command(request, values["agent_python"])
+        return remote.command(values["agent_python"]), remote.request_line(request)
     except Exception as exc:  # internals, not an API: losing one case beats losing the run
         log(f"bench: cannot build the agent command ({exc!r}); skipping that case")
         return None
@@ -141,6 +141,10 @@ class Runner:
     def ssh(self, host: Host, command: str) -> list[str]:
         return ["ssh", "-F", str(self.bed.ssh_config), host.alias, command]
 
+    def ssh_with_input(self, host: Host, command: str, line: str) -> list[str]:
+        """ssh running `command` with `line` on its stdin (through sh and printf, a few ms)."""
+        return ["sh", "-c", 'line=$1; shift; printf "%s" "$line" | exec "$@"', "sh", line, *self.ssh(host, command)]
+
     # -- checks
     @staticmethod
     def up(hosts: Sequence[Host]) -> Check:
@@ -173,7 +177,7 @@ class Runner:
         self.measure("fabserve_status", "fabserve status (running)", "fabserve", self.fab(one, "status"), one)
         if self.agent_command:
             self.measure("ssh_agent_status", "ssh host <fabserve agent status>", "fabserve",
-                         self.ssh(host, self.agent_command), one, check=self.answered)
+                         self.ssh_with_input(host, *self.agent_command), one, check=self.answered)
         from bench.package import installed_cases  # imported here: bench.package builds on this module's execute
         installed_cases(self, host)
         self.measure("fabserve_restart", "fabserve restart", "fabserve", self.fab(one, "restart"), one,

@@ -34,9 +34,9 @@ LOG_BYTES = 60 * 1000 * 1000
 def agent(state: Path, action: str, port: int, **flags: Any) -> float:
     """Seconds one agent call takes, as the client's shell command runs it."""
     values = options.merged({}, {"project": str(EXAMPLE), "port": port, "state_dir": str(state), **flags})
-    command = remote.command(options.request(action, values, [], local=False), sys.executable)
+    line = remote.request_line(options.request(action, values, [], local=False))
     began = time.perf_counter()
-    done = subprocess.run(["sh", "-c", command], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    done = subprocess.run(["sh", "-c", remote.command(sys.executable)], input=line, capture_output=True, text=True)
     seconds = time.perf_counter() - began
     result = remote.parse_result(done.stdout)
     if result is None or not result["ok"]:

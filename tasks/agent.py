@@ -2,13 +2,12 @@
 
 The client ships this file (compressed) inside a single `python3 -c ...` command,
 so each operation costs one SSH round trip and nothing is installed on the host.
-It reads one request (base64 JSON, the last argv element), acts, and prints one
+It reads one request (a line of JSON on stdin, never argv), acts, and prints one
 result line prefixed by MARKER. It must run on CPython 3.6+, so: no walrus, no
 dataclasses, no `from __future__ import annotations`, no 3.7+ subprocess flags.
 Linux only: process identity comes from /proc.
 """
 
-import base64
 import errno
 import fcntl
 import hashlib
@@ -540,6 +539,33 @@ def check_private(path, what):
         raise AgentError(f"refusing {what} {path}: writable by others (mode {info.st_mode & 0o777:o})")
 
 
+def open_regular(path, what):
+    """`path` open for reading in binary, only if it is a regular file: opened
+    without following a symlink and without waiting (a FIFO planted there would
+    block the reader for ever), then checked. AgentError otherwise; OSError when
+    it cannot be opened (ENOENT: there is none)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "a special file"
+        raise AgentError(f"refusing {what} {path}: {kind}, not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def read_state(path, what):
+    """The text of state file `path` (`what` says which in messages), once it
+    passed check_private and open_regular."""
+    check_private(path, what)
+    try:
+        with open_regular(path, what) as handle:
+            return handle.read().decode("utf-8")
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):  # swapped for a symlink since the check
+            raise AgentError(f"refusing {what} {path}: it is a symlink")
+        raise
+
+
 def private_dir(path):
     try:
         os.makedirs(path, mode=0o700)
@@ -681,10 +707,11 @@ class Instance(object):
         pidfile, meta_path = os.path.join(directory, "server.pid"), os.path.join(directory, "server.json")
         if not os.path.lexists(pidfile):
             return None, None
-        check_private(pidfile, "pidfile")
-        pid = parse_pid(read_file(pidfile), pid_max())
+        pid = parse_pid(read_state(pidfile, "pidfile"), pid_max())
         try:
-            meta = json.loads(read_file(meta_path))
+            meta = json.loads(read_state(meta_path, "metadata"))
+        except AgentError as exc:
+            raise ValueError(str(exc))
         except (OSError, ValueError):
             raise ValueError(f"metadata {meta_path} is missing or unreadable")
         if not isinstance(meta, dict):
@@ -1308,9 +1335,9 @@ def release_state(directory, leader, token):
         fcntl.flock(lock, fcntl.LOCK_EX)
         pidfile, meta_path = os.path.join(directory, "server.pid"), os.path.join(directory, "server.json")
         try:
-            pid = parse_pid(read_file(pidfile), pid_max())
-            meta = json.loads(read_file(meta_path))
-        except (OSError, ValueError):
+            pid = parse_pid(read_state(pidfile, "pidfile"), pid_max())
+            meta = json.loads(read_state(meta_path, "metadata"))
+        except (OSError, ValueError, AgentError):
             return
         if pid == leader and isinstance(meta, dict) and meta.get("token") == token and meta.get("pid") == leader:
             remove(pidfile)
@@ -1332,10 +1359,11 @@ def close_inherited():
 
 
 def watchdog(expires_at, grace, token, directory, group=None):
-    """The TTL watchdog. Launched with its server, it is forked into the server's
-    own session and group (`group` None) before the server's exec; attached to a
-    server already running (start --ttl), it runs in a session of its own and
-    `group` is the server's. It sleeps until `expires_at`, then stops the group:
+    """The TTL watchdog, in an interpreter of its own (see WATCHDOG). Launched
+    with its server, it is forked into the server's own session and group
+    (`group` None) before the server's exec; attached to a server already
+    running (start --ttl), it runs in a session of its own and `group` is the
+    server's. It sleeps until `expires_at`, then stops the group:
     TERM, KILL after `grace`; and, as a stop does, the processes that left the
     group carrying the server's token. A process group ID cannot be reused
     while one of its members lives: inside the group this process is one, so its
@@ -1384,59 +1412,109 @@ def watchdog(expires_at, grace, token, directory, group=None):
         os.killpg(group, signal.SIGKILL)  # inside the group, this process too: nothing is left to do
 
 
-def watchdog_forker(expires_at, grace, token, directory, report_fd):
+# The TTL watchdog's program. It runs in an interpreter of its own, not as a fork
+# of the agent, so its command line (which every local user can read in
+# /proc/PID/cmdline, and ps shows for as long as the TTL runs) is this short
+# line: the agent's code and the watchdog's settings come on its stdin (see
+# feed_watchdog), which then becomes /dev/null.
+WATCHDOG = ("import marshal,sys;i=sys.stdin.buffer;g={'__name__':'fabserve_watchdog'};"
+            "exec(marshal.load(i),g);g['watch'](i)  # fabserve-watchdog")
+# This program's compiled code (the frame running this line is the module's own),
+# which feed_watchdog hands to the watchdog's interpreter, the same one as ours.
+CODE = sys._getframe().f_code
+
+
+def exec_watchdog(python, feed_fd):
+    """In a forked child: exec `python` running WATCHDOG with `feed_fd` as its
+    stdin; never returns."""
+    try:
+        os.dup2(feed_fd, 0)
+        os.execv(python, [python, "-I", "-S", "-c", WATCHDOG])
+    finally:
+        os._exit(127)
+
+
+def forked_twice(child, report_fd):
+    """Fork a process that runs `child()` (which must not return) and write its
+    PID to `report_fd`. It is forked twice, its first parent gone at once: its
+    parent is then init (or the nearest subreaper), which reaps it however it
+    ends, not the server, which would keep it a zombie (runserver waits only
+    for its own child)."""
+    middle = os.fork()
+    if middle == 0:
+        try:
+            pid = os.fork()
+            if pid == 0:
+                child()
+            os.write(report_fd, f"{pid}\n".encode())
+        finally:
+            os._exit(0)
+    os.waitpid(middle, 0)
+
+
+def watchdog_forker(python, feed_fd, report_fd):
     """A preexec_fn for the server's Popen: after its setsid, fork the watchdog
-    (so it joins the server's session and group) and write its PID to
-    `report_fd`; the server's exec follows. The watchdog is forked twice, its
-    first parent gone at once: its parent is then init (or the nearest
-    subreaper), which reaps it however it ends, not the server, which would
-    keep it a zombie (runserver waits only for its own child)."""
-    def fork_watchdog():
-        middle = os.fork()
-        if middle == 0:
-            try:
-                pid = os.fork()
-                if pid == 0:
-                    watchdog(expires_at, grace, token, directory)
-                else:
-                    os.write(report_fd, f"{pid}\n".encode())
-            finally:
-                os._exit(0)
-        os.waitpid(middle, 0)
-    return fork_watchdog
+    (so it joins the server's session and group, see forked_twice), which execs
+    `python` running WATCHDOG with `feed_fd` as its stdin; the server's exec follows."""
+    return lambda: forked_twice(lambda: exec_watchdog(python, feed_fd), report_fd)
+
+
+def feed_watchdog(fd, settings):
+    """Write the agent's code and then the watchdog's `settings` (one JSON line)
+    to the watchdog's stdin, `fd`; False when it is gone (its exec failed)."""
+    import marshal
+    try:
+        with os.fdopen(fd, "wb") as pipe:
+            marshal.dump(CODE, pipe)
+            pipe.write(json.dumps(settings).encode() + b"\n")
+    except OSError:
+        return False
+    return True
+
+
+def watch(stream):
+    """The watchdog's interpreter's entry (see WATCHDOG): read its settings from
+    `stream`, its stdin, put /dev/null there instead, and watch."""
+    settings = json.loads(stream.readline().decode("utf-8"))
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    watchdog(settings["expires_at"], settings["grace"], settings["token"], settings["directory"],
+             settings.get("group"))
 
 
 def attach_watchdog(inst, expires_at, group, token):
-    """Fork a watchdog for the running server whose group is `group`, in a
-    session of its own (a group of another session cannot be joined), stdin
-    /dev/null, output to the log, forked twice so init reaps it, as start's.
-    Returns {"pid", "starttime"}."""
+    """Start a watchdog for the running server whose group is `group`, in a
+    session of its own (a group of another session cannot be joined), output to
+    the log, forked twice so init reaps it and in an interpreter of its own, as
+    start's. Returns {"pid", "starttime"}."""
+    if not sys.executable:
+        raise AgentError("cannot start the ttl watchdog: this interpreter cannot name its own path "
+                         "(sys.executable); the ttl was not applied")
     try:
         log = os.open(inst.log, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
         raise AgentError(f"cannot write the log {inst.log}: {exc.strerror}; the ttl was not applied")
     reader, writer = os.pipe()
+    feed_in, feed_out = os.pipe()
+
+    def child():
+        os.setsid()
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        exec_watchdog(sys.executable, feed_in)
     try:
-        middle = os.fork()
-        if middle == 0:
-            try:
-                os.setsid()
-                pid = os.fork()
-                if pid == 0:
-                    null = os.open(os.devnull, os.O_RDONLY)
-                    os.dup2(null, 0)
-                    os.dup2(log, 1)
-                    os.dup2(log, 2)
-                    watchdog(expires_at, inst.req["stop_timeout"], token, inst.dir, group)
-                else:
-                    os.write(writer, f"{pid}\n".encode())
-            finally:
-                os._exit(0)
+        forked_twice(child, writer)
     finally:
-        os.close(writer)
-        os.close(log)
-    os.waitpid(middle, 0)
-    return launched_watchdog(reader)
+        for fd in (writer, log, feed_in):
+            os.close(fd)
+    watch = launched_watchdog(reader)
+    settings = {"expires_at": expires_at, "grace": inst.req["stop_timeout"], "token": token,
+                "directory": inst.dir, "group": group}
+    if not feed_watchdog(feed_out, settings):
+        raise AgentError(f"cannot start the ttl watchdog: its interpreter {sys.executable} did not run; "
+                         f"the ttl was not applied")
+    return watch
 
 
 def apply_ttl(inst, found):
@@ -1455,7 +1533,7 @@ def apply_ttl(inst, found):
     try:
         write_atomic(inst.meta_path, json.dumps(meta))
     except OSError as exc:
-        os.kill(watch["pid"], signal.SIGKILL)  # ours, just forked: the server keeps what it had
+        os.kill(watch["pid"], signal.SIGKILL)  # ours, just started: the server keeps what it had
         raise AgentError(f"cannot write state in {inst.dir}: {exc.strerror}; the ttl was not applied")
     inst.recorded, inst.expires_at = meta, expires_at
     if old.get("pid") and alive(old["pid"], old.get("starttime")):
@@ -1817,9 +1895,13 @@ def launch(inst, python):
         log.flush()
     except OSError as exc:
         raise AgentError(f"cannot write the log {inst.log}: {exc.strerror}; nothing was started")
+    if expires_at is not None and not sys.executable:
+        raise AgentError("cannot start the ttl watchdog: this interpreter cannot name its own path "
+                         "(sys.executable); nothing was started")
+    # The watchdog reports its PID on one pipe and reads the agent's code and its settings from the other.
     reader, writer = os.pipe() if expires_at is not None else (None, None)
-    forker = None if writer is None else watchdog_forker(expires_at, inst.req["stop_timeout"], token, inst.dir,
-                                                          writer)
+    feed_in, feed_out = os.pipe() if expires_at is not None else (None, None)
+    forker = None if writer is None else watchdog_forker(sys.executable, feed_in, writer)
     with log:
         previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited across exec
         try:
@@ -1830,9 +1912,17 @@ def launch(inst, python):
             raise AgentError(f"cannot start the ttl watchdog: {exc}; nothing was started")
         finally:
             signal.signal(signal.SIGHUP, previous)
-            if writer is not None:
-                os.close(writer)
+            for fd in (writer, feed_in):
+                if fd is not None:
+                    os.close(fd)
     watch = launched_watchdog(reader)
+    settings = {"expires_at": expires_at, "grace": inst.req["stop_timeout"], "token": token,
+                "directory": inst.dir}
+    if feed_out is not None and not feed_watchdog(feed_out, settings):
+        terminate(Found(pgid=proc.pid), 0)
+        proc.poll()
+        raise AgentError(f"cannot start the ttl watchdog: its interpreter {sys.executable} did not run; "
+                         f"nothing was started")
     info = proc_stat(proc.pid)
     # The project as given names the instance; as resolved, the release it runs.
     meta = {"pid": proc.pid, "starttime": info["starttime"] if info else None, "boot_id": boot_id(),
@@ -1859,9 +1949,9 @@ def launch(inst, python):
 
 def log_tail(inst, offset=0, lines=TAIL_LINES):
     try:
-        with open(inst.log, "rb") as handle:
+        with open_regular(inst.log, "log") as handle:
             return read_tail(handle, lines, max(offset, hole_end(handle.fileno())))
-    except OSError:
+    except (OSError, AgentError):
         return []
 
 
@@ -1967,10 +2057,10 @@ def unapplied_migrations(log, offset):
     """Django's unapplied-migrations line in the log's first BLOCKs from `offset` (this
     run's start, where runserver prints it), or None."""
     try:
-        with open(log, "rb") as handle:
+        with open_regular(log, "log") as handle:
             handle.seek(offset)
             found = UNAPPLIED.search(handle.read(4 * BLOCK))
-    except OSError:
+    except (OSError, AgentError):
         return None
     return ANSI.sub("", found.group(0).decode("utf-8", "replace")).strip() if found else None
 
@@ -2371,8 +2461,7 @@ def instance_record(directory):
     unreadable or not this user's private file."""
     path = os.path.join(directory, "instance.json")
     try:
-        check_private(path, "instance record")
-        record = json.loads(read_file(path))
+        record = json.loads(read_state(path, "instance record"))
     except (OSError, ValueError, AgentError):
         return None
     return record if isinstance(record, dict) else None
@@ -2434,8 +2523,8 @@ def do_list(host, req):
     for name, port in host.instances():
         directory = os.path.join(host.dir, name)
         try:
-            meta = json.loads(read_file(os.path.join(directory, "server.json")))
-        except (OSError, ValueError):
+            meta = json.loads(read_state(os.path.join(directory, "server.json"), "metadata"))
+        except (OSError, ValueError, AgentError):
             meta = None
         project = recorded_project(directory, meta if isinstance(meta, dict) else None)
         if project is None or instance_name(project, port) != name:
@@ -2688,9 +2777,61 @@ def failure(inst, req, error, state, extra):
     return result_of(project=project, port=None, state_dir=None, managed=None, **fields)
 
 
-def main(argv):
-    req = json.loads(base64.b64decode(argv[-1]).decode("utf-8"))
-    result = handle(req)
+# Seconds an agent call may run past its request's own deadlines (run_limit)
+# before it gives itself up: nothing it does takes that long unless something
+# blocks it, and it must not outlive the client, which gives up later still
+# (remote.SLACK seconds past them) and would otherwise leave it running.
+GIVE_UP = 20
+
+
+class GaveUp(BaseException):
+    """Raised by SIGALRM once a call ran past its bound (see main). Not an
+    AgentError: no handler of expected failures may take it for one and go on."""
+
+
+def give_up(signum, frame):
+    raise GaveUp()
+
+
+def run_limit(req):
+    """Seconds a call may take by its request's own deadlines; None for what may
+    run as long as it likes (a follower, a manage command without --timeout).
+    Its start's (or manage's) timeout, and what a stop may wait on top (a restart
+    stops, then starts): for the group and each later round of what left it
+    (ESCAPE_ROUNDS in all), TERM, the grace, KILL and KILL_WAIT; then PORT_WAIT;
+    and a start that failed ends what it launched (grace at most 5 s, KILL_WAIT)."""
+    if req.get("follow") or (req["action"] == "manage" and req.get("manage_timeout") is None):
+        return None
+    limit = req["manage_timeout"] if req["action"] == "manage" else req["start_timeout"]
+    return limit + (ESCAPE_ROUNDS + 1) * (req["stop_timeout"] + KILL_WAIT) + PORT_WAIT
+
+
+def read_request(stream):
+    """The request: one line of JSON on stdin, where the client writes it. Never
+    in argv, which every local user can read (/proc/PID/cmdline, ps) for as long
+    as the process runs: its env may hold secrets."""
+    line = stream.readline()
+    if not line.endswith(b"\n"):
+        raise SystemExit("fabserve agent: no request on stdin")
+    return json.loads(line.decode("utf-8"))
+
+
+def main():
+    req = read_request(sys.stdin.buffer)
+    limit = run_limit(req)
+    if limit is not None:
+        bound = int(limit + GIVE_UP) + 1
+        signal.signal(signal.SIGALRM, give_up)
+        signal.alarm(bound)
+    try:
+        result = handle(req)
+    except GaveUp:
+        result = failure(None, req, f"gave up after {bound}s: something on the host blocked this call", FAILED, {})
+        if req["action"] in CHECKED:
+            result["http_status"] = None
+        result["action"] = req["action"]
+    finally:
+        signal.alarm(0)
     if result is None:
         return 0
     if req.get("follow") or req.get("stream"):
@@ -2704,4 +2845,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main())

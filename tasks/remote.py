@@ -1,7 +1,7 @@
 """Running the agent on a host: one shell command per operation, over SSH or locally.
 
 The agent's source travels compressed inside the command itself, so a host
-needs nothing but a Python 3.6+ interpreter.
+needs nothing but a Python 3.6+ interpreter; the request goes on its stdin.
 """
 
 import base64
@@ -22,7 +22,7 @@ from invoke.exceptions import CommandTimedOut, ThreadException
 from paramiko.ssh_exception import AuthenticationException, NoValidConnectionsError, SSHException
 
 from . import hostkeys, options, report, runners
-from .agent import MARKER
+from .agent import MARKER, run_limit
 
 AGENT_SOURCE = Path(__file__).with_name("agent.py")
 # Runs first on the target, with the agent's hash and source as arguments. It
@@ -49,7 +49,9 @@ def private(path):  # code is loaded only from our own directory that no one els
 try:
     if not private(folder):
         raise ValueError(folder)
-    with open(cache, 'rb') as handle:
+    with os.fdopen(os.open(cache, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), 'rb') as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # a FIFO would block the read for ever
+            raise ValueError(cache)
         code = marshal.load(handle)
     if code.co_filename != 'fabserve-agent':
         raise ValueError(cache)
@@ -72,17 +74,16 @@ exec(code)
 # The -c program: one line with nothing any login shell treats specially inside
 # single quotes (csh and tcsh reject a newline there and expand `!` even there).
 # The loader travels compressed as the last argument and takes itself off argv,
-# so the loader and the agent read the arguments they always had, the request last.
+# so the loader reads the arguments it always had. The request is no argument: it
+# goes on the agent's stdin (see request_line).
 # It must run under Python 2 as well, for the loader to refuse it in words. Its
 # comment names the agent's processes in ps and /proc/PID/cmdline.
 BOOTSTRAP = ("import sys,binascii,zlib;exec(zlib.decompress(binascii.a2b_base64(sys.argv.pop())))"
              "  # fabserve-agent")
 LOADER_WORD = base64.b64encode(zlib.compress(LOADER.encode("ascii"), 9)).decode("ascii")
-# Seconds on top of the agent's own deadlines before a hung call is given up.
+# Seconds on top of the agent's own deadlines before a hung call is given up:
+# more than the agent's own bound (agent.GIVE_UP), so it gets the agent's answer.
 SLACK = 30
-# Linux's limit on one argument, its terminating NUL included (MAX_ARG_STRLEN):
-# the whole command is one, for `sh -c` locally and the login shell's -c over SSH.
-MAX_ARG_STRLEN = 131072
 
 
 class HostError(Exception):
@@ -137,38 +138,27 @@ def payload() -> Tuple[str, str]:
             base64.b64encode(zlib.compress(source, 9)).decode("ascii"))
 
 
-def command(request: Dict[str, Any], agent_python: str) -> str:
-    """The shell command that runs the agent with `request`, as one line.
+def command(agent_python: str) -> str:
+    """The shell command that runs the agent, as one line; the request goes on
+    its stdin (request_line), never in the command: every local user of the
+    host can read a process's argv (/proc/PID/cmdline, ps) while it runs, and
+    the request's env may hold secrets.
 
-    sshd hands it to the user's login shell, whichever it is (bash, dash, zsh,
+    sshd hands the command to the user's login shell, whichever it is (bash, dash, zsh,
     fish, tcsh, csh), so apart from the quoted interpreter and -c program it is
     only options, hex and base64, which every shell passes on unchanged.
     -E -S: no PYTHON* variables, no site-packages; the agent needs only the
     standard library, and skipping site is a quarter of the interpreter's start.
     (-I would say it at once, but Python 2 rejects it before it can be refused in words.)
     """
-    encoded = base64.b64encode(json.dumps(request).encode("utf-8")).decode("ascii")
-    words = (*payload(), encoded, LOADER_WORD)
+    words = (*payload(), LOADER_WORD)
     return " ".join((shlex.quote(agent_python), "-E", "-S", "-c", shlex.quote(BOOTSTRAP), *words))
 
 
-def request_room(agent_python: str) -> int:
-    """The largest request, in bytes of its JSON, whose command still fits in one argument."""
-    fixed = len(command({}, agent_python).encode("utf-8")) - len(base64.b64encode(b"{}"))
-    return (MAX_ARG_STRLEN - 1 - fixed) // 4 * 3  # base64: 4 characters for every 3 bytes
-
-
-def check_size(request: Dict[str, Any], agent_python: str) -> None:
-    """UsageError (before connecting) for a request too big for one command, naming its biggest value.
-
-    Sizes are of the JSON that travels: ASCII, non-ASCII characters as \\u escapes.
-    """
-    size, room = len(json.dumps(request)), request_room(agent_python)
-    if size > room:
-        name, biggest = max(((key, len(json.dumps(value))) for key, value in request.items()),
-                            key=lambda item: item[1])
-        raise options.UsageError(f"option values too long: {size} bytes (at most {room}); "
-                                 f"the biggest is {name} ({biggest} bytes)")
+def request_line(request: Dict[str, Any]) -> str:
+    """The request as the agent reads it from its stdin: one line of JSON
+    (json.dumps escapes every newline and non-ASCII character in a value)."""
+    return json.dumps(request) + "\n"
 
 
 def parse_result(stdout: str) -> Optional[Dict[str, Any]]:
@@ -210,7 +200,7 @@ def is_remote(c: Context) -> bool:
 
 def call(c: Context, request: Dict[str, Any], agent_python: str) -> Dict[str, Any]:
     """Run one agent action on `c` and return its result; HostError otherwise."""
-    result = run(c, command(request, agent_python), timeout=deadline_of(request), hide=True)
+    result = run(c, command(agent_python), request, timeout=deadline_of(request), hide=True)
     parsed = parse_result(result.stdout)
     if parsed is None:
         raise HostError(agent_failure(result.exited, result.stderr, agent_python))
@@ -221,10 +211,8 @@ def deadline_of(request: Dict[str, Any]) -> Optional[float]:
     """Seconds after which a call that gave no answer is given up: the agent's own
     deadlines plus SLACK; None for what may run as long as it likes (a follower,
     a manage command without --timeout)."""
-    if request.get("follow") or (request["action"] == "manage" and request.get("manage_timeout") is None):
-        return None
-    limit = request["manage_timeout"] if request["action"] == "manage" else request["start_timeout"]
-    return limit + 2 * request["stop_timeout"] + SLACK
+    limit = run_limit(request)
+    return None if limit is None else limit + SLACK
 
 
 def stream(c: Context, request: Dict[str, Any], agent_python: str, prefix: str = "") -> Optional[Dict[str, Any]]:
@@ -242,7 +230,7 @@ def stream(c: Context, request: Dict[str, Any], agent_python: str, prefix: str =
     timeout = deadline_of(request)
     watch_reader()
     try:
-        result = run(c, command(request, agent_python), timeout=timeout, hide="stderr", out_stream=out)
+        result = run(c, command(agent_python), request, timeout=timeout, hide="stderr", out_stream=out)
         parsed = out.close()
     except (ThreadException, ReaderGone):
         if READER_GONE.is_set():
@@ -255,8 +243,8 @@ def stream(c: Context, request: Dict[str, Any], agent_python: str, prefix: str =
     return parsed
 
 
-def run(c: Context, cmd: str, timeout: Optional[float], hide: Any, **kwargs: Any) -> Any:
-    # in_stream=False: never forward our stdin (CI has none, pytest captures it).
+def run(c: Context, cmd: str, request: Dict[str, Any], timeout: Optional[float], hide: Any, **kwargs: Any) -> Any:
+    # The request is the agent's stdin; our own stdin is never forwarded (CI has none, pytest captures it).
     try:
         strict = options.setting(c.config, "strict_host_keys")
         if is_remote(c):
@@ -264,7 +252,8 @@ def run(c: Context, cmd: str, timeout: Optional[float], hide: Any, **kwargs: Any
         with hostkeys.verified(c, strict) if is_remote(c) else nullcontext():
             if is_remote(c):
                 keep_alive(c)
-            return c.run(cmd, hide=hide, warn=True, in_stream=False, timeout=timeout, **kwargs)
+            return c.run(cmd, hide=hide, warn=True, in_stream=runners.RequestStream(request_line(request)),
+                         timeout=timeout, **kwargs)
     except hostkeys.HostKeyError as exc:
         raise HostError(str(exc)) from None
     except CommandTimedOut as exc:

@@ -6,7 +6,8 @@ then costs seconds and 20 MB more than a minute. It also decodes each read on
 its own, so a UTF-8 character split between two reads turns into garbage.
 These runners read 64 KiB at a time, decode incrementally, join nothing
 unless a watcher is there, and keep no copy of output that an out_stream
-consumes itself (a `logs --follow` may run for days).
+consumes itself (a `logs --follow` may run for days). An agent's request
+(RequestStream) goes to its stdin in one write, its stdin closed right after.
 """
 
 import codecs
@@ -107,6 +108,21 @@ def end_streams() -> None:
             pass
 
 
+class RequestStream:
+    """An in_stream holding a program's whole input (the agent's request): the
+    runners below write it at once and close the program's stdin (over SSH: the
+    channel's EOF). invoke's own loop, made for a terminal, would read it one
+    byte per 10 ms and hold the run open until the next 10 ms after the
+    program ended; it also takes this stream, in one read."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def read(self, size: int = -1) -> str:
+        text, self.text = self.text, ""
+        return text
+
+
 class Discarded(list):  # type: ignore[type-arg]
     """A capture buffer that keeps nothing."""
 
@@ -143,6 +159,13 @@ class LinearOutput:
         if INTERRUPTED.is_set() and self in INTERRUPTIBLE:  # a SIGINT came before it could be ended
             self.kill()  # type: ignore[attr-defined]
 
+    def handle_stdin(self, input_: Any, output: Any, echo: bool = False) -> None:
+        if not isinstance(input_, RequestStream):
+            super().handle_stdin(input_, output, echo)  # type: ignore[misc]
+            return
+        self.write_proc_stdin(input_.read())  # type: ignore[attr-defined]
+        self.close_proc_stdin()  # type: ignore[attr-defined]
+
     def respond(self, buffer_: List[str]) -> None:
         if self.watchers:
             super().respond(buffer_)  # type: ignore[misc]
@@ -177,6 +200,13 @@ class Local(LinearOutput, InvokeLocal):
         it exits (a manage command, in a session of its own, would outlive a
         killed agent); an agent not watching its caller just ends."""
         self.process.send_signal(signal.SIGTERM)
+
+    def send_interrupt(self, interrupt: KeyboardInterrupt) -> None:
+        # invoke passes Ctrl-C on as \x03 on the program's stdin. The agent's is
+        # closed once its request is written (writing would raise), and the agent,
+        # in our process group, got the terminal's SIGINT itself.
+        if not (self.process and self.process.stdin and self.process.stdin.closed):
+            super().send_interrupt(interrupt)
 
 
 #: For a collection's configuration: {"runners": RUNNERS}.

@@ -36,8 +36,7 @@ def host_values(c: Context, flags: Dict[str, Any]) -> Dict[str, Any]:
 
 def prepare(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[str]] = None) -> Tuple[Dict[str, Any], str]:
     """The checked request for `action` and the agent's interpreter; bad input
-    (also a request too big for one command) ends the task with exit 2 before
-    anything connects."""
+    ends the task with exit 2 before anything connects."""
     values = host_values(c, flags)
     try:
         entrypoints.require_executor(c)
@@ -45,7 +44,6 @@ def prepare(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[s
             values["project"] = entrypoints.local_project(c.config)
         req = options.request(action, values, env, local=not remote.is_remote(c))
         agent_python = options.checked(values, "agent_python")
-        remote.check_size(req, agent_python)
     except options.UsageError as exc:
         raise Exit(f"{remote.host_label(c)}: {exc}", 2) from None
     return req, agent_python

@@ -70,8 +70,8 @@ def run_scenario(scenario, version, project, python, work):
 
     def cmd(action, **more):
         values = {"project": str(project), "port": port, "python": str(python), "state_dir": str(state), **more}
-        return remote.command(options.request(action, options.merged({}, values), [], local=False),
-                              INTERPRETERS[version])
+        line = remote.request_line(options.request(action, options.merged({}, values), [], local=False))
+        return f"{remote.command(INTERPRETERS[version])} <<'FABSERVE_REQUEST'\n{line}FABSERVE_REQUEST"
 
     port = free_port()
     return in_pid_namespace(scenario(cmd, state), work / "scenario.sh")
@@ -110,7 +110,8 @@ def test_python2_is_refused_in_words(root):
     if not python2:
         pytest.skip("no Python 2 interpreter on this machine")
     req = options.request("status", options.merged({}, {"project": "/tmp"}), [], local=False)
-    done = subprocess.run(["sh", "-c", remote.command(req, python2[0])], capture_output=True, text=True)
+    done = subprocess.run(["sh", "-c", remote.command(python2[0])], input=remote.request_line(req),
+                          capture_output=True, text=True)
     assert done.returncode == 1
     assert "the target needs Python 3.6 or newer" in done.stderr
     assert remote.parse_result(done.stdout) is None

@@ -1,15 +1,17 @@
 """Unit tests of the client's pure parts: option merging, validation, command building."""
 
-import base64
 import json
 import marshal
+import os
 import shlex
 import subprocess
 import sys
 
 import pytest
 
-from tasks import options, remote, report
+from invoke import Config, Context
+
+from tasks import options, remote, report, runners
 from tasks.agent import MARKER
 
 
@@ -74,20 +76,33 @@ def test_settings_and_paths_are_validated():
         "site.settings_dev"
 
 
-def test_command_quotes_everything_and_round_trips():
-    req = options.request("status", values(project="/srv/it's $(touch PWNED) `id`; \"x\""), [], local=False)
-    cmd = remote.command(req, "python3")
-    words = shlex.split(cmd)
+def test_the_command_holds_no_request_and_its_line_round_trips():
+    req = options.request("status", values(project="/srv/it's $(touch PWNED) `id`; \"x\"\t"), [], local=False)
+    words = shlex.split(remote.command("python3"))
     assert words[:4] == ["python3", "-E", "-S", "-c"] and words[4] == remote.BOOTSTRAP
-    assert (words[5], words[6]) == remote.payload()
-    assert json.loads(base64.b64decode(words[7]))["project"] == "/srv/it's $(touch PWNED) `id`; \"x\""
+    assert (words[5], words[6]) == remote.payload() and len(words) == 8  # and the loader: no request
+    line = remote.request_line(req)
+    assert line.endswith("\n") and line.count("\n") == 1 and line.isascii()
+    assert json.loads(line)["project"] == "/srv/it's $(touch PWNED) `id`; \"x\"\t"
+
+
+def test_the_request_stream_gives_invoke_the_whole_request_at_once():
+    stream = runners.RequestStream("{}\n")
+    assert stream.read(1) == "{}\n" and stream.read(1) == ""  # invoke's own loop asks one byte at a time
+
+
+def test_a_local_run_writes_the_request_and_closes_stdin_at_once():
+    c = Context(Config(overrides={"runners": runners.RUNNERS}))
+    done = c.run("cat; echo EOF", in_stream=runners.RequestStream("one line\n"), hide=True)
+    assert done.stdout == "one line\nEOF\n"
 
 
 def test_command_runs_the_shipped_agent_through_a_real_shell(tmp_path):
     marker = tmp_path / "PWNED"
     project = f"{tmp_path}/a b'c$(touch {marker})"
     req = options.request("status", values(project=project, state_dir=str(tmp_path / "state")), [], local=False)
-    done = subprocess.run(["sh", "-c", remote.command(req, sys.executable)], capture_output=True, text=True)
+    done = subprocess.run(["sh", "-c", remote.command(sys.executable)], input=remote.request_line(req),
+                          capture_output=True, text=True)
     result = remote.parse_result(done.stdout)
     assert result["action"] == "status" and result["state"] == "stopped"
     assert result["project"] == project
@@ -96,12 +111,13 @@ def test_command_runs_the_shipped_agent_through_a_real_shell(tmp_path):
 
 
 def agent_status(home, cwd=None):
-    """`status` of a missing project, sent through a real shell as remote.command
+    """`status` of a missing project, sent through a real shell as remote.call
     sends it, with `home` as HOME; asserts the agent answered."""
     req = options.request("status", values(project=str(home / "p"), state_dir=str(home / "state")), [],
                           local=False)
-    done = subprocess.run(["sh", "-c", remote.command(req, sys.executable)], capture_output=True, text=True,
-                          cwd=cwd, env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(["sh", "-c", remote.command(sys.executable)], input=remote.request_line(req),
+                          capture_output=True, text=True, cwd=cwd, env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
+                          timeout=60)
     assert remote.parse_result(done.stdout)["state"] == "stopped", done.stderr
 
 
@@ -129,6 +145,15 @@ def test_compiled_agent_is_cached_per_source_and_interpreter(tmp_path):
     cache.unlink()
     agent_status(tmp_path)  # a new entry replaces older versions' entries for this interpreter only
     assert sorted(path.name for path in cache.parent.iterdir()) == sorted([cache.name, other.name])
+
+
+def test_a_fifo_as_the_cache_entry_is_compiled_over_not_waited_on(tmp_path):
+    folder = tmp_path / ".cache" / "fabserve"
+    folder.mkdir(parents=True, mode=0o700)
+    entry = folder / f"agent-{remote.payload()[0]}-{sys.implementation.cache_tag}"
+    os.mkfifo(entry)  # opened without O_NONBLOCK, it would block the loader until a writer came
+    agent_status(tmp_path)
+    assert entry.is_file() and entry.stat().st_size > 1000
 
 
 def test_agent_cache_others_can_write_is_never_loaded(tmp_path):

@@ -1,4 +1,5 @@
-"""The agent's command line: one line that every login shell passes on unchanged.
+"""The agent's command line: one line that every login shell passes on unchanged,
+the request on its stdin.
 
 sshd hands the command to the user's login shell. csh and tcsh reject a newline
 inside single quotes and expand `!` even there, so the command must be one line
@@ -39,26 +40,26 @@ def test_the_program_is_one_line_with_nothing_a_shell_expands_inside_single_quot
 
 def test_the_command_is_one_line_of_plain_words_after_the_interpreter_and_program():
     python = "/opt/my python's/bin/python3"
-    cmd = remote.command(status_request(f"/srv/{HOSTILE}\t"), python)
+    cmd = remote.command(python)
     assert "\n" not in cmd and "\r" not in cmd and "!" not in cmd
     head = f"{shlex.quote(python)} -E -S -c '{remote.BOOTSTRAP}' "
     assert cmd.startswith(head)
     words = cmd[len(head):].split(" ")
-    assert len(words) == 4
+    assert len(words) == 3
     assert all(PLAIN_WORD.fullmatch(word) for word in words), [word[:40] for word in words]
 
 
-def test_the_words_decode_to_the_agent_the_request_and_the_loader():
+def test_the_words_decode_to_the_agent_and_the_loader_and_the_request_is_the_stdin_line():
     req = status_request(f"/srv/{HOSTILE}")
     python = "/usr/bin/python3"
-    words = shlex.split(remote.command(req, python))
+    words = shlex.split(remote.command(python))
     assert words[:5] == [python, "-E", "-S", "-c", remote.BOOTSTRAP]
-    digest, agent, request, loader = words[5:]
+    digest, agent, loader = words[5:]
     source = remote.AGENT_SOURCE.read_bytes()
     assert digest == hashlib.sha256(source).hexdigest()[:16]
     assert zlib.decompress(base64.b64decode(agent)) == source
-    assert json.loads(base64.b64decode(request)) == req
     assert zlib.decompress(base64.b64decode(loader)).decode("ascii") == remote.LOADER
+    assert json.loads(remote.request_line(req)) == req
 
 
 def shell_path(name):
@@ -77,10 +78,11 @@ def test_each_shell_runs_the_agent_with_the_request_unchanged(shell, tmp_path):
     path = shell_path(shell)
     marker = tmp_path / "PWNED"
     project = f"{tmp_path}/{HOSTILE.format(marker=marker)}"
-    cmd = remote.command(status_request(project, tmp_path / "state"), sys.executable)
+    cmd = remote.command(sys.executable)
+    line = remote.request_line(status_request(project, tmp_path / "state"))
     # Twice: the first call compiles and caches the agent, the second loads the cache.
     for _ in range(2):
-        done = subprocess.run([path, "-c", cmd], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        done = subprocess.run([path, "-c", cmd], capture_output=True, text=True, input=line,
                               cwd=tmp_path, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
         result = remote.parse_result(done.stdout)
         assert result is not None, done.stderr

@@ -18,7 +18,7 @@ def test_pidfile_naming_the_agent_itself_is_never_signalled(tmp_path):
     request = {"action": "stop", "project": str(project), "port": free_port(), "addr": "127.0.0.1",
                "python": None, "settings": None, "env": {}, "noreload": False, "start_timeout": 5.0,
                "stop_timeout": 1.0, "lines": 10, "follow": False, "state_dir": str(state)}
-    agent_cmd = remote.command(request, sys.executable)
+    agent_cmd = remote.command(sys.executable)
     trap = (
         "import json, os, subprocess, sys\n"
         "sys.path.insert(0, {repo!r})\n"
@@ -31,8 +31,8 @@ def test_pidfile_naming_the_agent_itself_is_never_signalled(tmp_path):
         "agent.write_atomic(inst.pidfile, str(me))\n"
         "os.execv('/bin/sh', ['sh', '-c', {cmd!r}])\n"
     ).format(repo=str(REPO), req=json.dumps(request), cmd="exec " + agent_cmd)
-    proc = subprocess.run([sys.executable, "-c", trap], capture_output=True, text=True, timeout=60,
-                          start_new_session=True)
+    proc = subprocess.run([sys.executable, "-c", trap], input=remote.request_line(request), capture_output=True,
+                          text=True, timeout=60, start_new_session=True)
     assert proc.returncode == 0, (proc.returncode, proc.stderr)  # not killed by a signal
     result = remote.parse_result(proc.stdout)
     assert result["changed"] is False and "not a server we started" in result["message"]

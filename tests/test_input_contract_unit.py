@@ -222,27 +222,15 @@ def padded_request(tmp_path, size):
     return req
 
 
-def test_the_largest_request_that_fits_runs_and_one_byte_more_does_not(tmp_path):
-    room = remote.request_room(sys.executable)
-    assert 64 * 1024 < room < remote.MAX_ARG_STRLEN  # the agent itself takes the rest of the argument
-    fits = padded_request(tmp_path, room)
-    remote.check_size(fits, sys.executable)
-    done = subprocess.run(["/bin/sh", "-c", remote.command(fits, sys.executable)], capture_output=True, text=True,
-                          env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]})
-    assert remote.parse_result(done.stdout)["state"] == "stopped", done.stderr
-
-    over = padded_request(tmp_path, room + 1)
-    with pytest.raises(OSError) as exec_error:  # what the check saves the user from: E2BIG from exec
-        subprocess.run(["/bin/sh", "-c", remote.command(over, sys.executable)], capture_output=True)
+def test_a_request_bigger_than_one_argument_travels_on_stdin(tmp_path):
+    """In argv it would fail exec with E2BIG (Linux's MAX_ARG_STRLEN, 128 KiB for one argument)."""
+    req = padded_request(tmp_path, 200 * 1024)
+    with pytest.raises(OSError) as exec_error:
+        subprocess.run(["/bin/sh", "-c", ": " + remote.request_line(req)], capture_output=True)
     assert exec_error.value.errno == errno.E2BIG
-    with pytest.raises(options.UsageError) as caught:
-        remote.check_size(over, sys.executable)
-    assert str(caught.value) == (f"option values too long: {room + 1} bytes (at most {room}); "
-                                 f"the biggest is env ({len(json.dumps(over['env']))} bytes)")
-
-
-def test_the_room_shrinks_with_the_interpreter_words_length():
-    assert remote.request_room("python3") - remote.request_room("/" + "x" * 399) in range(290, 298)  # 393 more characters in the command
+    done = subprocess.run(["/bin/sh", "-c", remote.command(sys.executable)], input=remote.request_line(req),
+                          capture_output=True, text=True, env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]})
+    assert remote.parse_result(done.stdout)["state"] == "stopped", done.stderr
 
 
 def test_say_to_a_reader_that_went_away_drops_the_output_quietly():
@@ -311,8 +299,8 @@ def test_a_missing_interpreter_is_named_under_every_login_shell(shell, interpret
     if shutil.which(shell) is None:
         skip_or_fail(f"{shell} is not installed (bin/setup --test installs it)")
     req = options.request("status", values(project="/srv/p"), [], local=False)
-    done = subprocess.run([shell, "-c", remote.command(req, interpreter)], capture_output=True, text=True,
-                          env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    done = subprocess.run([shell, "-c", remote.command(interpreter)], input=remote.request_line(req),
+                          capture_output=True, text=True, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert done.returncode in (1, 127), (done.returncode, done.stderr)
     assert remote.agent_failure(done.returncode, done.stderr, interpreter) == \
         f"interpreter {interpreter!r} not found on the host; set fabserve.agent_python"

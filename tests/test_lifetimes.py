@@ -47,7 +47,7 @@ def watchdog_of(data) -> int:
     """The one process of the server's group that results leave out: its watchdog."""
     extra = [pid for pid in group_members(data["pid"]) if pid not in data["pids"]]
     assert len(extra) == 1, (group_members(data["pid"]), data["pids"])
-    assert "fabserve-agent" in cmdline(extra[0])
+    assert "fabserve-watchdog" in cmdline(extra[0])
     return extra[0]
 
 

@@ -4,7 +4,6 @@ blocks, the log's checks, the streamed output and the result line after it, and
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -154,14 +153,18 @@ def write_log(inst: agent.Instance, data: bytes) -> Path:
     return log
 
 
-def agent_argv(req: dict[str, Any]) -> list[str]:
-    return [sys.executable, str(AGENT), base64.b64encode(json.dumps(req).encode()).decode()]
+AGENT_ARGV = [sys.executable, str(AGENT)]
+
+
+def request_line(req: dict[str, Any]) -> bytes:
+    """The request as the agent reads it from its stdin."""
+    return json.dumps(req).encode() + b"\n"
 
 
 def run_agent(inst: agent.Instance, **extra: Any) -> tuple[int, bytes, dict[str, Any] | None]:
     """(exit code, what came before the result line, the result)."""
     req = dict(inst.req, **extra)
-    done = subprocess.run(agent_argv(req), capture_output=True, timeout=60)
+    done = subprocess.run(AGENT_ARGV, input=request_line(req), capture_output=True, timeout=60)
     before, _, line = done.stdout.rpartition(MARKER.encode())
     result = json.loads(line) if line else None
     return done.returncode, before, result
@@ -274,8 +277,9 @@ def read_until(stream: Any, text: bytes, timeout: float = 10) -> bytes:
 @pytest.fixture
 def follower(instance: agent.Instance) -> Any:
     write_log(instance, b"old 1\nold 2\nold 3\n")
-    proc = subprocess.Popen(agent_argv(dict(instance.req, follow=True, lines=2)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(AGENT_ARGV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(request_line(dict(instance.req, follow=True, lines=2)))
+    proc.stdin.close()
     os.set_blocking(proc.stdout.fileno(), False)
     yield proc
     if proc.poll() is None:
