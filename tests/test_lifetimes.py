@@ -90,7 +90,7 @@ def test_status_shows_the_expiry_restart_renews_it_and_stop_leaves_no_watchdog(f
     assert status.json["expires_at"] == data["expires_at"] and 3500 < status.json["expires_in"] <= 3600
     assert data["expires_at"].endswith("Z") and len(data["expires_at"]) == len("2026-12-01T22:00:00Z")
     human = fab("status", *flags)
-    assert f"; expires in 59m" in human.stdout and data["expires_at"] in human.stdout
+    assert "; expires in 59m" in human.stdout and data["expires_at"] in human.stdout
     rows = fab("list", "--json").json  # one line, or a list of them
     listed = [row for row in (rows if isinstance(rows, list) else [rows]) if row["port"] == data["port"]]
     assert len(listed) == 1 and listed[0]["pids"] == data["pids"], listed  # the watchdog left out here too

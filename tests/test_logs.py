@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bed.procs import children
+from bed.fab import ended, interrupt
 from bed.users import runuser_argv, user_env
 from helpers import REPO, alive, free_port, wait_for, where
 
@@ -217,23 +217,13 @@ def interrupt_a_follow(fab, local: bool, site, as_user, whom: str) -> None:
     assert fab("start", *flags, "--json", local=local).returncode == 0
     log = Path(fab("status", *flags, "--json", local=local).json["log"])
     assert as_user(["sh", "-c", 'printf "before 1\\nbefore 2\\n" >> "$1"', "sh", str(log)]).returncode == 0
-    follower = fab.spawn("logs", *flags, "--follow", "--lines", "2", local=local,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with ended(fab.spawn("logs", *flags, "--follow", "--lines", "2", local=local,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)) as follower:
         assert follower.stdout.readline() == b"before 1\n"
         assert follower.stdout.readline() == b"before 2\n"
         agents = followers_of(log)
         assert len(agents) == 1
-        if whom == "group":
-            os.killpg(follower.pid, signal.SIGINT)
-        else:  # fab itself, under runuser
-            fab_pid, = children(follower.pid)
-            os.kill(fab_pid, signal.SIGINT)
-        out, err = follower.communicate(timeout=60)
-    finally:
-        if follower.poll() is None:
-            os.killpg(follower.pid, signal.SIGKILL)
-            follower.wait()
+        out, err = interrupt(follower, whom)
     assert follower.returncode == 0, err
     assert out == b"" and err == b""
     assert wait_for(lambda: not any(alive(pid) for pid in agents), timeout=15)

@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-from bed.procs import children, cmdline, parent, uid_processes
+from bed.fab import ended, interrupt
+from bed.procs import cmdline, parent, uid_processes
 from helpers import REPO, alive, kill_pids, wait_for
 
 
@@ -171,28 +172,18 @@ def interrupt_manage(fab, local: bool, site, target, whom: str, *extra: str) -> 
     check that fab exits 130 with one line and the command and its agent are gone."""
     marker = f"fabserve-sigint-{os.getpid()}-{local}-{whom}-{len(extra)}"
     code = f"import time; print('ready', flush=True); time.sleep(120)  # {marker}"
-    caller = fab.spawn("manage", shlex.join(["shell", "-c", code]), "--project", str(site), *extra, local=local,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    def running() -> list[int]:  # the command's own process (locally fab's argv holds the marker too)
+        return [pid for pid in uid_processes([target.uid]) if marker in cmdline(pid) and "manage.py" in cmdline(pid)]
+
+    with ended(fab.spawn("manage", shlex.join(["shell", "-c", code]), "--project", str(site), *extra, local=local,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)) as caller:
         if not extra:  # the line streams as it comes
             assert "ready\n" in iter(caller.stdout.readline, "")
-        def running() -> list[int]:  # the command's own process (locally fab's argv holds the marker too)
-            return [pid for pid in uid_processes([target.uid]) if marker in cmdline(pid) and "manage.py" in cmdline(pid)]
-
         assert wait_for(running, timeout=60)
         command, = running()
         ours = agent_chain(command)
         assert len(ours) > 1, [cmdline(pid) for pid in ours]
-        if whom == "group":
-            os.killpg(caller.pid, signal.SIGINT)
-        else:  # fab itself, under runuser
-            fab_pid, = children(caller.pid)
-            os.kill(fab_pid, signal.SIGINT)
-        _, err = caller.communicate(timeout=60)
-    finally:
-        if caller.poll() is None:
-            os.killpg(caller.pid, signal.SIGKILL)
-            caller.wait()
+        _, err = interrupt(caller, whom)
     host = "local" if local else target.alias
     assert caller.returncode == 130, err
     assert err == f"{host}: manage interrupted; the command was ended\n"

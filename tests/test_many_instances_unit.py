@@ -11,7 +11,6 @@ import pytest
 from fabric import Config
 
 from tasks import agent, listing, ns, options
-from tasks.executor import combined
 
 # Listeners on 18000 (127.0.0.1), 18001 (0.0.0.0), 18003 (127.0.0.2); 18002 is only a connection.
 TCP = """\

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import procs
 from .run import run_in_group
 from .target import REPO, Target
 from .users import runuser_argv, user_env
@@ -74,3 +78,26 @@ class FabRunner:
         argv, cwd, env = self.command(args, local)
         return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
                                 **popen)
+
+
+def interrupt(caller: subprocess.Popen[Any], whom: str, timeout: float = 60) -> tuple[Any, Any]:
+    """One Ctrl-C to a `spawn`ed fab: SIGINT to its whole group as a terminal sends
+    it (`whom` "group"), or to fab alone (the caller's one child under runuser);
+    then its stdout and stderr once it exits."""
+    if whom == "group":
+        os.killpg(caller.pid, signal.SIGINT)
+    else:
+        fab_pid, = procs.children(caller.pid)
+        os.kill(fab_pid, signal.SIGINT)
+    return caller.communicate(timeout=timeout)
+
+
+@contextlib.contextmanager
+def ended(caller: subprocess.Popen[Any]) -> Iterator[subprocess.Popen[Any]]:
+    """`caller`, whose whole group is killed on the way out if it still runs (a failed test)."""
+    try:
+        yield caller
+    finally:
+        if caller.poll() is None:
+            os.killpg(caller.pid, signal.SIGKILL)
+            caller.wait()
