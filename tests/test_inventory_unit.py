@@ -114,7 +114,10 @@ def test_a_setting_may_be_given_prefixed_and_the_prefixed_variable_wins_wherever
     assert options.inventory_setting("fabserve_json") is None and options.inventory_setting("fabserve_") is None
 
 
-def test_every_per_host_setting_has_a_prefixed_spelling_that_ansible_does_not_reserve():
+def test_every_per_host_setting_has_a_prefixed_spelling_that_ansible_does_not_reserve(monkeypatch, tmp_path):
+    # Ansible's configuration, read at import, makes its local temp directory in
+    # ANSIBLE_HOME: a user without a home of their own (nobody) has none to make it in.
+    monkeypatch.setenv("ANSIBLE_HOME", str(tmp_path))
     from ansible.vars.reserved import get_reserved_names
 
     reserved = get_reserved_names()
