@@ -1819,7 +1819,12 @@ def do_stop(inst):
     managed = found.managed
     grace = inst.req["stop_timeout"]
     pids = found.members()
-    killed = terminate_all(found, grace)
+    try:
+        killed = terminate_all(found, grace)
+    except AgentError as exc:
+        # What did end is gone although a survivor stays: that changed the host.
+        exc.extra["changed"] = any(pid not in exc.extra["pids"] for pid in pids)
+        raise
     escaped, escaped_killed = end_token_carriers(token, grace, pids)
     killed = killed or escaped_killed
     inst.forget()

@@ -252,6 +252,7 @@ def test_a_process_that_survives_kill_makes_stop_exit_1_naming_it(run, survivor_
     stop = run("stop", *where(site, port), "--timeout", "1")
     assert stop.returncode == 1, stop.stdout + stop.stderr
     assert stop.json["ok"] is False and stop.json["state"] == "failed", stop.json
+    assert stop.json["changed"] is True  # the server's own processes are gone
     assert stop.json["message"] == f"still running after SIGKILL: pids {survivor}", stop.json
     assert stop.json["pids"] == [survivor] and alive(survivor) and not alive(data["pid"])
     assert not port_listening(port)  # the server itself is gone: only the helper stayed
