@@ -27,7 +27,7 @@ from .run import run_checked
 from .sshd import SSHD, keygen, ssh_config, sshd_config, start_sshd, wait_for_sshd, write_sshd_config
 from .state import STATE_DIR, ensure_dir, state_lock
 from .users import RUNUSER, authorize_key, ensure_user, revoke_key, session_key_comment
-from .venv import build_venv, is_complete, venv_path
+from .venv import shared_venv
 
 REPO: Path = Path(__file__).resolve().parents[2]
 
@@ -90,11 +90,7 @@ def require_target_machine() -> None:
 
 def target_venv() -> Path:
     """The shared target venv, built once per requirements content and reused."""
-    venv = venv_path(STATE_DIR, TARGET_REQUIREMENTS)
-    if not is_complete(venv):
-        with state_lock():
-            build_venv(venv, TARGET_REQUIREMENTS)
-    return venv
+    return shared_venv(TARGET_REQUIREMENTS)
 
 
 def _authorized(user: pwd.struct_passwd, pubkey: str, teardown: contextlib.ExitStack) -> None:

@@ -16,9 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .state import STATE_DIR, ensure_dir, state_lock
+from .state import ensure_dir
 from .users import runuser_argv, user_env
-from .venv import build_venv, is_complete, venv_path
+from .venv import shared_venv
 
 REPO = Path(__file__).resolve().parents[2]
 ACCOUNT = "nobody"
@@ -31,11 +31,7 @@ PASSED = re.compile(r"\b(\d+) passed\b")
 
 def unit_venv() -> Path:
     """The tests' requirements in a venv of Debian's python, shared like the target's."""
-    venv = venv_path(STATE_DIR, REQUIREMENTS)
-    if not is_complete(venv):
-        with state_lock():
-            build_venv(venv, REQUIREMENTS)
-    return venv
+    return shared_venv(REQUIREMENTS)
 
 
 def run_unit_tier(venv: Path, account: str = ACCOUNT) -> tuple[int, str]:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .run import run_checked
+from .state import STATE_DIR, state_lock
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 _STAMP = ".complete"
@@ -42,4 +43,14 @@ def build_venv(path: Path, requirements: Sequence[Path], python: Path = SYSTEM_P
                  *requirement_args])
     run_checked(["chmod", "-R", "a+rX", path])
     (path / _STAMP).write_text("ok\n")
+    return path
+
+
+def shared_venv(requirements: Sequence[Path]) -> Path:
+    """A venv of Debian's python with `requirements`, in STATE_DIR, built once per
+    their content and shared by every session and account."""
+    path = venv_path(STATE_DIR, requirements)
+    if not is_complete(path):
+        with state_lock():
+            build_venv(path, requirements)
     return path
