@@ -88,10 +88,11 @@ def interrupting() -> Iterator[None]:
 
 
 def end_runs(runs: List["LinearOutput"]) -> None:
+    """End each of `runs` now (see end_streams)."""
     for runner in runs:
         try:
             runner.kill()
-        except (AttributeError, OSError):  # already gone
+        except (AttributeError, OSError):  # not started yet, or already gone
             pass
 
 
@@ -101,11 +102,7 @@ def end_streams() -> None:
     reader gone, end their followers on the host."""
     with STREAMING_LOCK:
         running = list(STREAMING)
-    for runner in running:
-        try:
-            runner.kill()
-        except (AttributeError, OSError):  # not started yet, or already gone
-            pass
+    end_runs(running)
 
 
 class RequestStream:
