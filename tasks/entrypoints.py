@@ -25,7 +25,7 @@ from typing import Any, Dict, Mapping, Optional
 from invoke.exceptions import Exit
 
 from . import options, remote
-from .agent import exit_code
+from .agent.protocol import exit_code
 from .inventory import Inventory, InventoryError, expand
 
 #: The collection's config key that says it runs from the checkout (see tasks/__init__.py).

@@ -20,7 +20,7 @@ from invoke import Context
 from invoke.exceptions import Exit
 
 from . import entrypoints, options, report, runners
-from .agent import exit_code
+from .agent.protocol import exit_code
 from .inventory import Inventory, InventoryError, expand
 
 #: Keys the executor adds to Connection init kwargs; the Connection never sees them.

@@ -19,7 +19,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 import yaml
 
-from . import agent, options
+from . import options
+from .agent import protocol
 
 COLLECTION = Path(__file__).resolve().parent.parent / "ansible" / "ansible_collections" / "fabserve" / "django"
 SPEC = COLLECTION / "plugins" / "module_utils" / "spec.py"
@@ -97,7 +98,7 @@ def ansible_type(setting: options.Setting) -> str:
     if isinstance(default, Mapping):
         return "dict"
     if isinstance(default, (int, float)):
-        if accepts(setting, agent.AUTO):  # a number or `auto` (port)
+        if accepts(setting, protocol.AUTO):  # a number or `auto` (port)
             return "raw"
         return "float" if accepts(setting, 0.5) else "int"
     return "str"
@@ -196,8 +197,8 @@ def return_fields() -> Dict[str, Dict[str, Any]]:
     """RETURN's fields: every one is in every result (the module sets the ones a
     verb does not give to null), so a task may read any of them whatever its state."""
     fields: Dict[str, Dict[str, Any]] = {}
-    rows = [(name, sentence(text)) for name, text in agent.ALWAYS + agent.ANSWERED]
-    for name, verbs, text in agent.EXTRAS:
+    rows = [(name, sentence(text)) for name, text in protocol.ALWAYS + protocol.ANSWERED]
+    for name, verbs, text in protocol.EXTRAS:
         states = states_of(verbs)
         if not states:
             continue
@@ -243,7 +244,7 @@ def readme_table() -> str:
     for name, entry in spec.items():
         kind = " \\| ".join(f"`{choice}`" for choice in entry["choices"]) if "choices" in entry else entry["type"]
         if entry["type"] == "raw":  # port: a number or auto
-            kind = f"int or `{agent.AUTO}`"
+            kind = f"int or `{protocol.AUTO}`"
         meaning = " ".join(markdown(line) for line in documented[name]["description"])
         rows.append(f"| `{name}` | {kind} | {shown_default(entry)} | {meaning} |")
     return "\n".join(rows) + "\n"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union
 
-from .agent import AUTO, DEFAULT_PORT, DEFAULT_PORT_RANGE, port_range
+from .agent.protocol import AUTO, DEFAULT_PORT, DEFAULT_PORT_RANGE, port_range
 
 # The checkout's, beside tasks/; only `fab` in the checkout uses them (tasks/entrypoints.py).
 DEFAULT_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "hosts.yml"

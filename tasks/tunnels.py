@@ -27,7 +27,7 @@ from invoke import Context
 from invoke.exceptions import Exit
 
 from . import options, remote, report
-from .agent import RUNNING, STOPPED, connect_host
+from .agent.protocol import RUNNING, STOPPED, connect_host
 
 Address = Tuple[str, int]
 #: Opens the other end for one accepted connection: (destination, the connection's

@@ -194,7 +194,10 @@ def test_the_built_collection_holds_the_agent_itself_and_installs(ansible):
     assert built.returncode == 0, built.stderr
     tarball = next((ansible.work / "dist").glob("fabserve-django-*.tar.gz"))
     with tarfile.open(tarball) as archive:
-        for name, source in (("agent.py", "tasks/agent.py"), ("options.py", "tasks/options.py")):
+        from tasks import agent
+        shared = [("options.py", "tasks/options.py")] + [(f"agent/{name}.py", f"tasks/agent/{name}.py")
+                                                         for name in agent.MODULES]
+        for name, source in shared:
             member = archive.getmember(f"plugins/module_utils/{name}")
             assert member.isfile()
             assert archive.extractfile(member).read() == (module_spec.COLLECTION.parents[3] / source).read_bytes()

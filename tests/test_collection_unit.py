@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import module_spec, options
+from tasks import agent, module_spec, options
 
 REPO = Path(__file__).resolve().parent.parent
 UTILS = module_spec.COLLECTION / "plugins" / "module_utils"
@@ -24,20 +24,29 @@ def test_the_generated_files_are_what_the_settings_give_now():
     assert module_spec.stale() == []
 
 
+# What module_utils holds: the repo's own files, as symlinks (ansible-galaxy copies a
+# file symlink as the file; a directory symlink pointing outside it would be skipped).
+SHARED = {"options.py": REPO / "tasks" / "options.py",
+          **{f"agent/{name}.py": REPO / "tasks" / "agent" / f"{name}.py" for name in agent.MODULES}}
+
+
 def test_module_utils_are_the_repo_agent_and_settings_themselves():
-    for name in ("agent.py", "options.py"):
+    for name, source in SHARED.items():
         link = UTILS / name
         assert link.is_symlink(), name
-        assert link.resolve() == REPO / "tasks" / name
+        assert link.resolve() == source
+    assert (UTILS / "agent").is_dir() and not (UTILS / "agent").is_symlink()
+    assert sorted(path.name for path in (UTILS / "agent").iterdir()) == sorted(f"{name}.py" for name in agent.MODULES)
 
 
 def test_what_travels_with_the_module_imports_only_the_standard_library():
     # Only module_utils travel to the target: the standard library, and each other.
-    for name in ("agent.py", "options.py"):
-        tree = ast.parse((REPO / "tasks" / name).read_text())
+    for name, source in SHARED.items():
+        tree = ast.parse(source.read_text())
+        siblings = {path.stem for path in source.parent.iterdir()}  # modules and packages
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level:
-                assert node.level == 1 and f"{node.module}.py" in ("agent.py", "options.py"), (name, node.module)
+                assert node.level == 1 and (node.module or "").split(".")[0] in siblings | {""}, (name, node.module)
             elif isinstance(node, ast.ImportFrom):
                 assert node.module.split(".")[0] in sys.stdlib_module_names, (name, node.module)
             elif isinstance(node, ast.Import):
@@ -159,7 +168,7 @@ def test_the_modules_target_side_runs_under_python_3_8_and_later(version):
     python = target_interpreters()[version]
     script = (
         "import json, os, sys; sys.path.insert(0, os.path.dirname(sys.argv[1])); "
-        "from module_utils import options, agent, spec; "
+        "from module_utils import options, spec; from module_utils.agent import dispatch; "
         "compile(open(sys.argv[2]).read(), sys.argv[2], 'exec'); "
         "values = options.Values(options.DEFAULTS); values.give('port', 70000, ('port', '')); "
         "values.give('project', '/srv/x', ('project', '')); "

@@ -84,8 +84,8 @@ def test_the_wheel_installs_the_package_fabserve_and_nothing_else(wheel):
     tops = {name.split("/", 1)[0] for name in names}
     assert tops == {"fabserve", f"fabserve-{__version__}.dist-info"}
     modules = {name.split("/", 1)[1] for name in names if name.startswith("fabserve/")}
-    assert modules == {path.name for path in (REPO / "tasks").glob("*.py")}
-    assert "agent.py" in modules and "program.py" in modules
+    assert modules == {str(path.relative_to(REPO / "tasks")) for path in (REPO / "tasks").glob("**/*.py")}
+    assert "agent/dispatch.py" in modules and "program.py" in modules
 
 
 def test_the_wheel_requires_exactly_the_pins_of_requirements_txt(wheel):
