@@ -36,7 +36,7 @@ def request(tmp_path, project, action="status", **extra):
 
 
 def instance(req):
-    return state.Instance(state.Host(req), req)
+    return state.Instance(state.Host(state.Request(req)), state.Request(req))
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ def test_pidfile_naming_the_agent_itself_is_never_signalled(tmp_path):
         "sys.path.insert(0, {repo!r})\n"
         "from tasks.agent import procfs, state\n"
         "req = json.loads({req!r})\n"
-        "inst = state.Instance(state.Host(req), req)\n"
+        "inst = state.Instance(state.Host(state.Request(req)), state.Request(req))\n"
         "state.private_dir(inst.base); state.private_dir(inst.dir)\n"
         "me = os.getpid()\n"
         "meta = {{'pid': me, 'starttime': procfs.proc_stat(me)['starttime'], 'boot_id': procfs.boot_id()}}\n"

@@ -142,7 +142,7 @@ def instance(tmp_path: Path) -> state.Instance:
     project.mkdir()
     (project / "manage.py").write_text("")
     req = request(tmp_path / "state", project)
-    inst = state.Instance(state.Host(req), req)
+    inst = state.Instance(state.Host(state.Request(req)), state.Request(req))
     os.makedirs(inst.dir, mode=0o700)
     os.chmod(inst.base, 0o700)
     return inst
@@ -167,7 +167,7 @@ def request_line(req: dict[str, Any]) -> bytes:
 
 def run_agent(inst: state.Instance, **extra: Any) -> tuple[int, bytes, dict[str, Any] | None]:
     """(exit code, what came before the result line, the result)."""
-    req = dict(inst.req, **extra)
+    req = dict(inst.req.fields(), **extra)
     done = subprocess.run(AGENT_ARGV, input=request_line(req), capture_output=True, timeout=60, cwd=REPO)
     before, _, line = done.stdout.rpartition(MARKER.encode())
     result = json.loads(line) if line else None
@@ -282,7 +282,7 @@ def read_until(stream: Any, text: bytes, timeout: float = 10) -> bytes:
 def follower(instance: state.Instance) -> Any:
     write_log(instance, b"old 1\nold 2\nold 3\n")
     proc = subprocess.Popen(AGENT_ARGV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
-    proc.stdin.write(request_line(dict(instance.req, follow=True, lines=2)))
+    proc.stdin.write(request_line(dict(instance.req.fields(), follow=True, lines=2)))
     proc.stdin.close()
     os.set_blocking(proc.stdout.fileno(), False)
     yield proc

@@ -150,7 +150,7 @@ def test_list_needs_no_project():
 def state_of(tmp_path, project, port, log=True):
     """An instance directory of `project` on `port` as a stopped instance leaves it."""
     req = agent_request(tmp_path, project, "status", port)
-    inst = state.Instance(state.Host(req), req)
+    inst = state.Instance(state.Host(state.Request(req)), state.Request(req))
     for path in state.levels(inst.base, inst.dir):
         os.makedirs(path, mode=0o700, exist_ok=True)
         os.chmod(path, 0o700)

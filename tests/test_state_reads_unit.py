@@ -47,7 +47,7 @@ def instance(tmp_path):
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "manage.py").write_text("")
     req = request(tmp_path, "status")
-    inst = state.Instance(state.Host(req), req)
+    inst = state.Instance(state.Host(state.Request(req)), state.Request(req))
     for path in state.levels(inst.base, inst.dir):
         state.private_dir(path)
     verbs.remember(inst)

@@ -11,7 +11,7 @@ import sys
 from . import manage, verbs
 from .protocol import AgentError, CHECKED, FAILED, HOST_VERBS, MARKER, exit_code, join, result_of, run_limit
 from .identity import given_path
-from .state import Host, Instance
+from .state import Host, Instance, Request
 from .locate import PORT_TRIES, resolve_instance
 from .launch import PortTaken
 from .verbs import describe
@@ -30,9 +30,11 @@ HANDLERS = {
 }
 
 
-def handle(req):
-    """The result of the request `req` (None when a follower's reader went away)."""
-    action = req["action"]
+def handle(data):
+    """The result of the request `data`, a dict as the client sent it (None when
+    a follower's reader went away)."""
+    req = Request(data)
+    action = req.action
     run, locks = HANDLERS[action]
     inst = None
     try:
@@ -82,9 +84,9 @@ def failure(inst, req, error, state, extra):
     `extra` may say it changed something before it failed (a restart that stopped the old server)."""
     fields = dict(ok=False, changed=False, state=state, error=error, message=error)
     fields.update(extra)
-    if inst is not None and isinstance(inst.req.get("port"), int):
+    if inst is not None and isinstance(inst.req.port, int):
         return describe(inst, None, **fields)
-    project = os.path.realpath(given_path(req["project"])) if req.get("project") else None
+    project = os.path.realpath(given_path(req.project)) if req.project else None
     return result_of(project=project, port=None, state_dir=None, managed=None, **fields)
 
 
@@ -117,28 +119,29 @@ def read_request(stream):
 
 def main():
     """Run the request on stdin; the exit status is the result's exit code."""
-    req = read_request(sys.stdin.buffer)
-    limit = run_limit(req)
+    data = read_request(sys.stdin.buffer)
+    limit = run_limit(data)  # on the request as the client sent it, as the client bounds its wait
+    req = Request(data)
     if limit is not None:
         bound = int(limit + GIVE_UP) + 1
         signal.signal(signal.SIGALRM, give_up)
         signal.alarm(bound)
     try:
-        result = handle(req)
+        result = handle(data)
     except GaveUp:
         result = failure(None, req, f"gave up after {bound}s: something on the host blocked this call", FAILED, {})
-        if req["action"] in CHECKED:
+        if req.action in CHECKED:
             result["http_status"] = None
-        result["action"] = req["action"]
+        result["action"] = req.action
     finally:
         signal.alarm(0)
     if result is None:
         return 0
-    if req.get("follow") or req.get("stream"):
+    if req.follow or req.stream:
         # The lines before it each ended with a newline: the result is the last line.
         sys.stdout.write(f"{MARKER}{json.dumps(result)}\n")
         sys.stdout.flush()
-        return exit_code(req["action"], result)
+        return exit_code(req.action, result)
     sys.stdout.write(f"\n{MARKER}{json.dumps(result)}\n")
     sys.stdout.flush()
-    return exit_code(req["action"], result)
+    return exit_code(req.action, result)

@@ -35,7 +35,7 @@ def resolve_python(inst):
     """The interpreter that runs manage.py: --python (relative to the project),
     else the project's .venv or venv, else python3 on PATH."""
     import shutil
-    given = inst.req.get("python")
+    given = inst.req.python
     if given:
         path = os.path.join(inst.project, os.path.expanduser(given)) if "/" in given else shutil.which(given)
         if not path or not os.path.isfile(path) or not os.access(path, os.X_OK):
@@ -56,17 +56,17 @@ def manage_env(inst):
     agent's, unbuffered so output shows as it happens, the request's env over it."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
-    env.update(inst.req.get("env") or {})
+    env.update(inst.req.env or {})
     return env
 
 
 def server_argv(inst, python):
     host = f"[{inst.addr}]" if ":" in inst.addr else inst.addr
     argv = [python, inst.manage_py, "runserver", f"{host}:{inst.port}"]
-    if inst.req.get("noreload"):
+    if inst.req.noreload:
         argv.append("--noreload")
-    if inst.req.get("settings"):
-        argv.append(f"--settings={inst.req['settings']}")
+    if inst.req.settings:
+        argv.append(f"--settings={inst.req.settings}")
     return argv
 
 
@@ -82,7 +82,7 @@ def launch(inst, python):
     env["FABSERVE_TOKEN"] = token
     expires_at = launch_expiry(inst)
     try:
-        rotate_logs(inst.dir, inst.log, inst.req.get("log_keep", LOG_KEEP))
+        rotate_logs(inst.dir, inst.log, LOG_KEEP if inst.req.log_keep is None else inst.req.log_keep)
         fd = os.open(inst.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         log = os.fdopen(fd, "ab")
         offset = log.seek(0, os.SEEK_END)
@@ -111,7 +111,7 @@ def launch(inst, python):
                 if fd is not None:
                     os.close(fd)
     watch = launched_watchdog(reader)
-    settings = {"expires_at": expires_at, "grace": inst.req["stop_timeout"], "token": token,
+    settings = {"expires_at": expires_at, "grace": inst.req.stop_timeout, "token": token,
                 "directory": inst.dir}
     if feed_out is not None and not feed_watchdog(feed_out, settings):
         terminate(Found(pgid=proc.pid), 0)
@@ -159,7 +159,7 @@ def taken_by(inst, texts, pids=()):
 def fallback_note(inst, python):
     """The hint for a failed start whose interpreter was python3 from PATH, the
     project having no venv of its own (the usual cause: the venv lives elsewhere)."""
-    if inst.req.get("python") or python.startswith(os.path.join(inst.project, "")):
+    if inst.req.python or python.startswith(os.path.join(inst.project, "")):
         return ""
     return f"no .venv/ or venv/ in {inst.project}, used python3; pass --python"
 
@@ -187,7 +187,7 @@ def http_get(inst, timeout=5.0):
     import http.client
     conn = http.client.HTTPConnection(connect_host(inst.addr), inst.port, timeout=timeout)
     try:
-        conn.request("GET", inst.req["check"])
+        conn.request("GET", inst.req.check)
         return conn.getresponse().status
     except (OSError, http.client.HTTPException):
         return None
@@ -196,13 +196,13 @@ def http_get(inst, timeout=5.0):
 
 
 def check_note(inst, status):
-    path = inst.req.get("check")
+    path = inst.req.check
     return path and f"GET {path} answered " + (f"HTTP {status}" if status else "nothing")
 
 
 def checked_health(inst, state, message):
     """health's answer and http_status: failed at 500 or more, or no answer."""
-    if state != RUNNING or not inst.req.get("check"):
+    if state != RUNNING or not inst.req.check:
         return state, message, None
     status = http_get(inst)
     if status and status < 500:
@@ -220,14 +220,14 @@ def wait_http(inst, proc, deadline):
     """(http_status, why start failed): GET until below 500 (why None), CHECK_FAILS
     answers of 500 or more in a row, exit or deadline. No answer breaks a run."""
     run = 0
-    while inst.req.get("check"):
+    while inst.req.check:
         status = http_get(inst, max(0.5, min(5.0, deadline - time.time())))
         if status and status < 500:
             return status, None
         run = run + 1 if status else 0
         if run >= CHECK_FAILS:
-            return status, f"GET {inst.req['check']} still HTTP {status} after {run} requests; the server was stopped"
+            return status, f"GET {inst.req.check} still HTTP {status} after {run} requests; the server was stopped"
         if proc.poll() is not None or time.time() >= deadline:
-            return status, f"{check_note(inst, status)} within {inst.req['start_timeout']:g}s; the server was stopped"
+            return status, f"{check_note(inst, status)} within {inst.req.start_timeout:g}s; the server was stopped"
         time.sleep(0.25)  # not faster: each 500 writes a traceback to the log
     return None, None

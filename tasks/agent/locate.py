@@ -84,7 +84,7 @@ def locate(inst, procs=None):
             inst.expires_at = expiry_of(meta)
             found = Found(pgid=pid, helper=meta.get("watchdog"))
             # look_only: a caller that must change nothing (Ansible's check mode) sees it as it is.
-            if inst.expires_at is not None and time.time() >= inst.expires_at and not inst.req.get("look_only"):
+            if inst.expires_at is not None and time.time() >= inst.expires_at and not inst.req.look_only:
                 return end_expired(inst, found, meta, procs)
             return found, ""
         note = f"stale pidfile{' of the previous state layout' if legacy else ''}: {why}"
@@ -126,7 +126,7 @@ def end_expired(inst, found, meta, procs):
     instance's lock (status, logs, list) takes it, giving way to a start, stop
     or restart that holds it (which ends the server itself), and goes on only
     while the state still names this server."""
-    grace = inst.req["stop_timeout"]
+    grace = inst.req.stop_timeout
     watch = meta.get("watchdog") if isinstance(meta.get("watchdog"), dict) else {}
     pids = found.members()
     deadline = time.time() + grace + WATCH_POLL + KILL_WAIT
@@ -158,7 +158,7 @@ def end_expired(inst, found, meta, procs):
             escaped, escaped_killed = end_token_carriers(meta.get("token"), grace, left)
             notes = [f"with SIGKILL after {grace:g}s grace" if killed or escaped_killed else "",
                      f"pids {' '.join(map(str, escaped))} had left the server's process group" if escaped else "",
-                     f"its watchdog was gone, so {inst.req['action']} stopped pids "
+                     f"its watchdog was gone, so {inst.req.action} stopped pids "
                      f"{' '.join(map(str, left + escaped))}"]
             append_log(inst.log, expiry_line(inst.expires_at, *notes))
         inst.forget()
@@ -180,12 +180,12 @@ def project_instances(host, req, procs):
     Live (sorted): a server runs (trusted pidfile, or found among `procs`), or
     an agent is starting or stopping it now. Recorded, the last written last:
     only state is left (a stale pidfile, a kept log)."""
-    given = given_path(req["project"])
+    given = given_path(req.project)
     live, recorded = set(), {}
     for name, port in host.instances():
         if name != instance_name(given, port):
             continue
-        inst = Instance(host, dict(req, port=port))
+        inst = Instance(host, req.but(port=port))
         if lock_held(os.path.join(inst.dir, "lock")):
             live.add(port)
             continue
@@ -197,7 +197,7 @@ def project_instances(host, req, procs):
             live.add(port)
         elif os.path.lexists(inst.pidfile) or os.path.lexists(inst.log):
             recorded[port] = last_written(inst)
-    probe = Instance(host, dict(req, port=DEFAULT_PORT))
+    probe = Instance(host, req.but(port=DEFAULT_PORT))
     manage_py, uid, excluded = os.path.realpath(probe.manage_py), os.getuid(), ancestors()
     for proc in procs:
         if is_candidate(proc, manage_py, proc["port"], uid, None, excluded, probe.given_manage_py):
@@ -221,8 +221,8 @@ def claim_port(host, req, tried=()):
     none of `tried` (found taken by this start). The caller holds the host's lock
     until it holds the new instance's own, which marks the port as taken for the
     next chooser (see taken_ports)."""
-    low, high = port_range(req.get("port_range") or DEFAULT_PORT_RANGE)
-    addr = req.get("addr") or DEFAULT_ADDR
+    low, high = port_range(req.port_range or DEFAULT_PORT_RANGE)
+    addr = req.addr or DEFAULT_ADDR
     free = free_ports(low, high, taken_ports(host) | set(tried), tcp_tables(), addr)
     if not free:
         raise AgentError(f"no free port from {low} to {high} on {addr} (port_range): every one is listened "
@@ -250,19 +250,19 @@ def resolve_instance(host, req, tried=()):
     make a project ambiguous: with none, a CI job's stop without a port is
     "not running", exit 0, however many stopped instances it left.
     """
-    port = req.get("port")
-    if isinstance(port, int) or req["action"] == "manage":  # manage runs the same whichever runs (see ran_against)
+    port = req.port
+    if isinstance(port, int) or req.action == "manage":  # manage runs the same whichever runs (see ran_against)
         return req, None
-    choosing = port == AUTO and req["action"] in STARTS
+    choosing = port == AUTO and req.action in STARTS
     held = host.lock() if choosing else None
     try:
         live, recorded = project_instances(host, req, runservers())
         if len(live) > 1:
-            raise Ambiguous(req["project"], live)
+            raise Ambiguous(req.project, live)
         if live:
             port = live[0]
         elif choosing:
-            return dict(req, port=claim_port(host, req, tried)), held
+            return req.but(port=claim_port(host, req, tried)), held
         else:
             port = recorded[-1] if recorded else DEFAULT_PORT
     except BaseException:
@@ -271,4 +271,4 @@ def resolve_instance(host, req, tried=()):
         raise
     if held is not None:
         os.close(held)
-    return dict(req, port=port), None
+    return req.but(port=port), None

@@ -248,7 +248,7 @@ def cut_log(path, limit, ways=("collapse", "punch")):
 def cap_log(inst):
     """Keep a running server's log under log_max: called wherever its pidfile
     is trusted, so every call on the instance enforces the cap."""
-    cut_log(inst.log, inst.req.get("log_max") or LOG_MAX)
+    cut_log(inst.log, inst.req.log_max or LOG_MAX)
 
 
 def log_line(text, fd=1):

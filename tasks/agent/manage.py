@@ -55,10 +55,10 @@ def do_manage(inst):
     with it, and then every process it started that left the group."""
     import subprocess
     inst.require_project()
-    python, args, limit = resolve_python(inst), inst.req["args"], inst.req.get("manage_timeout")
+    python, args, limit = resolve_python(inst), inst.req.args, inst.req.manage_timeout
     argv = [python, inst.manage_py, args[0]]
-    if inst.req.get("settings"):  # here both Django's and the command's parser take it
-        argv.append(f"--settings={inst.req['settings']}")
+    if inst.req.settings:  # here both Django's and the command's parser take it
+        argv.append(f"--settings={inst.req.settings}")
     env = manage_env(inst)
     # A token of its own, as a server's processes carry theirs: what leaves the
     # group (setsid, start_new_session) still carries it and is found by it.
@@ -68,9 +68,9 @@ def do_manage(inst):
         proc = subprocess.Popen(argv + args[1:], cwd=inst.project, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         with proc.stdout:
-            kept, why = relay(proc, inst.req.get("stream") and sys.stdout.buffer,
+            kept, why = relay(proc, inst.req.stream and sys.stdout.buffer,
                               limit and time.time() + limit, caller)
-        grace = min(inst.req["stop_timeout"], 5)
+        grace = min(inst.req.stop_timeout, 5)
         terminate(Found(pgid=proc.pid), grace)
         code = proc.wait()
         escaped, _ = end_token_carriers(token, grace, except_group=proc.pid)
@@ -92,7 +92,7 @@ def do_manage(inst):
 def ran_against(inst):
     """The instance a manage command ran beside: the one its port names, else
     the project's one running instance; None when none or several run."""
-    if isinstance(inst.req.get("port"), int):
+    if isinstance(inst.req.port, int):
         return inst
     live, _ = project_instances(inst.host, inst.req, runservers())
-    return Instance(inst.host, dict(inst.req, port=live[0])) if len(live) == 1 else None
+    return Instance(inst.host, inst.req.but(port=live[0])) if len(live) == 1 else None

@@ -147,13 +147,43 @@ def lock_dir(base, directory):
     return fd
 
 
+class Request(object):
+    """A request as named fields, every one present (req.port, never a key
+    that may be missing): what the client sent, and for a field it left out,
+    its value in FIELDS."""
+
+    # Each field a request may hold, and its value when the request leaves it out.
+    # The client sends every request setting of its settings table, and logs'
+    # `stream`; Ansible's check mode adds `look_only`; a test may send fewer.
+    FIELDS = {
+        "action": None, "project": None, "port": None, "addr": None, "python": None, "settings": None,
+        "env": None, "noreload": False, "check": None, "start_timeout": None, "stop_timeout": None,
+        "ttl": None, "state_dir": None, "port_range": None, "log_keep": None, "log_max": None,
+        "lines": 50, "follow": False, "previous": False, "stream": False, "all": False,
+        "args": None, "manage_timeout": None, "look_only": False,
+    }
+    __slots__ = tuple(FIELDS)
+
+    def __init__(self, data):
+        for name, default in self.FIELDS.items():
+            setattr(self, name, data.get(name, default))
+
+    def fields(self):
+        """The request as a dict, every field present."""
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def but(self, **changes):
+        """This request with `changes` (a derived one: another port, project or address)."""
+        return Request(dict(self.fields(), **changes))
+
+
 class Host(object):
     """This user's fabserve state on this host: where it lives, and which host it is."""
 
     def __init__(self, req):
         """`req`: the request, for its state_dir."""
         # Absolute, so results name it the same whatever the agent's working directory.
-        self.base = os.path.abspath(os.path.expanduser(req.get("state_dir") or os.path.join(
+        self.base = os.path.abspath(os.path.expanduser(req.state_dir or os.path.join(
             os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "fabserve")))
         # Per host: a home shared by several hosts (NFS) holds one directory each.
         self.machine_id, self.hostname = machine_id(), os.uname()[1]
@@ -185,12 +215,12 @@ class Instance(object):
         the project and the port."""
         # Named by the path as given, so `current` stays the instance it names when
         # the symlink moves to another release; launched from the path it resolves to.
-        self.given = given_path(req["project"])
+        self.given = given_path(req.project)
         self.project = os.path.realpath(self.given)
         # No port (see resolve_instance, which names one first when it can): start's default.
-        self.port = req["port"] if isinstance(req.get("port"), int) else DEFAULT_PORT
+        self.port = req.port if isinstance(req.port, int) else DEFAULT_PORT
         # None: the address recorded at start (locate reads it), else DEFAULT_ADDR.
-        self.addr_given = req.get("addr")
+        self.addr_given = req.addr
         self.addr = self.addr_given or DEFAULT_ADDR
         self.req = req
         self.manage_py = os.path.join(self.project, "manage.py")

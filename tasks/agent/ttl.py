@@ -245,7 +245,7 @@ def attach_watchdog(inst, expires_at, group, token):
         for fd in (writer, log, feed_in):
             os.close(fd)
     watch = launched_watchdog(reader)
-    settings = {"expires_at": expires_at, "grace": inst.req["stop_timeout"], "token": token,
+    settings = {"expires_at": expires_at, "grace": inst.req.stop_timeout, "token": token,
                 "directory": inst.dir, "group": group}
     if not feed_watchdog(feed_out, settings):
         raise AgentError(f"cannot start the ttl watchdog: its interpreter {sys.executable} did not run; "
@@ -261,7 +261,7 @@ def apply_ttl(inst, found):
     if not found.managed or not isinstance(meta, dict) or inst.foreign:
         raise AgentError(f"the server on port {inst.port} was not started by fabserve, so --ttl cannot be applied "
                          f"to it: stop it, then start it with --ttl")
-    ttl = inst.req["ttl"]
+    ttl = inst.req.ttl
     expires_at = time.time() + ttl
     old = meta.get("watchdog") if isinstance(meta.get("watchdog"), dict) else {}
     watch = attach_watchdog(inst, expires_at, found.pgid, meta.get("token"))
@@ -295,5 +295,5 @@ def launched_watchdog(reader):
 def launch_expiry(inst):
     """When the server to launch expires: now plus --ttl (a restart's given, else
     the recorded one: see rerun), else never (None)."""
-    ttl = inst.req.get("ttl")
+    ttl = inst.req.ttl
     return time.time() + ttl if ttl else None

@@ -56,7 +56,7 @@ def do_status(inst):
     found, note = located(inst)
     result = status_of(inst, found, note)
     # What tunnel's first request asks for: the path given, else the one the instance was started with.
-    result["check"] = inst.req.get("check") or started_check(inst)
+    result["check"] = inst.req.check or started_check(inst)
     return result
 
 
@@ -109,7 +109,7 @@ def do_stop(inst):
         return describe(inst, None, ok=True, changed=bool(inst.ended), state=STOPPED, pids=inst.ended or [],
                         message=not_running(inst, note))
     managed = found.managed
-    grace = inst.req["stop_timeout"]
+    grace = inst.req.stop_timeout
     pids = found.members()
     try:
         killed = terminate_all(found, grace)
@@ -149,7 +149,7 @@ def do_start(inst):
         else:
             message = join("already started but " + message, "use restart")
         # A --ttl is never dropped: a leftover server a CI job's start finds gets it too.
-        applied = apply_ttl(inst, found) if inst.req.get("ttl") else ""
+        applied = apply_ttl(inst, found) if inst.req.ttl else ""
         return describe(inst, found, ok=state == RUNNING, changed=bool(applied), state=state, pids=pids,
                         http_status=http, message=join(message, applied, release_note(inst)))
     if inst.foreign:
@@ -162,7 +162,7 @@ def do_start(inst):
         raise PortTaken(f"port {inst.port} on {inst.addr} is already in use by {taken}; nothing was started")
     remember(inst)
     proc, found, offset = launch(inst, python)
-    deadline = time.time() + inst.req["start_timeout"]
+    deadline = time.time() + inst.req.start_timeout
     http = None
     for pause in pauses():
         code = proc.poll()
@@ -183,10 +183,10 @@ def do_start(inst):
                                 http_status=http, message=join(f"started on {inst.url}", check_note(inst, http), note))
             break
         if time.time() >= deadline:
-            why = f"nothing answered on port {inst.port} within {inst.req['start_timeout']}s"
+            why = f"nothing answered on port {inst.port} within {inst.req.start_timeout}s"
             break
         time.sleep(pause)
-    terminate(found, min(inst.req["stop_timeout"], 5))
+    terminate(found, min(inst.req.stop_timeout, 5))
     proc.poll()
     inst.forget()
     tail = log_tail(inst, offset)
@@ -223,10 +223,10 @@ def do_logs(inst):
     """The log's last lines: in the result, or with `stream` (human output)
     written to stdout as they are read, before the result; with `follow`, then
     everything appended until the caller goes away, and no result."""
-    lines = inst.req.get("lines", 50)
+    lines = inst.req.lines
     out = sys.stdout.buffer
     found, _ = located(inst)  # first: a running server's log is cut to the cap before it is read
-    log = f"{inst.log}.1" if inst.req.get("previous") else inst.log
+    log = f"{inst.log}.1" if inst.req.previous else inst.log
     with open_log(inst, log) as handle:
         hole = hole_end(handle.fileno())
         offset, end, count = tail_span(handle, lines, hole)
@@ -234,11 +234,11 @@ def do_logs(inst):
         if hole and offset == hole and count < lines:  # back to a punched cut: its marker first, as after any cut
             front, count = os.pread(handle.fileno(), PUNCHED_MARK, 0).rstrip(b" \n") + b"\n", count + 1
         try:
-            if inst.req.get("follow"):
+            if inst.req.follow:
                 copy_out(handle, offset, end, out, front)
                 follow(handle, out)
                 return None
-            if inst.req.get("stream"):
+            if inst.req.stream:
                 copy_out(handle, offset, end, out, front)
                 extra = {}
             else:
@@ -263,7 +263,7 @@ def remember(inst):
     """Record which project and port the instance directory is for, and what
     it is started with (RERUN), kept after stop with its log, so list can name
     the project of a stopped instance and restart can rerun it."""
-    started = {name: inst.req.get(name) for name, _ in RERUN}
+    started = {name: getattr(inst.req, name) for name, _ in RERUN}
     started["addr"] = inst.addr  # as launched: given, recorded by the last start, or the default
     write_atomic(os.path.join(inst.dir, "instance.json"),
                  json.dumps({"project": inst.given, "port": inst.port, "started_with": started}))
@@ -282,14 +282,11 @@ def rerun(inst):
     started = (instance_record(inst.dir) or {}).get("started_with")
     if not isinstance(started, dict):
         return
-    req = dict(inst.req)
-    for name, kind in RERUN:
-        value = started.get(name)
-        if not req.get(name) and value and isinstance(value, kind):
-            req[name] = value
-    inst.req = req
-    if not inst.addr_given and req.get("addr"):
-        inst.addr_given = inst.addr = req["addr"]
+    lacking = {name: started.get(name) for name, kind in RERUN
+               if not getattr(inst.req, name) and started.get(name) and isinstance(started.get(name), kind)}
+    inst.req = req = inst.req.but(**lacking)
+    if not inst.addr_given and req.addr:
+        inst.addr_given = inst.addr = req.addr
 
 
 def do_list(host, req):
@@ -310,7 +307,7 @@ def do_list(host, req):
         project = recorded_project(directory, meta if isinstance(meta, dict) else None)
         if project is None or instance_name(project, port) != name:
             continue  # a lock alone (a stop of nothing), or files that do not name this directory
-        inst = Instance(host, dict(req, project=project, port=port, addr=None))
+        inst = Instance(host, req.but(project=project, port=port, addr=None))
         if not (os.path.lexists(inst.pidfile) or os.path.lexists(inst.log)):
             continue
         try:
@@ -325,7 +322,7 @@ def do_list(host, req):
         # which would otherwise stay for ever. A stale pidfile (a server that
         # died) is still shown: something ended it that nobody asked to; and
         # so is a server this list ended, past its expiry.
-        if row["state"] == STOPPED and not os.path.lexists(inst.pidfile) and not req.get("all") and not inst.ended:
+        if row["state"] == STOPPED and not os.path.lexists(inst.pidfile) and not req.all and not inst.ended:
             hidden += 1
             continue
         claimed.update(row["pids"] + (inst.ended or []))
@@ -337,7 +334,7 @@ def do_list(host, req):
         script = os.path.realpath(os.path.join(proc["cwd"], proc["script"]))
         unmanaged.setdefault((os.path.dirname(script), proc["port"]), []).append(proc)
     for (project, port), found_procs in sorted(unmanaged.items()):
-        inst = Instance(host, dict(req, project=project, port=port, addr=runserver_addr(found_procs[0]["argv"])))
+        inst = Instance(host, req.but(project=project, port=port, addr=runserver_addr(found_procs[0]["argv"])))
         pids = sorted(proc["pid"] for proc in found_procs)
         row = status_of(inst, Found(pids=pids, managed=False), "", pids, listening)
         row.update(pidfile=None, log=None, state_dir=None)  # fabserve keeps no state for it

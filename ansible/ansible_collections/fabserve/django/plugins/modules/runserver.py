@@ -217,7 +217,8 @@ def would_change(action, probe, req):
 def startable(module, action, req):
     """fail_json, as the start itself would, when the project or its interpreter is
     missing: check mode's read-only part of a start."""
-    inst = state.Instance(state.Host(req), req)
+    request = state.Request(req)
+    inst = state.Instance(state.Host(request), request)
     try:
         inst.require_project()
         launch.resolve_python(inst)
