@@ -1,4 +1,4 @@
-"""The result fields: README's "JSON output" names exactly the declared ones,
+"""The result fields: docs/output.md's "JSON output" names exactly the declared ones,
 and the results the agent and the client build carry them."""
 
 import re
@@ -6,19 +6,19 @@ from pathlib import Path
 
 from tasks import agent, options, report
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+OUTPUT_PAGE = Path(__file__).resolve().parent.parent / "docs" / "output.md"
 ALWAYS = [name for name, _ in agent.ALWAYS]
 ANSWERED = [name for name, _ in agent.ANSWERED]
 DECLARED = set(ALWAYS) | set(ANSWERED) | {name for name, _, _ in agent.EXTRAS}
 
 
 def json_section() -> str:
-    text = README.read_text()
-    section = text[text.index("### JSON output\n"):]
-    return section[:section.index("\n#", 1)]
+    text = OUTPUT_PAGE.read_text()
+    section = text[text.index("## JSON output\n"):]
+    return section.split("\n#", 1)[0]
 
 
-def test_the_readme_names_every_declared_field_and_no_other():
+def test_the_output_page_names_every_declared_field_and_no_other():
     named = set(re.findall(r"`([a-z_]+)`", json_section()))
     assert named - {agent.RUNNING, agent.STOPPED, agent.FAILED} == DECLARED
 
