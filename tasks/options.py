@@ -4,7 +4,7 @@ Every setting can be set once in the `fabserve` section of Fabric's config
 (fabric.yaml, or fabserve.yaml for the `fabserve` command; ~/.fabric.yaml,
 -f FILE, FABRIC_FABSERVE_* variables); those a
 task takes as a flag can be given on the command line, which wins; those marked
-per host can also come from the inventory. README's options table is checked
+per host can also come from the inventory. docs/options.md's table is checked
 against SETTINGS by tests/test_options_unit.py.
 """
 

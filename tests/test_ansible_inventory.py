@@ -1,4 +1,4 @@
-"""The repo's inventory and README's inventory example read the same in Ansible as
+"""The repo's inventory and docs/hosts.md's inventory example read the same in Ansible as
 in fab: `ansible staging` names the hosts `fab -H staging` does, with the same vars,
 and without a warning about reserved variable names."""
 
@@ -16,17 +16,17 @@ from tasks.inventory import Inventory
 REPO = Path(__file__).resolve().parent.parent
 
 
-def readme_inventory() -> str:
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("### Many hosts, inventory groups"):]
+def documented_inventory() -> str:
+    text = (REPO / "docs" / "hosts.md").read_text()
+    section = text[text.index("## The inventory\n"):]
     return re.search(r"```yaml\n(.*?)```", section, re.DOTALL).group(1)
 
 
-@pytest.mark.parametrize("source", ["inventory/hosts.yml", "README"])
+@pytest.mark.parametrize("source", ["inventory/hosts.yml", "docs/hosts.md"])
 def test_ansible_reads_the_inventory_with_fabs_hosts_and_vars(source, tmp_path):
-    path = REPO / source if source != "README" else tmp_path / "hosts.yml"
-    if source == "README":
-        path.write_text(readme_inventory())
+    path = REPO / source if source != "docs/hosts.md" else tmp_path / "hosts.yml"
+    if source == "docs/hosts.md":
+        path.write_text(documented_inventory())
     with bed_outcome():
         ansible = Ansible(tmp_path / "ansible", {})
     listed = ansible.run("ansible-inventory", ["-i", str(path), "--list"])

@@ -96,9 +96,9 @@ def test_the_module_fills_in_every_result_field_and_takes_its_own_options():
     assert not set(own) & set(module_spec.argument_spec())  # no own option is sent to the agent as a setting
 
 
-def test_the_readme_lists_every_option_of_the_modules_argument_spec():
-    text = (REPO / "README.md").read_text()
-    block = text[text.index(module_spec.README_START):text.index(module_spec.README_END)]
+def test_the_ansible_page_lists_every_option_of_the_modules_argument_spec():
+    text = module_spec.ANSIBLE_PAGE.read_text()
+    block = text[text.index(module_spec.TABLE_START):text.index(module_spec.TABLE_END)]
     listed = re.findall(r"^\| `(\w+)` \|", block, re.MULTILINE)
     assert listed == list({**module_spec.own_spec(), **module_spec.argument_spec()})
     assert {"check", "ttl", "log_keep", "log_max", "port_range", "fail_if_not_running", "state"} <= set(listed)

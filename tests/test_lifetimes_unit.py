@@ -253,8 +253,9 @@ def can(way, directory):
 
 def test_cuts_while_a_writer_appends_lose_no_line_where_the_front_is_freed_in_place(tmp_path):
     """Where the file system collapses ranges or punches holes (all local Linux
-    ones fabserve meets) no line may go missing; the copy's one window is in the
-    README, and tests/test_lifetimes.py races each file system it can make."""
+    ones fabserve meets) no line may go missing; the copy's one window is in
+    docs/how-it-works.md ("Logs are bounded"), and tests/test_lifetimes.py races
+    each file system it can make."""
     assert can("collapse", tmp_path) or can("punch", tmp_path), "this file system frees no front in place"
     assert race(tmp_path / "server.log", 50) == LOSSLESS
 

@@ -214,16 +214,16 @@ def test_list_shows_managed_and_hand_started_servers_not_another_users_nor_decoy
     assert stop.returncode == 0 and not any(alive(pid) for pid in running["pids"])
 
 
-def readme_ci_job():
-    """The README's GitHub Actions job ("Use in CI"), parsed."""
-    text = (REPO / "README.md").read_text()
-    block = text.split("\n## Use in CI\n", 1)[1].split("```yaml\n", 1)[1].split("\n```", 1)[0]
+def documented_ci_job():
+    """docs/ci.md's GitHub Actions job, parsed."""
+    text = (REPO / "docs" / "ci.md").read_text()
+    block = text.split("\n## GitHub Actions\n", 1)[1].split("```yaml\n", 1)[1].split("\n```", 1)[0]
     return yaml.safe_load(block)["jobs"]["preview"]
 
 
-def test_the_readme_ci_always_step_exits_0_after_stopped_instances_and_a_start_that_never_came_up(
+def test_the_documented_ci_always_step_exits_0_after_stopped_instances_and_a_start_that_never_came_up(
         fab, site, target, tmp_path):
-    job = readme_ci_job()
+    job = documented_ci_job()
     always = next(step for step in job["steps"] if step.get("if") == "always()")
     # The job's runner: .fab/bin/fabserve is the `fabserve` command of this checkout, and the
     # host named in the recipe is the target's sshd, its key pinned as the recipe pins it.

@@ -1,4 +1,4 @@
-"""What counts as this instance's server (README "Safety"): a process in the
+"""What counts as this instance's server (docs/safety.md): a process in the
 agent's own PID and network namespaces (its mount namespace may be a session's
 own, as pam_namespace makes it), running a Python interpreter
 (by its executable, not its argv[0]) on this project's manage.py as resolved by

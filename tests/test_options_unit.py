@@ -1,4 +1,4 @@
-"""The settings table: README's options table and the tasks' flags agree with
+"""The settings table: docs/options.md's table and the tasks' flags agree with
 it, and the client-side settings are checked as they always were."""
 
 import inspect
@@ -11,13 +11,13 @@ from invoke.exceptions import Exit
 
 from tasks import executor, ns, options
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+OPTIONS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "options.md"
 
 
-def readme_options() -> list:
-    """The rows of README's options table, as lists of cells."""
-    text = README.read_text()
-    section = text[text.index("### Options (every task)"):]
+def documented_options() -> list:
+    """The rows of docs/options.md's table, as lists of cells."""
+    text = OPTIONS_PAGE.read_text()
+    section = text[text.index("# Options (every task)"):]
     section = section[:section.index("\n#", 1)]
     rows = [line for line in section.splitlines() if line.startswith("| ")]
     header, cells = rows[0], [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[1:]]
@@ -27,7 +27,7 @@ def readme_options() -> list:
 
 
 def stated(default) -> str:
-    """A default as the README's table writes it."""
+    """A default as docs/options.md's table writes it."""
     if isinstance(default, bool):
         return "on" if default else "off"
     if isinstance(default, str):
@@ -36,7 +36,7 @@ def stated(default) -> str:
 
 
 def test_every_setting_has_a_row_that_matches_the_table():
-    rows = readme_options()
+    rows = documented_options()
     by_setting = {row[0].strip("`"): row for row in rows if row[0] != "—"}
     flag_only = {re.match(r"`--([a-z_-]+)", row[1]).group(1).replace("-", "_"): row for row in rows if row[0] == "—"}
     assert set(by_setting) == {setting.name for setting in options.SETTINGS if setting.config}

@@ -1,4 +1,4 @@
-"""The result fields: README's "JSON output" names exactly the declared ones,
+"""The result fields: docs/output.md's "JSON output" names exactly the declared ones,
 and the results the agent and the client build carry them."""
 
 import re
@@ -7,19 +7,19 @@ from pathlib import Path
 from tasks import options, report
 from tasks.agent import dispatch, protocol
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+OUTPUT_PAGE = Path(__file__).resolve().parent.parent / "docs" / "output.md"
 ALWAYS = [name for name, _ in protocol.ALWAYS]
 ANSWERED = [name for name, _ in protocol.ANSWERED]
 DECLARED = set(ALWAYS) | set(ANSWERED) | {name for name, _, _ in protocol.EXTRAS}
 
 
 def json_section() -> str:
-    text = README.read_text()
-    section = text[text.index("### JSON output\n"):]
-    return section[:section.index("\n#", 1)]
+    text = OUTPUT_PAGE.read_text()
+    section = text[text.index("## JSON output\n"):]
+    return section.split("\n#", 1)[0]
 
 
-def test_the_readme_names_every_declared_field_and_no_other():
+def test_the_output_page_names_every_declared_field_and_no_other():
     named = set(re.findall(r"`([a-z_]+)`", json_section()))
     assert named - {protocol.RUNNING, protocol.STOPPED, protocol.FAILED} == DECLARED
 

@@ -42,7 +42,7 @@ def join(*parts):
     return "; ".join(part for part in parts if part)
 
 
-# The fields of a result (README's "JSON output" is checked against these).
+# The fields of a result (docs/output.md's "JSON output" is checked against these).
 # Always present, also for a host that never answered:
 ALWAYS = (
     ("host", "the host as -H or the inventory named it (set by the client)"),
