@@ -186,15 +186,14 @@ def test_ansible_doc_renders_the_module_without_warnings(ansible):
         assert section in shown.stdout
 
 
-def test_the_built_collection_holds_the_agent_itself_and_installs(ansible):
-    from tasks import module_spec
+def test_the_built_collection_holds_the_agent_itself_installs_and_runs(ansible, site, fab, target):
+    from tasks import agent, module_spec
 
     built = ansible.run("ansible-galaxy", ["collection", "build", str(module_spec.COLLECTION),
                                            "--output-path", str(ansible.work / "dist"), "--force"])
     assert built.returncode == 0, built.stderr
     tarball = next((ansible.work / "dist").glob("fabserve-django-*.tar.gz"))
     with tarfile.open(tarball) as archive:
-        from tasks import agent
         shared = [("options.py", "tasks/options.py")] + [(f"agent/{name}.py", f"tasks/agent/{name}.py")
                                                          for name in agent.MODULES]
         for name, source in shared:
@@ -206,6 +205,18 @@ def test_the_built_collection_holds_the_agent_itself_and_installs(ansible):
     assert installed.returncode == 0, installed.stderr
     doc = ansible.run("ansible-doc", [MODULE], env={"ANSIBLE_COLLECTIONS_PATH": str(ansible.work / "installed")})
     assert doc.returncode == 0 and str(ansible.work / "installed") in doc.stdout
+    # The installed copy runs: AnsiballZ ships its agent package, whose TTL watchdog
+    # is fed the package's code as AnsiballZ loaded it, and ends the server on time.
+    port = 14812
+    started = ansible.module(target.alias, args(site, port, "started", "ttl=3s"),
+                             env={"ANSIBLE_COLLECTIONS_PATH": str(ansible.work / "installed")})
+    assert started.returncode == 0, started
+    result = started.results[target.alias]
+    assert result["state"] == "running" and result["expires_in"] in (2, 3), result
+    assert wait_for(lambda: not any(alive(pid) for pid in result["pids"]), timeout=30)
+    status = fab("status", *where(site, port), "--json")
+    assert status.returncode == 3 and "expired" in status.json["message"], status.json
+    assert not port_listening(port)
 
 
 def test_every_state_returns_every_field_and_status_fails_when_asked(ansible, site, target):
