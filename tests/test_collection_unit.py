@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import module_spec, options
+from tasks import settings
+from tools import module_spec
 
 REPO = Path(__file__).resolve().parent.parent
 UTILS = module_spec.COLLECTION / "plugins" / "module_utils"
@@ -20,24 +21,26 @@ UTILS = module_spec.COLLECTION / "plugins" / "module_utils"
 
 def test_the_generated_files_are_what_the_settings_give_now():
     # When a setting or a result field changes, run bin/build-collection (or
-    # `.venv/bin/python -m tasks.module_spec write`) and commit what it rewrote.
+    # `.venv/bin/python -m tools.module_spec write`) and commit what it rewrote.
     assert module_spec.stale() == []
 
 
 def test_module_utils_are_the_repo_agent_and_settings_themselves():
-    for name in ("agent.py", "options.py"):
+    for name in ("agent.py", "settings.py"):
         link = UTILS / name
         assert link.is_symlink(), name
         assert link.resolve() == REPO / "tasks" / name
+    # The client's config layering (tasks/config.py) stays on the client.
+    assert sorted(path.name for path in UTILS.iterdir()) == ["agent.py", "settings.py", "spec.py"]
 
 
 def test_what_travels_with_the_module_imports_only_the_standard_library():
     # Only module_utils travel to the target: the standard library, and each other.
-    for name in ("agent.py", "options.py"):
+    for name in ("agent.py", "settings.py"):
         tree = ast.parse((REPO / "tasks" / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level:
-                assert node.level == 1 and f"{node.module}.py" in ("agent.py", "options.py"), (name, node.module)
+                assert node.level == 1 and f"{node.module}.py" in ("agent.py", "settings.py"), (name, node.module)
             elif isinstance(node, ast.ImportFrom):
                 assert node.module.split(".")[0] in sys.stdlib_module_names, (name, node.module)
             elif isinstance(node, ast.Import):
@@ -62,7 +65,7 @@ def test_options_are_the_per_host_request_settings_of_the_modules_verbs():
 
 def test_states_run_agent_verbs():
     assert module_spec.STATES == {"started": "start", "stopped": "stop", "restarted": "restart", "status": "status"}
-    assert set(module_spec.STATES.values()) <= set(options.VERBS)
+    assert set(module_spec.STATES.values()) <= set(settings.VERBS)
 
 
 def test_return_values_are_the_result_fields():
@@ -159,13 +162,13 @@ def test_the_modules_target_side_runs_under_python_3_8_and_later(version):
     python = target_interpreters()[version]
     script = (
         "import json, os, sys; sys.path.insert(0, os.path.dirname(sys.argv[1])); "
-        "from module_utils import options, agent, spec; "
+        "from module_utils import settings, agent, spec; "
         "compile(open(sys.argv[2]).read(), sys.argv[2], 'exec'); "
-        "values = options.Values(options.DEFAULTS); values.give('port', 70000, ('port', '')); "
+        "values = settings.Values(settings.DEFAULTS); values.give('port', 70000, ('port', '')); "
         "values.give('project', '/srv/x', ('project', '')); "
         "print(json.dumps(sorted(spec.ARGUMENT_SPEC)))\n"
-        "try:\n    options.request('start', values, None, local=False)\n"
-        "except options.UsageError as exc:\n    print(exc)\n")
+        "try:\n    settings.request('start', values, None)\n"
+        "except settings.UsageError as exc:\n    print(exc)\n")
     done = subprocess.run([python, "-I", "-B", "-c", script, str(UTILS), str(module_spec.MODULE)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
