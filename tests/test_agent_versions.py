@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bed.accounts import ProjectMaker
+from bed.interpreters import target_interpreters
 from helpers import free_port
 from tasks import remote, settings
 from tasks.config import merged
@@ -21,16 +22,7 @@ from tasks.config import merged
 MARKER_RESULTS = re.compile("^" + re.escape(remote.MARKER) + ".*$", re.M)
 
 
-def interpreters():
-    found = {"system": "/usr/bin/python3"}
-    for path in sorted(glob.glob("/root/.pyenv/versions/*/bin/python3")):
-        version = path.split("/")[-3]
-        if re.match(r"^3\.(\d+)\.\d+$", version) and int(version.split(".")[1]) >= 6:
-            found[version] = path
-    return found
-
-
-INTERPRETERS = interpreters()
+INTERPRETERS = target_interpreters()
 
 
 #: Scenarios run at once: most of each is waiting for Django or for a TTL.
