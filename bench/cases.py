@@ -72,9 +72,10 @@ def agent_command() -> tuple[str, str] | None:
     writes to its stdin, to run it through OpenSSH (separates the agent's time on
     the host from the client's). None if fabserve's internals changed shape."""
     try:
-        from tasks import options, remote
-        values = options.merged({}, {"project": PROJECT, "port": PORT})
-        request = options.request("status", values, None, local=False)
+        from tasks import remote, settings
+        from tasks.config import merged
+        values = merged({}, {"project": PROJECT, "port": PORT})
+        request = settings.request("status", values, None)
         return remote.command(values["agent_python"]), remote.request_line(request)
     except Exception as exc:  # internals, not an API: losing one case beats losing the run
         log(f"bench: cannot build the agent command ({exc!r}); skipping that case")

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from tasks import options, remote
+from tasks import remote, settings
+from tasks.config import merged
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "example"
 PORTS = {"plain": 17900, "ttl": 17901, "cut": 17902}
@@ -33,8 +34,8 @@ LOG_BYTES = 60 * 1000 * 1000
 
 def agent(state: Path, action: str, port: int, **flags: Any) -> float:
     """Seconds one agent call takes, as the client's shell command runs it."""
-    values = options.merged({}, {"project": str(EXAMPLE), "port": port, "state_dir": str(state), **flags})
-    line = remote.request_line(options.request(action, values, [], local=False))
+    values = merged({}, {"project": str(EXAMPLE), "port": port, "state_dir": str(state), **flags})
+    line = remote.request_line(settings.request(action, values, []))
     began = time.perf_counter()
     done = subprocess.run(["sh", "-c", remote.command(sys.executable)], input=line, capture_output=True, text=True)
     seconds = time.perf_counter() - began

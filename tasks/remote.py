@@ -21,8 +21,9 @@ from invoke import Context
 from invoke.exceptions import CommandTimedOut, ThreadException
 from paramiko.ssh_exception import AuthenticationException, NoValidConnectionsError, SSHException
 
-from . import hostkeys, options, report, runners
+from . import hostkeys, report, runners
 from .agent import MARKER, run_limit
+from .config import setting
 
 AGENT_SOURCE = Path(__file__).with_name("agent.py")
 # Runs first on the target, with the agent's hash and source as arguments. It
@@ -246,7 +247,7 @@ def stream(c: Context, request: Dict[str, Any], agent_python: str, prefix: str =
 def run(c: Context, cmd: str, request: Dict[str, Any], timeout: Optional[float], hide: Any, **kwargs: Any) -> Any:
     # The request is the agent's stdin; our own stdin is never forwarded (CI has none, pytest captures it).
     try:
-        strict = options.setting(c.config, "strict_host_keys")
+        strict = setting(c.config, "strict_host_keys")
         if is_remote(c):
             one_connect_timeout(c)
         with hostkeys.verified(c, strict) if is_remote(c) else nullcontext():

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from invoke import Config, Context
 
-from tasks import agent, options, remote
+from tasks import agent, remote, settings
+from tasks.config import merged
 from tasks.agent import BLOCK, MARKER, read_tail, tail_span, tail_text
 from tasks.runners import RUNNERS
 
@@ -128,8 +129,7 @@ def test_tail_text_keeps_only_the_count_asked() -> None:
 
 
 def request(state: Path, project: Path, **extra: Any) -> dict[str, Any]:
-    req = options.request("logs", options.merged({}, {"project": str(project), "state_dir": str(state)}), [],
-                          local=False)
+    req = settings.request("logs", merged({}, {"project": str(project), "state_dir": str(state)}), [])
     req.update(extra)
     return req
 

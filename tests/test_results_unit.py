@@ -4,7 +4,8 @@ and the results the agent and the client build carry them."""
 import re
 from pathlib import Path
 
-from tasks import agent, options, report
+from tasks import agent, report, settings
+from tasks.config import merged
 
 OUTPUT_PAGE = Path(__file__).resolve().parent.parent / "docs" / "output.md"
 ALWAYS = [name for name, _ in agent.ALWAYS]
@@ -39,8 +40,8 @@ def test_a_client_failure_carries_every_always_present_field():
 
 
 def agent_answer(tmp_path, action, project):
-    req = options.request(action, options.merged({}, {"project": str(project),
-                                                      "state_dir": str(tmp_path / "state")}), [], local=False)
+    req = settings.request(action, merged({}, {"project": str(project),
+                                                      "state_dir": str(tmp_path / "state")}), [])
     return agent.handle(req)
 
 
@@ -61,4 +62,4 @@ def test_agent_answers_carry_the_answered_fields_and_only_declared_ones(tmp_path
 def test_the_verbs_that_change_a_server_hold_its_lock():
     assert {name: locks for name, (_, locks) in agent.VERBS.items()} == {
         "start": True, "stop": True, "restart": True, "status": False, "logs": False, "list": False, "manage": False}
-    assert sorted(agent.VERBS) == sorted(options.VERBS)
+    assert sorted(agent.VERBS) == sorted(settings.VERBS)

@@ -12,15 +12,16 @@ import sys
 import pytest
 
 from helpers import REPO
-from tasks import agent, options, remote
+from tasks import agent, remote, settings
+from tasks.config import merged
 
 PORT = 18766
 
 
 def request(tmp_path, action, **extra):
-    values = options.merged({}, {"project": str(tmp_path / "site"), "port": PORT,
+    values = merged({}, {"project": str(tmp_path / "site"), "port": PORT,
                                  "state_dir": str(tmp_path / "state"), **extra})
-    req = options.request(action, values, [], local=False)
+    req = settings.request(action, values, [])
     if action == "list":
         req["all"] = True
     return req
