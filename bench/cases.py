@@ -7,6 +7,7 @@ from bench.ansible_module import module_cases, ratio_lines as module_ratio_lines
 from bench.baseline import baseline
 from bench.ciflow import ci_flow
 from bench.fanout import fanout
+from bench.lifetimes import lifetimes, ratio_lines as lifetimes_ratio_lines
 from bench.logs import big_log
 from bench.many import many_instances
 from bench.operations import restart_and_stop, start_and_status
@@ -28,6 +29,7 @@ GROUPS = (
     Group("ansible", ansible_adhoc),
     Group("fanout", fanout, wide=True),
     Group("module", module_cases, skipped_by=frozenset({"ansible"}), wide=True, notes=module_ratio_lines),
+    Group("lifetimes", lifetimes, notes=lifetimes_ratio_lines),
 )
 # Not a group: the client-side profile of one `fab status` runs once, after the repetitions.
 PROFILE = "profile"

@@ -52,7 +52,9 @@ def test_quick_run_writes_the_result(tmp_path: Path) -> None:
                  "installed_status", "import_installed", "import_checkout",
                  "vs_module_fab_start_1", "vs_module_module_status_1", "vs_module_module_pipelined_stop_1",
                  "fabserve_status_of_20", "fabserve_list_20", "fabserve_start_port", "fabserve_start_auto",
-                 "ciflow_fabserve", "ciflow_fabserve_steps", "ciflow_fabric", "ciflow_ansible"):
+                 "ciflow_fabserve", "ciflow_fabserve_steps", "ciflow_fabric", "ciflow_ansible",
+                 "lifetimes_status", "lifetimes_status_ttl", "lifetimes_status_cut", "lifetimes_start",
+                 "lifetimes_start_ttl"):
         case = result["cases"][name]
         assert len(case["times"]) == 1 and case["median"] > 0, (name, case)
     # Counted from the sshd logs; the value itself is a target, reported but not asserted.
@@ -62,7 +64,7 @@ def test_quick_run_writes_the_result(tmp_path: Path) -> None:
     assert "fabserve status" in run.stdout and "targets" in run.stdout
     # Every group runs from bench/run, their own ratios printed with the report.
     assert result["meta"]["groups"] == ["baseline", "fabserve", "package", "logs", "many", "ciflow", "diy",
-                                        "ansible", "fanout", "module", "profile"]
-    for heading in ("module / fab ",):
+                                        "ansible", "fanout", "module", "lifetimes", "profile"]
+    for heading in ("module / fab ", "lifetimes: the agent's own time"):
         assert any(line.startswith(heading) for line in result["notes"]), heading
         assert heading in run.stdout
