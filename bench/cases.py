@@ -10,14 +10,14 @@ from bench.fanout import fanout
 from bench.lifetimes import lifetimes, ratio_lines as lifetimes_ratio_lines
 from bench.logs import big_log
 from bench.many import many_instances
-from bench.operations import restart_and_stop, start_and_status
+from bench.operations import payload, restart_and_stop, start_and_status
 from bench.package import installed_cases
 from bench.runner import Group
 from bench.usual import ansible_adhoc, plain_fabric
 
 GROUPS = (
     Group("baseline", baseline),
-    Group("fabserve", start_and_status),
+    Group("fabserve", start_and_status, notes=payload),
     # While the server just started runs, right after `fab status`, which the installed
     # command's status is compared with pair by pair.
     Group("package", installed_cases, needs=frozenset({"fabserve"})),

@@ -50,3 +50,14 @@ def restart_and_stop(runner: Runner) -> None:
     runner.measure("fabserve_stop", "fabserve stop (to port free)", "fabserve", runner.fab(one, "stop"), one,
                    check=runner.down(one))
 
+
+def payload(_runner: Runner) -> list[str]:
+    """What one call sends the host: the command line (loader, agent, bootstrap) and the
+    request on its stdin; the same on a first call and on a host that caches the compiled agent."""
+    call = agent_call()
+    if call is None:
+        return []
+    command, request = (len(text.encode()) for text in call)
+    return ["", f"agent payload per call (status): {command + request} bytes",
+            f"  command line {command} (bootstrap, loader, compressed agent), request on stdin {request}; "
+            "the same on a host with the agent cached"]

@@ -65,6 +65,6 @@ def test_quick_run_writes_the_result(tmp_path: Path) -> None:
     # Every group runs from bench/run, their own ratios printed with the report.
     assert result["meta"]["groups"] == ["baseline", "fabserve", "package", "logs", "many", "ciflow", "diy",
                                         "ansible", "fanout", "module", "lifetimes", "profile"]
-    for heading in ("module / fab ", "lifetimes: the agent's own time"):
+    for heading in ("agent payload per call (status): ", "module / fab ", "lifetimes: the agent's own time"):
         assert any(line.startswith(heading) for line in result["notes"]), heading
         assert heading in run.stdout
