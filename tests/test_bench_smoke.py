@@ -3,7 +3,7 @@
 It checks that the benchmark runs end to end and writes its JSON, not the
 numbers: targets are reported, never asserted. Needs root and network
 namespaces, like the multi-host tests. It uses the Ansible of .venv (or, without
-one, installs it into bench/.venv first) and takes about 65 s.
+one, installs it into bench/.venv first) and takes about 2 minutes, more on a busy machine.
 """
 
 from __future__ import annotations
