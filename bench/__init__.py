@@ -19,10 +19,12 @@ Nothing here fails because a target is missed; the exit status is 1 only when
 the setup or a measured command itself failed (the numbers would be wrong).
 
 Modules: layout (paths, the project, fan-out sizes), shell (setup commands,
-messages), samples (Sample, Case, summaries), hosts (the test bed), cases (the
-measured calls), logs and package (the big log's and the installed package's
-cases), ratios (ratios and targets), profile (client-side profile),
-results (table, comparison, machine facts), main (command line).
+messages), samples (Sample, Case, summaries), hosts (the test bed), runner (one
+measured call, the Runner the groups record into, Group), the groups of cases
+(baseline, operations, package, logs, many, ciflow, usual, fanout, ansible_module,
+lifetimes), cases (their registry), ratios (ratios and targets), profile
+(client-side profile), results (table, comparison, machine facts), main (command
+line, the one entry point).
 """
 
 import sys

@@ -1,27 +1,17 @@
 """fabserve's Ansible module (fabserve.django.runserver, pipelining off and on)
 against `fab` for start, status and stop on 1, 10 and 20 hosts, with the SSH
-commands each sends per host per operation (counted from sshd's log).
-
-bench/run measures these cases with the others (skip them with --skip module);
-`.venv/bin/python -m bench.ansible_module [--reps N] [--hosts N]` (root) builds
-the bed and measures only these, then prints their table and ratios.
+commands each sends per host per operation (counted from sshd's log), and the
+module's time over fab's for each (ratio_lines, printed with bench/run's report).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
-import sys
 from collections.abc import Sequence
 
-from bed import BedError
-
-from bench.cases import Runner
-from bench.hosts import Bed, Host
+from bench.hosts import Host
 from bench.layout import PORT, PROJECT, REPO
-from bench.results import case_row, render_cases
-from bench.shell import BenchError, log
+from bench.runner import Runner
 
 SIZES = (1, 10, 20)
 # fab's default concurrency, so both clients work on as many hosts at once.
@@ -75,35 +65,3 @@ def ratio_lines(runner: Runner) -> list[str]:
                 lines.append(f"  {verb:<6} {size:>2} hosts  {label:<28} {shown}")
     return lines
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ansible_module", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=3, help="measured repetitions (default 3)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (default 1)")
-    parser.add_argument("--hosts", type=int, default=max(SIZES), help=f"hosts in the bed (default {max(SIZES)})")
-    args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        log("bench: run as root (it creates users, network namespaces and sshd instances)")
-        return 2
-    args.skip = {"diy", "fanout", "profile"}
-    bed = Bed(args.hosts, with_ansible=True)
-    try:
-        log(f"bench: setting up {bed.count} host(s)")
-        bed.open()
-        runner = Runner(bed, args)
-        for index in range(args.warmup + args.reps):
-            runner.rep = index - args.warmup + 1 if index >= args.warmup else 0
-            module_cases(runner)
-            log(f"bench: {'rep ' + str(runner.rep) if runner.rep else 'warm-up'} done")
-    except (BenchError, BedError) as exc:
-        log(f"bench: {exc}")
-        return 1
-    finally:
-        bed.close()
-    rows = {name: case_row(case) for name, case in runner.cases.items()}
-    print("\n".join(render_cases(rows) + ratio_lines(runner)), flush=True)
-    return 1 if any(row["failures"] for row in rows.values()) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,27 +4,17 @@ request through a tunnel, stop. Through fabserve (`manage`, `start --check`,
 `ci_flow`: `nohup … &`, `forward_local` with the customary fixed sleep, `kill`),
 and with Ansible (`-m shell` with the same lines, OpenSSH's `ssh -L` for the tunnel).
 Each flow is one timed sample; each must print the fetched page's status.
-
-bench/run includes these cases; `.venv/bin/python -m bench.ciflow [--reps N]`
-(as root) runs only them, on one host, and prints their medians and ratios.
+--skip diy or ansible leaves out that client's flow.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import shlex
-import statistics
-import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from bench.hosts import Bed, Host
+from bench.hosts import Host
 from bench.layout import DIY_FABFILE, FAB, PORT, PROJECT, REPO, SYSTEM_PYTHON
-from bench.samples import Sample, fmt_count
-
-if TYPE_CHECKING:
-    from bench.cases import Runner
+from bench.runner import Runner
+from bench.samples import Sample
 
 # Local ports of the hand-written tunnels (fabserve's is chosen by the OS).
 ANSIBLE_TUNNEL_PORT = 16981
@@ -70,8 +60,9 @@ def ansible_flow(runner: Runner, host: Host) -> list[str]:
                           + shlex.join([*ansible, runner.diy.STOP])))
 
 
-def ci_flow(runner: Runner, host: Host) -> None:
+def ci_flow(runner: Runner) -> None:
     """Time the three flows, each from a stopped server to a stopped server."""
+    host = runner.host
     one = [host]
     runner.measure("ciflow_fabserve", "CI flow, fabserve: fab manage start --check tunnel --run; fab stop",
                    "CI flow", fabserve_flow(runner, host, steps=False), one, check=fetched)
@@ -86,46 +77,3 @@ def ci_flow(runner: Runner, host: Host) -> None:
                        check=fetched)
         runner.bed.end_ansible_masters()
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Only the CI flow cases, on one host: medians, SSH commands, ratios pair by pair."""
-    from bench.cases import Runner  # bench.cases imports this module's ci_flow lazily
-    from bench.main import wait_idle
-    from bench.ratios import ratios
-    from bench.results import loadavg
-    parser = argparse.ArgumentParser(prog="python -m bench.ciflow", description=main.__doc__)
-    parser.add_argument("--reps", type=int, default=3, help="measured repetitions (default 3)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (default 1)")
-    parser.add_argument("--wait-idle", type=float, default=0, metavar="S",
-                        help="first wait up to S seconds for the load average to fall (as bench/run does)")
-    args = parser.parse_args(argv)
-    args.skip = set()
-    if os.geteuid() != 0:
-        print("bench.ciflow: run as root", file=sys.stderr)
-        return 2
-    wait_idle(args.wait_idle)
-    print(f"load average at the start: {loadavg()}")
-    bed = Bed(1, with_ansible=True)
-    try:
-        bed.open()
-        runner = Runner(bed, args)
-        for index in range(args.warmup + args.reps):
-            runner.rep = index - args.warmup + 1 if index >= args.warmup else 0
-            ci_flow(runner, bed.hosts[0])
-    finally:
-        bed.close()
-    for name, case in runner.cases.items():
-        good = [sample for sample in case.samples if sample.rc == 0]
-        times = [sample.seconds for sample in good]
-        median = f"{statistics.median(times):.2f} s" if times else "-"
-        print(f"{case.label:70} {median:>8}  SSH commands {fmt_count([sample.sessions for sample in good])}"
-              + (f"  FAILED {len(case.failures)}" if case.failures else ""))
-    for ratio in ratios(runner.cases, [], os.cpu_count() or 1):
-        if ratio.name.startswith("ciflow") and ratio.values:
-            print(f"{ratio.label:70} {ratio.median:.2f}x ({min(ratio.values):.2f}-{max(ratio.values):.2f})"
-                  f"  {ratio.verdict()}")
-    return 1 if any(case.failures for case in runner.cases.values()) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import TYPE_CHECKING
 
-from bench.cases import execute
 from bench.hosts import Host
+from bench.runner import Check, Runner, execute
 from bench.samples import Sample
-from bench.shell import log
-
-if TYPE_CHECKING:
-    from bench.cases import Check, Runner
 
 LOG_BYTES = 100 * 1000 * 1000
 TAIL_LINES = 100_000
@@ -48,14 +43,15 @@ def lines_shown(count: int) -> Check:
     return check
 
 
-def big_log(runner: Runner, host: Host) -> None:
-    """Grow the host's server log to LOG_BYTES (untimed), then time both tails."""
+def big_log(runner: Runner) -> None:
+    """Grow the server log of the instance the fabserve operations start to LOG_BYTES
+    (untimed), then time both tails."""
+    host = runner.host
     path = server_log(runner, host)
     grown = execute(runner.ssh(host, shlex.join(["python3", "-c", FILL, path, str(LOG_BYTES)]))) if path else None
     if grown is None or grown.rc != 0:
-        message = f"big log (rep {runner.rep_name()}): cannot grow {path or 'the log'}: {grown.output[-500:] if grown else ''}"
-        log("bench: FAILED " + message)
-        runner.case("fabserve_logs", f"fabserve logs {TAIL_LINES} of 100 MB", "logs").failures.append(message)
+        runner.fail(runner.case("fabserve_logs", f"fabserve logs {TAIL_LINES} of 100 MB", "logs"), "big log",
+                    f"cannot grow {path or 'the log'}: {grown.output[-500:] if grown else ''}")
         return
     one = [host]
     runner.measure("fabserve_logs", f"fabserve logs {TAIL_LINES} of 100 MB", "logs",

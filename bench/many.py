@@ -7,18 +7,14 @@ from __future__ import annotations
 import json
 import shlex
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 from bed import wait_for
 
-from bench.cases import execute
 from bench.hosts import Host
 from bench.layout import FAB, PORT, PROJECT, REPO
+from bench.runner import Check, Runner, execute
 from bench.samples import Sample
 from bench.shell import log
-
-if TYPE_CHECKING:
-    from bench.cases import Check, Runner
 
 MANY = "~/site-many"  # a copy of the project, so ~/site itself keeps one instance for the starts
 MANAGED_PORTS = range(8101, 8111)
@@ -39,12 +35,6 @@ def rows_listed(sample: Sample) -> str | None:
     return None if running >= INSTANCES else f"{running} running servers listed, not {INSTANCES}"
 
 
-def failed(runner: Runner, name: str, label: str, message: str) -> None:
-    message = f"{label} (rep {runner.rep_name()}): {message}"
-    log("bench: FAILED " + message)
-    runner.case(name, label, "many").failures.append(message)
-
-
 def concurrently(commands: list[list[str]]) -> list[Sample]:
     """Run untimed set-up or tear-down clients all at once (each instance has its own
     lock), so the ten starts cost about one start, not ten."""
@@ -61,9 +51,10 @@ def set_up(runner: Runner, host: Host) -> bool:
     ports = list(MANAGED_PORTS) + list(BY_HAND_PORTS)
     up = wait_for(lambda: all(host.listening(port) for port in ports), timeout=60)
     if copied.rc or by_hand.rc or any(result.rc for result in started) or not up:
-        failed(runner, "fabserve_list_20", f"fabserve list, {INSTANCES} instances",
-               "setting up the instances failed: " + " | ".join(
-                   result.output.strip()[-300:] for result in [copied, by_hand, *started] if result.rc))
+        label = f"fabserve list, {INSTANCES} instances"
+        runner.fail(runner.case("fabserve_list_20", label, "many"), label,
+                    "setting up the instances failed: " + " | ".join(
+                        result.output.strip()[-300:] for result in [copied, by_hand, *started] if result.rc))
         return False
     return True
 
@@ -88,8 +79,9 @@ def tear_down(runner: Runner, host: Host) -> None:
         runner.bed.reset([host])
 
 
-def many_instances(runner: Runner, host: Host) -> None:
+def many_instances(runner: Runner) -> None:
     """One repetition of the many-instances cases, on the first host."""
+    host = runner.host
     one = [host]
     if not set_up(runner, host):
         runner.bed.reset(one)

@@ -8,19 +8,13 @@ import shutil
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bed import BedError
 from bed.package import Installed, build_wheel, install
 
-from bench.cases import execute
-from bench.hosts import Host
 from bench.layout import PORT, PROJECT, PYTHON, REPO, STATE
+from bench.runner import Runner, execute
 from bench.samples import Sample
-from bench.shell import log
-
-if TYPE_CHECKING:
-    from bench.cases import Runner
 
 PACKAGE_DIR = STATE / "package"
 # The interpreter the checkout's .venv was made from: both clients then run on the same Python.
@@ -46,24 +40,22 @@ def import_seconds(python: Path, module: str, cwd: Path) -> float | None:
 
 
 def import_case(runner: Runner, name: str, label: str, python: Path, module: str, cwd: Path) -> None:
-    case = runner.case(name, label, "package")
+    case = runner.case(name, label, "package", client=False)
     seconds = import_seconds(python, module, cwd)
     if seconds is None:
-        message = f"{label} (rep {runner.rep_name()}): no import time for {module}"
-        log("bench: FAILED " + message)
-        case.failures.append(message)
-    elif runner.rep:
-        case.add(runner.rep, Sample(seconds, 0, 0))
+        runner.fail(case, label, f"no import time for {module}")
+    else:
+        runner.add(case, Sample(seconds, 0, 0))
 
 
-def installed_cases(runner: Runner, host: Host) -> None:
+def installed_cases(runner: Runner) -> None:
     """Right after the checkout's `fab status` (the server runs): the installed command's."""
+    host = runner.host
     try:
         package = installed()
     except BedError as exc:
-        message = f"installed package (rep {runner.rep_name()}): {exc}"
-        log("bench: FAILED " + message)
-        runner.case("installed_status", "fabserve status (installed)", "package").failures.append(message)
+        runner.fail(runner.case("installed_status", "fabserve status (installed)", "package"),
+                    "installed package", str(exc))
         return
     runner.measure("installed_status", "fabserve status (installed)", "package",
                    [package.fabserve, "-S", runner.bed.ssh_config, "-H", host.alias, "status",

@@ -11,9 +11,9 @@ import subprocess
 import tempfile
 from typing import Any
 
-from bench.cases import execute
 from bench.hosts import Bed
 from bench.layout import FAB, PORT, PROJECT, PYTHON, REPO
+from bench.runner import execute
 
 # Functions worth naming in the breakdown: what each means for a fab run.
 MILESTONES = [

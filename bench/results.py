@@ -24,7 +24,7 @@ def case_row(case: Case) -> dict[str, Any]:
            "times": [sample.seconds for sample in good], **spread([sample.seconds for sample in good]),
            "reps": [rep for rep, sample in zip(case.reps, case.samples) if sample.rc == 0],
            "failures": case.failures}
-    if case.name not in ("django_ready", "import_installed", "import_checkout"):  # timed by themselves
+    if case.client:
         row["ssh_commands_per_host"] = [sample.sessions / case.hosts for sample in good]
         row["ssh_connections_per_host"] = [sample.connections / case.hosts for sample in good]
         row["peak_rss_mib"] = [sample.maxrss_kib / 1024 for sample in good]  # floor: the launcher's ~9 MiB
@@ -112,7 +112,8 @@ def render_profile(prof: dict[str, Any]) -> list[str]:
 
 
 def render(meta: dict[str, Any], rows: dict[str, dict[str, Any]], ratio_rows: Sequence[dict[str, Any]],
-           targets: Sequence[dict[str, Any]], prof: dict[str, Any] | None, memory: Sequence[str]) -> str:
+           targets: Sequence[dict[str, Any]], prof: dict[str, Any] | None, memory: Sequence[str],
+           notes: Sequence[str]) -> str:
     lines = [f"fabserve benchmark  {meta['date']}  {meta['cpus']} CPUs, {meta['mem_gib']} GiB RAM, "
              f"{meta['reps']} reps (+{meta['warmup']} warm-up), {meta['hosts']} hosts, fabserve {meta['commit']}, "
              f"load {meta['loadavg_start']} -> {meta['loadavg_end']}", ""]
@@ -123,6 +124,7 @@ def render(meta: dict[str, Any], rows: dict[str, dict[str, Any]], ratio_rows: Se
               "(client, hosts' sshd and agents, servers: they share them). RSS: the client's peak resident",
               "memory (max over reps; 9 MiB is the launcher's floor).", ""]
     lines += render_ratios(ratio_rows)
+    lines += notes
     lines += ["", "targets"]
     lines += [f"  {target['verdict']:<5} {target['label']}: {target['value']} (target {target['limit']})"
               for target in targets]

@@ -26,6 +26,9 @@ class Case:
     label: str
     group: str
     hosts: int = 1
+    # A client launched through bench/measure.py, with SSH counts, CPU time and RSS of its
+    # own; else a time the case took by itself (Django's ready time, an import, the agent alone).
+    client: bool = True
     samples: list[Sample] = field(default_factory=list)  # one per measured rep, failed ones too
     reps: list[int] = field(default_factory=list)         # the rep each sample belongs to
     failures: list[str] = field(default_factory=list)

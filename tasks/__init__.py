@@ -12,7 +12,7 @@ from invoke import Collection
 
 from . import entrypoints, verbs
 from .runners import RUNNERS
-from .options import CONFIGURED, CONNECT_TIMEOUT
+from .config import CONFIGURED, CONNECT_TIMEOUT
 
 __version__ = "0.1.0"
 
@@ -40,7 +40,7 @@ def config(**values: Any) -> Dict[str, Any]:
     invoke hands a task the `fabserve` section of the outermost collection that
     has one, whole: a section naming only some settings would hide the defaults
     of the others, and with them their FABRIC_FABSERVE_* variables. Numbers are
-    given as text, as the defaults are (options.CONFIGURED says why).
+    given as text, as the defaults are (config.CONFIGURED says why).
     """
     unknown = sorted(set(values) - set(CONFIGURED))
     if unknown:

@@ -24,12 +24,17 @@ from typing import Any, Dict, Mapping, Optional
 
 from invoke.exceptions import Exit
 
-from . import options, remote
+from . import remote
 from .agent.protocol import exit_code
+from .config import setting
 from .inventory import Inventory, InventoryError, expand
+from .settings import UsageError
 
 #: The collection's config key that says it runs from the checkout (see tasks/__init__.py).
 CHECKOUT = "fabserve_checkout"
+#: The checkout's inventory and example project, beside tasks/: only `fab` in the checkout uses them.
+DEFAULT_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "hosts.yml"
+EXAMPLE_PROJECT = Path(__file__).resolve().parent.parent / "example"
 #: The installed package's default inventory, relative to the current directory.
 LOCAL_INVENTORY = Path("inventory") / "hosts.yml"
 #: The config line a fabfile of your own needs for inventory groups and concurrent hosts.
@@ -43,29 +48,28 @@ def checkout(config: Mapping[str, Any]) -> bool:
 
 def inventory_path(config: Mapping[str, Any]) -> Path:
     """The inventory used when fabserve.inventory names none (read only if it exists)."""
-    return options.DEFAULT_INVENTORY if checkout(config) else LOCAL_INVENTORY
+    return DEFAULT_INVENTORY if checkout(config) else LOCAL_INVENTORY
 
 
 def inventory(config: Mapping[str, Any]) -> Optional[Inventory]:
     """The configured inventory, else the default one if it exists, else None; InventoryError if unreadable."""
-    configured = options.setting(config, "inventory")
+    configured = setting(config, "inventory")
     path = configured or inventory_path(config)
     return Inventory.load(path) if configured or path.exists() else None
 
 
-def local_project(config: Mapping[str, Any]) -> Optional[str]:
-    """The project of a local run that names none: None in the checkout (the
-    request then takes the bundled example), else the current directory if it
-    holds manage.py; UsageError otherwise."""
+def local_project(config: Mapping[str, Any]) -> str:
+    """The project of a local run that names none: the bundled example in the
+    checkout, else the current directory if it holds manage.py; UsageError otherwise."""
     if checkout(config):
-        return None
+        return str(EXAMPLE_PROJECT)
     try:
         here = os.getcwd()
     except OSError as exc:  # the directory was removed under us
-        raise options.UsageError(f"no --project given and the current directory is gone ({exc.strerror})") from None
+        raise UsageError(f"no --project given and the current directory is gone ({exc.strerror})") from None
     if not os.path.isfile(os.path.join(here, "manage.py")):
-        raise options.UsageError(f"no --project given and {here} holds no manage.py; "
-                                 f"pass --project DIR or run from the Django project's directory")
+        raise UsageError(f"no --project given and {here} holds no manage.py; "
+                         f"pass --project DIR or run from the Django project's directory")
     return here
 
 
@@ -80,13 +84,13 @@ def require_executor(c: Any) -> None:
         found = inventory(c.config)
         if found is not None and (name in found.groups or name in found.host_names()):
             kind = "group" if name in found.groups else "host"
-            raise options.UsageError(f"-H names an inventory {kind} ({found.source}), which only fabserve's "
-                                     f"executor knows; add `{EXECUTOR_LINE}` to the fabric.yaml beside your fabfile")
+            raise UsageError(f"-H names an inventory {kind} ({found.source}), which only fabserve's "
+                             f"executor knows; add `{EXECUTOR_LINE}` to the fabric.yaml beside your fabfile")
         # user@ and :port, which Fabric took off the name, say it is a host.
         expand([remote.host_label(c)], found, c.config.base_ssh_config.get_hostnames())
     except InventoryError as exc:
-        raise options.UsageError(f"{exc}; inventory groups need `{EXECUTOR_LINE}` in the fabric.yaml "
-                                 f"beside your fabfile") from None
+        raise UsageError(f"{exc}; inventory groups need `{EXECUTOR_LINE}` in the fabric.yaml "
+                         f"beside your fabfile") from None
 
 
 def end_task(c: Any, result: Dict[str, Any]) -> None:

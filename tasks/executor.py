@@ -19,9 +19,11 @@ from fabric.tasks import ConnectionCall
 from invoke import Context
 from invoke.exceptions import Exit
 
-from . import entrypoints, options, report, runners
+from . import entrypoints, report, runners
 from .agent.protocol import exit_code
+from .config import config_error, setting
 from .inventory import Inventory, InventoryError, expand
+from .settings import UsageError
 
 #: Keys the executor adds to Connection init kwargs; the Connection never sees them.
 NAME, SETTINGS = "fabserve_name", "fabserve_settings"
@@ -72,7 +74,7 @@ class ConcurrentExecutor(Executor):
         self.load_settings()
         try:
             calls = self.expand_calls(self.normalize(tasks))
-        except (InventoryError, options.UsageError) as exc:
+        except (InventoryError, UsageError) as exc:
             raise Exit(str(exc), 2) from None
         results: Dict[Any, Any] = {}
         # `fab -H a,b start status`: all hosts start, then all report status.
@@ -86,7 +88,7 @@ class ConcurrentExecutor(Executor):
             self.config.load_collection(self.collection.configuration(called_as))
             self.config.load_shell_env()
         except Exception as exc:  # invoke's merge and cast errors have no common base
-            raise Exit(options.config_error(self.config, exc), 2) from None
+            raise Exit(config_error(self.config, exc), 2) from None
 
     def run_batch(self, calls: List[Any]) -> List[Any]:
         config = self.config
@@ -149,13 +151,13 @@ def run_concurrently(calls: List[Any], contexts: List[Context], limit: int) -> L
 
 def concurrency(config: Any) -> int:
     try:
-        return options.setting(config, "concurrency")
-    except options.UsageError as exc:
+        return setting(config, "concurrency")
+    except UsageError as exc:
         raise Exit(str(exc), 2) from None
 
 
 def as_json(config: Any, calls: List[Any]) -> bool:
-    return options.setting(config, "json", {"json": calls[0].kwargs.get("json")})
+    return setting(config, "json", {"json": calls[0].kwargs.get("json")})
 
 
 def finish(calls: List[Any], contexts: List[Context], outcomes: List[Outcome], json_mode: bool) -> int:

@@ -5,7 +5,7 @@ A file holds groups (`all` and any other top-level key); each group may have
 from the outermost group to the innermost (children over parents, siblings of
 one depth by name, as Ansible does), then the host's own vars on top. A
 fabserve setting is a variable of its own name or of that name prefixed
-`fabserve_` (options.INVENTORY_PREFIX), which Ansible reads without a warning.
+`fabserve_` (settings.INVENTORY_PREFIX), which Ansible reads without a warning.
 """
 
 from dataclasses import dataclass, field
@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional, Set
 
 import yaml
 
-from .options import INVENTORY_PREFIX, PER_HOST
+from .settings import INVENTORY_PREFIX, PER_HOST
 
 
 class InventoryError(Exception):

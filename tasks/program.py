@@ -23,7 +23,7 @@ from invoke import Program as InvokeProgram
 from invoke.exceptions import Exit, ParseError
 from paramiko import __version__ as paramiko_version
 
-from . import __version__, collection, options, report
+from . import __version__, collection, report, settings
 from .executor import ConcurrentExecutor
 
 #: The project file's name without its suffix: ./fabserve.yaml and the like.
@@ -158,7 +158,7 @@ class Cli:
         shown = []
         for name in spec.split(", "):
             repeatable = name in ctx.flags and ctx.flags[name].kind is list
-            placeholder = options.placeholder(ctx.flags[name].name) if repeatable else ""
+            placeholder = settings.placeholder(ctx.flags[name].name) if repeatable else ""
             shown.append(name if not placeholder else
                          f"{name} {placeholder}" if not name.startswith("--") else f"{name}={placeholder}")
         return ", ".join(shown)

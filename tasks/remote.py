@@ -17,9 +17,10 @@ from invoke import Context
 from invoke.exceptions import CommandTimedOut, ThreadException
 from paramiko.ssh_exception import AuthenticationException, NoValidConnectionsError, SSHException
 
-from . import hostkeys, options, report, runners
+from . import hostkeys, report, runners
 from .payload import BOOTSTRAP, LOADER_WORD, payload
 from .agent.protocol import MARKER, run_limit
+from .config import setting
 
 # Seconds on top of the agent's own deadlines before a hung call is given up:
 # more than the agent's own bound (agent.dispatch.GIVE_UP), so it gets the agent's answer.
@@ -178,7 +179,7 @@ def stream(c: Context, request: Dict[str, Any], agent_python: str, prefix: str =
 def run(c: Context, cmd: str, request: Dict[str, Any], timeout: Optional[float], hide: Any, **kwargs: Any) -> Any:
     # The request is the agent's stdin; our own stdin is never forwarded (CI has none, pytest captures it).
     try:
-        strict = options.setting(c.config, "strict_host_keys")
+        strict = setting(c.config, "strict_host_keys")
         if is_remote(c):
             one_connect_timeout(c)
         with hostkeys.verified(c, strict) if is_remote(c) else nullcontext():

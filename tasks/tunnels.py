@@ -26,8 +26,9 @@ from urllib.parse import urlsplit
 from invoke import Context
 from invoke.exceptions import Exit
 
-from . import options, remote, report
+from . import remote, report, settings
 from .agent.protocol import RUNNING, STOPPED, connect_host
+from .config import host_values
 
 Address = Tuple[str, int]
 #: Opens the other end for one accepted connection: (destination, the connection's
@@ -245,20 +246,20 @@ def open_tunnel(c: Context, flags: Dict[str, Any], status: Callable[[], Dict[str
         raise Exit(f"{host}: tunnel works on exactly one host; -H named several", 2)
     if not remote.is_remote(c):
         raise Exit("tunnel needs a host (-H): a server here answers on its own URL", 2)
-    values = options.host_values(c.config, getattr(c, "fabserve_settings", {}), flags)
+    values = host_values(c.config, getattr(c, "fabserve_settings", {}), flags)
     try:
-        local_port = options.checked(values, "local_port")
-        command = options.SETTING["run"].check(flags.get("run"))  # a flag only: not among the merged values
-        as_json = options.checked(values, "json")
-    except options.UsageError as exc:
+        local_port = settings.checked(values, "local_port")
+        command = settings.SETTING["run"].check(flags.get("run"))  # a flag only: not among the merged values
+        as_json = settings.checked(values, "json")
+    except settings.UsageError as exc:
         raise Exit(f"{host}: {exc}", 2) from None
     result = status()  # with --check (or fabserve.check), the agent GETs it on the host as status does
     if result.get("error") or result["state"] != RUNNING:
         reason = "the server is not running" if result["state"] == STOPPED else result["error"] or result["message"]
         raise refuse(host, reason, 1)
     try:  # the path given, else the one the instance was started with, as the agent reports it
-        path = options.parse_check(result.get("check") or "/")
-    except options.Invalid as exc:
+        path = settings.parse_check(result.get("check") or "/")
+    except settings.Invalid as exc:
         raise refuse(host, f"the check path {exc}", 1) from None
     addr = connect_host(urlsplit(result["url"]).hostname or "127.0.0.1")
     destination = (addr, result["port"])

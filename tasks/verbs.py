@@ -1,7 +1,7 @@
 """The fabserve tasks: one per verb, each a thin shell around one agent call,
 with how its result reads for people next to it.
 
-A task's flags, their help and which may repeat come from options.SETTINGS:
+A task's flags, their help and which may repeat come from settings.SETTINGS:
 its parameters must be exactly the flags the table gives its verb.
 """
 
@@ -14,9 +14,10 @@ from fabric.main import program as fab_program
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from . import entrypoints, listing, options, remote, report, runners, tunnels
+from . import config, entrypoints, listing, remote, report, runners, tunnels
 from .agent.protocol import FAILED, RUNNING
 from .report import Formatter, pid_list, plain
+from .settings import UsageError, checked, helps, positional, repeatable, request
 
 
 def verb(body: Optional[Callable[..., Any]] = None, *, name: Optional[str] = None) -> Any:
@@ -24,14 +25,14 @@ def verb(body: Optional[Callable[..., Any]] = None, *, name: Optional[str] = Non
     @verb(name=...) for a verb whose name Python already uses (`list`)."""
     def build(body: Callable[..., Any]) -> Any:
         called = name or body.__name__
-        return task(name=called, help=options.helps(called), iterable=options.repeatable(called),
-                    positional=options.positional(called))(body)
+        return task(name=called, help=helps(called), iterable=repeatable(called),
+                    positional=positional(called))(body)
     return build(body) if body is not None else build
 
 
 def host_values(c: Context, flags: Dict[str, Any]) -> Dict[str, Any]:
     """Flags over the host's inventory vars over the `fabserve` config section."""
-    return options.host_values(c.config, getattr(c, "fabserve_settings", {}), flags)
+    return config.host_values(c.config, getattr(c, "fabserve_settings", {}), flags)
 
 
 def prepare(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[str]] = None) -> Tuple[Dict[str, Any], str]:
@@ -42,9 +43,9 @@ def prepare(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[s
         entrypoints.require_executor(c)
         if "project" in flags and values["project"] is None and not remote.is_remote(c):
             values["project"] = entrypoints.local_project(c.config)
-        req = options.request(action, values, env, local=not remote.is_remote(c))
-        agent_python = options.checked(values, "agent_python")
-    except options.UsageError as exc:
+        req = request(action, values, env)
+        agent_python = checked(values, "agent_python")
+    except UsageError as exc:
         raise Exit(f"{remote.host_label(c)}: {exc}", 2) from None
     return req, agent_python
 
@@ -63,7 +64,7 @@ def operate(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[s
 
 def finish(c: Context, result: Dict[str, Any], flags: Dict[str, Any],
            formatter: Formatter = plain) -> Dict[str, Any]:
-    shown = report.emit(result, options.setting(c.config, "json", flags), formatter)
+    shown = report.emit(result, config.setting(c.config, "json", flags), formatter)
     entrypoints.end_task(c, shown)
     return shown
 
@@ -251,7 +252,7 @@ def logs(c, project=None, port=None, lines=None, follow=False, json=False, previ
     """
     flags = dict(project=project, port=port, lines=lines, follow=follow, json=json, previous=previous)
     host = remote.host_label(c)
-    as_json = options.setting(c.config, "json", flags)
+    as_json = config.setting(c.config, "json", flags)
     if as_json and follow:
         raise Exit(f"{host}: --follow streams plain text; it cannot be combined with --json", 2)
     req, agent_python = prepare(c, "logs", flags)
@@ -279,7 +280,7 @@ def list_servers(c, json=False, all=False):
     """
     flags = dict(json=json, all=all)
     result = operate(c, "list", flags)
-    if options.setting(c.config, "json", flags):
+    if config.setting(c.config, "json", flags):
         for line in listing.json_lines(result):
             report.say(line)
         entrypoints.end_task(c, result)
@@ -299,7 +300,7 @@ def manage(c, args=None, project=None, python=None, settings=None, env=None, tim
     flags = dict(args=args, project=project, python=python, settings=settings, timeout=timeout, json=json)
     req, agent_python = prepare(c, "manage", flags, env)
     try:
-        result = streamed(c, req, agent_python, options.setting(c.config, "json", flags))
+        result = streamed(c, req, agent_python, config.setting(c.config, "json", flags))
     except runners.Interrupted:
         raise Exit(f"{remote.host_label(c)}: manage interrupted; the command was ended", 130) from None
     if result is None:  # our own reader went away

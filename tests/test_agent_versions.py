@@ -14,22 +14,15 @@ from pathlib import Path
 import pytest
 
 from bed.accounts import ProjectMaker
+from bed.interpreters import target_interpreters
 from helpers import free_port
-from tasks import options, remote
+from tasks import remote, settings
+from tasks.config import merged
 
 MARKER_RESULTS = re.compile("^" + re.escape(remote.MARKER) + ".*$", re.M)
 
 
-def interpreters():
-    found = {"system": "/usr/bin/python3"}
-    for path in sorted(glob.glob("/root/.pyenv/versions/*/bin/python3")):
-        version = path.split("/")[-3]
-        if re.match(r"^3\.(\d+)\.\d+$", version) and int(version.split(".")[1]) >= 6:
-            found[version] = path
-    return found
-
-
-INTERPRETERS = interpreters()
+INTERPRETERS = target_interpreters()
 
 
 #: Scenarios run at once: most of each is waiting for Django or for a TTL.
@@ -70,7 +63,7 @@ def run_scenario(scenario, version, project, python, work):
 
     def cmd(action, **more):
         values = {"project": str(project), "port": port, "python": str(python), "state_dir": str(state), **more}
-        line = remote.request_line(options.request(action, options.merged({}, values), [], local=False))
+        line = remote.request_line(settings.request(action, merged({}, values), []))
         return f"{remote.command(INTERPRETERS[version])} <<'FABSERVE_REQUEST'\n{line}FABSERVE_REQUEST"
 
     port = free_port()
@@ -109,7 +102,7 @@ def test_python2_is_refused_in_words(root):
     python2 = sorted(glob.glob("/root/.pyenv/versions/2.*/bin/python"))
     if not python2:
         pytest.skip("no Python 2 interpreter on this machine")
-    req = options.request("status", options.merged({}, {"project": "/tmp"}), [], local=False)
+    req = settings.request("status", merged({}, {"project": "/tmp"}), [])
     done = subprocess.run(["sh", "-c", remote.command(python2[0])], input=remote.request_line(req),
                           capture_output=True, text=True)
     assert done.returncode == 1

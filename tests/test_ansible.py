@@ -187,19 +187,24 @@ def test_ansible_doc_renders_the_module_without_warnings(ansible):
 
 
 def test_the_built_collection_holds_the_agent_itself_installs_and_runs(ansible, site, fab, target):
-    from tasks import agent, module_spec
+    from tasks import agent
+    from tools import module_spec
 
     built = ansible.run("ansible-galaxy", ["collection", "build", str(module_spec.COLLECTION),
                                            "--output-path", str(ansible.work / "dist"), "--force"])
     assert built.returncode == 0, built.stderr
     tarball = next((ansible.work / "dist").glob("fabserve-django-*.tar.gz"))
     with tarfile.open(tarball) as archive:
-        shared = [("options.py", "tasks/options.py")] + [(f"agent/{name}.py", f"tasks/agent/{name}.py")
-                                                         for name in agent.MODULES]
+        shared = [("settings.py", "tasks/settings.py")] + [(f"agent/{name}.py", f"tasks/agent/{name}.py")
+                                                           for name in agent.MODULES]
         for name, source in shared:
             member = archive.getmember(f"plugins/module_utils/{name}")
             assert member.isfile()
             assert archive.extractfile(member).read() == (module_spec.COLLECTION.parents[3] / source).read_bytes()
+        # The client's config layering (tasks/config.py) is not shipped.
+        utils = {name[len("plugins/module_utils/"):] for name in archive.getnames()
+                 if name.startswith("plugins/module_utils/")}
+        assert utils == {"agent", "spec.py", *(name for name, _ in shared)}
     installed = ansible.run("ansible-galaxy", ["collection", "install", "--force", str(tarball), "-p",
                                                str(ansible.work / "installed")])
     assert installed.returncode == 0, installed.stderr
@@ -220,7 +225,7 @@ def test_the_built_collection_holds_the_agent_itself_installs_and_runs(ansible, 
 
 
 def test_every_state_returns_every_field_and_status_fails_when_asked(ansible, site, target):
-    from tasks import module_spec
+    from tools import module_spec
 
     port = 14807
     task = {"project": str(site), "port": port}

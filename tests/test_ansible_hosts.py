@@ -8,7 +8,7 @@ import re
 import yaml
 
 from bed.ansible import Ansible, save
-from tasks import options
+from tasks import entrypoints, settings
 
 PORT = 14810
 
@@ -21,8 +21,8 @@ def recap(stdout):
 
 def bundled_variable(setting):
     """The variable inventory/hosts.yml gives `setting` as, in its group `all`."""
-    variables = yaml.safe_load(options.DEFAULT_INVENTORY.read_text())["all"]["vars"]
-    return next(variable for variable in variables if options.inventory_setting(variable) == setting)
+    variables = yaml.safe_load(entrypoints.DEFAULT_INVENTORY.read_text())["all"]["vars"]
+    return next(variable for variable in variables if settings.inventory_setting(variable) == setting)
 
 
 def test_one_play_over_five_hosts_with_one_down(bed_hosts, target, make_project, tmp_path):

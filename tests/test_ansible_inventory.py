@@ -10,7 +10,7 @@ import pytest
 
 from bed.ansible import Ansible
 from helpers import bed_outcome
-from tasks import options
+from tasks.config import merged
 from tasks.inventory import Inventory
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ def test_ansible_reads_the_inventory_with_fabs_hosts_and_vars(source, tmp_path):
     # fab reads the same settings from the same file.
     fab_inventory = Inventory.load(path)
     for name in ("web1", "web2"):
-        values = options.merged({}, {}, fab_inventory.host(name).settings)
+        values = merged({}, {}, fab_inventory.host(name).settings)
         assert values["port"] == hostvars[name]["fabserve_port"], name
         assert values["project"] == hostvars[name]["fabserve_project"], name
     hosts = ansible.run("ansible", ["staging", "-i", str(path), "--list-hosts"])

@@ -1,5 +1,6 @@
 """The test bed's own logic: subnet picking, fab's JSON lines, reading listeners from
-/proc/net, the refusal to signal what must never be signalled. No root, no sshd."""
+/proc/net, the refusal to signal what must never be signalled, the interpreters
+a target may have. No root, no sshd."""
 
 import ipaddress
 import os
@@ -9,6 +10,7 @@ import pytest
 
 from bed import BedError, procs
 from bed.hosts import free_slots
+from bed.interpreters import PYENV_VERSIONS, target_interpreters
 from bed.net import port_listening
 from bed.unprivileged import verdict
 from helpers import FabResult
@@ -85,3 +87,27 @@ def test_kill_pids_refuses_our_own_pid_and_ignores_gone_ones() -> None:
 ])
 def test_the_unprivileged_unit_tier_fails_ci_unless_tests_ran_and_passed(status, output, why) -> None:
     assert verdict(status, output) == (None if why is None else f"unit tier as nobody: {why}")
+
+
+def test_interpreters_are_the_executable_pythons_3_6_and_later(tmp_path) -> None:
+    for version in ("3.5.10", "3.6.15", "3.7.16", "3.13.0", "2.7.18", "3.12-dev", "3.9.18"):
+        (tmp_path / version / "bin").mkdir(parents=True)
+        if version != "3.9.18":  # a version whose python was never built
+            (tmp_path / version / "bin" / "python3").touch(mode=0o755)
+    assert target_interpreters(tmp_path) == {
+        "system": "/usr/bin/python3", "3.6.15": f"{tmp_path}/3.6.15/bin/python3",
+        "3.7.16": f"{tmp_path}/3.7.16/bin/python3", "3.13.0": f"{tmp_path}/3.13.0/bin/python3"}
+
+
+def test_interpreters_in_a_directory_no_one_may_read_are_none_and_no_error(monkeypatch) -> None:
+    # What a non-root user meets in root's home (mode 0700), whoever runs this test.
+    def denied(real):
+        def call(path, *args, **kwargs):
+            if str(path).startswith(f"{PYENV_VERSIONS}"):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path, *args, **kwargs)
+        return call
+
+    for name in ("stat", "lstat", "scandir", "listdir", "access"):
+        monkeypatch.setattr(os, name, denied(getattr(os, name)))
+    assert target_interpreters() == {"system": "/usr/bin/python3"}

@@ -3,7 +3,7 @@
 It checks that the benchmark runs end to end and writes its JSON, not the
 numbers: targets are reported, never asserted. Needs root and network
 namespaces, like the multi-host tests. It uses the Ansible of .venv (or, without
-one, installs it into bench/.venv first) and takes about 65 s.
+one, installs it into bench/.venv first) and takes about 2 minutes, more on a busy machine.
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ def test_quick_run_writes_the_result(tmp_path: Path) -> None:
                  "ansible_raw_stop", "fanout_status_2", "fanout_stop_2", "fanout_trivial_2",
                  "installed_status", "import_installed", "import_checkout",
                  "vs_module_fab_start_1", "vs_module_module_status_1", "vs_module_module_pipelined_stop_1",
-
-                 "fabserve_status_of_20", "fabserve_list_20", "fabserve_start_port", "fabserve_start_auto"):
+                 "fabserve_status_of_20", "fabserve_list_20", "fabserve_start_port", "fabserve_start_auto",
+                 "ciflow_fabserve", "ciflow_fabserve_steps", "ciflow_fabric", "ciflow_ansible",
+                 "lifetimes_status", "lifetimes_status_ttl", "lifetimes_status_cut", "lifetimes_start",
+                 "lifetimes_start_ttl"):
         case = result["cases"][name]
         assert len(case["times"]) == 1 and case["median"] > 0, (name, case)
     # Counted from the sshd logs; the value itself is a target, reported but not asserted.
@@ -60,3 +62,9 @@ def test_quick_run_writes_the_result(tmp_path: Path) -> None:
     verdicts = {target["verdict"] for target in result["targets"]}
     assert verdicts <= {"PASS", "MISS", "n/a", "n/a (fewer than 10 hosts)"}
     assert "fabserve status" in run.stdout and "targets" in run.stdout
+    # Every group runs from bench/run, their own ratios printed with the report.
+    assert result["meta"]["groups"] == ["baseline", "fabserve", "package", "logs", "many", "ciflow", "diy",
+                                        "ansible", "fanout", "module", "lifetimes", "profile"]
+    for heading in ("agent payload per call (status): ", "module / fab ", "lifetimes: the agent's own time"):
+        assert any(line.startswith(heading) for line in result["notes"]), heading
+        assert heading in run.stdout

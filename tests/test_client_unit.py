@@ -11,73 +11,77 @@ import pytest
 
 from invoke import Config, Context
 
-from tasks import options, payload, remote, report, runners
+from tasks import payload, remote, report, runners, settings
 from tasks.agent.protocol import MARKER
+from tasks.config import merged
+
+#: The project of the requests below: a local run's default is the caller's (tasks/entrypoints.py).
+PROJECT = "/srv/site"
 
 
 def values(**flags):
-    return options.merged({}, flags)
+    return merged({}, {"project": PROJECT, **flags})
 
 
 def test_flags_beat_config_beat_defaults():
-    merged = options.merged({"port": 9000, "addr": "0.0.0.0", "unknown": 1}, {"port": "9100", "addr": None})
-    assert merged["port"] == "9100"
-    assert merged["addr"] == "0.0.0.0"
-    assert merged["stop_timeout"] == options.DEFAULTS["stop_timeout"]
-    assert "unknown" not in merged
+    given = merged({"port": 9000, "addr": "0.0.0.0", "unknown": 1}, {"port": "9100", "addr": None})
+    assert given["port"] == "9100"
+    assert given["addr"] == "0.0.0.0"
+    assert given["stop_timeout"] == settings.DEFAULTS["stop_timeout"]
+    assert "unknown" not in given
 
 
 @pytest.mark.parametrize("port", ["abc", "0", "65536", "8000;id", "-1", "", " ", "80.0"])
 def test_bad_ports_are_usage_errors(port):
-    with pytest.raises(options.UsageError, match="--port"):
-        options.request("start", values(port=port), [], local=True)
+    with pytest.raises(settings.UsageError, match="--port"):
+        settings.request("start", values(port=port), [])
 
 
 @pytest.mark.parametrize("addr", ["localhost", "1.2.3", "127.0.0.1;id", "::g"])
 def test_bad_addresses_are_usage_errors(addr):
-    with pytest.raises(options.UsageError, match="--addr"):
-        options.request("start", values(addr=addr), [], local=True)
+    with pytest.raises(settings.UsageError, match="--addr"):
+        settings.request("start", values(addr=addr), [])
 
 
-def test_a_remote_host_needs_a_project_and_local_defaults_to_the_example():
-    with pytest.raises(options.UsageError, match="--project is required"):
-        options.request("status", values(), [], local=False)
-    assert options.request("status", values(), [], local=True)["project"] == str(options.EXAMPLE_PROJECT)
-    assert (options.EXAMPLE_PROJECT / "manage.py").is_file()
+def test_a_remote_host_needs_a_project():
+    # Locally the task fills in its default first (tests/test_entrypoints_unit.py).
+    with pytest.raises(settings.UsageError, match="--project is required"):
+        settings.request("status", merged({}, {}), [])
+    assert settings.request("status", values(), [])["project"] == PROJECT
 
 
 def test_timeout_flag_overrides_the_setting_of_its_verb():
-    req = options.request("stop", values(timeout="2.5"), [], local=True)
+    req = settings.request("stop", values(timeout="2.5"), [])
     assert req["stop_timeout"] == 2.5
-    assert req["start_timeout"] == options.DEFAULTS["start_timeout"]
+    assert req["start_timeout"] == settings.DEFAULTS["start_timeout"]
     for verb in ("start", "restart"):
-        req = options.request(verb, values(timeout="7"), [], local=True)
-        assert req["start_timeout"] == 7 and req["stop_timeout"] == options.DEFAULTS["stop_timeout"]
+        req = settings.request(verb, values(timeout="7"), [])
+        assert req["start_timeout"] == 7 and req["stop_timeout"] == settings.DEFAULTS["stop_timeout"]
     for bad in ("0", "-3", "soon", "100000"):
-        with pytest.raises(options.UsageError, match="--timeout"):
-            options.request("stop", values(timeout=bad), [], local=True)
+        with pytest.raises(settings.UsageError, match="--timeout"):
+            settings.request("stop", values(timeout=bad), [])
 
 
 def test_env_pairs_merge_over_config_and_are_validated():
-    config = options.merged({"env": {"A": "1", "B": "2"}}, {})
-    req = options.request("start", config, ["B=x=y", "C="], local=True)
+    config = merged({"env": {"A": "1", "B": "2"}}, {"project": PROJECT})
+    req = settings.request("start", config, ["B=x=y", "C="])
     assert req["env"] == {"A": "1", "B": "x=y", "C": ""}
     for bad in (["NOEQUALS"], ["1X=a"], ["A B=c"], ["A=\0"]):
-        with pytest.raises(options.UsageError):
-            options.request("start", config, bad, local=True)
+        with pytest.raises(settings.UsageError):
+            settings.request("start", config, bad)
 
 
 def test_settings_and_paths_are_validated():
-    with pytest.raises(options.UsageError, match="--settings"):
-        options.request("start", values(settings="x;id"), [], local=True)
-    with pytest.raises(options.UsageError, match="--project"):
-        options.request("start", values(project="a\nb"), [], local=True)
-    assert options.request("start", values(settings="site.settings_dev"), [], local=True)["settings"] == \
+    with pytest.raises(settings.UsageError, match="--settings"):
+        settings.request("start", values(settings="x;id"), [])
+    with pytest.raises(settings.UsageError, match="--project"):
+        settings.request("start", values(project="a\nb"), [])
+    assert settings.request("start", values(settings="site.settings_dev"), [])["settings"] == \
         "site.settings_dev"
 
 
 def test_the_command_holds_no_request_and_its_line_round_trips():
-    req = options.request("status", values(project="/srv/it's $(touch PWNED) `id`; \"x\"\t"), [], local=False)
+    req = settings.request("status", values(project="/srv/it's $(touch PWNED) `id`; \"x\"\t"), [])
     words = shlex.split(remote.command("python3"))
     assert words[:4] == ["python3", "-E", "-S", "-c"] and words[4] == payload.BOOTSTRAP
     assert (words[5], words[6]) == payload.payload() and len(words) == 8  # and the loader: no request
@@ -100,7 +104,7 @@ def test_a_local_run_writes_the_request_and_closes_stdin_at_once():
 def test_command_runs_the_shipped_agent_through_a_real_shell(tmp_path):
     marker = tmp_path / "PWNED"
     project = f"{tmp_path}/a b'c$(touch {marker})"
-    req = options.request("status", values(project=project, state_dir=str(tmp_path / "state")), [], local=False)
+    req = settings.request("status", values(project=project, state_dir=str(tmp_path / "state")), [])
     done = subprocess.run(["sh", "-c", remote.command(sys.executable)], input=remote.request_line(req),
                           capture_output=True, text=True)
     result = remote.parse_result(done.stdout)
@@ -113,8 +117,7 @@ def test_command_runs_the_shipped_agent_through_a_real_shell(tmp_path):
 def agent_status(home, cwd=None):
     """`status` of a missing project, sent through a real shell as remote.call
     sends it, with `home` as HOME; asserts the agent answered."""
-    req = options.request("status", values(project=str(home / "p"), state_dir=str(home / "state")), [],
-                          local=False)
+    req = settings.request("status", values(project=str(home / "p"), state_dir=str(home / "state")), [])
     done = subprocess.run(["sh", "-c", remote.command(sys.executable)], input=remote.request_line(req),
                           capture_output=True, text=True, cwd=cwd, env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
                           timeout=60)

@@ -4,7 +4,6 @@ SETTINGS and the result fields, and the Ansible pins agree."""
 
 import ast
 import json
-import os
 import re
 import subprocess
 import sys
@@ -12,46 +11,51 @@ from pathlib import Path
 
 import pytest
 
-from tasks import agent, module_spec, options
+from bed.interpreters import OLDEST, target_interpreters
+from tasks import agent, settings
+from tools import module_spec
 
 REPO = Path(__file__).resolve().parent.parent
 UTILS = module_spec.COLLECTION / "plugins" / "module_utils"
+#: What travels to the target as the module's module_utils: fabserve's own files (the rest is generated).
+SHIPPED = ("settings.py", *(f"agent/{name}.py" for name in agent.MODULES))
 
 
 def test_the_generated_files_are_what_the_settings_give_now():
     # When a setting or a result field changes, run bin/build-collection (or
-    # `.venv/bin/python -m tasks.module_spec write`) and commit what it rewrote.
+    # `.venv/bin/python -m tools.module_spec write`) and commit what it rewrote.
     assert module_spec.stale() == []
 
 
-# What module_utils holds: the repo's own files, as symlinks (ansible-galaxy copies a
-# file symlink as the file; a directory symlink pointing outside it would be skipped).
-SHARED = {"options.py": REPO / "tasks" / "options.py",
-          **{f"agent/{name}.py": REPO / "tasks" / "agent" / f"{name}.py" for name in agent.MODULES}}
-
-
 def test_module_utils_are_the_repo_agent_and_settings_themselves():
-    for name, source in SHARED.items():
+    for name in SHIPPED:
         link = UTILS / name
         assert link.is_symlink(), name
-        assert link.resolve() == source
+        assert link.resolve() == REPO / "tasks" / name
+    # ansible-galaxy copies a file symlink as the file, but skips a directory symlink
+    # pointing outside the collection: the agent is a real directory of file symlinks.
     assert (UTILS / "agent").is_dir() and not (UTILS / "agent").is_symlink()
-    assert sorted(path.name for path in (UTILS / "agent").iterdir()) == sorted(f"{name}.py" for name in agent.MODULES)
+    assert sorted(f"agent/{path.name}" for path in (UTILS / "agent").iterdir()) == \
+        sorted(name for name in SHIPPED if name.startswith("agent/"))
+    # The client's config layering (tasks/config.py) stays on the client.
+    assert sorted(path.name for path in UTILS.iterdir()) == ["agent", "settings.py", "spec.py"]
 
 
-def test_what_travels_with_the_module_imports_only_the_standard_library():
-    # Only module_utils travel to the target: the standard library, and each other.
-    for name, source in SHARED.items():
-        tree = ast.parse(source.read_text())
-        siblings = {path.stem for path in source.parent.iterdir()}  # modules and packages
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level:
-                assert node.level == 1 and (node.module or "").split(".")[0] in siblings | {""}, (name, node.module)
-            elif isinstance(node, ast.ImportFrom):
-                assert node.module.split(".")[0] in sys.stdlib_module_names, (name, node.module)
-            elif isinstance(node, ast.Import):
-                for alias in node.names:
-                    assert alias.name.split(".")[0] in sys.stdlib_module_names, (name, alias.name)
+@pytest.mark.parametrize("name", SHIPPED)
+def test_what_travels_with_the_module_is_python_3_6_importing_only_the_standard_library(name):
+    # Only module_utils travel to the target: the standard library, and each other
+    # (settings imports the agent's protocol; the agent's modules import each other).
+    source = REPO / "tasks" / name
+    siblings = {path.stem for path in source.parent.iterdir()}  # modules and packages beside it
+    tree = ast.parse(source.read_text(), feature_version=OLDEST)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            assert node.level == 1 and (node.module or "").split(".")[0] in siblings | {""}, (name, node.module)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.module.split(".")[0] in sys.stdlib_module_names, (name, node.module)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                assert alias.name.split(".")[0] in sys.stdlib_module_names, (name, alias.name)
 
 
 def test_options_are_the_per_host_request_settings_of_the_modules_verbs():
@@ -71,7 +75,7 @@ def test_options_are_the_per_host_request_settings_of_the_modules_verbs():
 
 def test_states_run_agent_verbs():
     assert module_spec.STATES == {"started": "start", "stopped": "stop", "restarted": "restart", "status": "status"}
-    assert set(module_spec.STATES.values()) <= set(options.VERBS)
+    assert set(module_spec.STATES.values()) <= set(settings.VERBS)
 
 
 def test_return_values_are_the_result_fields():
@@ -117,67 +121,28 @@ def test_the_tests_and_the_benchmark_pin_the_same_ansible_core():
     assert "ansible" not in (REPO / "requirements.txt").read_text().lower()
 
 
-#: Where pyenv keeps this machine's CPythons: root's home, which other users cannot read.
-PYENV_VERSIONS = Path("/root/.pyenv/versions")
-
-
-def target_interpreters(versions: Path = PYENV_VERSIONS) -> dict[str, str]:
-    """/usr/bin/python3 and every pyenv CPython 3.8 or newer on this machine that
-    whoever runs the tests can execute: the interpreters the module's target side
-    must run under. Called at collection: a directory it cannot read (root's home,
-    mode 0700, for any other user) holds no parameters, and is no error."""
-    found = {"system": "/usr/bin/python3"}
-    try:
-        names = os.listdir(versions)
-    except OSError:
-        return found
-    for version in sorted(names):
-        python = versions / version / "bin" / "python3"
-        if re.fullmatch(r"3\.(\d+)\.\d+", version) and int(version.split(".")[1]) >= 8 \
-                and os.access(python, os.X_OK):
-            found[version] = str(python)
-    return found
-
-
-def test_interpreters_are_the_executable_pythons_3_8_and_later(tmp_path):
-    for version in ("3.7.16", "3.8.18", "3.13.0", "2.7.18", "3.12-dev", "3.9.18"):
-        (tmp_path / version / "bin").mkdir(parents=True)
-        if version != "3.9.18":  # a version whose python was never built
-            (tmp_path / version / "bin" / "python3").touch(mode=0o755)
-    assert target_interpreters(tmp_path) == {
-        "system": "/usr/bin/python3", "3.8.18": f"{tmp_path}/3.8.18/bin/python3",
-        "3.13.0": f"{tmp_path}/3.13.0/bin/python3"}
-
-
-def test_interpreters_in_a_directory_no_one_may_read_are_no_parameters_and_no_error(monkeypatch):
-    # What a non-root user meets in root's home (mode 0700), whoever runs this test.
-    def denied(real):
-        def call(path, *args, **kwargs):
-            if str(path).startswith(f"{PYENV_VERSIONS}"):
-                raise PermissionError(13, "Permission denied", str(path))
-            return real(path, *args, **kwargs)
-        return call
-
-    for name in ("stat", "lstat", "scandir", "listdir", "access"):
-        monkeypatch.setattr(os, name, denied(getattr(os, name)))
-    assert target_interpreters() == {"system": "/usr/bin/python3"}
-
-
 @pytest.mark.parametrize("version", sorted(target_interpreters()))
-def test_the_modules_target_side_runs_under_python_3_8_and_later(version):
+def test_the_modules_settings_and_agent_run_under_python_3_6_and_later(version):
+    # The module itself needs 3.8 (ansible-core 2.19's own module code refuses
+    # older targets); what fabserve ships with it keeps to the agent's 3.6.
     python = target_interpreters()[version]
     script = (
         "import json, os, sys; sys.path.insert(0, os.path.dirname(sys.argv[1])); "
-        "from module_utils import options, spec; from module_utils.agent import dispatch; "
+        "from module_utils import settings, spec; from module_utils.agent import dispatch; "
         "compile(open(sys.argv[2]).read(), sys.argv[2], 'exec'); "
-        "values = options.Values(options.DEFAULTS); values.give('port', 70000, ('port', '')); "
+        "values = settings.Values(settings.DEFAULTS); values.give('port', 70000, ('port', '')); "
         "values.give('project', '/srv/x', ('project', '')); "
         "print(json.dumps(sorted(spec.ARGUMENT_SPEC)))\n"
-        "try:\n    options.request('start', values, None, local=False)\n"
-        "except options.UsageError as exc:\n    print(exc)\n")
+        "try:\n    settings.request('start', values, None)\n"
+        "except settings.UsageError as exc:\n    print(exc)\n"
+        "for name, value in (('port', ' 8001 '), ('ttl', '2h'), ('log_max', '1m'), ('start_timeout', '1.5')):\n"
+        "    values.give(name, value, (name, ''))\n"
+        "req = settings.request('start', values, None)\n"
+        "print(json.dumps([req[name] for name in ('port', 'ttl', 'log_max', 'start_timeout')]))\n")
     done = subprocess.run([python, "-I", "-B", "-c", script, str(UTILS), str(module_spec.MODULE)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    names, error = done.stdout.splitlines()
+    names, error, parsed = done.stdout.splitlines()
     assert json.loads(names) == sorted(module_spec.argument_spec())
     assert error == "port must be a number from 1 to 65535, not 70000"
+    assert json.loads(parsed) == [8001, 7200, 1 << 20, 1.5]

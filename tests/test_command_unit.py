@@ -20,7 +20,8 @@ import zlib
 
 import pytest
 
-from tasks import agent, options, payload, remote
+from tasks import agent, payload, remote, settings
+from tasks.config import merged
 
 # Hex and base64: no character that any of the shells treats specially.
 PLAIN_WORD = re.compile(r"[A-Za-z0-9+/]+=*")
@@ -29,8 +30,8 @@ HOSTILE = "it's a $(touch {marker}) `touch {marker}` !! !$ \\ \"x\" ; & | * ~"
 
 
 def status_request(project, state_dir="/tmp/fabserve-state"):
-    values = options.merged({}, {"project": str(project), "state_dir": str(state_dir)})
-    return options.request("status", values, [], local=False)
+    values = merged({}, {"project": str(project), "state_dir": str(state_dir)})
+    return settings.request("status", values, [])
 
 
 def test_the_program_is_one_line_with_nothing_a_shell_expands_inside_single_quotes():

@@ -18,7 +18,8 @@ from invoke.exceptions import Exit
 
 import tasks
 from helpers import REPO, free_port
-from tasks import __version__, collection, entrypoints, options, remote, report, verbs
+from tasks import __version__, collection, entrypoints, remote, report, settings, verbs
+from tasks.config import CONFIGURED, CONNECT_TIMEOUT
 from tasks.program import PROJECT_FILE, ProgramConfig, program
 
 
@@ -32,17 +33,18 @@ def fabfile_ns():
 def test_only_the_checkouts_fabfile_uses_the_checkouts_defaults():
     checkout = Config(overrides=fabfile_ns().configuration())
     installed = Config(overrides=collection.configuration())
-    assert entrypoints.inventory_path(checkout) == options.DEFAULT_INVENTORY
-    assert entrypoints.local_project(checkout) is None  # the request then takes the example
+    assert entrypoints.inventory_path(checkout) == entrypoints.DEFAULT_INVENTORY
+    assert entrypoints.local_project(checkout) == str(entrypoints.EXAMPLE_PROJECT)  # the bundled example
+    assert (entrypoints.EXAMPLE_PROJECT / "manage.py").is_file()
     assert entrypoints.inventory_path(installed) == entrypoints.LOCAL_INVENTORY
     assert not entrypoints.inventory_path(installed).is_absolute()  # read from the current directory
-    assert sorted(fabfile_ns().tasks) == sorted(collection.tasks) == sorted(options.TASKS)
+    assert sorted(fabfile_ns().tasks) == sorted(collection.tasks) == sorted(settings.TASKS)
 
 
 def test_installed_the_local_project_is_the_current_directory_with_manage_py(tmp_path, monkeypatch):
     config = Config(overrides=collection.configuration())
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(options.UsageError, match=f"^no --project given and {tmp_path} holds no manage.py; "
+    with pytest.raises(settings.UsageError, match=f"^no --project given and {tmp_path} holds no manage.py; "
                                                  "pass --project DIR"):
         entrypoints.local_project(config)
     (tmp_path / "manage.py").write_text("")
@@ -58,7 +60,7 @@ def connection(host, inventory=None):
 def test_inventory_names_under_fabrics_executor_name_the_line_to_add(tmp_path, name, kind):
     inventory = tmp_path / "hosts.yml"
     inventory.write_text("previews:\n  hosts:\n    web1:\n      ansible_host: 10.9.9.9\n")
-    with pytest.raises(options.UsageError) as caught:
+    with pytest.raises(settings.UsageError) as caught:
         entrypoints.require_executor(connection(name, inventory))
     assert str(caught.value) == (f"-H names an inventory {kind} ({inventory}), which only fabserve's executor "
                                  f"knows; add `{entrypoints.EXECUTOR_LINE}` to the fabric.yaml beside your fabfile")
@@ -67,7 +69,7 @@ def test_inventory_names_under_fabrics_executor_name_the_line_to_add(tmp_path, n
 
 def test_fabrics_executor_refuses_bare_names_and_passes_real_hosts(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no inventory/hosts.yml here
-    with pytest.raises(options.UsageError, match="^unknown host or group 'staging' .*executor_class"):
+    with pytest.raises(settings.UsageError, match="^unknown host or group 'staging' .*executor_class"):
         entrypoints.require_executor(connection("staging"))
     for host in ("web1.example.com", "deploy@web1", "web1:2222", "10.0.0.7", "localhost"):
         entrypoints.require_executor(connection(host))
@@ -125,13 +127,13 @@ def test_t_wins_over_fabserves_connect_timeout_on_every_hop():
     config = Config(overrides={**collection.configuration(), "connect_kwargs": {"timeout": 3}})
     gateway = Connection("jump.example.com", config=config)
     host = Connection("web1.example.com", config=config, gateway=gateway)
-    assert host.connect_timeout == options.CONNECT_TIMEOUT  # Fabric would refuse to connect with both
+    assert host.connect_timeout == CONNECT_TIMEOUT  # Fabric would refuse to connect with both
     remote.one_connect_timeout(host)
     assert (host.connect_timeout, gateway.connect_timeout) == (None, None)
     assert host.connect_kwargs["timeout"] == 3
     untouched = Connection("web2.example.com", config=Config(overrides=collection.configuration()))
     remote.one_connect_timeout(untouched)
-    assert untouched.connect_timeout == options.CONNECT_TIMEOUT
+    assert untouched.connect_timeout == CONNECT_TIMEOUT
 
 
 def test_a_parent_collections_config_reaches_the_collection_added_under_another_name():
@@ -140,8 +142,8 @@ def test_a_parent_collections_config_reaches_the_collection_added_under_another_
     parent.configure(tasks.config(port=8123, project="/srv/site"))
     merged = parent.configuration("serve.start")
     assert (merged["fabserve"]["port"], merged["fabserve"]["project"]) == ("8123", "/srv/site")
-    assert merged["fabserve"]["stop_timeout"] == options.CONFIGURED["stop_timeout"]
-    assert merged["timeouts"]["connect"] == options.CONNECT_TIMEOUT  # as for `fab` in the checkout
+    assert merged["fabserve"]["stop_timeout"] == CONFIGURED["stop_timeout"]
+    assert merged["timeouts"]["connect"] == CONNECT_TIMEOUT  # as for `fab` in the checkout
     assert merged["runners"] == fabfile_ns().configuration()["runners"]
     assert merged[entrypoints.CHECKOUT] is False
 

@@ -16,16 +16,20 @@ from fabric import Config
 from invoke.exceptions import Exit
 
 from helpers import skip_or_fail
-from tasks import executor, ns, options, remote, report, verbs
+from tasks import executor, ns, remote, report, settings, verbs
+from tasks.config import host_values, merged, setting
+
+#: The project of the requests below: a local run's default is the caller's (tasks/entrypoints.py).
+PROJECT = "/srv/site"
 
 
 def values(**flags):
-    return options.merged({}, flags)
+    return merged({}, {"project": PROJECT, **flags})
 
 
 def refused(action="start", env=(), **flags):
-    with pytest.raises(options.UsageError) as caught:
-        options.request(action, values(**flags), list(env), local=True)
+    with pytest.raises(settings.UsageError) as caught:
+        settings.request(action, values(**flags), list(env))
     message = str(caught.value)
     assert "\n" not in message
     return message
@@ -38,7 +42,7 @@ def test_ports_are_ascii_numbers_in_range(port):
 
 @pytest.mark.parametrize("port,parsed", [(8000, 8000), ("8000", 8000), (" 8001 ", 8001)])
 def test_ports_from_yaml_flags_and_variables(port, parsed):
-    assert options.request("status", values(port=port), [], local=True)["port"] == parsed
+    assert settings.request("status", values(port=port), [])["port"] == parsed
 
 
 @pytest.mark.parametrize("lines", ["³", "٣", "-1", -1, True, [5], "5.0"])
@@ -47,8 +51,8 @@ def test_lines_are_ascii_whole_numbers(lines):
 
 
 def test_lines_accept_numbers_and_digits():
-    assert options.request("logs", values(lines="0"), [], local=True)["lines"] == 0
-    assert options.request("logs", values(lines=7), [], local=True)["lines"] == 7
+    assert settings.request("logs", values(lines="0"), [])["lines"] == 0
+    assert settings.request("logs", values(lines=7), [])["lines"] == 7
 
 
 @pytest.mark.parametrize("seconds", ["١", "²", True, [1], {"a": 1}, "nan", "inf", "-1", "soon"])
@@ -57,8 +61,8 @@ def test_timeouts_are_ascii_numbers_of_seconds(seconds):
 
 
 def test_timeouts_take_fractions_from_every_source():
-    assert options.request("stop", values(timeout="1.5"), [], local=True)["stop_timeout"] == 1.5
-    assert options.request("start", values(timeout=2), [], local=True)["start_timeout"] == 2.0
+    assert settings.request("stop", values(timeout="1.5"), [])["stop_timeout"] == 1.5
+    assert settings.request("start", values(timeout=2), [])["start_timeout"] == 2.0
 
 
 @pytest.mark.parametrize("project", [{"a": 1}, ["/srv"], 5, "", "/srv/a\nb", "/tmp/\udcff"])
@@ -76,36 +80,36 @@ def test_python_given_empty_or_bad_is_refused_not_ignored(python):
 
 
 def test_python_unset_means_the_projects_own():
-    assert options.request("start", values(), [], local=True)["python"] is None
+    assert settings.request("start", values(), [])["python"] is None
 
 
 @pytest.mark.parametrize("agent_python", ["", "python3!", "py\nthon", "py\rthon", "py\0", "\udcff", {"a": 1}, 3])
 def test_agent_python_is_refused_where_a_login_shell_would_mangle_it(agent_python):
-    with pytest.raises(options.UsageError) as caught:
-        options.checked(options.merged({"agent_python": agent_python}, {}), "agent_python")
+    with pytest.raises(settings.UsageError) as caught:
+        settings.checked(merged({"agent_python": agent_python}, {}), "agent_python")
     assert str(caught.value).startswith("fabserve.agent_python must be ")
 
 
 def test_agent_python_takes_names_and_paths_with_spaces():
-    assert options.checked(options.merged({"agent_python": "/opt/my py/bin/python3"}, {}), "agent_python") == \
+    assert settings.checked(merged({"agent_python": "/opt/my py/bin/python3"}, {}), "agent_python") == \
         "/opt/my py/bin/python3"
 
 
 @pytest.mark.parametrize("env", [[1], "A=1 oops", "A='open", 5, {"A": {"b": 1}}, {"A": [1]}, {"A": None},
                                  {"A\n": "x"}, {"1A": "x"}, {5: "x"}, {"A": "\udcff"}, {"A": "x\0"}])
 def test_env_must_be_a_mapping_of_names_to_text(env):
-    with pytest.raises(options.UsageError) as caught:
-        options.request("start", options.merged({"env": env}, {}), [], local=True)
+    with pytest.raises(settings.UsageError) as caught:
+        settings.request("start", merged({"env": env}, {"project": PROJECT}), [])
     assert str(caught.value).startswith("fabserve.env ")
 
 
 def test_env_as_words_is_split_with_shell_rules_and_flags_add_to_it():
-    req = options.request("start", options.merged({"env": "A=1 'B=two words'"}, {}), ["A=2"], local=True)
+    req = settings.request("start", merged({"env": "A=1 'B=two words'"}, {"project": PROJECT}), ["A=2"])
     assert req["env"] == {"A": "2", "B": "two words"}
 
 
 def test_env_values_from_yaml_numbers_become_text():
-    req = options.request("start", options.merged({"env": {"A": 1, "B": "x"}}, {}), ["C=2"], local=True)
+    req = settings.request("start", merged({"env": {"A": 1, "B": "x"}}, {"project": PROJECT}), ["C=2"])
     assert req["env"] == {"A": "1", "B": "x", "C": "2"}
 
 
@@ -117,8 +121,8 @@ def test_a_bad_env_flag_is_named_as_the_flag():
                                         ("settings", "a..b"), ("noreload", {"a": 1}), ("state_dir", ""),
                                         ("state_dir", ["x"])])
 def test_other_request_settings_refuse_wrong_types(name, value):
-    with pytest.raises(options.UsageError) as caught:
-        options.request("start", options.merged({name: value}, {}), [], local=True)
+    with pytest.raises(settings.UsageError) as caught:
+        settings.request("start", merged({name: value}, {"project": PROJECT}), [])
     assert str(caught.value).startswith(f"fabserve.{name} must be ")
 
 
@@ -130,8 +134,8 @@ def test_concurrency_refuses_digits_int_would_take(value):
 
 
 def test_inventory_must_be_a_path():
-    with pytest.raises(options.UsageError, match=r"fabserve.inventory must be a path, not \{'a': 1\}"):
-        options.setting(Config(overrides={"fabserve": {"inventory": {"a": 1}}}), "inventory")
+    with pytest.raises(settings.UsageError, match=r"fabserve.inventory must be a path, not \{'a': 1\}"):
+        setting(Config(overrides={"fabserve": {"inventory": {"a": 1}}}), "inventory")
 
 
 def test_long_values_are_cut_short_in_messages():
@@ -167,15 +171,15 @@ def loaded(config):
 ])
 def test_variables_reach_the_parsers_as_given(monkeypatch, name, value, expected):
     config = loaded(collection_config(monkeypatch, [(name, value)]))
-    setting, parsed = expected
-    assert options.setting(config, setting) == parsed
+    name, parsed = expected
+    assert setting(config, name) == parsed
 
 
 @pytest.mark.parametrize("name", ["PORT", "START_TIMEOUT", "STOP_TIMEOUT", "CONCURRENCY", "LINES"])
 def test_a_bad_variable_names_itself(monkeypatch, name):
     config = loaded(collection_config(monkeypatch, [(f"FABRIC_FABSERVE_{name}", "abc")]))
-    with pytest.raises(options.UsageError) as caught:
-        options.setting(config, name.lower())
+    with pytest.raises(settings.UsageError) as caught:
+        setting(config, name.lower())
     assert str(caught.value).startswith(f"fabserve.{name.lower()} must be ")
     assert str(caught.value).endswith(f", not 'abc' (from FABRIC_FABSERVE_{name})")
 
@@ -199,23 +203,22 @@ def test_a_bad_value_in_a_config_file_names_the_file(monkeypatch, tmp_path):
     path = tmp_path / "fab.yaml"
     path.write_text("fabserve:\n  lines: [5]\n")
     config = loaded(collection_config(monkeypatch, runtime=path))
-    values_ = options.host_values(config, {}, {})
-    with pytest.raises(options.UsageError) as caught:
-        options.request("logs", values_, [], local=True)
+    values_ = host_values(config, {}, {"project": PROJECT})
+    with pytest.raises(settings.UsageError) as caught:
+        settings.request("logs", values_, [])
     assert str(caught.value) == f"fabserve.lines must be a whole number, not [5] (from {path})"
 
 
 def test_a_bad_inventory_value_says_so():
-    values_ = options.host_values({}, {"port": "x"}, {})
-    with pytest.raises(options.UsageError) as caught:
-        options.request("status", values_, [], local=True)
+    values_ = host_values({}, {"port": "x"}, {"project": PROJECT})
+    with pytest.raises(settings.UsageError) as caught:
+        settings.request("status", values_, [])
     assert str(caught.value) == "port must be a number from 1 to 65535, not 'x' (from the inventory)"
 
 
 def padded_request(tmp_path, size):
     """A status request for a missing project whose JSON is exactly `size` bytes."""
-    req = options.request("status", values(project=str(tmp_path / "p"), state_dir=str(tmp_path / "s")), [],
-                          local=False)
+    req = settings.request("status", values(project=str(tmp_path / "p"), state_dir=str(tmp_path / "s")), [])
     req["env"] = {"PAD": ""}
     req["env"]["PAD"] = "a" * (size - len(json.dumps(req)))
     assert len(json.dumps(req)) == size
@@ -298,7 +301,7 @@ SHELLS = ("sh", "bash", "dash", "zsh", "fish", "tcsh", "csh")
 def test_a_missing_interpreter_is_named_under_every_login_shell(shell, interpreter, tmp_path):
     if shutil.which(shell) is None:
         skip_or_fail(f"{shell} is not installed (bin/setup --test installs it)")
-    req = options.request("status", values(project="/srv/p"), [], local=False)
+    req = settings.request("status", values(project="/srv/p"), [])
     done = subprocess.run([shell, "-c", remote.command(interpreter)], input=remote.request_line(req),
                           capture_output=True, text=True, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert done.returncode in (1, 127), (done.returncode, done.stderr)

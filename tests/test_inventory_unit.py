@@ -5,7 +5,8 @@ import re
 import pytest
 from fabric import Config
 
-from tasks import executor, options
+from tasks import entrypoints, executor, settings
+from tasks.config import merged
 from tasks.inventory import Inventory, InventoryError, expand
 
 INVENTORY = """
@@ -75,7 +76,7 @@ def test_precedence_host_over_child_group_over_parent_over_all(inv):
 def test_flags_beat_host_vars_beat_config(inv):
     web2 = expand(["web2"], inv, [])[0]
     config = {"project": "/from/config", "port": 9999, "stop_timeout": 3}
-    values = options.merged({**config, **web2.settings}, {"port": "7000"})
+    values = merged({**config, **web2.settings}, {"port": "7000"})
     assert values["port"] == "7000" and values["project"] == "/srv/web2" and values["stop_timeout"] == 3
 
 
@@ -104,14 +105,14 @@ def test_a_setting_may_be_given_prefixed_and_the_prefixed_variable_wins_wherever
     # beats web1's own bare port (two variables to Ansible), each kept as spelled.
     assert web1.settings == {"fabserve_project": "/srv/staging", "fabserve_port": 8000}
     assert web2.settings == {"fabserve_project": "/srv/staging", "fabserve_port": 8002, "fabserve_ttl": "1h"}
-    values = options.merged({}, {}, web2.settings)
+    values = merged({}, {}, web2.settings)
     assert (values["port"], values["project"], values["ttl"]) == (8002, "/srv/staging", "1h")
     # A bad value is named as the inventory spells it.
-    bad = options.merged({}, {}, {"fabserve_port": 70000})
-    with pytest.raises(options.UsageError, match=r"^fabserve_port must be a number .* \(from the inventory\)$"):
-        options.checked(bad, "port")
+    bad = merged({}, {}, {"fabserve_port": 70000})
+    with pytest.raises(settings.UsageError, match=r"^fabserve_port must be a number .* \(from the inventory\)$"):
+        settings.checked(bad, "port")
     # Anything else with the prefix is not a setting.
-    assert options.inventory_setting("fabserve_json") is None and options.inventory_setting("fabserve_") is None
+    assert settings.inventory_setting("fabserve_json") is None and settings.inventory_setting("fabserve_") is None
 
 
 def test_every_per_host_setting_has_a_prefixed_spelling_that_ansible_does_not_reserve(monkeypatch, tmp_path):
@@ -122,9 +123,9 @@ def test_every_per_host_setting_has_a_prefixed_spelling_that_ansible_does_not_re
 
     reserved = get_reserved_names()
     assert "port" in reserved  # why the prefix exists
-    for name in options.PER_HOST:
-        assert options.inventory_setting(options.INVENTORY_PREFIX + name) == name
-        assert options.INVENTORY_PREFIX + name not in reserved
+    for name in settings.PER_HOST:
+        assert settings.inventory_setting(settings.INVENTORY_PREFIX + name) == name
+        assert settings.INVENTORY_PREFIX + name not in reserved
 
 
 def test_connection_variables_become_connection_arguments(inv, monkeypatch):
@@ -171,7 +172,7 @@ def test_cycles_are_refused():
 
 
 def test_the_shipped_example_inventory_parses():
-    inv = Inventory.load(options.DEFAULT_INVENTORY)
+    inv = Inventory.load(entrypoints.DEFAULT_INVENTORY)
     assert names(expand(["staging"], inv, [])) == ["web1", "web2"]
 
 

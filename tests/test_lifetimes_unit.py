@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from tasks import options
+from tasks import settings
 from tasks.agent import logfiles, ttl
+from tasks.config import merged
 
 LINE = "line %06d " + "x" * 40 + "\n"
 
@@ -19,25 +20,25 @@ LINE = "line %06d " + "x" * 40 + "\n"
 @pytest.mark.parametrize("value,seconds", [("30m", 1800), ("2h", 7200), ("1d", 86400), ("3s", 3), ("3", 3),
                                            (" 90s ", 90), (45, 45), ("366d", 366 * 86400)])
 def test_durations_are_whole_seconds(value, seconds):
-    assert options.parse_duration(value) == seconds
+    assert settings.parse_duration(value) == seconds
 
 
 @pytest.mark.parametrize("value", ["0", 0, "0s", "5x", "", "-1", "1.5h", "2 h", "²", True, 2.5, "367d", "1w"])
 def test_bad_durations_are_refused(value):
-    with pytest.raises(options.Invalid):
-        options.parse_duration(value)
+    with pytest.raises(settings.Invalid):
+        settings.parse_duration(value)
 
 
 @pytest.mark.parametrize("value,size", [("50M", 50 << 20), ("4K", 4096), ("4096", 4096), ("1g", 1 << 30),
                                         (8192, 8192), ("512k", 512 << 10)])
 def test_sizes_are_bytes(value, size):
-    assert options.parse_size(value) == size
+    assert settings.parse_size(value) == size
 
 
 @pytest.mark.parametrize("value", ["4095", "1K", "5x", "1.5M", "-1", "", "50MB", True, None])
 def test_bad_sizes_are_refused(value):
-    with pytest.raises(options.Invalid):
-        options.parse_size(value)
+    with pytest.raises(settings.Invalid):
+        settings.parse_size(value)
 
 
 @pytest.mark.parametrize("flags,config,message", [
@@ -48,16 +49,16 @@ def test_bad_sizes_are_refused(value):
                               "not '1.5M'"),
 ])
 def test_bad_lifetime_values_are_one_line_usage_errors(flags, config, message):
-    values = options.merged(config, {"project": "/srv/site", **flags})
-    with pytest.raises(options.UsageError) as caught:
-        options.request("start", values, [], local=False)
+    values = merged(config, {"project": "/srv/site", **flags})
+    with pytest.raises(settings.UsageError) as caught:
+        settings.request("start", values, [])
     assert str(caught.value) == message
 
 
 def test_the_request_carries_ttl_log_keep_log_max_and_previous():
-    req = options.request("start", options.merged({}, {"project": "/srv/site", "ttl": "2h"}), [], local=False)
+    req = settings.request("start", merged({}, {"project": "/srv/site", "ttl": "2h"}), [])
     assert (req["ttl"], req["log_keep"], req["log_max"]) == (7200, 5, 50 << 20)
-    logs = options.request("logs", options.merged({}, {"project": "/srv/site", "previous": True}), [], local=False)
+    logs = settings.request("logs", merged({}, {"project": "/srv/site", "previous": True}), [])
     assert logs["previous"] is True and logs["ttl"] is None
 
 

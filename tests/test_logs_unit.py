@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 from invoke import Config, Context
 
-from tasks import options, remote
+from tasks import remote, settings
 from tasks.agent import logfiles, protocol, state
 from tasks.agent.logfiles import BLOCK, read_tail, tail_span, tail_text
 from tasks.agent.protocol import MARKER
+from tasks.config import merged
 from tasks.runners import RUNNERS
 from helpers import REPO
 
@@ -130,8 +131,7 @@ def test_tail_text_keeps_only_the_count_asked() -> None:
 
 
 def request(state: Path, project: Path, **extra: Any) -> dict[str, Any]:
-    req = options.request("logs", options.merged({}, {"project": str(project), "state_dir": str(state)}), [],
-                          local=False)
+    req = settings.request("logs", merged({}, {"project": str(project), "state_dir": str(state)}), [])
     req.update(extra)
     return req
 

@@ -10,8 +10,9 @@ import os
 import pytest
 from fabric import Config
 
-from tasks import listing, ns, options
+from tasks import listing, ns, settings
 from tasks.agent import dispatch, launch, locate, protocol, sockets, state, verbs
+from tasks.config import host_values, merged
 
 # Listeners on 18000 (127.0.0.1), 18001 (0.0.0.0), 18003 (127.0.0.2); 18002 is only a connection.
 TCP = """\
@@ -50,20 +51,20 @@ def test_a_range_that_is_empty_or_not_low_dash_high_is_refused(text):
 
 
 def test_a_bad_range_is_a_usage_error_naming_where_it_was_given():
-    values = options.merged({"port_range": "9000-8000"}, {"project": "/srv/a", "port": "auto"})
+    values = merged({"port_range": "9000-8000"}, {"project": "/srv/a", "port": "auto"})
     values.origin["port_range"] = ("port_range", " (from the inventory)")
-    with pytest.raises(options.UsageError) as caught:
-        options.request("start", values, [], local=False)
+    with pytest.raises(settings.UsageError) as caught:
+        settings.request("start", values, [])
     assert str(caught.value) == ("port_range must be LOW-HIGH, two ports from 1 to 65535 with LOW at most "
                                  "HIGH, not '9000-8000' (from the inventory)")
 
 
 def test_port_takes_auto_and_still_refuses_anything_else():
-    assert options.parse_port("auto") == "auto" and options.parse_port(" auto ") == "auto"
-    assert options.parse_port("18000") == 18000
+    assert settings.parse_port("auto") == "auto" and settings.parse_port(" auto ") == "auto"
+    assert settings.parse_port("18000") == 18000
     for bad in ("Auto", "automatic", "", "0"):
-        with pytest.raises(options.Invalid, match="must be a number from 1 to 65535, not"):
-            options.parse_port(bad)
+        with pytest.raises(settings.Invalid, match="must be a number from 1 to 65535, not"):
+            settings.parse_port(bad)
 
 
 # ------------------------------------------------------------------ the chooser
@@ -119,8 +120,8 @@ def loaded_config(**fabserve):
 
 
 def request_for(action, config, flags=None, host_vars=None):
-    values = options.host_values(config, host_vars or {}, {"project": "/srv/a", **(flags or {})})
-    return options.request(action, values, [], local=False)
+    values = host_values(config, host_vars or {}, {"project": "/srv/a", **(flags or {})})
+    return settings.request(action, values, [])
 
 
 def test_a_port_given_nowhere_travels_as_null_except_for_start():
@@ -139,8 +140,8 @@ def test_a_port_given_anywhere_is_sent():
 
 
 def test_list_needs_no_project():
-    values = options.host_values(loaded_config(), {}, {})
-    req = options.request("list", values, [], local=False)
+    values = host_values(loaded_config(), {}, {})
+    req = settings.request("list", values, [])
     assert req["action"] == "list" and req["project"] is None
 
 
@@ -222,9 +223,9 @@ def test_list_leaves_stopped_instances_to_list_all_which_names_their_projects_an
 
 
 def test_list_all_is_a_flag_of_list_alone_that_travels():
-    values = options.host_values(loaded_config(), {}, {"all": True})
-    assert options.request("list", values, [], local=False)["all"] is True
-    assert [setting.name for setting in options.flags_of("list")] == ["json", "all"]
+    values = host_values(loaded_config(), {}, {"all": True})
+    assert settings.request("list", values, [])["all"] is True
+    assert [setting.name for setting in settings.flags_of("list")] == ["json", "all"]
 
 
 # ------------------------------------------------------------------ the table

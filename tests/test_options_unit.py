@@ -9,7 +9,8 @@ import pytest
 from fabric import Config
 from invoke.exceptions import Exit
 
-from tasks import executor, ns, options
+from tasks import executor, ns, settings
+from tasks.config import CONFIGURED, host_values, merged, setting
 
 OPTIONS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "options.md"
 
@@ -39,9 +40,9 @@ def test_every_setting_has_a_row_that_matches_the_table():
     rows = documented_options()
     by_setting = {row[0].strip("`"): row for row in rows if row[0] != "—"}
     flag_only = {re.match(r"`--([a-z_-]+)", row[1]).group(1).replace("-", "_"): row for row in rows if row[0] == "—"}
-    assert set(by_setting) == {setting.name for setting in options.SETTINGS if setting.config}
-    assert set(flag_only) == {setting.flag_name for setting in options.SETTINGS if not setting.config}
-    for setting in options.SETTINGS:
+    assert set(by_setting) == {setting.name for setting in settings.SETTINGS if setting.config}
+    assert set(flag_only) == {setting.flag_name for setting in settings.SETTINGS if not setting.config}
+    for setting in settings.SETTINGS:
         name, flag, per_host, meaning, default = by_setting[setting.name] if setting.config \
             else flag_only[setting.flag_name]
         assert meaning, setting.name
@@ -49,7 +50,7 @@ def test_every_setting_has_a_row_that_matches_the_table():
         if setting.verbs:
             assert flag.startswith(f"`--{setting.flag_name.replace('_', '-')}"), setting.name
             verbs = re.search(r"\(([a-z, ]+)\)$", flag)
-            listed = tuple(verbs.group(1).split(", ")) if verbs else options.TASKS
+            listed = tuple(verbs.group(1).split(", ")) if verbs else settings.TASKS
             assert listed == setting.verbs, setting.name
         else:
             assert flag == "", setting.name
@@ -58,38 +59,38 @@ def test_every_setting_has_a_row_that_matches_the_table():
 
 
 def test_each_task_takes_exactly_the_flags_the_table_gives_its_verb():
-    assert sorted(ns.tasks) == sorted(options.TASKS)
-    for verb in options.TASKS:
+    assert sorted(ns.tasks) == sorted(settings.TASKS)
+    for verb in settings.TASKS:
         body = ns.tasks[verb].body
         parameters = list(inspect.signature(body).parameters)[1:]  # after the context
-        assert sorted(parameters) == sorted(setting.flag_name for setting in options.flags_of(verb)), verb
+        assert sorted(parameters) == sorted(setting.flag_name for setting in settings.flags_of(verb)), verb
         assert set(ns.tasks[verb].help) == set(parameters), verb
 
 
 def test_defaults_and_per_host_settings_come_from_the_table():
-    assert options.DEFAULTS["port"] == 8000 and options.DEFAULTS["concurrency"] == 10
-    assert "follow" not in options.DEFAULTS  # a flag only: no config key
-    assert set(options.PER_HOST) == {"project", "port", "addr", "python", "settings", "env", "noreload",
+    assert settings.DEFAULTS["port"] == 8000 and settings.DEFAULTS["concurrency"] == 10
+    assert "follow" not in settings.DEFAULTS  # a flag only: no config key
+    assert set(settings.PER_HOST) == {"project", "port", "addr", "python", "settings", "env", "noreload",
                                      "start_timeout", "stop_timeout", "lines", "agent_python", "state_dir",
                                      "ttl", "log_keep", "log_max", "port_range",
                                      "check", "manage_timeout"}
     # Registered as CONFIGURED (numbers as text, for FABRIC_FABSERVE_*), which parses to DEFAULTS.
-    assert ns.configuration()["fabserve"] == options.CONFIGURED
-    parsed = lambda defaults: {name: options.SETTING[name].parse(value) for name, value in defaults.items()
+    assert ns.configuration()["fabserve"] == CONFIGURED
+    parsed = lambda defaults: {name: settings.SETTING[name].parse(value) for name, value in defaults.items()
                                if value is not None}
-    assert parsed(options.CONFIGURED) == parsed(options.DEFAULTS)
-    assert [name for name, value in options.CONFIGURED.items() if value is None] == \
-        [name for name, value in options.DEFAULTS.items() if value is None]
+    assert parsed(CONFIGURED) == parsed(settings.DEFAULTS)
+    assert [name for name, value in CONFIGURED.items() if value is None] == \
+        [name for name, value in settings.DEFAULTS.items() if value is None]
 
 
 def test_the_request_holds_every_request_setting_and_nothing_else():
-    req = options.request("logs", options.merged({}, {"follow": True, "json": True}), [], local=True)
-    assert set(req) == {"action"} | {setting.name for setting in options.SETTINGS if setting.request}
+    req = settings.request("logs", merged({}, {"project": "/srv/site", "follow": True, "json": True}), [])
+    assert set(req) == {"action"} | {setting.name for setting in settings.SETTINGS if setting.request}
     assert req["follow"] is True and req["lines"] == 50
 
 
 def test_a_switch_left_off_does_not_override_the_config():
-    values = options.merged({"noreload": True, "json": True}, {"noreload": False, "json": False})
+    values = merged({"noreload": True, "json": True}, {"noreload": False, "json": False})
     assert values["noreload"] is True and values["json"] is True
 
 
@@ -110,20 +111,20 @@ def test_concurrency_accepts_numbers_and_defaults_to_ten():
 @pytest.mark.parametrize("value,on", [(True, True), ("1", True), ("yes", True), ("false", True),
                                       (False, False), ("0", False), ("", False), (None, False)])
 def test_strict_host_keys_is_on_for_anything_but_zero_empty_or_false(value, on):
-    assert options.setting(Config(overrides={"fabserve": {"strict_host_keys": value}}), "strict_host_keys") is on
+    assert setting(Config(overrides={"fabserve": {"strict_host_keys": value}}), "strict_host_keys") is on
 
 
 def test_json_is_on_from_the_flag_or_the_config():
     off, on = Config(overrides={"fabserve": {}}), Config(overrides={"fabserve": {"json": True}})
-    assert options.setting(off, "json", {"json": False}) is False
-    assert options.setting(off, "json", {"json": True}) is True
-    assert options.setting(on, "json", {"json": False}) is True
+    assert setting(off, "json", {"json": False}) is False
+    assert setting(off, "json", {"json": True}) is True
+    assert setting(on, "json", {"json": False}) is True
 
 
 def env_request(config_env, variable, monkeypatch, flags=()):
     monkeypatch.setenv("FABRIC_FABSERVE_ENV", variable)
     config = Config(overrides={"fabserve": {"env": config_env}})
-    return options.request("start", options.host_values(config, {}, {}), list(flags), local=True)["env"]
+    return settings.request("start", host_values(config, {}, {"project": "/srv/site"}), list(flags))["env"]
 
 
 def test_the_env_variable_adds_shell_split_pairs_over_the_config_and_under_the_flags(monkeypatch):
@@ -138,12 +139,12 @@ def test_the_env_variable_adds_shell_split_pairs_over_the_config_and_under_the_f
     ("1A=x", "names an environment variable that is not valid: '1A'"),
 ])
 def test_a_bad_env_variable_is_refused_naming_it(monkeypatch, variable, message):
-    with pytest.raises(options.UsageError) as caught:
+    with pytest.raises(settings.UsageError) as caught:
         env_request({}, variable, monkeypatch)
     assert str(caught.value) == f"fabserve.env {message} (from FABRIC_FABSERVE_ENV)"
 
 
 def test_a_bad_configured_env_is_refused_naming_the_config_not_the_variable(monkeypatch):
-    with pytest.raises(options.UsageError) as caught:
+    with pytest.raises(settings.UsageError) as caught:
         env_request(["A=1"], "B=2", monkeypatch)
     assert str(caught.value).startswith("fabserve.env must be a mapping of variable names to values, not ['A=1']")

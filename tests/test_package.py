@@ -20,7 +20,7 @@ from bed.run import run_in_group
 from bed.state import ensure_dir
 from helpers import REPO, bed_outcome, free_port, port_listening, where
 
-from tasks import __version__, options
+from tasks import __version__, settings
 
 EXECUTOR_LINE = "tasks: {executor_class: fabserve.executor.ConcurrentExecutor}"
 
@@ -85,7 +85,8 @@ def test_the_wheel_installs_the_package_fabserve_and_nothing_else(wheel):
     assert tops == {"fabserve", f"fabserve-{__version__}.dist-info"}
     modules = {name.split("/", 1)[1] for name in names if name.startswith("fabserve/")}
     assert modules == {str(path.relative_to(REPO / "tasks")) for path in (REPO / "tasks").glob("**/*.py")}
-    assert "agent/dispatch.py" in modules and "program.py" in modules
+    assert {"agent/dispatch.py", "program.py", "settings.py", "config.py"} <= modules
+    assert "module_spec.py" not in modules  # a build tool of the checkout's (tools/), needing yaml
 
 
 def test_the_wheel_requires_exactly_the_pins_of_requirements_txt(wheel):
@@ -106,7 +107,7 @@ def test_version_and_list_as_the_test_user_outside_the_checkout(installed, as_us
     listing = as_test_user(as_user, [installed.fabserve, "--list"], target.home)
     assert listing.returncode == 0, listing.stderr
     listed = re.findall(r"^  (\S+)", listing.stdout, re.MULTILINE)
-    assert sorted(listed) == sorted(options.TASKS)
+    assert sorted(listed) == sorted(settings.TASKS)
 
 
 def test_start_status_stop_over_ssh_leave_site_packages_as_installed(installed, outside, target, site):
@@ -146,7 +147,7 @@ def test_a_fabfile_of_your_own_runs_the_collection_under_another_name(installed,
         f"ns.configure(fabserve.config(project={str(site)!r}))\n")
     command = [installed.fab, "-S", target.ssh_config, "-H", target.alias]
     listing = as_root([installed.fab, "--list"], mine)
-    assert {f"serve.{verb}" for verb in options.TASKS} | {"deploy"} <= set(listing.stdout.split())
+    assert {f"serve.{verb}" for verb in settings.TASKS} | {"deploy"} <= set(listing.stdout.split())
     # The parent's fabserve section and a FABRIC_FABSERVE_* variable name the instance.
     port_env = {"FABRIC_FABSERVE_PORT": str(port)}
     start = as_root([*command, "serve.start"], mine, env=port_env)

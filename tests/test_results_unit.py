@@ -4,8 +4,9 @@ and the results the agent and the client build carry them."""
 import re
 from pathlib import Path
 
-from tasks import options, report
+from tasks import report, settings
 from tasks.agent import dispatch, protocol
+from tasks.config import merged
 
 OUTPUT_PAGE = Path(__file__).resolve().parent.parent / "docs" / "output.md"
 ALWAYS = [name for name, _ in protocol.ALWAYS]
@@ -40,8 +41,8 @@ def test_a_client_failure_carries_every_always_present_field():
 
 
 def agent_answer(tmp_path, action, project):
-    req = options.request(action, options.merged({}, {"project": str(project),
-                                                      "state_dir": str(tmp_path / "state")}), [], local=False)
+    req = settings.request(action, merged({}, {"project": str(project),
+                                               "state_dir": str(tmp_path / "state")}), [])
     return dispatch.handle(req)
 
 
@@ -62,4 +63,4 @@ def test_agent_answers_carry_the_answered_fields_and_only_declared_ones(tmp_path
 def test_the_verbs_that_change_a_server_hold_its_lock():
     assert {name: locks for name, (_, locks) in dispatch.HANDLERS.items()} == {
         "start": True, "stop": True, "restart": True, "status": False, "logs": False, "list": False, "manage": False}
-    assert sorted(dispatch.HANDLERS) == sorted(options.VERBS)
+    assert sorted(dispatch.HANDLERS) == sorted(settings.VERBS)

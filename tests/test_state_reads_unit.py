@@ -12,16 +12,17 @@ import sys
 import pytest
 
 from helpers import REPO
-from tasks import options, remote
+from tasks import remote, settings
 from tasks.agent import dispatch, protocol, state, verbs
+from tasks.config import merged
 
 PORT = 18766
 
 
 def request(tmp_path, action, **extra):
-    values = options.merged({}, {"project": str(tmp_path / "site"), "port": PORT,
+    values = merged({}, {"project": str(tmp_path / "site"), "port": PORT,
                                  "state_dir": str(tmp_path / "state"), **extra})
-    req = options.request(action, values, [], local=False)
+    req = settings.request(action, values, [])
     if action == "list":
         req["all"] = True
     return req

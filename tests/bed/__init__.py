@@ -15,6 +15,7 @@ one-line-first message; callers decide whether that skips, fails or aborts.
   accounts  running and spawning commands as a test account, its Django projects
   fab     running fab against the target
   package fabserve built as a wheel and installed in a fresh virtualenv
+  interpreters  the CPythons (pyenv's, Debian's) a target may run fabserve's code under
   hosts   namespaced hosts, each with its own network, processes and sshd
   disks   scratch file systems (tmpfs, ext4, btrfs on a loop device)
   ansible ansible-core against those hosts, the fabserve.django collection from the checkout

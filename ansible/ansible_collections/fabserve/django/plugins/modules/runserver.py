@@ -29,7 +29,8 @@ notes:
   - Pipelining (C(ANSIBLE_PIPELINING=true)) saves SSH commands per task; the module needs no temporary
     files of its own.
 requirements:
-  - Linux on the target (the agent reads C(/proc)), Python 3.8 or newer there.
+  - Linux on the target (the agent reads C(/proc)), Python 3.8 or newer there, the oldest ansible-core 2.19's own
+    module code runs on; the agent and settings the module ships need only 3.6, as for C(fab).
 author:
   - fabserve authors
 '''
@@ -178,7 +179,7 @@ check:
 '''
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.fabserve.django.plugins.module_utils import options
+from ansible_collections.fabserve.django.plugins.module_utils import settings
 from ansible_collections.fabserve.django.plugins.module_utils.agent import dispatch, launch, protocol, state
 from ansible_collections.fabserve.django.plugins.module_utils.spec import ARGUMENT_SPEC, OPTIONS, RESULTS, STATES
 
@@ -193,13 +194,13 @@ DIFFED = ("state", "port", "pids")
 def request(module, action):
     """The agent's request for `action`, every value through the setting's own
     parser, as fab checks its flags; fail_json with its one-line message."""
-    values = options.Values(options.DEFAULTS)
+    values = settings.Values(settings.DEFAULTS)
     for name in ARGUMENT_SPEC:
         if module.params[name] is not None:
             values.give(name, module.params[name], (name, ""))
     try:
-        return options.request(action, values, None, local=False)
-    except options.UsageError as exc:
+        return settings.request(action, values, None)
+    except settings.UsageError as exc:
         module.fail_json(msg=str(exc))
 
 

@@ -1,29 +1,28 @@
-"""fabserve's settings: one table, and how flags, inventory and config merge into it.
+"""fabserve's settings: the value parsers, the one table of settings, and the
+agent request built from merged values.
 
-Every setting can be set once in the `fabserve` section of Fabric's config
-(fabric.yaml, or fabserve.yaml for the `fabserve` command; ~/.fabric.yaml,
--f FILE, FABRIC_FABSERVE_* variables); those a
-task takes as a flag can be given on the command line, which wins; those marked
-per host can also come from the inventory. docs/options.md's table is checked
-against SETTINGS by tests/test_options_unit.py.
+Every setting is declared once, in SETTINGS: its default, its parser, the tasks
+that take it as a flag, whether an inventory may set it per host and whether it
+travels to the agent. How flags, inventory and Fabric's config sources merge
+into values is the client's (tasks/config.py). docs/options.md's table
+is checked against SETTINGS by tests/test_options_unit.py.
+
+This module also runs on Ansible targets: the fabserve.django collection ships
+it beside the agent (plugins/module_utils/settings.py), and its module checks
+its options with these parsers and builds its request with `request`. So it
+imports only the standard library and the agent, and keeps to Python 3.6 like
+the agent (no dataclasses, no str.isascii); tests/test_collection_unit.py checks.
 """
 
 import ipaddress
-import os
 import re
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Set, Tuple, Union
 
 from .agent.protocol import AUTO, DEFAULT_PORT, DEFAULT_PORT_RANGE, port_range
 
-# The checkout's, beside tasks/; only `fab` in the checkout uses them (tasks/entrypoints.py).
-DEFAULT_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "hosts.yml"
-CONNECT_TIMEOUT = 10  # seconds; Fabric's own default is to wait forever
-EXAMPLE_PROJECT = Path(__file__).resolve().parent.parent / "example"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-ENV_VARIABLE = "FABRIC_FABSERVE_ENV"  # `env` as KEY=VALUE words, read by env_over_config
 SETTINGS_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 #: The verbs that act on one instance (a project and a port).
 INSTANCE_VERBS = ("start", "stop", "status", "restart", "logs")
@@ -58,6 +57,12 @@ def shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def ascii_text(value: Any) -> bool:
+    """Whether `value` is a string of ASCII characters only (str.isascii, which
+    Python 3.6 on a target lacks)."""
+    return isinstance(value, str) and all(ord(char) < 128 for char in value)
+
+
 def text_of(value: Any, what: str) -> str:
     """`value` as a string that encodes to UTF-8 (the request is JSON), else Invalid."""
     if not isinstance(value, str):
@@ -78,7 +83,7 @@ def whole(value: Any) -> Optional[int]:
     """
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+    if ascii_text(value) and value.isdigit() and len(value) <= 18:
         return int(value)
     return None
 
@@ -112,7 +117,7 @@ def parse_seconds(value: Any) -> float:
     seconds = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
-    elif isinstance(value, str) and value.isascii():  # float() also reads other scripts' digits
+    elif ascii_text(value):  # float() also reads other scripts' digits
         try:
             seconds = float(value)
         except ValueError:
@@ -134,7 +139,7 @@ def with_unit(value: Any, pattern: "re.Pattern[str]", units: Mapping[str, int], 
     (a key of `units`, upper case), times that unit; else Invalid: `expected`."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    found = pattern.match(value.strip()) if isinstance(value, str) and value.isascii() else None
+    found = pattern.match(value.strip()) if ascii_text(value) else None
     if not found:
         raise Invalid(f"{expected}, not {shown(value)}")
     return int(found.group(1)) * units[found.group(2).upper()]
@@ -301,9 +306,9 @@ def dashed(flag: str) -> str:
     return flag.replace("_", "-")
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One fabserve setting: its default, how its value is checked, and where it may be given."""
+class Setting(NamedTuple):
+    """One fabserve setting: its default, how its value is checked, and where it may be given.
+    (A NamedTuple rather than a frozen dataclass, which Python 3.6 lacks.)"""
 
     name: str
     default: Any
@@ -414,17 +419,8 @@ SETTING: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 
 #: The `fabserve` config section's defaults. `project: None` means the bundled
 #: example project (or the current directory, installed: tasks/entrypoints.py)
-#: when running locally, and is an error for a remote host.
+#: when running locally, and is an error for a remote host (`request`).
 DEFAULTS: Dict[str, Any] = {setting.name: setting.default for setting in SETTINGS if setting.config}
-#: The defaults as the collection registers them. Invoke casts a FABRIC_FABSERVE_*
-#: variable to the type of the default it overrides (int("abc") is a traceback,
-#: and an int refuses "1.5"), so numbers are registered as text and every
-#: variable reaches its setting's parser as given; switches stay booleans, for
-#: invoke's "0"-is-off rule, and env stays a mapping that config files merge into.
-CONFIGURED: Dict[str, Any] = {
-    name: str(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else default
-    for name, default in DEFAULTS.items()
-}
 #: What an inventory may set per group or host; output format and the run's own
 #: settings are the caller's.
 PER_HOST: Tuple[str, ...] = tuple(setting.name for setting in SETTINGS if setting.per_host)
@@ -439,12 +435,14 @@ def inventory_setting(variable: str) -> Optional[str]:
     name = variable[len(INVENTORY_PREFIX):] if variable.startswith(INVENTORY_PREFIX) else variable
     return name if name in PER_HOST else None
 
+
 #: How a message names a given value, and where it was given (" (from FILE)", or "").
 Origin = Tuple[str, str]
 
 
-class Values(Dict[str, Any]):
-    """Merged settings, and where each one that was given came from (`origin`)."""
+class Values(dict):
+    """Merged settings (name -> value), and where each one that was given came
+    from (`origin`). A plain dict subclass: Python 3.6's typing.Dict is not one."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -487,115 +485,6 @@ def positional(verb: str) -> List[str]:
     return [setting.flag_name for setting in flags_of(verb) if setting.positional]
 
 
-def section(config: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The `fabserve` section of Fabric's config: the one place that reads it."""
-    return config.get("fabserve", {})
-
-
-def layers(config: Any) -> List[Tuple[Mapping[str, Any], Callable[[str], str]]]:
-    """Invoke's config sources, highest precedence first: each one's data, and
-    for a setting's name where that source is (a file, a variable, or "")."""
-    def data(name: str) -> Mapping[str, Any]:
-        found = getattr(config, f"_{name}", None)
-        return found if isinstance(found, Mapping) else {}
-
-    def file(name: str) -> Callable[[str], str]:
-        path = getattr(config, f"_{name}_path", None)
-        return lambda setting_name: f" (from {path})" if isinstance(path, str) else ""
-
-    return [(data("overrides"), lambda name: ""), (data("runtime"), file("runtime")),
-            (data("env"), lambda name: f" (from FABRIC_FABSERVE_{name.upper()})"),
-            (data("project"), file("project")), (data("user"), file("user")), (data("system"), file("system"))]
-
-
-def config_where(config: Any, name: str) -> str:
-    """Where the config's value of fabserve.`name` was given, e.g. " (from fabric.yaml)"; "" if unknown."""
-    for layer, where in layers(config):
-        given = layer.get("fabserve")
-        if isinstance(given, Mapping) and name in given:
-            return where(name)
-    return ""
-
-
-def configured(config: Any, name: str) -> bool:
-    """Whether a config source (not the collection's defaults) sets fabserve.`name`."""
-    for layer, _ in layers(config):
-        given = layer.get("fabserve")
-        if isinstance(given, Mapping) and name in given:
-            return True
-    return False
-
-
-def config_error(config: Any, error: Exception) -> str:
-    """One line for an error invoke raised while merging or casting the config.
-
-    Invoke cannot merge a mapping over a plain value or the reverse (`project:
-    {a: 1}`, `env: 5`), and says so without naming the key: name it here.
-    """
-    for layer, where in layers(config):
-        given = layer.get("fabserve")
-        if given is None:
-            continue
-        if not isinstance(given, Mapping):
-            return f"the fabserve config section must be a mapping, not {shown(given)}{where('')}"
-        for name, value in given.items():
-            if name in CONFIGURED and isinstance(value, Mapping) != isinstance(CONFIGURED[name], Mapping):
-                try:
-                    SETTING[name].parse(value)
-                except Invalid as exc:
-                    return f"fabserve.{name} {exc}{where(name)}"
-    return f"configuration error: {error}"
-
-
-def merged(config: Mapping[str, Any], flags: Mapping[str, Any], host_vars: Optional[Mapping[str, Any]] = None,
-           config_origin: Optional[Any] = None) -> Values:
-    """Flags given on the command line over host vars over the config section over DEFAULTS.
-
-    A flag counts as given unless it is None, or a switch left off (a switch
-    can only turn a setting on). `config_origin`: the invoke Config the section
-    is from, to say in messages which file or variable gave a value.
-    """
-    values = Values(DEFAULTS)
-    for name, value in config.items():
-        if name in DEFAULTS:
-            values.give(name, value, (f"fabserve.{name}", config_where(config_origin, name)))
-            if config_origin is not None and not configured(config_origin, name):
-                values.defaulted.add(name)
-    variable = os.environ.get(ENV_VARIABLE) if config_origin is not None else None
-    if variable is not None:
-        env_over_config(values, variable)
-    for variable, value in (host_vars or {}).items():
-        name = inventory_setting(variable)
-        if name is not None:
-            values.give(name, value, (variable, " (from the inventory)"))
-    for name, value in flags.items():
-        if value is not None and value is not False:
-            values.give(name, value, (f"--{dashed(name)}", ""))
-    return values
-
-
-def env_over_config(values: Values, variable: str) -> None:
-    """FABRIC_FABSERVE_ENV's pairs over the configured `env` mapping. invoke
-    reads no variable for a setting whose value is a mapping, so it is read
-    here, at the variables' place: over config files, under the inventory and
-    flags. A bad value is kept as given, to be refused naming its source."""
-    try:
-        configured_env = parse_env(values["env"])
-    except Invalid:
-        return  # refused later, naming the file that gave it
-    origin = ("fabserve.env", f" (from {ENV_VARIABLE})")
-    try:
-        values.give("env", {**configured_env, **parse_env(variable)}, origin)
-    except Invalid:
-        values.give("env", variable, origin)
-
-
-def host_values(config: Mapping[str, Any], host_vars: Mapping[str, Any],
-                flags: Mapping[str, Any]) -> Values:
-    """Flags over the host's inventory vars over the `fabserve` config section."""
-    return merged(section(config), flags, host_vars, config)
-
-
 def checked(values: Mapping[str, Any], name: str) -> Any:
     """Setting `name` of merged `values`, through its parser."""
     return SETTING[name].check(values[name], origin_of(values, name))
@@ -605,16 +494,13 @@ def origin_of(values: Mapping[str, Any], name: str) -> Optional[Origin]:
     return getattr(values, "origin", {}).get(name)
 
 
-def setting(config: Mapping[str, Any], name: str, flags: Optional[Mapping[str, Any]] = None) -> Any:
-    """One client-side setting, checked: its flag if given, else the config section, else the default."""
-    return checked(merged(section(config), flags or {}, config_origin=config), name)
-
-
-def request(action: str, values: Mapping[str, Any], env_flags: Optional[Iterable[str]], local: bool) -> Dict[str, Any]:
+def request(action: str, values: Mapping[str, Any], env_flags: Optional[Iterable[str]]) -> Dict[str, Any]:
     """The agent request for `action`, every value through its setting's parser; UsageError on bad input.
 
     `values` are merged settings, plus the action's own flag names (`timeout`)
-    where they differ from the settings they set.
+    where they differ from the settings they set. A local run's default project
+    is the caller's to fill in (tasks/entrypoints.py's local_project): a project
+    given nowhere is one a remote host needs.
     """
     origin = dict(getattr(values, "origin", {}))
     port_given = values.given("port") if isinstance(values, Values) else "port" in values
@@ -624,9 +510,7 @@ def request(action: str, values: Mapping[str, Any], env_flags: Optional[Iterable
             values[each.name] = values[each.flag]
             origin[each.name] = origin.get(each.flag, (f"--{each.flag}", ""))
     if values["project"] is None and action not in PROJECTLESS:
-        if not local:
-            raise UsageError("--project is required for a remote host (or set fabserve.project)")
-        values["project"] = str(EXAMPLE_PROJECT)
+        raise UsageError("--project is required for a remote host (or set fabserve.project)")
     if env_flags:  # the configured mapping is checked on its own, so a message names the right source
         SETTING["env"].check(values["env"], origin.get("env"))
         origin["env"] = ("--env", "")
