@@ -13,6 +13,7 @@ import pytest
 
 from bed.interpreters import OLDEST, target_interpreters
 from tasks import agent, settings
+from tasks.agent import protocol
 from tools import module_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,7 +76,7 @@ def test_options_are_the_per_host_request_settings_of_the_modules_verbs():
 
 def test_states_run_agent_verbs():
     assert module_spec.STATES == {"started": "start", "stopped": "stop", "restarted": "restart", "status": "status"}
-    assert set(module_spec.STATES.values()) <= set(settings.VERBS)
+    assert set(module_spec.STATES.values()) <= set(protocol.VERBS)
 
 
 def test_return_values_are_the_result_fields():

@@ -13,10 +13,18 @@ MARKER = "@@fabserve@@"
 RUNNING, STOPPED, FAILED = "running", "stopped", "failed"
 EXPIRED = "expired"  # the word the log's last line holds once the TTL ended the server
 
-# Verbs by what they take and do (the client's settings name the verbs of each flag).
+# The agent's verbs, by what they take and do: the one home of these groups (the
+# client's settings name the verbs of each flag from them).
+INSTANCE_VERBS = ("start", "stop", "status", "restart", "logs")  # they act on one instance: a project, a port
+HOST_VERBS = ("list",)  # they name no project: called with the Host and the request
+VERBS = INSTANCE_VERBS + HOST_VERBS + ("manage",)
+STARTS = ("start", "restart")  # they may start a server, on a chosen port too
 CHECKED = ("start", "restart", "status")  # they take --check; their results carry http_status
-STARTS = ("start", "restart")  # the verbs that may start a server on a chosen port
-HOST_VERBS = ("list",)  # they act on the host, not one instance: called with the Host and the request
+# A port given nowhere means DEFAULT_PORT for these; for the others it travels as
+# null and names the project's one instance on the host.
+PORT_DEFAULTED = ("start",)
+# The Ansible module's states, and the verb each one runs.
+MODULE_STATES = {"started": "start", "stopped": "stop", "restarted": "restart", "status": "status"}
 
 
 class AgentError(Exception):
