@@ -12,7 +12,9 @@ import time
 
 import pytest
 
+from tasks import settings
 from tasks.agent import dispatch, identity, procfs, protocol, sockets, state
+from tasks.config import merged
 
 TCP = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -198,3 +200,17 @@ def test_a_stale_pidfile_of_the_previous_version_is_left_in_place(tmp_path, proj
     result = dispatch.handle(request(tmp_path, project, "stop"))
     assert result["ok"] is True and "stale pidfile of the previous state layout" in result["message"], result
     assert os.path.exists(os.path.join(inst.legacy_dir, "server.pid"))
+
+
+def test_a_request_names_every_field_the_client_or_the_ansible_module_sends():
+    # A field left out of Request.FIELDS would be dropped without a word: the agent
+    # would act as if it had not been given.
+    for verb in protocol.VERBS:
+        sent = settings.request(verb, merged({}, {"project": "/srv/site"}), None)
+        assert set(sent) <= set(state.Request.FIELDS), (verb, set(sent) - set(state.Request.FIELDS))
+    # What the client adds for logs, and Ansible's check mode for its status probe.
+    assert {"stream", "look_only"} <= set(state.Request.FIELDS)
+    req = state.Request({"action": "status", "port": 8001})
+    assert (req.action, req.port, req.follow, req.lines) == ("status", 8001, False, 50)
+    derived = req.but(port=8002)
+    assert (derived.port, req.port) == (8002, 8001) and derived.fields() == dict(req.fields(), port=8002)
