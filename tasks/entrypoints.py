@@ -25,7 +25,7 @@ from typing import Any, Dict, Mapping, Optional
 from invoke.exceptions import Exit
 
 from . import remote
-from .agent import exit_code
+from .agent.protocol import exit_code
 from .config import setting
 from .inventory import Inventory, InventoryError, expand
 from .settings import UsageError

@@ -20,7 +20,7 @@ from invoke import Context
 from invoke.exceptions import Exit
 
 from . import entrypoints, report, runners
-from .agent import exit_code
+from .agent.protocol import exit_code
 from .config import config_error, setting
 from .inventory import Inventory, InventoryError, expand
 from .settings import UsageError

@@ -5,7 +5,7 @@ import json
 from typing import Any, Dict, List
 
 from . import report
-from .agent import EXPIRED, RUNNING
+from .agent.protocol import EXPIRED, RUNNING
 
 #: The table's columns: heading, and how a row shows in it.
 COLUMNS = (

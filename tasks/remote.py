@@ -1,89 +1,29 @@
 """Running the agent on a host: one shell command per operation, over SSH or locally.
 
-The agent's source travels compressed inside the command itself, so a host
-needs nothing but a Python 3.6+ interpreter; the request goes on its stdin.
+The agent travels compressed inside the command itself (see payload), so a
+host needs nothing but a Python 3.6+ interpreter; the request goes on its stdin.
 """
 
-import base64
-import hashlib
 import json
 import shlex
 import socket
 import sys
 import threading
-import zlib
 from contextlib import nullcontext
 from functools import lru_cache
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from invoke import Context
 from invoke.exceptions import CommandTimedOut, ThreadException
 from paramiko.ssh_exception import AuthenticationException, NoValidConnectionsError, SSHException
 
 from . import hostkeys, report, runners
-from .agent import MARKER, run_limit
+from .payload import BOOTSTRAP, LOADER_WORD, payload
+from .agent.protocol import MARKER, run_limit
 from .config import setting
 
-AGENT_SOURCE = Path(__file__).with_name("agent.py")
-# Runs first on the target, with the agent's hash and source as arguments. It
-# refuses old interpreters in words (it must itself compile under Python 2), and
-# keeps the compiled agent in ~/.cache/fabserve, keyed by source hash and
-# interpreter, so later calls skip compiling it (a fifth of the agent's run time).
-# The cache is trusted only while it is the user's own directory that no one else
-# can write; a new entry replaces older versions' entries for the same interpreter.
-LOADER = """\
-import sys
-sys.path = [entry for entry in sys.path if entry]  # not the login directory: no stray json.py
-if sys.version_info < (3, 6):
-    sys.exit('fabserve: the target needs Python 3.6 or newer, not ' + sys.version.split()[0])
-import binascii, marshal, os, stat, zlib
-tag = sys.implementation.cache_tag
-folder = os.path.join(os.path.expanduser('~'), '.cache', 'fabserve')
-cache = os.path.join(folder, 'agent-%s-%s' % (sys.argv[1], tag))
-def private(path):  # code is loaded only from our own directory that no one else can write
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
-try:
-    if not private(folder):
-        raise ValueError(folder)
-    with os.fdopen(os.open(cache, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), 'rb') as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # a FIFO would block the read for ever
-            raise ValueError(cache)
-        code = marshal.load(handle)
-    if code.co_filename != 'fabserve-agent':
-        raise ValueError(cache)
-except Exception:
-    code = compile(zlib.decompress(binascii.a2b_base64(sys.argv[2])), 'fabserve-agent', 'exec')
-    if tag:
-        try:
-            os.makedirs(folder, mode=0o700, exist_ok=True)
-            if private(folder):
-                with open(cache + '.%d' % os.getpid(), 'wb') as handle:
-                    marshal.dump(code, handle)
-                os.replace(cache + '.%d' % os.getpid(), cache)
-                for name in os.listdir(folder):  # older versions' entries
-                    if name.startswith('agent-') and name.endswith('-' + tag) and name != os.path.basename(cache):
-                        os.remove(os.path.join(folder, name))
-        except OSError:
-            pass
-exec(code)
-"""
-# The -c program: one line with nothing any login shell treats specially inside
-# single quotes (csh and tcsh reject a newline there and expand `!` even there).
-# The loader travels compressed as the last argument and takes itself off argv,
-# so the loader reads the arguments it always had. The request is no argument: it
-# goes on the agent's stdin (see request_line).
-# It must run under Python 2 as well, for the loader to refuse it in words. Its
-# comment names the agent's processes in ps and /proc/PID/cmdline.
-BOOTSTRAP = ("import sys,binascii,zlib;exec(zlib.decompress(binascii.a2b_base64(sys.argv.pop())))"
-             "  # fabserve-agent")
-LOADER_WORD = base64.b64encode(zlib.compress(LOADER.encode("ascii"), 9)).decode("ascii")
 # Seconds on top of the agent's own deadlines before a hung call is given up:
-# more than the agent's own bound (agent.GIVE_UP), so it gets the agent's answer.
+# more than the agent's own bound (agent.dispatch.GIVE_UP), so it gets the agent's answer.
 SLACK = 30
 
 
@@ -129,14 +69,6 @@ def reader_watch() -> None:
                 READER_GONE.set()
         runners.end_streams()
         return
-
-
-@lru_cache(maxsize=1)
-def payload() -> Tuple[str, str]:
-    """The agent's source hash and its compressed source, as command arguments."""
-    source = AGENT_SOURCE.read_bytes()
-    return (hashlib.sha256(source).hexdigest()[:16],
-            base64.b64encode(zlib.compress(source, 9)).decode("ascii"))
 
 
 def command(agent_python: str) -> str:

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, TextIO
 
-from .agent import FAILED, RUNNING, exit_code, result_of
+from .agent.protocol import FAILED, RUNNING, exit_code, result_of
 
 #: How a verb's successful result reads for people.
 Formatter = Callable[[Dict[str, Any]], str]

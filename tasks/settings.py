@@ -20,26 +20,17 @@ import shlex
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Set, Tuple, Union
 
-from .agent import AUTO, DEFAULT_PORT, DEFAULT_PORT_RANGE, port_range
+from .agent.protocol import (AUTO, DEFAULT_PORT, DEFAULT_PORT_RANGE, HOST_VERBS, INSTANCE_VERBS, PORT_DEFAULTED,
+                             STARTS, VERBS, port_range)
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SETTINGS_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-#: The verbs that act on one instance (a project and a port).
-INSTANCE_VERBS = ("start", "stop", "status", "restart", "logs")
-#: The agent's verbs.
-VERBS = INSTANCE_VERBS + ("list", "manage")
-STARTING = ("start", "restart")
-#: Every task: the agent's verbs, and tunnel, which is the client's alone.
+#: Every task: the agent's verbs (protocol.VERBS), and tunnel, which is the client's alone.
 TASKS = VERBS + ("tunnel",)
 #: The tasks that name one server instance by its port.
 NAMING = INSTANCE_VERBS + ("tunnel",)
-#: The verbs for which a port given nowhere means DEFAULT_PORT; for the others
-#: it travels as null and names the project's one instance on the host.
-PORT_DEFAULTED = ("start",)
-#: The verbs that name no project.
-PROJECTLESS = ("list",)
 #: The tasks that take --project.
-PROJECT_TASKS = tuple(name for name in TASKS if name not in PROJECTLESS)
+PROJECT_TASKS = tuple(name for name in TASKS if name not in HOST_VERBS)
 
 
 class UsageError(Exception):
@@ -350,20 +341,20 @@ SETTINGS: Tuple[Setting, ...] = (
     # start, else 127.0.0.1, so a plain status or restart finds `--addr 127.0.0.2`.
     Setting("addr", None, optional(parse_addr),
             "IP address runserver binds to (default: the one it was started with, else 127.0.0.1)",
-            verbs=STARTING + ("status",), per_host=True, request=True),
+            verbs=STARTS + ("status",), per_host=True, request=True),
     Setting("python", None, optional(parse_path),
             "interpreter on the target, relative paths from the project "
             "(default: the project's .venv or venv, else python3)",
-            verbs=STARTING + ("manage",), per_host=True, request=True),
+            verbs=STARTS + ("manage",), per_host=True, request=True),
     Setting("settings", None, parse_settings_module, "Django settings module, passed as --settings to runserver or the command",
-            verbs=STARTING + ("manage",), per_host=True, request=True),
+            verbs=STARTS + ("manage",), per_host=True, request=True),
     Setting("env", {}, parse_env, "KEY=VALUE set in the server's (or the command's) environment (repeatable)",
-            verbs=STARTING + ("manage",), per_host=True, request=True, repeatable=True, placeholder="KEY=VALUE"),
+            verbs=STARTS + ("manage",), per_host=True, request=True, repeatable=True, placeholder="KEY=VALUE"),
     Setting("noreload", False, parse_switch, "run without Django's autoreloader (a single process)",
-            verbs=STARTING, per_host=True, request=True),
+            verbs=STARTS, per_host=True, request=True),
     Setting("start_timeout", 30, parse_seconds,
             "seconds to wait for the port to answer (default {default})",
-            verbs=STARTING, flag="timeout", per_host=True, request=True),
+            verbs=STARTS, flag="timeout", per_host=True, request=True),
     Setting("stop_timeout", 10, parse_seconds,
             "seconds between TERM and KILL (default {default})",
             verbs=("stop",), flag="timeout", per_host=True, request=True),
@@ -377,7 +368,7 @@ SETTINGS: Tuple[Setting, ...] = (
             verbs=("list",), request=True, config=False),
     Setting("ttl", None, optional(parse_duration),
             "stop the server after this long, e.g. 30m, 2h, 1d (default: never; a restart starts it anew)",
-            verbs=STARTING, per_host=True, request=True),
+            verbs=STARTS, per_host=True, request=True),
     Setting("log_keep", 5, parse_lines, "how many previous runs' logs each start keeps (server.log.1 ...)",
             per_host=True, request=True),
     Setting("log_max", "50M", parse_size,
@@ -400,7 +391,7 @@ SETTINGS: Tuple[Setting, ...] = (
             "path the agent GETs on the host once the port answers: start and restart wait for an "
             "answer below 500, status and tunnel fail otherwise; tunnel's first request goes there "
             "(default: no check; tunnel's first request: the path the instance was started with, else /)",
-            verbs=STARTING + ("status", "tunnel"), per_host=True, request=True),
+            verbs=STARTS + ("status", "tunnel"), per_host=True, request=True),
     Setting("args", None, optional(parse_manage_args),
             "the manage.py command and its arguments as one string, split with shell rules",
             verbs=("manage",), request=True, config=False, positional=True),
@@ -509,7 +500,7 @@ def request(action: str, values: Mapping[str, Any], env_flags: Optional[Iterable
         if each.flag and values.get(each.flag) is not None:
             values[each.name] = values[each.flag]
             origin[each.name] = origin.get(each.flag, (f"--{each.flag}", ""))
-    if values["project"] is None and action not in PROJECTLESS:
+    if values["project"] is None and action not in HOST_VERBS:
         raise UsageError("--project is required for a remote host (or set fabserve.project)")
     if env_flags:  # the configured mapping is checked on its own, so a message names the right source
         SETTING["env"].check(values["env"], origin.get("env"))
@@ -518,7 +509,7 @@ def request(action: str, values: Mapping[str, Any], env_flags: Optional[Iterable
     req: Dict[str, Any] = {"action": action}
     for each in SETTINGS:
         if each.request:
-            if each.name == "project" and action in PROJECTLESS:
+            if each.name == "project" and action in HOST_VERBS:
                 req[each.name] = None
                 continue
             req[each.name] = each.check(values.get(each.name, each.default), origin.get(each.name))

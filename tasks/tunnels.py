@@ -27,7 +27,7 @@ from invoke import Context
 from invoke.exceptions import Exit
 
 from . import remote, report, settings
-from .agent import RUNNING, STOPPED, connect_host
+from .agent.protocol import RUNNING, STOPPED, connect_host
 from .config import host_values
 
 Address = Tuple[str, int]

@@ -15,7 +15,7 @@ from invoke import Context, task
 from invoke.exceptions import Exit
 
 from . import config, entrypoints, listing, remote, report, runners, tunnels
-from .agent import FAILED, RUNNING
+from .agent.protocol import FAILED, RUNNING
 from .report import Formatter, pid_list, plain
 from .settings import UsageError, checked, helps, positional, repeatable, request
 

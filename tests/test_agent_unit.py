@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from tasks import agent
+from tasks.agent import identity, logfiles, procfs, protocol, signals, sockets, state
 
 # /proc/PID/stat of a runserver parent and child, captured on Debian 12.
 PARENT_STAT = ("4725 (python) S 1 4725 4725 0 -1 4194304 8763 0 0 0 29 14 0 0 20 0 1 0 107838 52248576 "
@@ -34,40 +34,45 @@ PARENT_ARGV = ["/home/u/site/.venv/bin/python", MANAGE, "runserver", "127.0.0.1:
 CHILD_ARGV = ["/home/u/site/.venv/bin/python3.11", "-X", "utf8", "-Wignore", MANAGE, "runserver", "127.0.0.1:8000"]
 
 
+def parse_listen_inodes(text, port):
+    """Socket inodes listening on `port` in /proc/net/tcp or tcp6 text."""
+    return sockets.listeners([text]).get(port, set())
+
+
 def test_parse_stat_reads_fields_after_the_command_name():
-    assert agent.parse_stat(PARENT_STAT) == {"state": "S", "ppid": 1, "pgrp": 4725, "session": 4725,
+    assert procfs.parse_stat(PARENT_STAT) == {"state": "S", "ppid": 1, "pgrp": 4725, "session": 4725,
                                              "starttime": 107838}
-    child = agent.parse_stat(CHILD_STAT)
+    child = procfs.parse_stat(CHILD_STAT)
     assert (child["ppid"], child["pgrp"], child["starttime"]) == (4725, 4725, 107885)
 
 
 def test_parse_stat_survives_a_name_with_spaces_and_parentheses():
     text = "77 (a) b (c)) Z 5 77 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 999 0 0"
-    assert agent.parse_stat(text)["state"] == "Z"
-    assert agent.parse_stat(text)["starttime"] == 999
+    assert procfs.parse_stat(text)["state"] == "Z"
+    assert procfs.parse_stat(text)["starttime"] == 999
 
 
 @pytest.mark.parametrize("text", ["", "\n", "0", "1", "-1", "-123", "abc", "12 34", "4194305", "1e3", "+5"])
 def test_parse_pid_rejects_what_kill_must_never_see(text):
     with pytest.raises(ValueError):
-        agent.parse_pid(text, 4194304)
+        procfs.parse_pid(text, 4194304)
 
 
 def test_parse_pid_accepts_a_plain_pid_with_newline():
-    assert agent.parse_pid("4725\n", 4194304) == 4725
+    assert procfs.parse_pid("4725\n", 4194304) == 4725
 
 
 def test_listen_inodes_only_listening_sockets_on_the_port():
-    assert agent.parse_listen_inodes(NET_TCP, 8000) == {"10301"}
-    assert agent.parse_listen_inodes(NET_TCP, 2024) == {"1046"}
-    assert agent.parse_listen_inodes(NET_TCP, 42970) == set()  # 0xA7DA is a TIME_WAIT client port
-    assert agent.parse_listen_inodes(NET_TCP6, 8001) == {"55321"}
+    assert parse_listen_inodes(NET_TCP, 8000) == {"10301"}
+    assert parse_listen_inodes(NET_TCP, 2024) == {"1046"}
+    assert parse_listen_inodes(NET_TCP, 42970) == set()  # 0xA7DA is a TIME_WAIT client port
+    assert parse_listen_inodes(NET_TCP6, 8001) == {"55321"}
 
 
 @pytest.mark.parametrize("value,port", [("8000", 8000), ("0:8001", 8001), ("127.0.0.1:8002", 8002),
                                         ("[::1]:8003", 8003), ("[::1]", None), ("localhost", None)])
 def test_addrport_port(value, port):
-    assert agent.addrport_port(value) == port
+    assert identity.addrport_port(value) == port
 
 
 @pytest.mark.parametrize("argv,expected", [
@@ -87,7 +92,7 @@ def test_addrport_port(value, port):
     ([], None),
 ])
 def test_runserver_args(argv, expected):
-    assert agent.runserver_args(argv) == expected
+    assert identity.runserver_args(argv) == expected
 
 
 def proc(pid, argv, cwd=PROJECT, uid=1000, state="S", token=None):
@@ -95,7 +100,7 @@ def proc(pid, argv, cwd=PROJECT, uid=1000, state="S", token=None):
 
 
 def candidate(snapshot, token=None, excluded=(), port=8000):
-    return agent.is_candidate(snapshot, MANAGE, port, 1000, token, set(excluded))
+    return identity.is_candidate(snapshot, MANAGE, port, 1000, token, set(excluded))
 
 
 def test_candidates_are_this_projects_servers_on_this_port():
@@ -124,28 +129,28 @@ def test_the_instance_token_identifies_a_server_whatever_its_command_line():
 
 
 def test_instance_names_are_distinct_per_project_and_port():
-    names = {agent.instance_name(p, port) for p in ("/a/site", "/b/site", "/a/it's a site") for port in (8000, 8001)}
+    names = {state.instance_name(p, port) for p in ("/a/site", "/b/site", "/a/it's a site") for port in (8000, 8001)}
     assert len(names) == 6
-    assert agent.instance_name("/srv/my site!", 8000).startswith("my_site-8000-")
-    assert agent.instance_name("/", 8000).startswith("project-8000-")
-    assert "/" not in agent.instance_name("/x/..", 8000)
+    assert state.instance_name("/srv/my site!", 8000).startswith("my_site-8000-")
+    assert state.instance_name("/", 8000).startswith("project-8000-")
+    assert "/" not in state.instance_name("/x/..", 8000)
 
 
 def test_urls_and_connect_hosts():
-    assert agent.server_url("127.0.0.1", 8000) == "http://127.0.0.1:8000/"
-    assert agent.server_url("::1", 8000) == "http://[::1]:8000/"
-    assert agent.connect_host("0.0.0.0") == "127.0.0.1"
-    assert agent.connect_host("::") == "::1"
+    assert protocol.server_url("127.0.0.1", 8000) == "http://127.0.0.1:8000/"
+    assert protocol.server_url("::1", 8000) == "http://[::1]:8000/"
+    assert protocol.connect_host("0.0.0.0") == "127.0.0.1"
+    assert protocol.connect_host("::") == "::1"
 
 
 def test_read_tail_reads_only_from_the_offset(tmp_path):
     log = tmp_path / "server.log"
     log.write_bytes(b"".join(b"line %d\n" % i for i in range(100000)))
     with open(log, "rb") as handle:
-        assert agent.read_tail(handle, 3) == ["line 99997", "line 99998", "line 99999"]
+        assert logfiles.read_tail(handle, 3) == ["line 99997", "line 99998", "line 99999"]
         size = log.stat().st_size
-        assert agent.read_tail(handle, 5, start=size - len(b"line 99999\n")) == ["line 99999"]
-        assert agent.read_tail(handle, 0) == []
+        assert logfiles.read_tail(handle, 5, start=size - len(b"line 99999\n")) == ["line 99999"]
+        assert logfiles.read_tail(handle, 0) == []
 
 
 @pytest.mark.parametrize("action,result,code", [
@@ -157,19 +162,19 @@ def test_read_tail_reads_only_from_the_offset(tmp_path):
     ("start", {"ok": False, "state": "failed", "error": "start failed"}, 1),
 ])
 def test_exit_codes(action, result, code):
-    assert agent.exit_code(action, result) == code
+    assert protocol.exit_code(action, result) == code
 
 
 def test_polls_start_fast_and_back_off_to_the_steady_interval():
-    pauses = agent.pauses()
+    pauses = signals.pauses()
     first = [next(pauses) for _ in range(8)]
-    assert first[0] == agent.FIRST_POLL
-    assert first == sorted(first) and first[-1] == first[-2] == agent.POLL
+    assert first[0] == signals.FIRST_POLL
+    assert first == sorted(first) and first[-1] == first[-2] == signals.POLL
 
 
 def test_await_exit_returns_at_the_exit_not_at_the_end_of_the_pause():
     child = subprocess.Popen(["sleep", "0.2"])
-    waiter = threading.Thread(target=agent.await_exit, args=([child.pid], 600), daemon=True)
+    waiter = threading.Thread(target=signals.await_exit, args=([child.pid], 600), daemon=True)
     waiter.start()
     waiter.join(60)  # far below the 600 s pause: only the exit can have ended the wait
     try:
@@ -183,7 +188,7 @@ def test_await_exit_returns_at_the_exit_not_at_the_end_of_the_pause():
 def test_await_exit_of_a_process_already_gone_returns_at_once():
     child = subprocess.Popen(["true"])
     child.wait()  # reaped: its PID names nothing now
-    waiter = threading.Thread(target=agent.await_exit, args=([child.pid], 600), daemon=True)
+    waiter = threading.Thread(target=signals.await_exit, args=([child.pid], 600), daemon=True)
     waiter.start()
     waiter.join(60)
     assert not waiter.is_alive()

@@ -186,7 +186,8 @@ def test_ansible_doc_renders_the_module_without_warnings(ansible):
         assert section in shown.stdout
 
 
-def test_the_built_collection_holds_the_agent_itself_and_installs(ansible):
+def test_the_built_collection_holds_the_agent_itself_installs_and_runs(ansible, site, fab, target):
+    from tasks import agent
     from tools import module_spec
 
     built = ansible.run("ansible-galaxy", ["collection", "build", str(module_spec.COLLECTION),
@@ -194,18 +195,33 @@ def test_the_built_collection_holds_the_agent_itself_and_installs(ansible):
     assert built.returncode == 0, built.stderr
     tarball = next((ansible.work / "dist").glob("fabserve-django-*.tar.gz"))
     with tarfile.open(tarball) as archive:
-        for name, source in (("agent.py", "tasks/agent.py"), ("settings.py", "tasks/settings.py")):
+        shared = [("settings.py", "tasks/settings.py")] + [(f"agent/{name}.py", f"tasks/agent/{name}.py")
+                                                           for name in agent.MODULES]
+        for name, source in shared:
             member = archive.getmember(f"plugins/module_utils/{name}")
             assert member.isfile()
             assert archive.extractfile(member).read() == (module_spec.COLLECTION.parents[3] / source).read_bytes()
         # The client's config layering (tasks/config.py) is not shipped.
-        utils = {name.rpartition("/")[2] for name in archive.getnames() if name.startswith("plugins/module_utils/")}
-        assert utils == {"agent.py", "settings.py", "spec.py"}
+        utils = {name[len("plugins/module_utils/"):] for name in archive.getnames()
+                 if name.startswith("plugins/module_utils/")}
+        assert utils == {"agent", "spec.py", *(name for name, _ in shared)}
     installed = ansible.run("ansible-galaxy", ["collection", "install", "--force", str(tarball), "-p",
                                                str(ansible.work / "installed")])
     assert installed.returncode == 0, installed.stderr
     doc = ansible.run("ansible-doc", [MODULE], env={"ANSIBLE_COLLECTIONS_PATH": str(ansible.work / "installed")})
     assert doc.returncode == 0 and str(ansible.work / "installed") in doc.stdout
+    # The installed copy runs: AnsiballZ ships its agent package, whose TTL watchdog
+    # is fed the package's code as AnsiballZ loaded it, and ends the server on time.
+    port = 14812
+    started = ansible.module(target.alias, args(site, port, "started", "ttl=3s"),
+                             env={"ANSIBLE_COLLECTIONS_PATH": str(ansible.work / "installed")})
+    assert started.returncode == 0, started
+    result = started.results[target.alias]
+    assert result["state"] == "running" and result["expires_in"] in (2, 3), result
+    assert wait_for(lambda: not any(alive(pid) for pid in result["pids"]), timeout=30)
+    status = fab("status", *where(site, port), "--json")
+    assert status.returncode == 3 and "expired" in status.json["message"], status.json
+    assert not port_listening(port)
 
 
 def test_every_state_returns_every_field_and_status_fails_when_asked(ansible, site, target):

@@ -11,8 +11,8 @@ import pytest
 
 from invoke import Config, Context
 
-from tasks import remote, report, runners, settings
-from tasks.agent import MARKER
+from tasks import payload, remote, report, runners, settings
+from tasks.agent.protocol import MARKER
 from tasks.config import merged
 
 #: The project of the requests below: a local run's default is the caller's (tasks/entrypoints.py).
@@ -83,8 +83,8 @@ def test_settings_and_paths_are_validated():
 def test_the_command_holds_no_request_and_its_line_round_trips():
     req = settings.request("status", values(project="/srv/it's $(touch PWNED) `id`; \"x\"\t"), [])
     words = shlex.split(remote.command("python3"))
-    assert words[:4] == ["python3", "-E", "-S", "-c"] and words[4] == remote.BOOTSTRAP
-    assert (words[5], words[6]) == remote.payload() and len(words) == 8  # and the loader: no request
+    assert words[:4] == ["python3", "-E", "-S", "-c"] and words[4] == payload.BOOTSTRAP
+    assert (words[5], words[6]) == payload.payload() and len(words) == 8  # and the loader: no request
     line = remote.request_line(req)
     assert line.endswith("\n") and line.count("\n") == 1 and line.isascii()
     assert json.loads(line)["project"] == "/srv/it's $(touch PWNED) `id`; \"x\"\t"
@@ -133,7 +133,7 @@ def test_compiled_agent_is_cached_per_source_and_interpreter(tmp_path):
     agent_status(tmp_path)
     tag = sys.implementation.cache_tag
     [cache] = (tmp_path / ".cache" / "fabserve").iterdir()
-    assert cache.name == f"agent-{remote.payload()[0]}-{tag}" and cache.stat().st_size > 1000
+    assert cache.name == f"agent-{payload.payload()[0]}-{tag}" and cache.stat().st_size > 1000
     assert (tmp_path / ".cache" / "fabserve").stat().st_mode & 0o777 == 0o700
     cached = cache.read_bytes()
     agent_status(tmp_path)
@@ -153,7 +153,7 @@ def test_compiled_agent_is_cached_per_source_and_interpreter(tmp_path):
 def test_a_fifo_as_the_cache_entry_is_compiled_over_not_waited_on(tmp_path):
     folder = tmp_path / ".cache" / "fabserve"
     folder.mkdir(parents=True, mode=0o700)
-    entry = folder / f"agent-{remote.payload()[0]}-{sys.implementation.cache_tag}"
+    entry = folder / f"agent-{payload.payload()[0]}-{sys.implementation.cache_tag}"
     os.mkfifo(entry)  # opened without O_NONBLOCK, it would block the loader until a writer came
     agent_status(tmp_path)
     assert entry.is_file() and entry.stat().st_size > 1000
@@ -164,8 +164,9 @@ def test_agent_cache_others_can_write_is_never_loaded(tmp_path):
     folder.mkdir(parents=True)
     folder.chmod(0o777)
     marker = tmp_path / "PLANTED"
-    planted = compile(f"open({str(marker)!r}, 'w').close()", "fabserve-agent", "exec")
-    entry = folder / f"agent-{remote.payload()[0]}-{sys.implementation.cache_tag}"
+    # What the loader would run first, were the entry trusted: the package's boot.
+    planted = {"boot": compile(f"open({str(marker)!r}, 'w').close()", "fabserve_agent/boot.py", "exec")}
+    entry = folder / f"agent-{payload.payload()[0]}-{sys.implementation.cache_tag}"
     entry.write_bytes(marshal.dumps(planted))
     agent_status(tmp_path)
     assert not marker.exists()

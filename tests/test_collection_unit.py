@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 from bed.interpreters import OLDEST, target_interpreters
-from tasks import settings
+from tasks import agent, settings
+from tasks.agent import protocol
 from tools import module_spec
 
 REPO = Path(__file__).resolve().parent.parent
 UTILS = module_spec.COLLECTION / "plugins" / "module_utils"
 #: What travels to the target as the module's module_utils: fabserve's own files (the rest is generated).
-SHIPPED = ("agent.py", "settings.py")
+SHIPPED = ("settings.py", *(f"agent/{name}.py" for name in agent.MODULES))
 
 
 def test_the_generated_files_are_what_the_settings_give_now():
@@ -32,18 +33,25 @@ def test_module_utils_are_the_repo_agent_and_settings_themselves():
         link = UTILS / name
         assert link.is_symlink(), name
         assert link.resolve() == REPO / "tasks" / name
+    # ansible-galaxy copies a file symlink as the file, but skips a directory symlink
+    # pointing outside the collection: the agent is a real directory of file symlinks.
+    assert (UTILS / "agent").is_dir() and not (UTILS / "agent").is_symlink()
+    assert sorted(f"agent/{path.name}" for path in (UTILS / "agent").iterdir()) == \
+        sorted(name for name in SHIPPED if name.startswith("agent/"))
     # The client's config layering (tasks/config.py) stays on the client.
-    assert sorted(path.name for path in UTILS.iterdir()) == sorted(SHIPPED + ("spec.py",))
+    assert sorted(path.name for path in UTILS.iterdir()) == ["agent", "settings.py", "spec.py"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_what_travels_with_the_module_is_python_3_6_importing_only_the_standard_library(name):
     # Only module_utils travel to the target: the standard library, and each other
-    # (the agent, once a package, by its modules: `from .agent.protocol import`).
-    tree = ast.parse((REPO / "tasks" / name).read_text(), feature_version=OLDEST)
+    # (settings imports the agent's protocol; the agent's modules import each other).
+    source = REPO / "tasks" / name
+    siblings = {path.stem for path in source.parent.iterdir()}  # modules and packages beside it
+    tree = ast.parse(source.read_text(), feature_version=OLDEST)
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level:
-            assert node.level == 1 and f"{node.module.split('.')[0]}.py" in SHIPPED, (name, node.module)
+            assert node.level == 1 and (node.module or "").split(".")[0] in siblings | {""}, (name, node.module)
         elif isinstance(node, ast.ImportFrom):
             assert node.module.split(".")[0] in sys.stdlib_module_names, (name, node.module)
         elif isinstance(node, ast.Import):
@@ -68,7 +76,7 @@ def test_options_are_the_per_host_request_settings_of_the_modules_verbs():
 
 def test_states_run_agent_verbs():
     assert module_spec.STATES == {"started": "start", "stopped": "stop", "restarted": "restart", "status": "status"}
-    assert set(module_spec.STATES.values()) <= set(settings.VERBS)
+    assert set(module_spec.STATES.values()) <= set(protocol.VERBS)
 
 
 def test_return_values_are_the_result_fields():
@@ -121,7 +129,7 @@ def test_the_modules_settings_and_agent_run_under_python_3_6_and_later(version):
     python = target_interpreters()[version]
     script = (
         "import json, os, sys; sys.path.insert(0, os.path.dirname(sys.argv[1])); "
-        "from module_utils import settings, agent, spec; "
+        "from module_utils import settings, spec; from module_utils.agent import dispatch; "
         "compile(open(sys.argv[2]).read(), sys.argv[2], 'exec'); "
         "values = settings.Values(settings.DEFAULTS); values.give('port', 70000, ('port', '')); "
         "values.give('project', '/srv/x', ('project', '')); "

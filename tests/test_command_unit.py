@@ -20,7 +20,7 @@ import zlib
 
 import pytest
 
-from tasks import remote, settings
+from tasks import agent, payload, remote, settings
 from tasks.config import merged
 
 # Hex and base64: no character that any of the shells treats specially.
@@ -35,15 +35,15 @@ def status_request(project, state_dir="/tmp/fabserve-state"):
 
 
 def test_the_program_is_one_line_with_nothing_a_shell_expands_inside_single_quotes():
-    assert re.fullmatch(r"[\w .,;()#-]+", remote.BOOTSTRAP), remote.BOOTSTRAP
-    assert remote.BOOTSTRAP.endswith("# fabserve-agent")  # what ps shows of the agent
+    assert re.fullmatch(r"[\w .,;()#-]+", payload.BOOTSTRAP), payload.BOOTSTRAP
+    assert payload.BOOTSTRAP.endswith("# fabserve-agent")  # what ps shows of the agent
 
 
 def test_the_command_is_one_line_of_plain_words_after_the_interpreter_and_program():
     python = "/opt/my python's/bin/python3"
     cmd = remote.command(python)
     assert "\n" not in cmd and "\r" not in cmd and "!" not in cmd
-    head = f"{shlex.quote(python)} -E -S -c '{remote.BOOTSTRAP}' "
+    head = f"{shlex.quote(python)} -E -S -c '{payload.BOOTSTRAP}' "
     assert cmd.startswith(head)
     words = cmd[len(head):].split(" ")
     assert len(words) == 3
@@ -54,12 +54,15 @@ def test_the_words_decode_to_the_agent_and_the_loader_and_the_request_is_the_std
     req = status_request(f"/srv/{HOSTILE}")
     python = "/usr/bin/python3"
     words = shlex.split(remote.command(python))
-    assert words[:5] == [python, "-E", "-S", "-c", remote.BOOTSTRAP]
-    digest, agent, loader = words[5:]
-    source = remote.AGENT_SOURCE.read_bytes()
-    assert digest == hashlib.sha256(source).hexdigest()[:16]
-    assert zlib.decompress(base64.b64decode(agent)) == source
-    assert zlib.decompress(base64.b64decode(loader)).decode("ascii") == remote.LOADER
+    assert words[:5] == [python, "-E", "-S", "-c", payload.BOOTSTRAP]
+    digest, package, loader = words[5:]
+    joined = zlib.decompress(base64.b64decode(package))
+    assert digest == hashlib.sha256(joined).hexdigest()[:16]
+    parts = joined.decode("utf-8").split("\0")
+    assert parts[::2] == list(agent.MODULES)  # every module, in the order each imports those before it
+    for name, source in zip(parts[::2], parts[1::2]):
+        assert source == payload.blanked((payload.PACKAGE_DIR / f"{name}.py").read_text())
+    assert zlib.decompress(base64.b64decode(loader)).decode("ascii") == payload.LOADER
     assert json.loads(remote.request_line(req)) == req
 
 

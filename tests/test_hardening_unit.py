@@ -22,13 +22,14 @@ def test_pidfile_naming_the_agent_itself_is_never_signalled(tmp_path):
     trap = (
         "import json, os, subprocess, sys\n"
         "sys.path.insert(0, {repo!r})\n"
-        "from tasks import agent\n"
-        "inst = agent.Instance(json.loads({req!r}))\n"
-        "agent.private_dir(inst.base); agent.private_dir(inst.dir)\n"
+        "from tasks.agent import procfs, state\n"
+        "req = json.loads({req!r})\n"
+        "inst = state.Instance(state.Host(state.Request(req)), state.Request(req))\n"
+        "state.private_dir(inst.base); state.private_dir(inst.dir)\n"
         "me = os.getpid()\n"
-        "meta = {{'pid': me, 'starttime': agent.proc_stat(me)['starttime'], 'boot_id': agent.boot_id()}}\n"
-        "agent.write_atomic(inst.meta_path, json.dumps(meta))\n"
-        "agent.write_atomic(inst.pidfile, str(me))\n"
+        "meta = {{'pid': me, 'starttime': procfs.proc_stat(me)['starttime'], 'boot_id': procfs.boot_id()}}\n"
+        "state.write_atomic(inst.meta_path, json.dumps(meta))\n"
+        "state.write_atomic(inst.pidfile, str(me))\n"
         "os.execv('/bin/sh', ['sh', '-c', {cmd!r}])\n"
     ).format(repo=str(REPO), req=json.dumps(request), cmd="exec " + agent_cmd)
     proc = subprocess.run([sys.executable, "-c", trap], input=remote.request_line(request), capture_output=True,

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tasks import agent
+from tasks.agent import identity, locate, procfs
 
 HOST_NS = {"pid": "pid:[4026531836]", "net": "net:[4026531840]"}
 ARGV = ["/home/u/site/.venv/bin/python", "manage.py", "runserver", "127.0.0.1:8000"]
@@ -21,8 +21,8 @@ def proc(pid=10, argv=ARGV, cwd="/home/u/site", exe="/usr/bin/python3.11", ns=HO
 
 def ours(snapshot, token=None, own=HOST_NS, manage_py="/home/u/site/manage.py"):
     """Both stages of the search, as search() applies them."""
-    return (agent.is_candidate(snapshot, manage_py, 8000, 1000, token, set())
-            and agent.is_ours(snapshot, token, own))
+    return (identity.is_candidate(snapshot, manage_py, 8000, 1000, token, set())
+            and identity.is_ours(snapshot, token, own))
 
 
 def test_a_python_runserver_of_this_project_in_our_namespaces_is_ours():
@@ -41,7 +41,7 @@ def test_an_upgraded_interpreter_still_counts():
 def test_an_argv_naming_python_is_not_enough(exe):
     """`exec -a python3 tail -f manage.py runserver 8000` passes the argv check;
     its executable gives it away, and an unreadable one is not ours."""
-    assert agent.is_candidate(proc(exe=exe), "/home/u/site/manage.py", 8000, 1000, None, set())
+    assert identity.is_candidate(proc(exe=exe), "/home/u/site/manage.py", 8000, 1000, None, set())
     assert not ours(proc(exe=exe))
 
 
@@ -92,22 +92,22 @@ def test_a_cwd_reached_through_a_symlink_is_this_project(tmp_path):
 
 
 def test_the_agents_own_namespaces_are_read_from_proc():
-    own = agent.own_namespaces()
+    own = procfs.own_namespaces()
     # Not the mount namespace: pam_namespace gives every SSH session its own.
     assert sorted(own) == ["net", "pid"]
     assert own["net"].startswith("net:[")
-    assert agent.namespaces(os.getpid()) == own
-    assert agent.namespaces(2 ** 31) is None  # no such process
+    assert procfs.namespaces(os.getpid()) == own
+    assert procfs.namespaces(2 ** 31) is None  # no such process
 
 
 def test_identify_reads_the_executable_behind_argv():
     child = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        snapshot = agent.identify({"pid": child.pid})
+        snapshot = identity.identify({"pid": child.pid})
         assert os.path.basename(snapshot["exe"]) == "sleep"
-        assert snapshot["ns"] == agent.own_namespaces()
-        assert not agent.is_interpreter(snapshot["exe"])
-        assert agent.is_interpreter(agent.identify({"pid": os.getpid()})["exe"])  # this test's python
+        assert snapshot["ns"] == procfs.own_namespaces()
+        assert not identity.is_interpreter(snapshot["exe"])
+        assert identity.is_interpreter(identity.identify({"pid": os.getpid()})["exe"])  # this test's python
     finally:
         child.kill()
         child.wait()
@@ -129,19 +129,19 @@ def leader():
 
 
 def recorded(pid, **changes):
-    meta = {"pid": pid, "starttime": agent.proc_stat(pid)["starttime"], "boot_id": agent.boot_id(),
+    meta = {"pid": pid, "starttime": procfs.proc_stat(pid)["starttime"], "boot_id": procfs.boot_id(),
             "token": "right"}
     meta.update(changes)
     return {key: value for key, value in meta.items() if value is not None}
 
 
 def test_verify_trusts_a_recorded_leader_with_its_token(leader):
-    assert agent.verify(leader, recorded(leader)) is None
+    assert locate.verify(leader, recorded(leader)) is None
 
 
 @pytest.mark.parametrize("token", [None, "", 7])
 def test_verify_refuses_metadata_without_a_token(leader, token):
-    assert agent.verify(leader, recorded(leader, token=token)) == f"the metadata records no token for PID {leader}"
+    assert locate.verify(leader, recorded(leader, token=token)) == f"the metadata records no token for PID {leader}"
 
 
 def test_verify_refuses_a_process_with_another_token_or_none():
@@ -149,7 +149,7 @@ def test_verify_refuses_a_process_with_another_token_or_none():
                                                              if k != "FABSERVE_TOKEN"}):
         child = subprocess.Popen(["sleep", "60"], env=env, start_new_session=True)
         try:
-            assert agent.verify(child.pid, recorded(child.pid)) == f"PID {child.pid} now belongs to another process"
+            assert locate.verify(child.pid, recorded(child.pid)) == f"PID {child.pid} now belongs to another process"
         finally:
             child.kill()
             child.wait()

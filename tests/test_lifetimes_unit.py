@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tasks import agent, settings
+from tasks import settings
+from tasks.agent import logfiles, ttl
 from tasks.config import merged
 
 LINE = "line %06d " + "x" * 40 + "\n"
@@ -66,13 +67,13 @@ def test_rotation_keeps_log_keep_previous_runs(tmp_path):
     for name, text in (("server.log", "run 4"), ("server.log.1", "run 3"), ("server.log.2", "run 2"),
                        ("server.log.7", "old")):
         (tmp_path / name).write_text(text)
-    agent.rotate_logs(str(tmp_path), str(log), 2)
+    logfiles.rotate_logs(str(tmp_path), str(log), 2)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["server.log.1", "server.log.2"]
     assert (tmp_path / "server.log.1").read_text() == "run 4" and (tmp_path / "server.log.2").read_text() == "run 3"
-    agent.rotate_logs(str(tmp_path), str(log), 5)  # no current log: the others move up
+    logfiles.rotate_logs(str(tmp_path), str(log), 5)  # no current log: the others move up
     assert sorted(path.name for path in tmp_path.iterdir()) == ["server.log.2", "server.log.3"]
     (tmp_path / "server.log").write_text("run 5")
-    agent.rotate_logs(str(tmp_path), str(log), 0)
+    logfiles.rotate_logs(str(tmp_path), str(log), 0)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -94,7 +95,7 @@ def shown(log):
     then the lines after the hole."""
     data = log.read_bytes()
     with open(log, "rb") as handle:
-        hole = agent.hole_end(handle.fileno())
+        hole = logfiles.hole_end(handle.fileno())
     if hole:
         data = data[:data.index(b"\n") + 1] + data[hole:]
     return data.decode().splitlines()
@@ -103,7 +104,7 @@ def shown(log):
 def kept_size(log):
     """The log's bytes less a punched cut's hole."""
     with open(log, "rb") as handle:
-        return os.fstat(handle.fileno()).st_size - agent.hole_end(handle.fileno())
+        return os.fstat(handle.fileno()).st_size - logfiles.hole_end(handle.fileno())
 
 
 @pytest.mark.parametrize("way", WAYS)
@@ -111,8 +112,8 @@ def test_a_cut_keeps_the_newest_lines_whole_behind_one_marker(tmp_path, way):
     log = tmp_path / "server.log"
     write_lines(log, 0, 2000)
     size = log.stat().st_size
-    assert agent.cut_log(str(log), 1 << 20, WAYS[way]) == 0 and log.stat().st_size == size  # under the cap
-    dropped = agent.cut_log(str(log), 16384, WAYS[way])
+    assert logfiles.cut_log(str(log), 1 << 20, WAYS[way]) == 0 and log.stat().st_size == size  # under the cap
+    dropped = logfiles.cut_log(str(log), 16384, WAYS[way])
     lines = shown(log)
     assert dropped > size - 16384 and kept_size(log) <= 8192 + 4096
     assert lines[0].startswith("--- fabserve ") and "log cut to its newest part" in lines[0]
@@ -128,10 +129,10 @@ def test_a_byte_keeps_its_place_for_a_follower_across_cuts(tmp_path, way):
         write_lines(log, 2000 * cut, 2000)
         recent = (LINE % (2000 * cut + 1990)).encode()
         with open(log, "rb") as handle:
-            before, offset = agent.log_base(handle.fileno()), handle.read().index(recent)
-        assert agent.cut_log(str(log), 16384, WAYS[way]) > 0
+            before, offset = logfiles.log_base(handle.fileno()), handle.read().index(recent)
+        assert logfiles.cut_log(str(log), 16384, WAYS[way]) > 0
         with open(log, "rb") as handle:
-            handle.seek(offset + before - agent.log_base(handle.fileno()))
+            handle.seek(offset + before - logfiles.log_base(handle.fileno()))
             assert handle.readline() == recent
 
 
@@ -140,15 +141,15 @@ def test_a_punched_cut_frees_the_front_and_moves_no_byte(tmp_path):
     for cut in range(3):
         write_lines(log, 2000 * cut, 2000)
         data = log.read_bytes()
-        assert agent.cut_log(str(log), 16384, ("punch",)) > 0
+        assert logfiles.cut_log(str(log), 16384, ("punch",)) > 0
         after = log.read_bytes()
         with open(log, "rb") as handle:
-            hole, base = agent.hole_end(handle.fileno()), agent.log_base(handle.fileno())
+            hole, base = logfiles.hole_end(handle.fileno()), logfiles.log_base(handle.fileno())
         # Nothing moved: the size is the same, the kept lines are where they were
         # written, and the hole reads as NUL bytes up to the first of them.
         assert len(after) == len(data) and after[hole:] == data[hole:] and base == 0
-        assert data[hole - 1:hole] == b"\n" and after[agent.PUNCHED_MARK:hole].count(0) == hole - agent.PUNCHED_MARK
-        mark = after[:agent.PUNCHED_MARK].rstrip(b" \n").decode()
+        assert data[hole - 1:hole] == b"\n" and after[logfiles.PUNCHED_MARK:hole].count(0) == hole - logfiles.PUNCHED_MARK
+        mark = after[:logfiles.PUNCHED_MARK].rstrip(b" \n").decode()
         assert mark.endswith(f"; {hole} bytes dropped in all; kept from byte {hole}")
         assert log.stat().st_blocks * 512 < len(after) // 2  # the hole takes no space
     assert numbers(shown(log)[1:])[-1] == 5999
@@ -164,9 +165,9 @@ def test_a_cut_that_fails_after_a_punch_was_refused_leaves_the_log_as_it_was(tmp
     def failing_copy(fd, source, end, target):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(agent, "punch", lambda fd, start, end: False)
-    monkeypatch.setattr(agent, "copy_within", failing_copy)
-    assert agent.cut_log(str(log), 16384, ("punch",)) == 0 and log.read_bytes() == data
+    monkeypatch.setattr(logfiles, "punch", lambda fd, start, end: False)
+    monkeypatch.setattr(logfiles, "copy_within", failing_copy)
+    assert logfiles.cut_log(str(log), 16384, ("punch",)) == 0 and log.read_bytes() == data
 
 
 def test_a_symlinked_or_other_file_is_never_cut(tmp_path):
@@ -175,9 +176,9 @@ def test_a_symlinked_or_other_file_is_never_cut(tmp_path):
     link = tmp_path / "server.log"
     link.symlink_to(real)
     size = real.stat().st_size
-    assert agent.cut_log(str(link), 4096) == 0 and real.stat().st_size == size
+    assert logfiles.cut_log(str(link), 4096) == 0 and real.stat().st_size == size
     os.mkfifo(tmp_path / "fifo")
-    assert agent.cut_log(str(tmp_path / "fifo"), 4096) == 0
+    assert logfiles.cut_log(str(tmp_path / "fifo"), 4096) == 0
 
 
 # Appends numbered lines of one length with O_APPEND, as the server's stdout
@@ -207,7 +208,7 @@ def race(log, cuts):
     deadline = time.monotonic() + 120  # bounds a broken run only; the count ends a good one
     try:
         while made < cuts and time.monotonic() < deadline:
-            made += agent.cut_log(str(log), 65536) > 0
+            made += logfiles.cut_log(str(log), 65536) > 0
     finally:
         done.touch()
         last = int(writer.communicate(timeout=60)[0])
@@ -222,7 +223,7 @@ def accounted(log, last):
     line after it; a cut that splits or garbles a line shows too."""
     length = len(RACED % 0)
     with open(log, "rb") as handle:
-        base, hole = agent.log_base(handle.fileno()), agent.hole_end(handle.fileno())
+        base, hole = logfiles.log_base(handle.fileno()), logfiles.hole_end(handle.fileno())
         data = handle.read()
     offset = hole or data.index(b"\n") + 1
     misplaced, garbled = 0, []
@@ -247,8 +248,8 @@ def can(way, directory):
     probe.write_bytes(b"x" * 3 * 65536)
     with open(probe, "r+b") as handle:
         if way == "collapse":
-            return agent.collapse_front(handle.fileno(), 65536)
-        return agent.punch(handle.fileno(), 0, 65536)
+            return logfiles.collapse_front(handle.fileno(), 65536)
+        return logfiles.punch(handle.fileno(), 0, 65536)
 
 
 def test_cuts_while_a_writer_appends_lose_no_line_where_the_front_is_freed_in_place(tmp_path):
@@ -266,32 +267,32 @@ def test_lines_longer_than_the_marker_room_keep_their_places_too(tmp_path):
     log.write_text("".join(long_line % number for number in range(400)))
     recent = (long_line % 390).encode()
     offset = log.read_bytes().index(recent)
-    assert agent.cut_log(str(log), 65536) > 0
+    assert logfiles.cut_log(str(log), 65536) > 0
     with open(log, "rb") as handle:
         assert handle.readline().startswith(b"--- fabserve ")
-        handle.seek(offset - agent.log_base(handle.fileno()))
+        handle.seek(offset - logfiles.log_base(handle.fileno()))
         assert handle.readline() == recent
 
 
 def test_a_log_ending_with_the_expiry_line_says_when_the_ttl_ended(tmp_path):
     log = tmp_path / "server.log"
     inst = type("Inst", (), {"log": str(log)})()
-    assert agent.expired_at(inst) is None  # no log yet
+    assert ttl.expired_at(inst) is None  # no log yet
     log.write_text("--- fabserve 2026-12-07 10:00:00 python manage.py runserver\nserving\n")
-    assert agent.expired_at(inst) is None
+    assert ttl.expired_at(inst) is None
     with open(log, "ab") as handle:
-        agent.log_line(agent.expiry_line(1796162400, "its watchdog was gone, so status stopped pids 5 6"),
+        logfiles.log_line(ttl.expiry_line(1796162400, "its watchdog was gone, so status stopped pids 5 6"),
                        handle.fileno())
-    assert agent.expired_at(inst) == "2026-12-01T22:00:00Z"
+    assert ttl.expired_at(inst) == "2026-12-01T22:00:00Z"
     with open(log, "a") as handle:
         handle.write("started again\n")
-    assert agent.expired_at(inst) is None  # only the last line counts: something came after
+    assert ttl.expired_at(inst) is None  # only the last line counts: something came after
 
 
 def test_the_expiry_is_never_read_from_a_fifo(tmp_path):
     os.mkfifo(tmp_path / "server.log")
     inst = type("Inst", (), {"log": str(tmp_path / "server.log")})()
-    assert agent.expired_at(inst) is None  # returns at once: no writer is waited for
+    assert ttl.expired_at(inst) is None  # returns at once: no writer is waited for
 
 
 def test_list_shows_a_row_its_ttl_ended_as_expired():

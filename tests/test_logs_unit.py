@@ -18,12 +18,14 @@ from typing import Any
 import pytest
 from invoke import Config, Context
 
-from tasks import agent, remote, settings
+from tasks import remote, settings
+from tasks.agent import logfiles, protocol, state
+from tasks.agent.logfiles import BLOCK, read_tail, tail_span, tail_text
+from tasks.agent.protocol import MARKER
 from tasks.config import merged
-from tasks.agent import BLOCK, MARKER, read_tail, tail_span, tail_text
 from tasks.runners import RUNNERS
+from helpers import REPO
 
-AGENT = Path(agent.__file__)
 
 
 def reference(data: bytes, lines: int) -> list[str]:
@@ -135,17 +137,18 @@ def request(state: Path, project: Path, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def instance(tmp_path: Path) -> agent.Instance:
+def instance(tmp_path: Path) -> state.Instance:
     project = tmp_path / "site"
     project.mkdir()
     (project / "manage.py").write_text("")
-    inst = agent.Instance(request(tmp_path / "state", project))
+    req = request(tmp_path / "state", project)
+    inst = state.Instance(state.Host(state.Request(req)), state.Request(req))
     os.makedirs(inst.dir, mode=0o700)
     os.chmod(inst.base, 0o700)
     return inst
 
 
-def write_log(inst: agent.Instance, data: bytes) -> Path:
+def write_log(inst: state.Instance, data: bytes) -> Path:
     log = Path(inst.log)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
@@ -153,7 +156,8 @@ def write_log(inst: agent.Instance, data: bytes) -> Path:
     return log
 
 
-AGENT_ARGV = [sys.executable, str(AGENT)]
+# The agent's entry, run from the checkout.
+AGENT_ARGV = [sys.executable, "-c", "import sys; from tasks.agent.dispatch import main; sys.exit(main())"]
 
 
 def request_line(req: dict[str, Any]) -> bytes:
@@ -161,44 +165,44 @@ def request_line(req: dict[str, Any]) -> bytes:
     return json.dumps(req).encode() + b"\n"
 
 
-def run_agent(inst: agent.Instance, **extra: Any) -> tuple[int, bytes, dict[str, Any] | None]:
+def run_agent(inst: state.Instance, **extra: Any) -> tuple[int, bytes, dict[str, Any] | None]:
     """(exit code, what came before the result line, the result)."""
-    req = dict(inst.req, **extra)
-    done = subprocess.run(AGENT_ARGV, input=request_line(req), capture_output=True, timeout=60)
+    req = dict(inst.req.fields(), **extra)
+    done = subprocess.run(AGENT_ARGV, input=request_line(req), capture_output=True, timeout=60, cwd=REPO)
     before, _, line = done.stdout.rpartition(MARKER.encode())
     result = json.loads(line) if line else None
     return done.returncode, before, result
 
 
-def test_streamed_tail_is_the_raw_lines_then_the_result(instance: agent.Instance) -> None:
+def test_streamed_tail_is_the_raw_lines_then_the_result(instance: state.Instance) -> None:
     write_log(instance, b"one\ntwo\r\nthree\n")
     code, before, result = run_agent(instance, stream=True, lines=2)
     assert code == 0 and before == b"two\r\nthree\n"
     assert result["ok"] and result["message"] == f"2 lines of {instance.log}"
-    assert "lines" not in result and result["state"] == agent.STOPPED
+    assert "lines" not in result and result["state"] == protocol.STOPPED
 
 
-def test_streamed_tail_of_a_log_without_final_newline_ends_its_line(instance: agent.Instance) -> None:
+def test_streamed_tail_of_a_log_without_final_newline_ends_its_line(instance: state.Instance) -> None:
     write_log(instance, b"one\ntwo")
     code, before, result = run_agent(instance, stream=True, lines=5)
     assert code == 0 and before == b"one\ntwo\n" and result["message"].startswith("2 lines")
 
 
-def test_json_tail_carries_the_lines_in_the_result(instance: agent.Instance) -> None:
+def test_json_tail_carries_the_lines_in_the_result(instance: state.Instance) -> None:
     write_log(instance, b"one\ntwo\nthree\n")
     code, before, result = run_agent(instance, lines=2)
     assert code == 0 and before.strip() == b""
     assert result["lines"] == ["two", "three"]
 
 
-def test_no_log_yet_is_a_failed_result_also_when_streaming(instance: agent.Instance) -> None:
+def test_no_log_yet_is_a_failed_result_also_when_streaming(instance: state.Instance) -> None:
     for extra in ({"stream": True}, {"follow": True}, {}):
         code, before, result = run_agent(instance, **extra)
         assert code == 1 and before.strip() == b""
         assert result["error"] == f"no log yet at {instance.log}"
 
 
-def test_a_symlinked_log_is_refused_for_tail_and_follow(instance: agent.Instance, tmp_path: Path) -> None:
+def test_a_symlinked_log_is_refused_for_tail_and_follow(instance: state.Instance, tmp_path: Path) -> None:
     elsewhere = tmp_path / "secret"
     elsewhere.write_text("not the server's\n")
     os.symlink(elsewhere, instance.log)
@@ -208,36 +212,36 @@ def test_a_symlinked_log_is_refused_for_tail_and_follow(instance: agent.Instance
         assert result["error"] == f"refusing log {instance.log}: it is a symlink"
 
 
-def test_a_log_writable_by_others_is_refused(instance: agent.Instance) -> None:
+def test_a_log_writable_by_others_is_refused(instance: state.Instance) -> None:
     os.chmod(write_log(instance, b"x\n"), 0o622)
     code, _, result = run_agent(instance, follow=True)
     assert code == 1 and result["error"] == f"refusing log {instance.log}: writable by others (mode 622)"
 
 
-def test_a_fifo_in_place_of_the_log_is_refused_without_blocking(instance: agent.Instance) -> None:
+def test_a_fifo_in_place_of_the_log_is_refused_without_blocking(instance: state.Instance) -> None:
     os.mkfifo(instance.log, 0o600)
     code, _, result = run_agent(instance, follow=True)
     assert code == 1 and result["error"] == f"refusing log {instance.log}: not a regular file"
 
 
-def test_follow_refuses_a_state_directory_writable_by_others(instance: agent.Instance) -> None:
+def test_follow_refuses_a_state_directory_writable_by_others(instance: state.Instance) -> None:
     write_log(instance, b"x\n")
     os.chmod(instance.dir, 0o777)
     code, _, result = run_agent(instance, follow=True)
     assert code == 1 and result["error"].startswith(f"refusing state directory {instance.dir}: writable by others")
 
 
-def punched_log(inst: agent.Instance, count: int = 2000) -> Path:
+def punched_log(inst: state.Instance, count: int = 2000) -> Path:
     """The instance's log of `count` numbered lines, cut to its newest part by punching a hole."""
     log = write_log(inst, b"".join(b"line %d\n" % number for number in range(count)))
-    assert agent.cut_log(str(log), 8192, ("punch",)) > 0
+    assert logfiles.cut_log(str(log), 8192, ("punch",)) > 0
     return log
 
 
-def test_a_punched_log_shows_its_marker_then_its_kept_lines_and_no_hole(instance: agent.Instance) -> None:
+def test_a_punched_log_shows_its_marker_then_its_kept_lines_and_no_hole(instance: state.Instance) -> None:
     log = punched_log(instance)
     with open(log, "rb") as handle:
-        hole = agent.hole_end(handle.fileno())
+        hole = logfiles.hole_end(handle.fileno())
         kept = handle.read()[hole:].decode().splitlines()
     code, _, result = run_agent(instance, lines=100_000)
     assert code == 0 and result["lines"][1:] == kept and kept[-1] == "line 1999"
@@ -249,12 +253,12 @@ def test_a_punched_log_shows_its_marker_then_its_kept_lines_and_no_hole(instance
     assert result["lines"] == ["line 1997", "line 1998", "line 1999"]
 
 
-def test_a_read_meeting_a_hole_punched_meanwhile_goes_on_after_it(instance: agent.Instance) -> None:
+def test_a_read_meeting_a_hole_punched_meanwhile_goes_on_after_it(instance: state.Instance) -> None:
     log = write_log(instance, b"".join(b"line %d\n" % number for number in range(2000)))
     with open(log, "rb") as handle:
-        assert agent.cut_log(str(log), 8192, ("punch",)) > 0  # after the reader chose where to begin
-        hole = agent.hole_end(handle.fileno())
-        read = b"".join(agent.kept_bytes(handle, 0, log.stat().st_size))
+        assert logfiles.cut_log(str(log), 8192, ("punch",)) > 0  # after the reader chose where to begin
+        hole = logfiles.hole_end(handle.fileno())
+        read = b"".join(logfiles.kept_bytes(handle, 0, log.stat().st_size))
     assert read == log.read_bytes()[hole:] and read.startswith(b"line ")
 
 
@@ -275,10 +279,10 @@ def read_until(stream: Any, text: bytes, timeout: float = 10) -> bytes:
 
 
 @pytest.fixture
-def follower(instance: agent.Instance) -> Any:
+def follower(instance: state.Instance) -> Any:
     write_log(instance, b"old 1\nold 2\nold 3\n")
-    proc = subprocess.Popen(AGENT_ARGV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    proc.stdin.write(request_line(dict(instance.req, follow=True, lines=2)))
+    proc = subprocess.Popen(AGENT_ARGV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    proc.stdin.write(request_line(dict(instance.req.fields(), follow=True, lines=2)))
     proc.stdin.close()
     os.set_blocking(proc.stdout.fileno(), False)
     yield proc
@@ -287,19 +291,19 @@ def follower(instance: agent.Instance) -> Any:
     proc.wait()
 
 
-def append(inst: agent.Instance, data: bytes) -> None:
+def append(inst: state.Instance, data: bytes) -> None:
     with open(inst.log, "ab") as handle:
         handle.write(data)
 
 
-def test_follow_shows_the_tail_then_what_is_appended(instance: agent.Instance, follower: Any) -> None:
+def test_follow_shows_the_tail_then_what_is_appended(instance: state.Instance, follower: Any) -> None:
     assert read_until(follower.stdout, b"old 3\n") == b"old 2\nold 3\n"
     append(instance, b"new 1\n")
     assert read_until(follower.stdout, b"new 1\n") == b"new 1\n"
 
 
 @pytest.mark.parametrize("cut", ["truncate", "redirect"])
-def test_follow_continues_from_the_start_of_a_log_truncated_in_place(instance: agent.Instance, follower: Any,
+def test_follow_continues_from_the_start_of_a_log_truncated_in_place(instance: state.Instance, follower: Any,
                                                                      cut: str) -> None:
     assert read_until(follower.stdout, b"old 3\n").endswith(b"old 3\n")
     if cut == "truncate":
@@ -316,17 +320,17 @@ def numbered(first: int, count: int) -> bytes:
     return b"".join(b"new %d\n" % number for number in range(first, first + count))
 
 
-def test_follow_goes_on_across_a_punched_cut_showing_nothing_twice(instance: agent.Instance,
+def test_follow_goes_on_across_a_punched_cut_showing_nothing_twice(instance: state.Instance,
                                                                   follower: Any) -> None:
     assert read_until(follower.stdout, b"old 3\n").endswith(b"old 3\n")
     append(instance, numbered(0, 2000))
     assert read_until(follower.stdout, b"new 1999\n").endswith(b"new 1999\n")
-    assert agent.cut_log(instance.log, 8192, ("punch",)) > 0
+    assert logfiles.cut_log(instance.log, 8192, ("punch",)) > 0
     append(instance, b"after\n")
     assert read_until(follower.stdout, b"after\n") == b"after\n"
 
 
-def test_a_follower_behind_a_punched_cut_goes_on_from_the_kept_lines(instance: agent.Instance,
+def test_a_follower_behind_a_punched_cut_goes_on_from_the_kept_lines(instance: state.Instance,
                                                                       follower: Any) -> None:
     """What the cut dropped before the follower read it is gone; it must not be
     shown as the hole's NUL bytes."""
@@ -334,17 +338,17 @@ def test_a_follower_behind_a_punched_cut_goes_on_from_the_kept_lines(instance: a
     os.kill(follower.pid, signal.SIGSTOP)  # our own child, held while the log moves on without it
     try:
         append(instance, numbered(0, 2000))
-        assert agent.cut_log(instance.log, 8192, ("punch",)) > 0
+        assert logfiles.cut_log(instance.log, 8192, ("punch",)) > 0
         append(instance, b"after\n")
     finally:
         os.kill(follower.pid, signal.SIGCONT)
     seen = read_until(follower.stdout, b"after\n")
     with open(instance.log, "rb") as handle:
-        kept = handle.read()[agent.hole_end(handle.fileno()):]
+        kept = handle.read()[logfiles.hole_end(handle.fileno()):]
     assert seen == kept and seen.startswith(b"new ") and seen.endswith(b"new 1999\nafter\n")
 
 
-def test_follow_ends_once_nothing_reads_its_output(instance: agent.Instance, follower: Any) -> None:
+def test_follow_ends_once_nothing_reads_its_output(instance: state.Instance, follower: Any) -> None:
     assert read_until(follower.stdout, b"old 3\n").endswith(b"old 3\n")
     follower.stdout.close()
     # No new log line is needed: the follower polls its stdout between reads.

@@ -10,7 +10,8 @@ import os
 import pytest
 from fabric import Config
 
-from tasks import agent, listing, ns, settings
+from tasks import listing, ns, settings
+from tasks.agent import dispatch, launch, locate, protocol, sockets, state, verbs
 from tasks.config import host_values, merged
 
 # Listeners on 18000 (127.0.0.1), 18001 (0.0.0.0), 18003 (127.0.0.2); 18002 is only a connection.
@@ -28,20 +29,25 @@ TCP6 = """\
 """
 
 
+def parse_listen_inodes(text, port):
+    """Socket inodes listening on `port` in /proc/net/tcp or tcp6 text."""
+    return sockets.listeners([text]).get(port, set())
+
+
 # ------------------------------------------------------------------ the range
 
 
 @pytest.mark.parametrize("text,expected", [("8000-8999", (8000, 8999)), (" 18000-18000 ", (18000, 18000)),
                                            ("1-65535", (1, 65535))])
 def test_a_port_range_is_low_dash_high(text, expected):
-    assert agent.port_range(text) == expected
+    assert protocol.port_range(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "8000", "9000-8000", "0-10", "8000-65536", "a-b", "８０００-８９９９",
                                   "8000 - 8999", "-8000", None, 8000])
 def test_a_range_that_is_empty_or_not_low_dash_high_is_refused(text):
     with pytest.raises(ValueError, match="must be LOW-HIGH"):
-        agent.port_range(text)
+        protocol.port_range(text)
 
 
 def test_a_bad_range_is_a_usage_error_naming_where_it_was_given():
@@ -67,41 +73,41 @@ def test_port_takes_auto_and_still_refuses_anything_else():
 def test_the_chooser_skips_listeners_on_the_address_wildcards_and_taken_ports():
     texts = [TCP, TCP6]
     # 18000: 127.0.0.1 listens; 18001: 0.0.0.0; 18002: a connection only, so free.
-    assert agent.choose_port(18000, 18010, set(), texts, "127.0.0.1") == 18002
-    assert agent.choose_port(18000, 18010, {18002}, texts, "127.0.0.1") == 18003  # 127.0.0.2 is another address
-    assert agent.choose_port(18003, 18010, set(), texts, "127.0.0.2") == 18005  # its own, then the v6 wildcard
-    assert agent.choose_port(18000, 18010, {18002, 18003}, texts, "127.0.0.1") == 18005
+    assert sockets.choose_port(18000, 18010, set(), texts, "127.0.0.1") == 18002
+    assert sockets.choose_port(18000, 18010, {18002}, texts, "127.0.0.1") == 18003  # 127.0.0.2 is another address
+    assert sockets.choose_port(18003, 18010, set(), texts, "127.0.0.2") == 18005  # its own, then the v6 wildcard
+    assert sockets.choose_port(18000, 18010, {18002, 18003}, texts, "127.0.0.1") == 18005
     # A wildcard bind conflicts with every listener.
-    assert agent.choose_port(18000, 18010, set(), texts, "0.0.0.0") == 18002
+    assert sockets.choose_port(18000, 18010, set(), texts, "0.0.0.0") == 18002
     # Every port it could choose, in order: a start whose port was taken at bind time picks among them.
-    assert agent.free_ports(18000, 18010, {18002}, texts, "127.0.0.1") == [18003, 18005, 18006, 18007, 18008,
+    assert sockets.free_ports(18000, 18010, {18002}, texts, "127.0.0.1") == [18003, 18005, 18006, 18007, 18008,
                                                                            18009, 18010]
 
 
 def test_listeners_map_each_listening_port_to_its_sockets_as_listen_inodes_reads_them():
-    found = agent.listeners([TCP, TCP6])
+    found = sockets.listeners([TCP, TCP6])
     assert found == {18000: {"20301"}, 18001: {"20302"}, 18003: {"20304"}, 18004: {"55321"}}
     for port in (18000, 18002, 18004):
-        assert agent.listen_inodes(port, found) == agent.parse_listen_inodes(TCP, port) | \
-            agent.parse_listen_inodes(TCP6, port)
+        assert sockets.listen_inodes(port, found) == parse_listen_inodes(TCP, port) | \
+            parse_listen_inodes(TCP6, port)
 
 
 def test_the_chooser_says_none_when_the_range_is_full():
-    assert agent.choose_port(18000, 18001, set(), [TCP], "127.0.0.1") is None
-    assert agent.choose_port(18002, 18002, {18002}, [TCP], "127.0.0.1") is None
+    assert sockets.choose_port(18000, 18001, set(), [TCP], "127.0.0.1") is None
+    assert sockets.choose_port(18002, 18002, {18002}, [TCP], "127.0.0.1") is None
 
 
 def test_a_held_lock_is_seen_and_a_free_one_is_left_free(tmp_path):
     path = tmp_path / "lock"
-    assert not agent.lock_held(str(path))  # no file: nobody holds it
+    assert not state.lock_held(str(path))  # no file: nobody holds it
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    assert not agent.lock_held(str(path))
+    assert not state.lock_held(str(path))
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        assert agent.lock_held(str(path))
+        assert state.lock_held(str(path))
     finally:
         os.close(fd)
-    assert not agent.lock_held(str(path))
+    assert not state.lock_held(str(path))
 
 
 # ------------------------------------------------------------- port given nowhere
@@ -144,15 +150,16 @@ def test_list_needs_no_project():
 
 def state_of(tmp_path, project, port, log=True):
     """An instance directory of `project` on `port` as a stopped instance leaves it."""
-    inst = agent.Instance(agent_request(tmp_path, project, "status", port))
-    for path in inst.levels(inst.dir):
+    req = agent_request(tmp_path, project, "status", port)
+    inst = state.Instance(state.Host(state.Request(req)), state.Request(req))
+    for path in state.levels(inst.base, inst.dir):
         os.makedirs(path, mode=0o700, exist_ok=True)
         os.chmod(path, 0o700)
     if log:
         with open(inst.log, "w") as handle:
             handle.write("--- fabserve\n")
         os.chmod(inst.log, 0o600)
-    agent.remember(inst)
+    verbs.remember(inst)
     return inst
 
 
@@ -173,24 +180,24 @@ def project(tmp_path):
 def test_no_port_names_the_one_stopped_instance_and_of_several_the_last_written_never_exit_2(tmp_path, project):
     state_of(tmp_path, project, 18101)
     state_of(tmp_path, project, 18150, log=False)  # a lock alone (a stop of nothing) is no instance
-    one = agent.handle(agent_request(tmp_path, project, "status"))
-    assert one["port"] == 18101 and one["state"] == agent.STOPPED and agent.exit_code("status", one) == 3
+    one = dispatch.handle(agent_request(tmp_path, project, "status"))
+    assert one["port"] == 18101 and one["state"] == protocol.STOPPED and protocol.exit_code("status", one) == 3
     later = state_of(tmp_path, project, 18102)
     earlier = state_of(tmp_path, project, 18103)  # a start that never came up leaves a log too
     os.utime(earlier.log, (1_000_000, 1_000_000))
     # Nothing runs: only running instances make a project ambiguous (the CI recipe's always-step).
     for action in ("status", "stop", "logs"):
-        result = agent.handle(agent_request(tmp_path, project, action))
+        result = dispatch.handle(agent_request(tmp_path, project, action))
         assert result["port"] == later.port and "ambiguous" not in result, (action, result)
-        assert agent.exit_code(action, result) == (3 if action == "status" else 0), (action, result)
-    stop = agent.handle(agent_request(tmp_path, project, "stop"))
+        assert protocol.exit_code(action, result) == (3 if action == "status" else 0), (action, result)
+    stop = dispatch.handle(agent_request(tmp_path, project, "stop"))
     assert stop["ok"] and stop["changed"] is False and stop["message"] == "not running"
-    named = agent.handle(agent_request(tmp_path, project, "status", 18103))
-    assert named["port"] == 18103 and agent.exit_code("status", named) == 3
+    named = dispatch.handle(agent_request(tmp_path, project, "status", 18103))
+    assert named["port"] == 18103 and protocol.exit_code("status", named) == 3
 
 
 def test_no_port_and_no_instance_is_port_8000_as_before(tmp_path, project):
-    result = agent.handle(agent_request(tmp_path, project, "stop"))
+    result = dispatch.handle(agent_request(tmp_path, project, "stop"))
     assert result["port"] == 8000 and result["ok"] and result["message"] == "not running"
 
 
@@ -203,8 +210,8 @@ def test_list_leaves_stopped_instances_to_list_all_which_names_their_projects_an
     state_of(tmp_path, other, 18103, log=False)
 
     def listed(**extra):
-        result = agent.handle(dict(agent_request(tmp_path, None, "list"), **extra))
-        assert result["ok"] and agent.exit_code("list", result) == 0
+        result = dispatch.handle(dict(agent_request(tmp_path, None, "list"), **extra))
+        assert result["ok"] and protocol.exit_code("list", result) == 0
         return result, [(row["project"], row["port"], row["state"], row["managed"]) for row in result["rows"]
                         if row["project"] in (str(project), str(other))]
 
@@ -270,14 +277,14 @@ def test_a_start_whose_chosen_port_is_taken_tries_other_free_ones_then_names_the
 
     def start(inst):  # another user's server binds every port this start chooses first
         tried.append(inst.port)
-        raise agent.PortTaken(f"port {inst.port} on 127.0.0.1 was taken by another user's process (user o) "
+        raise launch.PortTaken(f"port {inst.port} on 127.0.0.1 was taken by another user's process (user o) "
                               f"before the server could bind it")
 
-    monkeypatch.setitem(agent.VERBS, "start", (start, True))
-    result = agent.handle(agent_request(tmp_path, project, "start", "auto"))
-    assert len(tried) == agent.PORT_TRIES == len(set(tried)) and all(18100 <= port <= 18199 for port in tried)
+    monkeypatch.setitem(dispatch.HANDLERS, "start", (start, True))
+    result = dispatch.handle(agent_request(tmp_path, project, "start", "auto"))
+    assert len(tried) == locate.PORT_TRIES == len(set(tried)) and all(18100 <= port <= 18199 for port in tried)
     assert result["error"].endswith("before the server could bind it; ports tried: " + ", ".join(map(str, tried)))
-    assert result["port"] == tried[-1] and agent.exit_code("start", result) == 1
+    assert result["port"] == tried[-1] and protocol.exit_code("start", result) == 1
     tried.clear()  # a port given is the instance asked for: no other is tried
-    given = agent.handle(agent_request(tmp_path, project, "start", 18150))
+    given = dispatch.handle(agent_request(tmp_path, project, "start", 18150))
     assert tried == [18150] and given["error"].endswith("before the server could bind it")

@@ -84,8 +84,8 @@ def test_the_wheel_installs_the_package_fabserve_and_nothing_else(wheel):
     tops = {name.split("/", 1)[0] for name in names}
     assert tops == {"fabserve", f"fabserve-{__version__}.dist-info"}
     modules = {name.split("/", 1)[1] for name in names if name.startswith("fabserve/")}
-    assert modules == {path.name for path in (REPO / "tasks").glob("*.py")}
-    assert {"agent.py", "program.py", "settings.py", "config.py"} <= modules
+    assert modules == {str(path.relative_to(REPO / "tasks")) for path in (REPO / "tasks").glob("**/*.py")}
+    assert {"agent/dispatch.py", "program.py", "settings.py", "config.py"} <= modules
     assert "module_spec.py" not in modules  # a build tool of the checkout's (tools/), needing yaml
 
 

@@ -4,13 +4,14 @@ and the results the agent and the client build carry them."""
 import re
 from pathlib import Path
 
-from tasks import agent, report, settings
+from tasks import report, settings
+from tasks.agent import dispatch, protocol
 from tasks.config import merged
 
 OUTPUT_PAGE = Path(__file__).resolve().parent.parent / "docs" / "output.md"
-ALWAYS = [name for name, _ in agent.ALWAYS]
-ANSWERED = [name for name, _ in agent.ANSWERED]
-DECLARED = set(ALWAYS) | set(ANSWERED) | {name for name, _, _ in agent.EXTRAS}
+ALWAYS = [name for name, _ in protocol.ALWAYS]
+ANSWERED = [name for name, _ in protocol.ANSWERED]
+DECLARED = set(ALWAYS) | set(ANSWERED) | {name for name, _, _ in protocol.EXTRAS}
 
 
 def json_section() -> str:
@@ -21,28 +22,28 @@ def json_section() -> str:
 
 def test_the_output_page_names_every_declared_field_and_no_other():
     named = set(re.findall(r"`([a-z_]+)`", json_section()))
-    assert named - {agent.RUNNING, agent.STOPPED, agent.FAILED} == DECLARED
+    assert named - {protocol.RUNNING, protocol.STOPPED, protocol.FAILED} == DECLARED
 
 
 def test_every_field_is_declared_once_with_a_description():
-    entries = list(agent.ALWAYS) + list(agent.ANSWERED) + [(name, text) for name, _, text in agent.EXTRAS]
+    entries = list(protocol.ALWAYS) + list(protocol.ANSWERED) + [(name, text) for name, _, text in protocol.EXTRAS]
     assert len(entries) == len(DECLARED)
     assert all(text for _, text in entries)
-    for _, verbs, _ in agent.EXTRAS:
-        assert set(verbs) <= set(agent.VERBS)
+    for _, verbs, _ in protocol.EXTRAS:
+        assert set(verbs) <= set(dispatch.HANDLERS)
 
 
 def test_a_client_failure_carries_every_always_present_field():
     result = report.failure("web1", "stop", "cannot connect: Connection refused")
     assert list(result) == ALWAYS
-    assert result["state"] == agent.FAILED and result["pids"] == [] and result["ok"] is False
+    assert result["state"] == protocol.FAILED and result["pids"] == [] and result["ok"] is False
     assert result["message"] == result["error"] == "cannot connect: Connection refused"
 
 
 def agent_answer(tmp_path, action, project):
     req = settings.request(action, merged({}, {"project": str(project),
-                                                      "state_dir": str(tmp_path / "state")}), [])
-    return agent.handle(req)
+                                               "state_dir": str(tmp_path / "state")}), [])
+    return dispatch.handle(req)
 
 
 def test_agent_answers_carry_the_answered_fields_and_only_declared_ones(tmp_path):
@@ -51,15 +52,15 @@ def test_agent_answers_carry_the_answered_fields_and_only_declared_ones(tmp_path
     (project / "manage.py").write_text("")
     for action in ("status", "stop"):
         result = agent_answer(tmp_path, action, project)
-        assert result["action"] == action and result["state"] == agent.STOPPED and result["error"] is None
+        assert result["action"] == action and result["state"] == protocol.STOPPED and result["error"] is None
         assert set(ALWAYS) | set(ANSWERED) <= set(result) <= DECLARED
     failed = agent_answer(tmp_path, "logs", project)  # no log yet
-    assert failed["state"] == agent.FAILED and failed["error"].startswith("no log yet")
+    assert failed["state"] == protocol.FAILED and failed["error"].startswith("no log yet")
     assert set(ALWAYS) | set(ANSWERED) <= set(failed) <= DECLARED
-    assert agent.exit_code("status", agent_answer(tmp_path, "status", project)) == 3
+    assert protocol.exit_code("status", agent_answer(tmp_path, "status", project)) == 3
 
 
 def test_the_verbs_that_change_a_server_hold_its_lock():
-    assert {name: locks for name, (_, locks) in agent.VERBS.items()} == {
+    assert {name: locks for name, (_, locks) in dispatch.HANDLERS.items()} == {
         "start": True, "stop": True, "restart": True, "status": False, "logs": False, "list": False, "manage": False}
-    assert sorted(agent.VERBS) == sorted(settings.VERBS)
+    assert sorted(dispatch.HANDLERS) == sorted(protocol.VERBS)

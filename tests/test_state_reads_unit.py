@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from helpers import REPO
-from tasks import agent, remote, settings
+from tasks import remote, settings
+from tasks.agent import dispatch, protocol, state, verbs
 from tasks.config import merged
 
 PORT = 18766
@@ -29,8 +30,8 @@ def request(tmp_path, action, **extra):
 
 # The agent's verbs in a process of their own, as the agent runs them: a call
 # that blocks fails the test at the timeout instead of hanging it.
-HANDLE = ("import json, sys; from tasks import agent; req = json.load(sys.stdin); result = agent.handle(req); "
-          "print(json.dumps(result)); sys.exit(agent.exit_code(req['action'], result))")
+HANDLE = ("import json, sys; from tasks.agent import dispatch, protocol; req = json.load(sys.stdin); result = dispatch.handle(req); "
+          "print(json.dumps(result)); sys.exit(protocol.exit_code(req['action'], result))")
 
 
 def run_agent(req):
@@ -46,11 +47,12 @@ def instance(tmp_path):
     """A stopped instance as a start and stop leave it: instance.json and the log."""
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "manage.py").write_text("")
-    inst = agent.Instance(request(tmp_path, "status"))
-    for path in inst.levels(inst.dir):
-        agent.private_dir(path)
-    agent.remember(inst)
-    agent.write_atomic(inst.log, "a line\n")
+    req = request(tmp_path, "status")
+    inst = state.Instance(state.Host(state.Request(req)), state.Request(req))
+    for path in state.levels(inst.base, inst.dir):
+        state.private_dir(path)
+    verbs.remember(inst)
+    state.write_atomic(inst.log, "a line\n")
     return inst
 
 
@@ -75,7 +77,7 @@ REASONS = {"fifo": "a FIFO, not a regular file", "directory": "a directory, not 
 def test_a_pidfile_that_is_no_regular_file_is_refused_by_status_and_noted_by_list(tmp_path, instance, kind):
     plant(instance.pidfile, kind, tmp_path)
     code, status = run_agent(request(tmp_path, "status"))
-    assert code == 1 and status["state"] == agent.FAILED, status
+    assert code == 1 and status["state"] == protocol.FAILED, status
     assert status["error"] == f"refusing pidfile {instance.pidfile}: {REASONS[kind]}"
     code, listed = run_agent(request(tmp_path, "list"))
     assert code == 0 and [row["message"] for row in listed["rows"]] == [f"not running; {status['error']}"]
@@ -83,10 +85,10 @@ def test_a_pidfile_that_is_no_regular_file_is_refused_by_status_and_noted_by_lis
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_metadata_that_is_no_regular_file_is_corrupt_state(tmp_path, instance, kind):
-    agent.write_atomic(instance.pidfile, f"{os.getpid()}\n")  # the metadata is read once a pidfile is there
+    state.write_atomic(instance.pidfile, f"{os.getpid()}\n")  # the metadata is read once a pidfile is there
     plant(instance.meta_path, kind, tmp_path)
     code, status = run_agent(request(tmp_path, "status"))
-    assert code == 3 and status["state"] == agent.STOPPED, status
+    assert code == 3 and status["state"] == protocol.STOPPED, status
     assert status["message"] == (f"not running; ignored corrupt state: refusing metadata {instance.meta_path}: "
                                  f"{REASONS[kind]}")
     code, listed = run_agent(request(tmp_path, "list"))
@@ -99,21 +101,21 @@ def test_an_instance_record_that_is_no_regular_file_is_no_record(tmp_path, insta
     code, listed = run_agent(request(tmp_path, "list"))
     assert code == 0 and listed["rows"] == [], listed  # nothing names the project of that directory
     code, status = run_agent(request(tmp_path, "status"))
-    assert code == 3 and status["state"] == agent.STOPPED
+    assert code == 3 and status["state"] == protocol.STOPPED
 
 
 def test_a_call_that_blocks_gives_itself_up_before_its_client(tmp_path, monkeypatch, capsys):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     # A read that blocks until a writer comes, as a FIFO read without O_NONBLOCK does.
-    monkeypatch.setitem(agent.VERBS, "status", (lambda inst: fifo.read_text(), False))
-    monkeypatch.setattr(agent, "GIVE_UP", 0)
-    monkeypatch.setattr(agent, "KILL_WAIT", 0)
-    monkeypatch.setattr(agent, "PORT_WAIT", 0)
+    monkeypatch.setitem(dispatch.HANDLERS, "status", (lambda inst: fifo.read_text(), False))
+    monkeypatch.setattr(dispatch, "GIVE_UP", 0)
+    monkeypatch.setattr(protocol, "KILL_WAIT", 0)
+    monkeypatch.setattr(protocol, "PORT_WAIT", 0)
     req = request(tmp_path, "status", start_timeout=0.5, stop_timeout=0.25)  # 1.5 s: it gives up at 2 s
-    assert agent.run_limit(req) + agent.GIVE_UP < remote.deadline_of(req)
+    assert protocol.run_limit(req) + dispatch.GIVE_UP < remote.deadline_of(req)
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(remote.request_line(req).encode())))
-    assert agent.main() == 1
+    assert dispatch.main() == 1
     result = remote.parse_result(capsys.readouterr().out)
-    assert result["action"] == "status" and result["state"] == agent.FAILED
+    assert result["action"] == "status" and result["state"] == protocol.FAILED
     assert result["error"] == "gave up after 2s: something on the host blocked this call"

@@ -179,7 +179,8 @@ check:
 '''
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.fabserve.django.plugins.module_utils import agent, settings
+from ansible_collections.fabserve.django.plugins.module_utils import settings
+from ansible_collections.fabserve.django.plugins.module_utils.agent import dispatch, launch, protocol, state
 from ansible_collections.fabserve.django.plugins.module_utils.spec import ARGUMENT_SPEC, OPTIONS, RESULTS, STATES
 
 # What a check-mode run says would happen, by verb.
@@ -217,11 +218,12 @@ def would_change(action, probe, req):
 def startable(module, action, req):
     """fail_json, as the start itself would, when the project or its interpreter is
     missing: check mode's read-only part of a start."""
-    inst = agent.Instance(req)
+    request = state.Request(req)
+    inst = state.Instance(state.Host(request), request)
     try:
         inst.require_project()
-        agent.resolve_python(inst)
-    except agent.AgentError as exc:
+        launch.resolve_python(inst)
+    except protocol.AgentError as exc:
         module.fail_json(msg=f"{action} failed: {exc}")
 
 
@@ -235,7 +237,7 @@ def predicted(action, req, probe):
     if not result["changed"]:
         return result
     result["message"] = WOULD[action]
-    if req["port"] == agent.AUTO and action in agent.STARTS and probe["state"] == agent.STOPPED:
+    if req["port"] == protocol.AUTO and action in protocol.STARTS and probe["state"] == protocol.STOPPED:
         result.update(port=None, url=None, pidfile=None, log=None, state_dir=None)
         result["message"] += f" on a free port from {req['port_range']} (port_range), chosen at start"
     return result
@@ -244,7 +246,7 @@ def predicted(action, req, probe):
 def shown(result):
     """The server as diff mode shows it (a stop's result lists what it stopped: none is left)."""
     server = dict((name, result.get(name)) for name in DIFFED)
-    if server["state"] == agent.STOPPED:
+    if server["state"] == protocol.STOPPED:
         server["pids"] = []
     return server
 
@@ -255,8 +257,8 @@ def would_be(action, result):
     if not result["changed"]:
         return shown(result)
     if action == "stop":
-        return {"state": agent.STOPPED, "port": result["port"], "pids": []}
-    return {"state": agent.RUNNING, "port": result["port"], "pids": None}
+        return {"state": protocol.STOPPED, "port": result["port"], "pids": []}
+    return {"state": protocol.RUNNING, "port": result["port"], "pids": None}
 
 
 def finish(module, action, result, diff=None, fail_stopped=False):
@@ -269,7 +271,7 @@ def finish(module, action, result, diff=None, fail_stopped=False):
     if result.get("error") is not None or (not result["ok"] and action != "status"):
         module.fail_json(msg=f"{action} failed: {result.get('error') or result['message']}", changed=changed,
                          **fields)
-    if fail_stopped and result["state"] != agent.RUNNING:
+    if fail_stopped and result["state"] != protocol.RUNNING:
         module.fail_json(msg=f"status failed: {result['message']}", changed=changed, **fields)
     module.exit_json(changed=changed, msg=result["message"], **fields)
 
@@ -285,16 +287,16 @@ def main():
     # only looks: a status would end a server past its TTL, which check mode must not.
     probe = dict(req, action="status", look_only=True)
     if module.check_mode and action != "status":
-        if action in agent.STARTS:
+        if action in protocol.STARTS:
             startable(module, action, req)
-        before = agent.handle(probe)
+        before = dispatch.handle(probe)
         if before.get("error") is not None:  # several instances, a state directory refused...
             finish(module, "status", before)
         result = predicted(action, req, before)
         diff = {"before": shown(before), "after": would_be(action, result)} if module._diff else None
         finish(module, "status", result, diff)
-    before = agent.handle(probe) if module._diff and action != "status" else None
-    result = agent.handle(req)
+    before = dispatch.handle(probe) if module._diff and action != "status" else None
+    result = dispatch.handle(req)
     diff = None
     if module._diff:
         known = before is not None and before.get("error") is None
