@@ -188,6 +188,12 @@ class LinearOutput:
 class Remote(LinearOutput, FabricRemote):
     """Fabric's runner over SSH, with linear output handling."""
 
+    def wait(self) -> None:
+        """Until the command exits (or an I/O thread died), as invoke waits, but
+        woken by the exit status's arrival rather than at its next 10 ms look."""
+        while not (self.process_is_finished or self.has_dead_threads):
+            self.channel.status_event.wait(self.input_sleep)
+
 
 class Local(LinearOutput, InvokeLocal):
     """invoke's local runner, with linear output handling."""
