@@ -9,15 +9,12 @@ it through a meta-path finder (agent.boot): one SSH command, nothing written
 but the cache, no temporary directory.
 """
 
-import ast
 import base64
 import binascii
 import hashlib
-import io
 import os
 import stat
 import threading
-import tokenize
 import zlib
 from functools import lru_cache
 from pathlib import Path
@@ -93,6 +90,9 @@ LOADER_WORD = base64.b64encode(zlib.compress(LOADER.encode("ascii"), 9)).decode(
 def blanked(source: str) -> str:
     """`source` without its comments and docstrings, every line where it was:
     what the target needs of it, in fewer bytes (tracebacks keep their line numbers)."""
+    import ast  # here: a client that reads the kept word (see built) never blanks, nor imports these
+    import io
+    import tokenize
     lines = source.splitlines(keepends=True)
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type == tokenize.COMMENT:
