@@ -10,7 +10,6 @@ but the cache, no temporary directory.
 """
 
 import base64
-import binascii
 import hashlib
 import os
 import stat
@@ -116,7 +115,7 @@ def blanked(source: str) -> str:
 
 # Blanking the modules (tokenize and ast) takes a client about 150 ms, more than
 # the agent's whole run on the host: the word is built once per version of the
-# sources and kept beside this module's compiled code, where Python keeps it.
+# sources and kept beside this module's compiled code.
 CACHE_DIR = Path(__file__).with_name("__pycache__")
 CACHE_PREFIX = "agent-payload-"
 # The first of several hosts' threads builds the word; the others wait for it.
@@ -183,7 +182,7 @@ def read_cached(path: Path) -> Optional[Tuple[str, str]]:
                 return None
             digest, _, word = handle.read().decode("ascii").partition(" ")
         joined = zlib.decompress(base64.b64decode(word, validate=True))
-    except (OSError, ValueError, binascii.Error, zlib.error):
+    except (OSError, ValueError, zlib.error):  # ValueError: bad base64 or ASCII too
         return None
     return (digest, word) if hashlib.sha256(joined).hexdigest()[:16] == digest else None
 
