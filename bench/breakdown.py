@@ -162,14 +162,33 @@ def run_on_host(ssh: Sequence[str], agent_python: str, digest: str, request: str
     return found
 
 
-def rows(verb: str, wall: float, imports: dict[str, float], connect: float | None,
+# The client's start-up, timed as a process of its own: what fab imports before it
+# connects (its program and the fabfile, which imports fabserve).
+STARTUP = "import fabric.main, fabfile"
+# SSH connect, key exchange and auth, timed inside a process after its imports:
+# argv is the ssh_config and the host alias; it prints the seconds.
+CONNECT = ("import sys, time\n"
+           "from fabric import Config, Connection\n"
+           "connection = Connection(sys.argv[2], config=Config(runtime_ssh_path=sys.argv[1]))\n"
+           "began = time.perf_counter()\n"
+           "connection.open()\n"
+           "print(time.perf_counter() - began)\n"
+           "connection.close()\n")
+
+
+def rows(verb: str, wall: float, startup: float, imports: dict[str, float], connect: float | None,
          host: dict[str, Any]) -> list[tuple[str, float | None]]:
-    """(what, seconds) of one verb's call, in the order the time passes; the
-    last row is what is left of the wall time: fab's own set-up, the SSH
-    channel, sshd's session and login shell, the result's way back."""
-    out: list[tuple[str, float | None]] = [(f"{verb}: whole call (fab, wall)", wall),
-                                          ("client start-up: imports", sum(imports.values()))]
-    out += [(f"  {name}", seconds) for name, seconds in imports.items()]
+    """(what, seconds) of one verb's call, in the order the time passes: the
+    client's start-up (split by package as -X importtime splits `imports`), SSH
+    connect, the agent's phases; the last row is what is left of the wall time:
+    fab's own set-up, the SSH channel, sshd's session and login shell, the
+    result's way back."""
+    total = sum(imports.values())
+    out: list[tuple[str, float | None]] = [
+        (f"{verb}: whole call (fab, wall)", wall),
+        ("client start-up: interpreter + imports (fab's program, the fabfile)", startup)]
+    out += [(f"  of which {name} (its share of -X importtime)", startup * seconds / total)
+            for name, seconds in imports.items() if total]
     out.append(("SSH connect + key exchange + auth", connect))
     if "error" in host:
         return out
@@ -177,7 +196,7 @@ def rows(verb: str, wall: float, imports: dict[str, float], connect: float | Non
             ("remote: agent from cache: unmarshal", host["unmarshal"]),
             ("remote: agent from cache: module execution + stdlib imports", host["imports"]),
             (f"remote: {verb}'s own work", host["work"])]
-    known = sum(imports.values()) + (connect or 0.0) + agent_seconds(host)
+    known = startup + (connect or 0.0) + agent_seconds(host)
     out.append(("the rest: fab set-up, channel, sshd session + shell, result back", wall - known))
     return out
 

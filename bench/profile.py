@@ -20,13 +20,12 @@ from bench.layout import FAB, PORT, PROJECT, PYTHON, REPO
 from bench.runner import execute
 from bench.shell import log
 
-CONNECT = "SSH connect + kex + auth (Connection.open)"
 # Functions worth naming in the breakdown: what each means for a fab run.
 MILESTONES = [
     ("imports (all modules)", "<frozen importlib._bootstrap>", "_find_and_load"),
     ("fab: load the fabfile + config", "invoke/program.py", "load_collection"),
     ("fab: parse + load config files", "invoke/program.py", "parse_core"),
-    (CONNECT, "fabric/connection.py", "open"),
+    ("SSH connect + kex + auth (Connection.open)", "fabric/connection.py", "open"),
     ("  TCP connect + key exchange (Transport.start_client)", "paramiko/transport.py", "start_client"),
     ("  public-key authentication (auth_publickey)", "paramiko/transport.py", "auth_publickey"),
     ("  authentication incl. key loading (SSHClient._auth)", "paramiko/client.py", "_auth"),
@@ -52,8 +51,9 @@ def profile(bed: Bed) -> dict[str, Any]:
         return {"error": "start failed: " + started.output[-300:]}
     found: dict[str, Any] = {"breakdown": {}}
     try:
+        client = client_phases(bed, host)
         for verb in VERBS:
-            found["breakdown"][verb] = verb_profile(bed, host, base, where, verb)
+            found["breakdown"][verb] = verb_profile(bed, host, base, where, verb, client)
     finally:
         execute([*base, "stop", *where])
     status = found["breakdown"]["status"]
@@ -61,7 +61,22 @@ def profile(bed: Bed) -> dict[str, Any]:
     return found
 
 
-def verb_profile(bed: Bed, host: Host, base: Sequence[str], where: Sequence[str], verb: str) -> dict[str, Any]:
+def client_phases(bed: Bed, host: Host) -> tuple[float, float | None]:
+    """The client's start-up and its SSH connect to `host`, each the median of 3 runs."""
+    startup = statistics.median(execute([PYTHON, "-c", breakdown.STARTUP]).seconds for _ in range(3))
+    connects = []
+    for _ in range(3):
+        done = subprocess.run([str(PYTHON), "-c", breakdown.CONNECT, str(bed.ssh_config), host.alias], cwd=REPO,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        try:
+            connects.append(float(done.stdout.strip()))
+        except ValueError:
+            log(f"bench: timing the SSH connect failed: {done.stderr.strip()[-200:]}")
+    return startup, statistics.median(connects) if connects else None
+
+
+def verb_profile(bed: Bed, host: Host, base: Sequence[str], where: Sequence[str], verb: str,
+                 client: tuple[float, float | None]) -> dict[str, Any]:
     """One verb's client imports, cProfile and wall time (median of 3), and its agent's
     phases on the host; each run of stop on a server started for it, untimed."""
     words = [verb, *where]
@@ -85,10 +100,10 @@ def verb_profile(bed: Bed, host: Host, base: Sequence[str], where: Sequence[str]
     ready()
     on_host = agent_phases(bed, host, verb)
     wall = statistics.median(walls)
+    startup, connect = client
     by_package = breakdown.imports_by_package(imported.stderr)
-    connect = next((row["seconds"] for row in functions if row["what"] == CONNECT), None)
     return {"wall": wall, "imports": importtime_top(imported.stderr), "functions": functions,
-            "host": on_host, "rows": breakdown.rows(verb, wall, by_package, connect, on_host),
+            "host": on_host, "rows": breakdown.rows(verb, wall, startup, by_package, connect, on_host),
             "host_lines": breakdown.host_lines(on_host)}
 
 

@@ -46,18 +46,21 @@ def test_imports_are_summed_by_package_from_their_self_times() -> None:
 
 
 def test_the_rows_add_up_to_the_wall_time_with_the_rest_last() -> None:
-    imports = {"fabric": 0.2, "fabserve (ours)": 0.01}
-    rows = dict(breakdown.rows("stop", 0.5, imports, 0.06, HOST))
+    imports = {"fabric": 0.3, "fabserve (ours)": 0.1}  # as -X importtime measured them, inflated
+    rows = dict(breakdown.rows("stop", 0.5, 0.2, imports, 0.06, HOST))
     assert rows["stop: whole call (fab, wall)"] == 0.5
-    assert rows["client start-up: imports"] == pytest.approx(0.21)
+    assert rows["client start-up: interpreter + imports (fab's program, the fabfile)"] == 0.2
+    # The start-up split in -X importtime's proportions: 3 to 1.
+    assert rows["  of which fabric (its share of -X importtime)"] == pytest.approx(0.15)
+    assert rows["  of which fabserve (ours) (its share of -X importtime)"] == pytest.approx(0.05)
     assert rows["remote: stop's own work"] == 0.01
     rest = rows["the rest: fab set-up, channel, sshd session + shell, result back"]
-    assert rest == pytest.approx(0.5 - 0.21 - 0.06 - breakdown.agent_seconds(HOST))
+    assert rest == pytest.approx(0.5 - 0.2 - 0.06 - breakdown.agent_seconds(HOST))
     assert breakdown.agent_seconds(HOST) == pytest.approx(0.047)
 
 
 def test_without_the_host_s_phases_the_rows_stop_at_the_client_s() -> None:
-    rows = breakdown.rows("status", 0.5, {"fabric": 0.2}, None, {"error": "no breakdown"})
+    rows = breakdown.rows("status", 0.5, 0.2, {"fabric": 0.2}, None, {"error": "no breakdown"})
     assert [what for what, _ in rows][-1] == "SSH connect + key exchange + auth"
     assert breakdown.host_lines({"error": "no breakdown"}) == ["no breakdown"]
 
