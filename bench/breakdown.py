@@ -162,43 +162,79 @@ def run_on_host(ssh: Sequence[str], agent_python: str, digest: str, request: str
     return found
 
 
-# The client's start-up, timed as a process of its own: what fab imports before it
-# connects (its program and the fabfile, which imports fabserve).
-STARTUP = "import fabric.main, fabfile"
-# SSH connect, key exchange and auth, timed inside a process after its imports:
-# argv is the ssh_config and the host alias; it prints the seconds.
-CONNECT = ("import sys, time\n"
-           "from fabric import Config, Connection\n"
-           "connection = Connection(sys.argv[2], config=Config(runtime_ssh_path=sys.argv[1]))\n"
-           "began = time.perf_counter()\n"
-           "connection.open()\n"
-           "print(time.perf_counter() - began)\n"
-           "connection.close()\n")
+# Runs a `fab` call (its arguments after -c's program) with the client's phases
+# timed in the same run: fab's program imported, then each Connection.open (SSH
+# connect, key exchange, auth) and each Connection.run (the command's round trip,
+# the connect included), and the end; one CLIENT_MARK line on stderr at exit.
+CLIENT_MARK = "@@client@@ "
+CLIENT = """
+import atexit, json, sys, time
+began = time.perf_counter()
+import fabric.main
+from fabric import Connection
+imported = time.perf_counter()
+marks = {}
+
+def timed(name, real):
+    def call(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            marks.setdefault(name, (start, time.perf_counter()))
+    return call
+
+Connection.open = timed('open', Connection.open)
+Connection.run = timed('run', Connection.run)
+atexit.register(lambda: sys.stderr.write('@@client@@ ' + json.dumps(dict(
+    imports=imported - began, marks=dict((name, [start - began, end - began]) for name, (start, end) in marks.items()),
+    total=time.perf_counter() - began)) + '\\n'))
+sys.argv[0] = 'fab'
+fabric.main.program.run()
+"""
 
 
-def rows(verb: str, wall: float, startup: float, imports: dict[str, float], connect: float | None,
+def parse_client(stderr: str) -> dict[str, Any] | None:
+    """CLIENT's timings, from the CLIENT_MARK line of its stderr; None without one."""
+    for line in reversed(stderr.splitlines()):
+        if line.startswith(CLIENT_MARK):
+            found = json.loads(line[len(CLIENT_MARK):])
+            return found if isinstance(found, dict) else None
+    return None
+
+
+def rows(verb: str, wall: float, client: dict[str, Any] | None,
          host: dict[str, Any]) -> list[tuple[str, float | None]]:
-    """(what, seconds) of one verb's call, in the order the time passes: the
-    client's start-up (split by package as -X importtime splits `imports`), SSH
-    connect, the agent's phases; the last row is what is left of the wall time:
-    fab's own set-up, the SSH channel, sshd's session and login shell, the
-    result's way back."""
-    total = sum(imports.values())
-    out: list[tuple[str, float | None]] = [
-        (f"{verb}: whole call (fab, wall)", wall),
-        ("client start-up: interpreter + imports (fab's program, the fabfile)", startup)]
-    out += [(f"  of which {name} (its share of -X importtime)", startup * seconds / total)
-            for name, seconds in imports.items() if total]
-    out.append(("SSH connect + key exchange + auth", connect))
-    if "error" in host:
-        return out
-    out += [("remote: interpreter start (-E -S)", host["interpreter_start"]),
-            ("remote: agent from cache: unmarshal", host["unmarshal"]),
-            ("remote: agent from cache: module execution + stdlib imports", host["imports"]),
-            (f"remote: {verb}'s own work", host["work"])]
-    known = startup + (connect or 0.0) + agent_seconds(host)
-    out.append(("the rest: fab set-up, channel, sshd session + shell, result back", wall - known))
+    """(what, seconds) of one call, in the order the time passes, from one run of
+    CLIENT (wall: that run's, spawn to exit) and the agent's phases on the host.
+    The command's round trip less the agent's time is the SSH channel, sshd's
+    session and the login shell, and the result's way back."""
+    out: list[tuple[str, float | None]] = [(f"{verb}: whole call (fab, wall of this run)", wall)]
+    if client is None or "run" not in client["marks"]:
+        return out + [("(no client timings)", None)]
+    run_start, run_end = client["marks"]["run"]
+    open_start, open_end = client["marks"].get("open", (run_start, run_start))
+    connect = open_end - open_start
+    out += [("client: interpreter start and exit", wall - client["total"]),
+            ("client: imports of fab's program (fabric, invoke, paramiko, ...)", client["imports"]),
+            ("client: fab set-up (the fabfile: fabserve's imports; config; tasks; -H)", run_start - client["imports"]),
+            ("SSH connect + key exchange + auth", connect),
+            ("command round trip (channel, agent, result)", run_end - run_start - connect)]
+    if "error" not in host:
+        out += [("  remote: interpreter start (-E -S)", host["interpreter_start"]),
+                ("  remote: agent from cache: unmarshal", host["unmarshal"]),
+                ("  remote: agent from cache: module execution + stdlib imports", host["imports"]),
+                (f"  remote: {verb}'s own work", host["work"]),
+                ("  the rest: SSH channel, sshd session + login shell, result back",
+                 run_end - run_start - connect - agent_seconds(host))]
+    out.append(("client: the result shown, exit", client["total"] - run_end))
     return out
+
+
+def package_line(imports: dict[str, float]) -> str:
+    """The client's imports by package, as -X importtime reports them (it inflates them)."""
+    return "client imports by package (-X importtime): " + ", ".join(
+        f"{name} {seconds * 1000:.0f} ms" for name, seconds in imports.items())
 
 
 def host_lines(host: dict[str, Any]) -> list[str]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import io
 import pstats
 import re
-import statistics
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,9 +51,8 @@ def profile(bed: Bed) -> dict[str, Any]:
         return {"error": "start failed: " + started.output[-300:]}
     found: dict[str, Any] = {"breakdown": {}}
     try:
-        client = client_phases(bed, host)
         for verb in VERBS:
-            found["breakdown"][verb] = verb_profile(bed, host, base, where, verb, client)
+            found["breakdown"][verb] = verb_profile(bed, host, base, where, verb)
     finally:
         execute([*base, "stop", *where])
     status = found["breakdown"]["status"]
@@ -61,24 +60,11 @@ def profile(bed: Bed) -> dict[str, Any]:
     return found
 
 
-def client_phases(bed: Bed, host: Host) -> tuple[float, float | None]:
-    """The client's start-up and its SSH connect to `host`, each the median of 3 runs."""
-    startup = statistics.median(execute([PYTHON, "-c", breakdown.STARTUP]).seconds for _ in range(3))
-    connects = []
-    for _ in range(3):
-        done = subprocess.run([str(PYTHON), "-c", breakdown.CONNECT, str(bed.ssh_config), host.alias], cwd=REPO,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
-        try:
-            connects.append(float(done.stdout.strip()))
-        except ValueError:
-            log(f"bench: timing the SSH connect failed: {done.stderr.strip()[-200:]}")
-    return startup, statistics.median(connects) if connects else None
-
-
-def verb_profile(bed: Bed, host: Host, base: Sequence[str], where: Sequence[str], verb: str,
-                 client: tuple[float, float | None]) -> dict[str, Any]:
-    """One verb's client imports, cProfile and wall time (median of 3), and its agent's
-    phases on the host; each run of stop on a server started for it, untimed."""
+def verb_profile(bed: Bed, host: Host, base: Sequence[str], where: Sequence[str], verb: str) -> dict[str, Any]:
+    """One verb's client imports (-X importtime) and cProfile, 3 runs with the
+    client's phases timed (bench/breakdown.py's CLIENT; the one of median wall
+    is broken down), and its agent's phases on the host; each run of stop on a
+    server started for it, untimed."""
     words = [verb, *where]
 
     def ready() -> None:
@@ -88,10 +74,14 @@ def verb_profile(bed: Bed, host: Host, base: Sequence[str], where: Sequence[str]
     ready()
     module = [str(PYTHON), "-X", "importtime", "-m", "fabric", *base[1:], *words]
     imported = subprocess.run(module, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    walls = []
+    timed = []
     for _ in range(3):
         ready()
-        walls.append(execute([*base, *words]).seconds)
+        began = time.perf_counter()
+        done = subprocess.run([str(PYTHON), "-c", breakdown.CLIENT, *base[1:], *words], cwd=REPO,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        timed.append((time.perf_counter() - began, breakdown.parse_client(done.stderr)))
+    wall, client = sorted(timed, key=lambda run: run[0])[1]
     ready()
     with tempfile.NamedTemporaryFile(suffix=".prof") as out:
         subprocess.run([str(PYTHON), "-m", "cProfile", "-o", out.name, "-m", "fabric", *base[1:], *words],
@@ -99,12 +89,10 @@ def verb_profile(bed: Bed, host: Host, base: Sequence[str], where: Sequence[str]
         functions = cprofile_top(out.name)
     ready()
     on_host = agent_phases(bed, host, verb)
-    wall = statistics.median(walls)
-    startup, connect = client
-    by_package = breakdown.imports_by_package(imported.stderr)
     return {"wall": wall, "imports": importtime_top(imported.stderr), "functions": functions,
-            "host": on_host, "rows": breakdown.rows(verb, wall, startup, by_package, connect, on_host),
-            "host_lines": breakdown.host_lines(on_host)}
+            "host": on_host, "client": client, "rows": breakdown.rows(verb, wall, client, on_host),
+            "host_lines": [breakdown.package_line(breakdown.imports_by_package(imported.stderr)),
+                           *breakdown.host_lines(on_host)]}
 
 
 def agent_phases(bed: Bed, host: Host, verb: str) -> dict[str, Any]:

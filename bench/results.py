@@ -109,8 +109,8 @@ def render_profile(prof: dict[str, Any]) -> list[str]:
         lines.append("  cProfile (cumulative; profiling inflates these):")
         lines += [f"    {item['seconds']:>7.3f} s  {item['what']}" for item in prof["functions"]]
     for verb, found in (prof.get("breakdown") or {}).items():
-        lines += ["", f"time breakdown of `fab {verb}` on one host, server running (wall: median of 3; "
-                      "start-up and connect: medians of 3 runs of their own; remote: one instrumented agent run)"]
+        lines += ["", f"time breakdown of `fab {verb}` on one host, server running ("
+                      "client: the run of median wall of 3 timed ones; remote: one instrumented agent run)"]
         lines += [f"  {'-' if seconds is None else f'{seconds:.3f}':>7} s  {what}" for what, seconds in found["rows"]]
         lines += ["  " + line for line in found["host_lines"]]
     return lines

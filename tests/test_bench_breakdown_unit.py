@@ -45,24 +45,41 @@ def test_imports_are_summed_by_package_from_their_self_times() -> None:
     assert list(found)[0] == "paramiko"  # the largest first
 
 
-def test_the_rows_add_up_to_the_wall_time_with_the_rest_last() -> None:
-    imports = {"fabric": 0.3, "fabserve (ours)": 0.1}  # as -X importtime measured them, inflated
-    rows = dict(breakdown.rows("stop", 0.5, 0.2, imports, 0.06, HOST))
-    assert rows["stop: whole call (fab, wall)"] == 0.5
-    assert rows["client start-up: interpreter + imports (fab's program, the fabfile)"] == 0.2
-    # The start-up split in -X importtime's proportions: 3 to 1.
-    assert rows["  of which fabric (its share of -X importtime)"] == pytest.approx(0.15)
-    assert rows["  of which fabserve (ours) (its share of -X importtime)"] == pytest.approx(0.05)
-    assert rows["remote: stop's own work"] == 0.01
-    rest = rows["the rest: fab set-up, channel, sshd session + shell, result back"]
-    assert rest == pytest.approx(0.5 - 0.2 - 0.06 - breakdown.agent_seconds(HOST))
-    assert breakdown.agent_seconds(HOST) == pytest.approx(0.047)
+CLIENT = {"imports": 0.2, "marks": {"run": [0.3, 0.45], "open": [0.31, 0.37]}, "total": 0.47}
 
 
-def test_without_the_host_s_phases_the_rows_stop_at_the_client_s() -> None:
-    rows = breakdown.rows("status", 0.5, 0.2, {"fabric": 0.2}, None, {"error": "no breakdown"})
-    assert [what for what, _ in rows][-1] == "SSH connect + key exchange + auth"
+def test_the_client_s_line_is_found_and_its_absence_is_none() -> None:
+    assert breakdown.parse_client(f"warning\n{breakdown.CLIENT_MARK}{json.dumps(CLIENT)}\n") == CLIENT
+    assert breakdown.parse_client("Traceback\n") is None
+
+
+def test_the_rows_split_one_run_s_wall_time_in_the_order_it_passes() -> None:
+    rows = breakdown.rows("stop", 0.5, CLIENT, HOST)
+    found = dict(rows)
+    assert found["stop: whole call (fab, wall of this run)"] == 0.5
+    assert found["client: interpreter start and exit"] == pytest.approx(0.03)
+    assert found["client: imports of fab's program (fabric, invoke, paramiko, ...)"] == 0.2
+    assert found["client: fab set-up (the fabfile: fabserve's imports; config; tasks; -H)"] == pytest.approx(0.1)
+    assert found["SSH connect + key exchange + auth"] == pytest.approx(0.06)
+    assert found["command round trip (channel, agent, result)"] == pytest.approx(0.09)
+    assert found["  remote: stop's own work"] == 0.01
+    # The round trip less the agent's 47 ms on the host.
+    assert found["  the rest: SSH channel, sshd session + login shell, result back"] == pytest.approx(0.043)
+    assert found["client: the result shown, exit"] == pytest.approx(0.02)
+    top = [seconds for what, seconds in rows[1:] if not what.startswith("  ")]
+    assert sum(top) == pytest.approx(0.5)  # the top-level rows add up to the wall time
+
+
+def test_without_timings_the_rows_say_so_and_without_the_host_s_they_keep_the_client_s() -> None:
+    assert breakdown.rows("status", 0.5, None, HOST)[-1] == ("(no client timings)", None)
+    rows = breakdown.rows("status", 0.5, CLIENT, {"error": "no breakdown"})
+    assert not any(what.startswith("  remote") for what, _ in rows) and rows[-1][0] == "client: the result shown, exit"
     assert breakdown.host_lines({"error": "no breakdown"}) == ["no breakdown"]
+
+
+def test_the_package_line_lists_the_imports_in_milliseconds() -> None:
+    assert breakdown.package_line({"paramiko": 0.05, "yaml": 0.0123}) == (
+        "client imports by package (-X importtime): paramiko 50 ms, yaml 12 ms")
 
 
 def test_the_host_lines_name_the_modules_the_scans_the_reads_and_the_signals() -> None:
