@@ -1,19 +1,24 @@
-"""Where `fab status` spends its time on the client: `python -X importtime` (the
-largest imports) and cProfile (the main phases of a fab run)."""
+"""Where `fab status` and `fab stop` spend their time: on the client, `python -X
+importtime` (the largest imports, and all of them by package) and cProfile (the main
+phases of a fab run); on the host, the agent's phases (bench/breakdown.py); and the
+two together as one breakdown of each call's wall time."""
 
 from __future__ import annotations
 
 import io
 import pstats
 import re
-import statistics
 import subprocess
 import tempfile
+import time
+from collections.abc import Sequence
 from typing import Any
 
-from bench.hosts import Bed
+from bench import breakdown
+from bench.hosts import Bed, Host
 from bench.layout import FAB, PORT, PROJECT, PYTHON, REPO
 from bench.runner import execute
+from bench.shell import log
 
 # Functions worth naming in the breakdown: what each means for a fab run.
 MILESTONES = [
@@ -26,32 +31,83 @@ MILESTONES = [
     ("  authentication incl. key loading (SSHClient._auth)", "paramiko/client.py", "_auth"),
     ("host key check (hostkeys.install)", "tasks/hostkeys.py", "install"),
     ("command round trip (Runner.run)", "invoke/runners.py", "run"),
-    ("  waiting for the remote command (Runner.wait)", "invoke/runners.py", "wait"),
+    ("  waiting for the remote command (Runner.wait)", "runners.py", "wait"),  # invoke's or ours
     ("fabserve: build the agent command", "tasks/remote.py", "command"),
     ("fabserve task body (verbs.operate)", "tasks/verbs.py", "operate"),
 ]
 
 
+VERBS = ("status", "stop")
+
+
 def profile(bed: Bed) -> dict[str, Any]:
-    """Where `fab status` spends its time on the client: -X importtime and cProfile."""
+    """The client's profile of `fab status` (-X importtime and cProfile), and the
+    breakdown of `fab status` and `fab stop` (each on a running server)."""
     host = bed.hosts[0]
     base = [str(FAB), "-r", str(REPO), "-S", str(bed.ssh_config), "-H", host.alias]
     where = ["--project", PROJECT, "--port", str(PORT)]
-    words = ["status", *where]
     started = execute([*base, "start", *where])
     if started.rc != 0:
         return {"error": "start failed: " + started.output[-300:]}
+    found: dict[str, Any] = {"breakdown": {}}
     try:
-        module = [str(PYTHON), "-X", "importtime", "-m", "fabric", *base[1:], *words]
-        imported = subprocess.run(module, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        wall = statistics.median(execute(base + words).seconds for _ in range(3))
-        with tempfile.NamedTemporaryFile(suffix=".prof") as out:
-            subprocess.run([str(PYTHON), "-m", "cProfile", "-o", out.name, "-m", "fabric", *base[1:], *words],
-                           cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-            functions = cprofile_top(out.name)
+        for verb in VERBS:
+            found["breakdown"][verb] = verb_profile(bed, host, base, where, verb)
     finally:
         execute([*base, "stop", *where])
-    return {"wall_seconds": wall, "imports": importtime_top(imported.stderr), "functions": functions}
+    status = found["breakdown"]["status"]
+    found.update(wall_seconds=status["wall"], imports=status["imports"], functions=status["functions"])
+    return found
+
+
+def verb_profile(bed: Bed, host: Host, base: Sequence[str], where: Sequence[str], verb: str) -> dict[str, Any]:
+    """One verb's client imports (-X importtime) and cProfile, 3 runs with the
+    client's phases timed (bench/breakdown.py's CLIENT; the one of median wall
+    is broken down), and its agent's phases on the host; each run of stop on a
+    server started for it, untimed."""
+    words = [verb, *where]
+
+    def ready() -> None:
+        if verb == "stop":
+            execute([*base, "start", *where])
+
+    ready()
+    module = [str(PYTHON), "-X", "importtime", "-m", "fabric", *base[1:], *words]
+    imported = subprocess.run(module, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    timed = []
+    for _ in range(3):
+        ready()
+        began = time.perf_counter()
+        done = subprocess.run([str(PYTHON), "-c", breakdown.CLIENT, *base[1:], *words], cwd=REPO,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        timed.append((time.perf_counter() - began, breakdown.parse_client(done.stderr)))
+    wall, client = sorted(timed, key=lambda run: run[0])[1]
+    ready()
+    with tempfile.NamedTemporaryFile(suffix=".prof") as out:
+        subprocess.run([str(PYTHON), "-m", "cProfile", "-o", out.name, "-m", "fabric", *base[1:], *words],
+                       cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        functions = cprofile_top(out.name)
+    ready()
+    on_host = agent_phases(bed, host, verb)
+    return {"wall": wall, "imports": importtime_top(imported.stderr), "functions": functions,
+            "host": on_host, "client": client, "rows": breakdown.rows(verb, wall, client, on_host),
+            "host_lines": [breakdown.package_line(breakdown.imports_by_package(imported.stderr)),
+                           *breakdown.host_lines(on_host)]}
+
+
+def agent_phases(bed: Bed, host: Host, verb: str) -> dict[str, Any]:
+    """bench/breakdown.py's PROGRAM on `host` with the request fabserve sends for `verb`."""
+    try:
+        from tasks import payload, remote, settings
+        from tasks.config import merged
+        values = merged({}, {"project": PROJECT, "port": PORT})
+        request = remote.request_line(settings.request(verb, values, None))
+        digest = payload.payload()[0]
+    except Exception as exc:  # internals, not an API: losing the host's phases beats losing the run
+        log(f"bench: cannot build the agent's {verb} request ({exc!r}); no host phases")
+        return {"error": f"no request: {exc!r}"}
+    return breakdown.run_on_host(["ssh", "-F", str(bed.ssh_config), host.alias], values["agent_python"],
+                                 digest, request)
 
 
 def importtime_top(stderr: str, count: int = 14) -> dict[str, Any]:

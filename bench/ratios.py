@@ -17,6 +17,9 @@ INSTALLED_LIMIT = 1.02  # the installed `fabserve` command: at most this many ti
 LOGS_LIMIT = 3.0  # a big log's tail: at most this many times OpenSSH's `tail -n`
 FANOUT_TARGET_SIZE = 10  # fan-out target: this many hosts take at most FANOUT_LIMIT x one host
 FANOUT_LIMIT = 1.5
+# Each extra host of a fan-out costs the client at most this much CPU (ms) and peak RSS (MiB).
+CLIENT_CPU_PER_HOST_LIMIT = 15.0
+CLIENT_RSS_PER_HOST_LIMIT = 0.3
 LIST_LIMIT = 1.2  # list on a host with 20 instances: at most this many times status of one
 AUTO_LIMIT = 1.05  # start --port auto: at most this many times start --port N
 
@@ -26,7 +29,7 @@ class Ratio:
     name: str
     label: str
     values: list[float]
-    unit: str = "x"            # "x": a ratio; "s": a difference in seconds
+    unit: str = "x"            # "x": a ratio; "s": a difference in seconds; "ms", "MiB": a cost per host
     limit: float | None = None
 
     @property
@@ -129,6 +132,21 @@ def ratios(cases: dict[str, Case], sizes: Sequence[int], cpus: int) -> list[Rati
                                               lambda n, one: (machine_cpu_seconds(n, cpus)
                                                               - machine_cpu_seconds(one, cpus)) / (top - 1)),
                              "s"))
+    for size in sizes[1:]:
+        # The client's own cost of a host more: its CPU time and its peak RSS.
+        for verb in ("status", "stop"):
+            names = [f"fanout_{verb}_{size}", f"fanout_{verb}_1"]
+            target = size >= FANOUT_TARGET_SIZE
+            out.append(Ratio(f"fanout_{verb}_client_cpu_per_host_{size}",
+                             f"{verb}: client CPU ms per extra host (1->{size})",
+                             pairwise_samples(cases, names, lambda n, one, size=size:
+                                              (n.cpu_seconds - one.cpu_seconds) * 1000 / (size - 1)),
+                             "ms", CLIENT_CPU_PER_HOST_LIMIT if target else None))
+            out.append(Ratio(f"fanout_{verb}_client_rss_per_host_{size}",
+                             f"{verb}: client peak RSS MiB per extra host (1->{size})",
+                             pairwise_samples(cases, names, lambda n, one, size=size:
+                                              (n.maxrss_kib - one.maxrss_kib) / 1024 / (size - 1)),
+                             "MiB", CLIENT_RSS_PER_HOST_LIMIT if target else None))
     for size in sizes:
         ratio(f"fanout_status_{size}/trivial", f"status {size} hosts / trivial fab {size} hosts",
               f"fanout_status_{size}", f"fanout_trivial_{size}")

@@ -85,7 +85,7 @@ def render_ratios(ratio_rows: Sequence[dict[str, Any]]) -> list[str]:
     header = ratio_line("ratio (pairwise within a rep)", "median", "min-max", "target", "")
     lines = [header, "-" * len(header)]
     for row in ratio_rows:
-        unit = "s" if row["unit"] == "s" else "x"
+        unit = row["unit"]
         values = row["values"]
         lines.append(ratio_line(
             row["label"], "-" if row["median"] is None else f"{row['median']:.2f}{unit}",
@@ -108,6 +108,11 @@ def render_profile(prof: dict[str, Any]) -> list[str]:
     if prof.get("functions"):
         lines.append("  cProfile (cumulative; profiling inflates these):")
         lines += [f"    {item['seconds']:>7.3f} s  {item['what']}" for item in prof["functions"]]
+    for verb, found in (prof.get("breakdown") or {}).items():
+        lines += ["", f"time breakdown of `fab {verb}` on one host, server running ("
+                      "client: the run of median wall of 3 timed ones; remote: one instrumented agent run)"]
+        lines += [f"  {'-' if seconds is None else f'{seconds:.3f}':>7} s  {what}" for what, seconds in found["rows"]]
+        lines += ["  " + line for line in found["host_lines"]]
     return lines
 
 

@@ -11,8 +11,10 @@ import base64
 import hashlib
 import os
 import shlex
+import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from fabric import Connection
@@ -169,10 +171,28 @@ def install(client: SSHClient, rules: Rules, host: str, port: int) -> None:
     # Loaded into the client itself, so that paramiko also asks the server for the
     # key type it knows, and raises BadHostKeyException for a different key.
     known = client.get_host_keys()
+    name = known_hosts_name(host, port)  # the only name paramiko looks this host up by
     for path in rules.known:
-        if os.path.isfile(path):
-            load(path, known)
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode):
+            for keytype, key in (parsed(path, (info.st_ino, info.st_mtime_ns, info.st_size)).lookup(name)
+                                 or {}).items():
+                known.add(name, keytype, key)
     client.set_missing_host_key_policy(UnknownHost(rules, host, port))
+
+
+@lru_cache(maxsize=16)
+def parsed(path: str, version: Tuple[int, int, int]) -> HostKeys:
+    """A known_hosts file's keys, parsed once per process and `version` (inode,
+    mtime, size) of the file: each host of a fan-out takes its own entries from
+    it, where loading the whole file for each made the client's work grow with
+    the square of the hosts."""
+    keys = HostKeys()
+    load(path, keys)
+    return keys
 
 
 @contextmanager

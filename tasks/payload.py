@@ -9,15 +9,15 @@ it through a meta-path finder (agent.boot): one SSH command, nothing written
 but the cache, no temporary directory.
 """
 
-import ast
 import base64
 import hashlib
-import io
-import tokenize
+import os
+import stat
+import threading
 import zlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Tuple
+from typing import List, Optional, Tuple
 
 from .agent import MODULES
 
@@ -89,6 +89,9 @@ LOADER_WORD = base64.b64encode(zlib.compress(LOADER.encode("ascii"), 9)).decode(
 def blanked(source: str) -> str:
     """`source` without its comments and docstrings, every line where it was:
     what the target needs of it, in fewer bytes (tracebacks keep their line numbers)."""
+    import ast  # here: a client that reads the kept word (see built) never blanks, nor imports these
+    import io
+    import tokenize
     lines = source.splitlines(keepends=True)
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type == tokenize.COMMENT:
@@ -110,12 +113,93 @@ def blanked(source: str) -> str:
     return b"".join(lines).decode("utf-8")
 
 
-@lru_cache(maxsize=1)
+# Blanking the modules (tokenize and ast) takes a client about 150 ms, more than
+# the agent's whole run on the host: the word is built once per version of the
+# sources and kept beside this module's compiled code.
+CACHE_DIR = Path(__file__).with_name("__pycache__")
+CACHE_PREFIX = "agent-payload-"
+# The first of several hosts' threads builds the word; the others wait for it.
+BUILDING = threading.Lock()
+
+
 def payload() -> Tuple[str, str]:
     """The agent's hash and its modules as one compressed word, as command arguments."""
+    with BUILDING:
+        return built()
+
+
+@lru_cache(maxsize=1)
+def built() -> Tuple[str, str]:
+    sources = [(name, (PACKAGE_DIR / f"{name}.py").read_bytes()) for name in MODULES]
+    key = sources_key(sources)
+    cached = read_cached(CACHE_DIR / f"{CACHE_PREFIX}{key}")
+    if cached is not None:
+        return cached
     parts = []
-    for name in MODULES:
-        parts += [name, blanked((PACKAGE_DIR / f"{name}.py").read_text("utf-8"))]
+    for name, source in sources:
+        parts += [name, blanked(source.decode("utf-8"))]
     joined = "\0".join(parts).encode("utf-8")
-    return (hashlib.sha256(joined).hexdigest()[:16],
-            base64.b64encode(zlib.compress(joined, 9)).decode("ascii"))
+    word = (hashlib.sha256(joined).hexdigest()[:16], base64.b64encode(zlib.compress(joined, 9)).decode("ascii"))
+    write_cached(CACHE_DIR, f"{CACHE_PREFIX}{key}", word)
+    return word
+
+
+def sources_key(sources: List[Tuple[str, bytes]]) -> str:
+    """What the word is built from: the modules and this module (how it blanks them)."""
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for name, source in sources:
+        digest.update(b"\0" + name.encode("ascii") + b"\0" + source)
+    return digest.hexdigest()[:32]
+
+
+def trusted(info: os.stat_result) -> bool:
+    """Whether a file or directory can be written by no one but its owner, who is
+    this user or the package's owner: the word kept there is run on every host."""
+    try:
+        package = os.stat(PACKAGE_DIR)
+    except OSError:
+        return False
+    return info.st_uid in (os.geteuid(), package.st_uid) and not info.st_mode & 0o022
+
+
+def trusted_dir(path: Path) -> bool:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and trusted(info)
+
+
+def read_cached(path: Path) -> Optional[Tuple[str, str]]:
+    """The (hash, word) kept at `path` if it is whole and matches its hash, else None."""
+    if not trusted_dir(path.parent):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not (stat.S_ISREG(info.st_mode) and trusted(info)):
+                return None
+            digest, _, word = handle.read().decode("ascii").partition(" ")
+        joined = zlib.decompress(base64.b64decode(word, validate=True))
+    except (OSError, ValueError, zlib.error):  # ValueError: bad base64 or ASCII too
+        return None
+    return (digest, word) if hashlib.sha256(joined).hexdigest()[:16] == digest else None
+
+
+def write_cached(folder: Path, name: str, word: Tuple[str, str]) -> None:
+    """Keep `word` as folder/name, replacing older versions' entries; nothing
+    happens where the folder cannot be written (an installed package of root's)."""
+    temporary = folder / f"{name}.{os.getpid()}.{threading.get_ident()}"
+    try:
+        folder.mkdir(mode=0o755, exist_ok=True)
+        if not trusted_dir(folder):
+            return
+        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as handle:
+            handle.write(" ".join(word))
+        os.replace(temporary, folder / name)
+        for entry in folder.iterdir():
+            if entry.name.startswith(CACHE_PREFIX) and entry.name != name:
+                entry.unlink(missing_ok=True)
+    except OSError:
+        temporary.unlink(missing_ok=True)

@@ -71,6 +71,7 @@ def reader_watch() -> None:
         return
 
 
+@lru_cache(maxsize=8)  # one 32 KB line for every host of a run, not one each
 def command(agent_python: str) -> str:
     """The shell command that runs the agent, as one line; the request goes on
     its stdin (request_line), never in the command: every local user of the

@@ -10,7 +10,6 @@ both directions; closing the tunnel ends and joins every one of them.
 """
 
 import errno
-import http.client
 import json
 import os
 import select
@@ -152,6 +151,7 @@ class Forwarder:
 def answers(port: int, path: str) -> Optional[str]:
     """None when GET `path` through 127.0.0.1:`port` gets an HTTP response (any
     status: it proves the tunnel, the agent judged the server), else what went wrong."""
+    import http.client  # here: only a tunnel needs it, and it costs every fab run its import (email's parser)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=READY_TIMEOUT)
     try:
         conn.request("GET", path, headers={"Connection": "close"})

@@ -113,3 +113,22 @@ def test_package_codes_of_a_checkout_are_its_modules_compiled():
     codes = boot.package_codes()
     assert sorted(codes) == sorted(agent.MODULES)
     assert all(code.co_filename.endswith(f"{name}.py") for name, code in codes.items())
+
+
+def test_status_and_stop_leave_the_manage_module_unloaded(tmp_path):
+    """dispatch imports a verb's handler for its verb: `manage` is loaded for manage alone."""
+    codes = {name: compile(payload.blanked((PACKAGE / f"{name}.py").read_text()), f"fabserve_agent/{name}.py",
+                           "exec", dont_inherit=True) for name in agent.MODULES}
+    feed = tmp_path / "codes"
+    feed.write_bytes(marshal.dumps(codes))
+    program = ("import marshal,sys;c=marshal.load(open(sys.argv[1],'rb'));g={};exec(c['boot'],g);g['install'](c);"
+               "from fabserve_agent import dispatch;dispatch.handler(sys.argv[2]);"
+               "print(' '.join(sorted(m for m in sys.modules if m.startswith('fabserve_agent.'))))")
+    loaded = {}
+    for action in ("status", "stop", "manage"):
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", program, str(feed), action], capture_output=True,
+                              text=True, cwd=tmp_path, timeout=60)
+        assert done.returncode == 0, done.stderr
+        loaded[action] = set(done.stdout.split())
+    assert "fabserve_agent.manage" not in loaded["status"] | loaded["stop"]
+    assert "fabserve_agent.manage" in loaded["manage"]

@@ -187,6 +187,32 @@ def test_fan_out_machine_cpu_per_extra_host_is_busy_share_times_wall_time_times_
     assert by_name(ratios(measured, [1, 3], cpus=4))["fanout_stop_cpu_per_host"].values == [2.0]
 
 
+def client_case(name: str, hosts: int, cpu_seconds: float, maxrss_mib: float) -> Case:
+    made = Case(name, name, "made up", hosts)
+    made.add(1, Sample(1.0, 0, int(maxrss_mib * 1024), cpu_seconds, sessions=hosts))
+    return made
+
+
+@pytest.mark.parametrize("ten_cpu, verdict", [(0.535, "PASS"), (0.5, "PASS"), (0.6, "MISS")])
+def test_client_cpu_per_extra_host_is_in_ms_with_a_target_from_ten_hosts(ten_cpu: float, verdict: str) -> None:
+    measured = cases(client_case("fanout_stop_1", 1, 0.4, 44), client_case("fanout_stop_5", 5, 0.44, 45),
+                     client_case("fanout_stop_10", 10, ten_cpu, 46.8))
+    found = by_name(ratios(measured, [1, 5, 10], cpus=2))
+    ten = found["fanout_stop_client_cpu_per_host_10"]
+    # (0.535 - 0.4) s over 9 extra hosts: 15 ms, the limit.
+    assert ten.unit == "ms" and ten.limit == 15.0 and ten.verdict() == verdict
+    assert ten.values == [pytest.approx((ten_cpu - 0.4) * 1000 / 9)]
+    assert found["fanout_stop_client_cpu_per_host_5"].limit is None
+    assert found["fanout_stop_client_cpu_per_host_5"].values == [pytest.approx(10.0)]
+
+
+def test_client_peak_rss_per_extra_host_is_in_mib() -> None:
+    measured = cases(client_case("fanout_status_1", 1, 0.4, 44), client_case("fanout_status_10", 10, 0.5, 46.7))
+    rss = by_name(ratios(measured, [1, 10], cpus=2))["fanout_status_client_rss_per_host_10"]
+    assert rss.unit == "MiB" and rss.limit == 0.3 and rss.values == [pytest.approx(0.3, abs=0.001)]
+    assert rss.verdict() == "PASS"
+
+
 # --- the target lines
 
 

@@ -93,3 +93,29 @@ def test_record_creates_a_private_directory_and_keeps_the_last_line_whole(tmp_pa
     path.write_text("a ssh-ed25519 AAAA")
     hostkeys.record(str(path), "b ssh-ed25519 BBBB\n")
     assert path.read_text() == "a ssh-ed25519 AAAA\nb ssh-ed25519 BBBB\n"
+
+
+def test_each_host_gets_its_own_entries_from_a_file_parsed_once_per_version(tmp_path, monkeypatch):
+    from paramiko.client import SSHClient
+    key = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(f"[10.0.0.{i}]:2222 ssh-ed25519 {key}\n" for i in range(20)) + f"web1 ssh-ed25519 {key}\n")
+    parses = []
+    real = hostkeys.load
+    monkeypatch.setattr(hostkeys, "load", lambda path, into: (parses.append(path), real(path, into)))
+    hostkeys.parsed.cache_clear()
+    rules = hostkeys.Rules("yes", "test", (str(known), str(tmp_path / "missing")), None, False)
+    clients = {}
+    for host, port in (("10.0.0.3", 2222), ("10.0.0.4", 2222), ("web1", 22), ("web2", 22)):
+        clients[host] = SSHClient()
+        hostkeys.install(clients[host], rules, host, port)
+    assert parses == [str(known)]
+    assert sorted(clients["10.0.0.3"].get_host_keys().keys()) == ["[10.0.0.3]:2222"]
+    assert sorted(clients["web1"].get_host_keys().keys()) == ["web1"]
+    assert clients["web2"].get_host_keys().keys() == []
+    with known.open("a") as handle:  # a key recorded meanwhile (accept-new): the file is read again
+        handle.write(f"web2 ssh-ed25519 {key}\n")
+    again = SSHClient()
+    hostkeys.install(again, rules, "web2", 22)
+    assert len(parses) == 2 and sorted(again.get_host_keys().keys()) == ["web2"]
+    hostkeys.parsed.cache_clear()

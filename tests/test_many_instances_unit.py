@@ -280,7 +280,7 @@ def test_a_start_whose_chosen_port_is_taken_tries_other_free_ones_then_names_the
         raise launch.PortTaken(f"port {inst.port} on 127.0.0.1 was taken by another user's process (user o) "
                               f"before the server could bind it")
 
-    monkeypatch.setitem(dispatch.HANDLERS, "start", (start, True))
+    monkeypatch.setattr(verbs, "do_start", start)
     result = dispatch.handle(agent_request(tmp_path, project, "start", "auto"))
     assert len(tried) == locate.PORT_TRIES == len(set(tried)) and all(18100 <= port <= 18199 for port in tried)
     assert result["error"].endswith("before the server could bind it; ports tried: " + ", ".join(map(str, tried)))

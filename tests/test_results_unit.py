@@ -1,10 +1,11 @@
 """The result fields: docs/output.md's "JSON output" names exactly the declared ones,
 and the results the agent and the client build carry them."""
 
+import importlib
 import re
 from pathlib import Path
 
-from tasks import report, settings
+from tasks import agent, report, settings
 from tasks.agent import dispatch, protocol
 from tasks.config import merged
 
@@ -61,6 +62,13 @@ def test_agent_answers_carry_the_answered_fields_and_only_declared_ones(tmp_path
 
 
 def test_the_verbs_that_change_a_server_hold_its_lock():
-    assert {name: locks for name, (_, locks) in dispatch.HANDLERS.items()} == {
+    assert {name: locks for name, (_, _, locks) in dispatch.HANDLERS.items()} == {
         "start": True, "stop": True, "restart": True, "status": False, "logs": False, "list": False, "manage": False}
     assert sorted(dispatch.HANDLERS) == sorted(protocol.VERBS)
+
+
+def test_each_verb_names_a_function_of_a_module_of_the_package_imported_for_it_alone():
+    for action, (module, function, _) in dispatch.HANDLERS.items():
+        assert module in agent.MODULES, action
+        run, _ = dispatch.handler(action)
+        assert run is getattr(importlib.import_module(f"tasks.agent.{module}"), function), action

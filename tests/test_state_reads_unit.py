@@ -108,7 +108,7 @@ def test_a_call_that_blocks_gives_itself_up_before_its_client(tmp_path, monkeypa
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     # A read that blocks until a writer comes, as a FIFO read without O_NONBLOCK does.
-    monkeypatch.setitem(dispatch.HANDLERS, "status", (lambda inst: fifo.read_text(), False))
+    monkeypatch.setattr(verbs, "do_status", lambda inst: fifo.read_text())
     monkeypatch.setattr(dispatch, "GIVE_UP", 0)
     monkeypatch.setattr(protocol, "KILL_WAIT", 0)
     monkeypatch.setattr(protocol, "PORT_WAIT", 0)

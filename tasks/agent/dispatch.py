@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 
-from . import manage, verbs
 from .protocol import AgentError, CHECKED, FAILED, HOST_VERBS, MARKER, exit_code, join, result_of, run_limit
 from .identity import given_path
 from .state import Host, Instance, Request
@@ -16,18 +15,25 @@ from .locate import PORT_TRIES, resolve_instance
 from .launch import PortTaken
 from .verbs import describe
 
-# The verbs: name -> (its handler, whether it runs holding the instance's lock,
-# so that start, stop and restart never overlap). A handler is called with the
-# Instance the request names, or, for HOST_VERBS, with the Host and the request.
+# The verbs: name -> (the module of its handler, the handler, whether it runs
+# holding the instance's lock, so that start, stop and restart never overlap).
+# A handler is called with the Instance the request names, or, for HOST_VERBS,
+# with the Host and the request. Its module is imported only for its verb.
 HANDLERS = {
-    "status": (verbs.do_status, False),
-    "start": (verbs.do_start, True),
-    "stop": (verbs.do_stop, True),
-    "restart": (verbs.do_restart, True),
-    "logs": (verbs.do_logs, False),
-    "list": (verbs.do_list, False),
-    "manage": (manage.do_manage, False),
+    "status": ("verbs", "do_status", False),
+    "start": ("verbs", "do_start", True),
+    "stop": ("verbs", "do_stop", True),
+    "restart": ("verbs", "do_restart", True),
+    "logs": ("verbs", "do_logs", False),
+    "list": ("verbs", "do_list", False),
+    "manage": ("manage", "do_manage", False),
 }
+
+
+def handler(action):
+    """(the handler of `action`, whether it locks), its module imported now."""
+    module, function, locks = HANDLERS[action]
+    return getattr(__import__(f"{__package__}.{module}", fromlist=[function]), function), locks
 
 
 def handle(data):
@@ -35,7 +41,7 @@ def handle(data):
     a follower's reader went away)."""
     req = Request(data)
     action = req.action
-    run, locks = HANDLERS[action]
+    run, locks = handler(action)
     inst = None
     try:
         host = Host(req)

@@ -18,6 +18,10 @@ from .procfs import (
 # TERM within milliseconds), then back off to POLL so a long wait costs little CPU.
 FIRST_POLL = 0.005
 POLL = 0.05
+# Watching pidfds, a wait ends when a watched process exits, so /proc is scanned
+# again only then, or after this long: a member that left the group meanwhile
+# (setpgid) holds the wait no longer than that.
+WATCHED_POLL = 0.25
 
 
 class Found(object):
@@ -45,8 +49,19 @@ class Found(object):
     def everyone(self):
         """Every process signals to the server reach, the watchdog included."""
         if self.pgid is not None:
-            return group_members(self.pgid)
+            # No process is in the group at all: nothing to look for in /proc.
+            return group_members(self.pgid) if group_exists(self.pgid) else []
         return sorted(pid for pid, start in self.starts.items() if alive(pid, start))
+
+
+def group_exists(pgid):
+    """Whether any process (a zombie too) is in process group `pgid`: signal 0
+    checks it without a look at every process in /proc."""
+    try:
+        os.killpg(pgid, 0)
+    except OSError as exc:
+        return exc.errno != errno.ESRCH  # EPERM: members of another user's
+    return True
 
 
 def signal_found(found, sig, excluded):
@@ -77,10 +92,12 @@ def pauses():
         pause = min(pause * 2, POLL)
 
 
-def await_exit(pids, pause):
+def await_exit(pids, pause, watched=None):
     """Wait `pause` seconds, or less: where the kernel offers pidfds (Linux 5.3,
     Python 3.9) the wait ends as soon as one of `pids` exits, so a stop returns
-    the moment the server is gone instead of at the next poll."""
+    the moment the server is gone instead of at the next poll; and lasts
+    `watched` seconds (if given) rather than `pause`, as nothing but an exit
+    needs a look."""
     fds = []
     try:
         watchable = hasattr(os, "pidfd_open")
@@ -99,7 +116,7 @@ def await_exit(pids, pause):
         poller = select.poll()
         for fd in fds:
             poller.register(fd, select.POLLIN)
-        poller.poll(pause * 1000)
+        poller.poll((pause if watched is None else watched) * 1000)
     finally:
         for fd in fds:
             os.close(fd)
@@ -111,7 +128,8 @@ def wait_gone(found, deadline):
         left = found.everyone()
         if not left or time.time() >= deadline:
             return left
-        await_exit(left, min(pause, max(deadline - time.time(), 0)))
+        remaining = max(deadline - time.time(), 0)
+        await_exit(left, min(pause, remaining), min(WATCHED_POLL, remaining))
 
 
 def terminate(found, grace):

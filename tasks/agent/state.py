@@ -6,7 +6,6 @@ directories, only regular files, atomic replacement, a lock per instance.
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -16,11 +15,18 @@ from .protocol import ADDRESS, AgentError, DEFAULT_ADDR, DEFAULT_PORT, server_ur
 from .procfs import machine_id, parse_pid, pid_max
 from .identity import given_path
 
+# The interpreter's own SHA-256 up to Python 3.11: hashlib loads OpenSSL's
+# library first, a few milliseconds of every call.
+try:
+    from _sha256 import sha256
+except ImportError:
+    from hashlib import sha256
+
 
 def instance_name(project, port):
     """A directory name unique per (project path, port), readable by humans."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(project)).strip("._") or "project"
-    digest = hashlib.sha256(f"{project}\0{port}".encode()).hexdigest()[:10]
+    digest = sha256(f"{project}\0{port}".encode()).hexdigest()[:10]
     return f"{slug[:40]}-{port}-{digest}"
 
 
@@ -38,7 +44,7 @@ def host_key(machine, hostname):
     """The directory name of one host's state: its hostname, readable, and a
     digest of machine id and hostname (cloned VMs share a machine id)."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", hostname).strip("._") or "host"
-    digest = hashlib.sha256(f"{machine}\0{hostname}".encode()).hexdigest()[:10]
+    digest = sha256(f"{machine}\0{hostname}".encode()).hexdigest()[:10]
     return f"{slug[:40]}-{digest}"
 
 
