@@ -54,7 +54,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(next((tier for fixture, tier in _TIER_OF_FIXTURE if fixture in used), "unit"))
         group = next((group for fixture, group in _GROUP_OF_FIXTURE if fixture in used), None)
         if group is None and _uses_module_fixture(item):
-            group = item.nodeid.partition("::")[0]
+            group = item.path.stem
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
 
