@@ -4,11 +4,15 @@ modules); this file only wraps it as fixtures and sorts tests into tiers.
 Tiers, as markers applied from the fixtures a test uses (see pytest.ini):
 bed_hosts -> hosts; target (directly or through another fixture) or root -> sshd;
 an explicit bench mark stays; anything else -> unit.
+
+The suite runs in pytest-xdist workers (pytest.ini: -n auto --dist loadgroup), each a
+session of its own with its own test user (bed.target.TEST_USER), sshd and Django
+projects; tests that share a costly fixture are grouped onto one worker. `-n 0` runs
+everything in one process as before.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import pwd
 from collections.abc import Callable, Iterator
@@ -18,7 +22,7 @@ from typing import Any
 import pytest
 
 from bed import hosts, procs, wait_for
-from bed.state import ensure_dir
+from bed.state import AccountClaim, account_claim
 from bed.accounts import ProjectMaker, Spawner, UserRunner
 from bed.fab import FabResult, FabRunner
 from bed.target import (OTHER_USER, ShellAccount, Target, local_target, other_account, pam_namespace_target,
@@ -27,46 +31,79 @@ from helpers import bed_outcome, skip_or_fail
 
 _TIERS = ("unit", "sshd", "hosts", "bench")
 _TIER_OF_FIXTURE = (("bed_hosts", "hosts"), ("target", "sshd"), ("root", "sshd"))
+#: Tests that share a costly fixture run in one pytest-xdist worker, which builds it
+#: once (pytest.ini's --dist loadgroup): every test on the namespaced hosts in one,
+#: and the tests of a module that has a module-scoped fixture in one per module.
+_GROUP_OF_FIXTURE = (("bed_hosts", "hosts"),)
 
 
+#: pytest-xdist workers per CPU (pytest.ini's -n auto): a test mostly waits (sshd logins,
+#: Django start-ups, TTLs running out), so two workers keep a CPU about as busy as it gets.
+_WORKERS_PER_CPU = 2
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    return _WORKERS_PER_CPU * len(os.sched_getaffinity(0))
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if any(item.get_closest_marker(tier) for tier in _TIERS):
-            continue
         used = set(getattr(item, "fixturenames", ()))
-        item.add_marker(next((tier for fixture, tier in _TIER_OF_FIXTURE if fixture in used), "unit"))
+        if not any(item.get_closest_marker(tier) for tier in _TIERS):
+            item.add_marker(next((tier for fixture, tier in _TIER_OF_FIXTURE if fixture in used), "unit"))
+        group = next((group for fixture, group in _GROUP_OF_FIXTURE if fixture in used), None)
+        if group is None and _uses_module_fixture(item):
+            group = item.path.stem
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and any(defs[-1].scope == "module" for defs in info.name2fixturedefs.values())
 
 
 @pytest.fixture(scope="session")
-def sole_session() -> Iterator[bool]:
-    """True while no other test session works as the test user: only then can the
-    user's process set tell what this session left behind. Under CI=true another
-    session is an error, so the check always runs there."""
-    with open(ensure_dir() / ".user-processes.lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if os.environ.get("CI") == "true":
-                pytest.fail("another test session runs as the test user; the leftover check "
-                            "needs the account to itself", pytrace=False)
-            yield False
-            return
-        yield True
+def sole_session() -> Iterator[AccountClaim]:
+    """This session's claim on the test user (one per pytest-xdist worker): only while
+    no other test session works as the user can its process set tell what this
+    session left behind. Under CI=true another session is an error, so the check
+    always runs there."""
+    with account_claim(TEST_USER) as claim:
+        if not claim.held:
+            _another_session()
+        yield claim
+
+
+def _another_session() -> None:
+    """Under CI=true, fail: the leftover check cannot run beside another session."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"another test session runs as {TEST_USER}; the leftover check needs the account to itself",
+                    pytrace=False)
 
 
 @pytest.fixture(autouse=True)
 def nothing_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every test that works as the test user leaves the user's process set as it
-    found it, once its fixtures have cleaned up (autouse: torn down last)."""
-    if "target" not in request.fixturenames or not request.getfixturevalue("sole_session"):
+    found it, once its fixtures have cleaned up (autouse: torn down last). Checked
+    only while this session has the user to itself, from before the test to after."""
+    if "target" not in request.fixturenames:
+        yield
+        return
+    claim: AccountClaim = request.getfixturevalue("sole_session")
+    if not claim.sole():
         yield
         return
     uid = pwd.getpwnam(TEST_USER).pw_uid
     before = procs.process_set(uid)
     yield
-    wait_for(lambda: not procs.process_set(uid) - before, timeout=10)
+    wait_for(lambda: not claim.sole() or not procs.process_set(uid) - before, timeout=10)
     left = sorted(procs.process_set(uid) - before)
-    assert not left, "left running as the test user: " + "; ".join(
+    if not claim.sole():
+        _another_session()
+        return
+    assert not left, f"left running as {TEST_USER}: " + "; ".join(
         f"pid {pid} ({procs.cmdline(pid)[:120]})" for pid, _ in left)
 
 

@@ -21,12 +21,12 @@ from helpers import alive, bed_outcome, free_port, group_members, http_status, p
 MODULE = "fabserve.django.runserver"
 
 
-@pytest.fixture(scope="module")
-def ansible(target, tmp_path_factory):
-    """Ansible with the target as its only host, reached through the target's ssh_config."""
+@pytest.fixture
+def ansible(target, tmp_path):
+    """Ansible with the target as its only host, reached through the target's ssh_config:
+    one per test, as it costs only its inventory, so the tests spread over the workers."""
     with bed_outcome():
-        return Ansible(tmp_path_factory.mktemp("ansible"), {target.alias: {}},
-                       common_args=f"-F {target.ssh_config}")
+        return Ansible(tmp_path / "ansible", {target.alias: {}}, common_args=f"-F {target.ssh_config}")
 
 
 def args(project, port, state, *extra):

@@ -281,7 +281,8 @@ def test_a_pam_namespace_host_finds_the_server_an_earlier_session_started(pam_ta
     assert status.returncode == 0 and status.json["state"] == "running", status.stdout + status.stderr
     assert sorted(status.json["pids"]) == sorted(start.json["pids"])
     listed = fab("list", "--json")
-    assert listed.returncode == 0 and port in [row["port"] for row in listed.json if row["state"] == "running"], \
+    rows = listed.json if isinstance(listed.json, list) else [listed.json]  # one line (a fresh account), or more
+    assert listed.returncode == 0 and port in [row["port"] for row in rows if row["state"] == "running"], \
         listed.stdout
     stop = fab("stop", *where(site, port), "--json")
     assert stop.returncode == 0 and stop.json["changed"] is True, stop.stdout + stop.stderr

@@ -7,7 +7,7 @@ one-line-first message; callers decide whether that skips, fails or aborts.
   procs   process inspection and signalling by PID, from /proc
   net     ports, TCP and HTTP probes
   run     running setup commands
-  state   the machine-wide state directory and its locks
+  state   the machine-wide state directory, its locks, and which session has a test account to itself
   users   unprivileged accounts and their authorized_keys
   sshd    host keys, sshd and ssh client configuration, starting sshd
   venv    virtualenvs keyed by their requirements

@@ -31,7 +31,12 @@ from .venv import shared_venv
 
 REPO: Path = Path(__file__).resolve().parents[2]
 
-TEST_USER = "fabserve-test"
+#: The pytest-xdist worker this process is (gw0, gw1, ...; pytest-xdist sets the
+#: variable), "" in a run without workers and outside pytest (bench/).
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+#: The unprivileged account the tests work as: one per worker, since the leftover
+#: check compares the account's whole process set before and after each test.
+TEST_USER = f"fabserve-test-{WORKER}" if WORKER else "fabserve-test"
 HOST_ALIAS = "fabserve-target"
 # A second account on the same sshd whose login shell tests change.
 SHELL_USER = "fabserve-shell"
@@ -160,9 +165,10 @@ def shell_account(target: Target, workdir: Path) -> Iterator[ShellAccount]:
         yield ShellAccount(user=SHELL_USER, uid=user.pw_uid, home=Path(user.pw_dir), ssh_config=config)
 
 
-#: pam_namespace's configuration for TEST_USER: a /tmp of its own in every PAM
-#: session that loads the module, which only PAM_SERVICE's does. Shared by the
-#: sessions that use it, removed by the last (PAM_USERS counts them).
+#: pam_namespace's configuration for the test accounts (TEST_USER of each session
+#: that uses it): a /tmp of its own in every PAM session that loads the module,
+#: which only PAM_SERVICE's does. Shared by the sessions that use it, removed by
+#: the last (PAM_USERS counts them).
 NAMESPACE_CONF = Path("/etc/security/namespace.d/fabserve-test.conf")
 POLY_PARENT = Path("/tmp/fabserve-test-inst")
 PAM_USERS = STATE_DIR / "pam-namespace.users"
@@ -178,13 +184,27 @@ PAM_STACK = (
 )
 
 
+def _polyinstantiated() -> list[str]:
+    """The accounts NAMESPACE_CONF gives a /tmp of their own (its line's last field)."""
+    try:
+        line = NAMESPACE_CONF.read_text().strip()
+    except FileNotFoundError:
+        return []
+    return line.rpartition(" ~")[2].split(",") if line else []
+
+
 @contextlib.contextmanager
 def _namespace_conf() -> Iterator[None]:
-    """pam_namespace's /tmp for TEST_USER while this session needs it."""
+    """pam_namespace's /tmp for TEST_USER while this session needs it, beside the
+    accounts of the other sessions that use it now."""
     ensure_dir()
     with open(PAM_USERS, "a") as users:
         with state_lock():
-            NAMESPACE_CONF.write_text(f"/tmp {POLY_PARENT}/ user ~{TEST_USER}\n")
+            accounts = ",".join(sorted({*_polyinstantiated(), TEST_USER}))
+            staging = NAMESPACE_CONF.with_name(NAMESPACE_CONF.name + ".new")
+            staging.write_text(f"/tmp {POLY_PARENT}/ user ~{accounts}\n")
+            # pam_namespace reads the file at each login: never half of it.
+            os.replace(staging, NAMESPACE_CONF)
             POLY_PARENT.mkdir(exist_ok=True)
             POLY_PARENT.chmod(0)  # pam_namespace wants the instances' parent closed to all
             fcntl.flock(users, fcntl.LOCK_SH)

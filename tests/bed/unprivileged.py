@@ -40,7 +40,9 @@ def run_unit_tier(venv: Path, account: str = ACCOUNT) -> tuple[int, str]:
         tree = Path(work) / "repo"
         shutil.copytree(REPO, tree, symlinks=True, ignore=NOT_COPIED)
         subprocess.run(["chmod", "-R", "a+rX", work], check=True)
-        argv = runuser_argv(account, [venv / "bin" / "python", "-m", "pytest", "-m", "unit", "-q",
+        # One process (-n 0): .ci/run runs this beside the whole suite, whose workers keep
+        # every CPU busy; workers of its own would only add their start-up.
+        argv = runuser_argv(account, [venv / "bin" / "python", "-m", "pytest", "-m", "unit", "-q", "-n", "0",
                                       "-p", "no:cacheprovider"])
         env = user_env(account, "/nonexistent", {"PYTHONDONTWRITEBYTECODE": "1"})
         done = subprocess.run(argv, cwd=tree, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
