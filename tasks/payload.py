@@ -115,9 +115,10 @@ def blanked(source: str) -> str:
 
 # Blanking the modules (tokenize and ast) takes a client about 150 ms, more than
 # the agent's whole run on the host: the word is built once per version of the
-# sources and kept beside this module's compiled code.
-CACHE_DIR = Path(__file__).with_name("__pycache__")
-CACHE_PREFIX = "agent-payload-"
+# sources and kept in the user's cache directory (never in the package, which an
+# installed copy must leave as it was installed).
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")) / "fabserve"
+CACHE_PREFIX = "payload-"
 # The first of several hosts' threads builds the word; the others wait for it.
 BUILDING = threading.Lock()
 
@@ -153,13 +154,9 @@ def sources_key(sources: List[Tuple[str, bytes]]) -> str:
 
 
 def trusted(info: os.stat_result) -> bool:
-    """Whether a file or directory can be written by no one but its owner, who is
-    this user or the package's owner: the word kept there is run on every host."""
-    try:
-        package = os.stat(PACKAGE_DIR)
-    except OSError:
-        return False
-    return info.st_uid in (os.geteuid(), package.st_uid) and not info.st_mode & 0o022
+    """Whether a file or directory is this user's and no one else can write it:
+    the word kept there is run on every host."""
+    return info.st_uid == os.geteuid() and not info.st_mode & 0o022
 
 
 def trusted_dir(path: Path) -> bool:
@@ -189,10 +186,10 @@ def read_cached(path: Path) -> Optional[Tuple[str, str]]:
 
 def write_cached(folder: Path, name: str, word: Tuple[str, str]) -> None:
     """Keep `word` as folder/name, replacing older versions' entries; nothing
-    happens where the folder cannot be written (an installed package of root's)."""
+    happens where the folder cannot be written."""
     temporary = folder / f"{name}.{os.getpid()}.{threading.get_ident()}"
     try:
-        folder.mkdir(mode=0o755, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not trusted_dir(folder):
             return
         with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as handle:

@@ -1,5 +1,5 @@
 """The payload word is built once per version of the agent's sources and kept
-beside the client's compiled code: a later client reads it instead of blanking
+in the user's cache directory: a later client reads it instead of blanking
 the modules again, a kept word that does not match its hash or sits where others
 can write is ignored, and the hosts' threads of one run build it once."""
 
@@ -13,7 +13,7 @@ from tasks import agent, payload
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    folder = tmp_path / "__pycache__"
+    folder = tmp_path / "cache" / "fabserve"
     monkeypatch.setattr(payload, "CACHE_DIR", folder)
     payload.built.cache_clear()
     yield folder
