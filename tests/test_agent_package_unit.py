@@ -92,13 +92,20 @@ def test_the_payload_is_smaller_than_the_sources_it_carries():
     assert len(digest) == 16 and len(word) < sources / 3
 
 
-def test_the_finder_serves_the_package_from_code_objects_in_a_fresh_interpreter(tmp_path):
-    """What the loader and the watchdog's interpreter do: compile the modules,
-    install the finder, import the package by name; nothing is read from files."""
+def fed_codes(tmp_path):
+    """The file holding the package's modules compiled as the loader compiles them,
+    marshalled as the watchdog reads them from its stdin."""
     codes = {name: compile(payload.blanked((PACKAGE / f"{name}.py").read_text()), f"fabserve_agent/{name}.py",
                            "exec", dont_inherit=True) for name in agent.MODULES}
     feed = tmp_path / "codes"
     feed.write_bytes(marshal.dumps(codes))
+    return feed
+
+
+def test_the_finder_serves_the_package_from_code_objects_in_a_fresh_interpreter(tmp_path):
+    """What the loader and the watchdog's interpreter do: compile the modules,
+    install the finder, import the package by name; nothing is read from files."""
+    feed = fed_codes(tmp_path)
     program = ("import marshal,sys;c=marshal.load(open(sys.argv[1],'rb'));g={};exec(c['boot'],g);g['install'](c);"
                "from fabserve_agent import dispatch, protocol, boot;"
                "assert sorted(boot.package_codes()) == sorted(c);"
@@ -117,10 +124,7 @@ def test_package_codes_of_a_checkout_are_its_modules_compiled():
 
 def test_status_and_stop_leave_the_manage_module_unloaded(tmp_path):
     """dispatch imports a verb's handler for its verb: `manage` is loaded for manage alone."""
-    codes = {name: compile(payload.blanked((PACKAGE / f"{name}.py").read_text()), f"fabserve_agent/{name}.py",
-                           "exec", dont_inherit=True) for name in agent.MODULES}
-    feed = tmp_path / "codes"
-    feed.write_bytes(marshal.dumps(codes))
+    feed = fed_codes(tmp_path)
     program = ("import marshal,sys;c=marshal.load(open(sys.argv[1],'rb'));g={};exec(c['boot'],g);g['install'](c);"
                "from fabserve_agent import dispatch;dispatch.handler(sys.argv[2]);"
                "print(' '.join(sorted(m for m in sys.modules if m.startswith('fabserve_agent.'))))")
