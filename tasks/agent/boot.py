@@ -49,16 +49,18 @@ def install(codes):
 
 
 def package_codes():
-    """The package's modules as code objects, name -> code, however this process
-    loaded them (from the loader's codes, from files, or from Ansible's zip):
-    what the TTL watchdog's interpreter is fed, to serve them itself. Each is
-    imported first: a loader may find only what it was asked to import (Ansible's
-    finds no spec of a module not imported yet), and the verbs import theirs lazily."""
-    from importlib import import_module
+    """The package's modules this process has imported, as code objects, name ->
+    code, however it loaded them (from the loader's codes, from files, or from
+    Ansible's zip): what the TTL watchdog's interpreter is fed, to serve them
+    itself. It needs no more: its module (ttl) and what ttl imports are loaded by
+    then; and a module the verbs import lazily may not have been shipped (Ansible
+    ships what the module imports by name)."""
     from . import MODULES
     package = __name__.rpartition(".")[0]
     codes = {}
     for name in MODULES:
         fullname = package if name == "__init__" else f"{package}.{name}"
-        codes[name] = import_module(fullname).__spec__.loader.get_code(fullname)
+        module = sys.modules.get(fullname)
+        if module is not None:
+            codes[name] = module.__spec__.loader.get_code(fullname)
     return codes
