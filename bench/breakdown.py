@@ -117,13 +117,18 @@ def host_command(agent_python: str, digest: str) -> str:
     return f"{agent_python} -E -S -c '{BOOT}' {digest} {word}"
 
 
-def parse(stderr: str) -> dict[str, Any] | None:
-    """PROGRAM's findings, from the MARK line of its stderr; None without one."""
+def marked(stderr: str, mark: str) -> dict[str, Any] | None:
+    """The JSON object on the last line of `stderr` that starts with `mark`; None without one."""
     for line in reversed(stderr.splitlines()):
-        if line.startswith(MARK):
-            found = json.loads(line[len(MARK):])
+        if line.startswith(mark):
+            found = json.loads(line[len(mark):])
             return found if isinstance(found, dict) else None
     return None
+
+
+def parse(stderr: str) -> dict[str, Any] | None:
+    """PROGRAM's findings, from the MARK line of its stderr; None without one."""
+    return marked(stderr, MARK)
 
 
 def agent_seconds(found: dict[str, Any]) -> float:
@@ -196,11 +201,7 @@ fabric.main.program.run()
 
 def parse_client(stderr: str) -> dict[str, Any] | None:
     """CLIENT's timings, from the CLIENT_MARK line of its stderr; None without one."""
-    for line in reversed(stderr.splitlines()):
-        if line.startswith(CLIENT_MARK):
-            found = json.loads(line[len(CLIENT_MARK):])
-            return found if isinstance(found, dict) else None
-    return None
+    return marked(stderr, CLIENT_MARK)
 
 
 def rows(verb: str, wall: float, client: dict[str, Any] | None,
