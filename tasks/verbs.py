@@ -309,6 +309,18 @@ def manage(c, args=None, project=None, python=None, settings=None, env=None, tim
 
 
 @verb
+def destroy(c, project=None, keep_files=False, timeout=None, json=False):
+    """Tear a project down: stop every instance of it and forget their state and logs.
+
+    The project directory goes too when fabserve's sync created it, unless
+    --keep-files; otherwise its files are kept, and it says so. Of a project
+    with nothing to destroy: exit 0, nothing changed.
+    """
+    flags = dict(project=project, keep_files=keep_files, timeout=timeout, json=json)
+    return finish(c, operate(c, "destroy", flags), flags)
+
+
+@verb
 def tunnel(c, project=None, port=None, check=None, local_port=None, run=None, json=False):
     """Forward a local port on 127.0.0.1 to the running server, over the same SSH connection.
 

@@ -8,17 +8,19 @@ import os
 import signal
 import sys
 
-from .protocol import AgentError, CHECKED, FAILED, HOST_VERBS, MARKER, exit_code, join, result_of, run_limit
+from .protocol import AgentError, CHECKED, FAILED, HOST_VERBS, MARKER, PROJECT_VERBS, exit_code, join, result_of, run_limit
 from .identity import given_path
 from .state import Host, Instance, Request
+from .projects import Project
 from .locate import PORT_TRIES, resolve_instance
 from .launch import PortTaken
 from .verbs import describe
 
 # The verbs: name -> (the module of its handler, the handler, whether it runs
 # holding the instance's lock, so that start, stop and restart never overlap).
-# A handler is called with the Instance the request names, or, for HOST_VERBS,
-# with the Host and the request. Its module is imported only for its verb.
+# A handler is called with the Instance the request names; for HOST_VERBS, with
+# the Host and the request; for PROJECT_VERBS, with the Project, under its lock.
+# Its module is imported only for its verb.
 HANDLERS = {
     "status": ("verbs", "do_status", False),
     "start": ("verbs", "do_start", True),
@@ -27,6 +29,7 @@ HANDLERS = {
     "logs": ("verbs", "do_logs", False),
     "list": ("verbs", "do_list", False),
     "manage": ("manage", "do_manage", False),
+    "destroy": ("teardown", "do_destroy", False),
 }
 
 
@@ -47,6 +50,13 @@ def handle(data):
         host = Host(req)
         if action in HOST_VERBS:
             result = run(host, req)
+        elif action in PROJECT_VERBS:
+            project = Project(host, req)
+            fd = project.lock()
+            try:
+                result = run(project)
+            finally:
+                os.close(fd)
         else:
             tried = []
             while True:

@@ -17,7 +17,8 @@ EXPIRED = "expired"  # the word the log's last line holds once the TTL ended the
 # client's settings name the verbs of each flag from them).
 INSTANCE_VERBS = ("start", "stop", "status", "restart", "logs")  # they act on one instance: a project, a port
 HOST_VERBS = ("list",)  # they name no project: called with the Host and the request
-VERBS = INSTANCE_VERBS + HOST_VERBS + ("manage",)
+PROJECT_VERBS = ("destroy",)  # they act on a project directory as a whole: called with its Project
+VERBS = INSTANCE_VERBS + HOST_VERBS + PROJECT_VERBS + ("manage",)
 STARTS = ("start", "restart")  # they may start a server, on a chosen port too
 CHECKED = ("start", "restart", "status")  # they take --check; their results carry http_status
 # A port given nowhere means DEFAULT_PORT for these; for the others it travels as
@@ -92,6 +93,7 @@ EXTRAS = (
     ("check", ("status",), "the check path given, else the one the instance was last started with; null: none"),
     ("exit_status", ("manage",), "the command's exit status (-N: signal N); null: its timeout ended it"),
     ("output_tail", ("manage",), "the command's last lines of output"),
+    ("removed", ("destroy",), "whether the project directory was removed (only one fabserve's sync created)"),
 )
 
 

@@ -166,7 +166,7 @@ class Request(object):
         "env": None, "noreload": False, "check": None, "start_timeout": None, "stop_timeout": None,
         "ttl": None, "state_dir": None, "port_range": None, "log_keep": None, "log_max": None,
         "lines": 50, "follow": False, "previous": False, "stream": False, "all": False,
-        "args": None, "manage_timeout": None, "look_only": False,
+        "args": None, "manage_timeout": None, "look_only": False, "keep_files": False,
     }
     __slots__ = tuple(FIELDS)
 
