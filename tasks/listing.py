@@ -17,6 +17,8 @@ COLUMNS = (
     ("UPTIME", lambda row: report.duration(row["uptime"]) if row.get("uptime") is not None else "-"),
     ("EXPIRES", lambda row: report.duration(row["expires_in"]) if row.get("expires_in") is not None else "-"),
     ("URL", lambda row: row.get("url") or "-"),
+    ("BRANCH", lambda row: row.get("branch") or "-"),
+    ("COMMIT", lambda row: (row.get("commit") or "-")[:12]),
     ("LOG", lambda row: row.get("log") or "-"),
 )
 

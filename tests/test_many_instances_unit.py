@@ -234,7 +234,8 @@ def test_list_all_is_a_flag_of_list_alone_that_travels():
 ROWS = [
     {"project": "/srv/previews/pr-42", "port": 8001, "state": "running", "managed": True, "pids": [4711, 4712],
      "uptime": 7500, "url": "http://127.0.0.1:8001/", "log": "/home/u/.local/state/fabserve/x/server.log",
-     "message": "running on http://127.0.0.1:8001/", "expires_in": 3600},
+     "message": "running on http://127.0.0.1:8001/", "expires_in": 3600, "branch": "pr-42",
+     "commit": "3f9c2a7d41be90aa1234"},
     {"project": "/home/u/scratch", "port": 8042, "state": "running", "managed": False, "pids": [5120],
      "uptime": 180, "url": "http://127.0.0.1:8042/", "log": None, "message": "running; not started by fabserve"},
     {"project": "/srv/b", "port": 8003, "state": "stopped", "managed": None, "pids": [], "url": "http://127.0.0.1:8003/",
@@ -242,18 +243,20 @@ ROWS = [
 ]
 
 
-def test_the_table_is_aligned_with_expiry_shown_where_a_row_has_one():
+def test_the_table_is_aligned_with_expiry_and_the_synced_commit_shown_where_a_row_has_them():
     lines = listing.table(ROWS)
-    assert lines[0].split() == ["PROJECT", "PORT", "STATE", "MANAGED", "PIDS", "UPTIME", "EXPIRES", "URL", "LOG"]
-    starts = [lines[0].index(heading) for heading in ("PORT", "STATE", "MANAGED", "URL", "LOG")]
+    assert lines[0].split() == ["PROJECT", "PORT", "STATE", "MANAGED", "PIDS", "UPTIME", "EXPIRES", "URL", "BRANCH",
+                                "COMMIT", "LOG"]
+    starts = [lines[0].index(heading) for heading in ("PORT", "STATE", "MANAGED", "URL", "BRANCH", "COMMIT", "LOG")]
     for line in lines[1:]:
         assert all(line[start - 2:start] == "  " and line[start] != " " for start in starts), line
     assert lines[1].split() == ["/srv/previews/pr-42", "8001", "running", "yes", "4711,4712", "2h5m", "1h",
-                                "http://127.0.0.1:8001/", "/home/u/.local/state/fabserve/x/server.log"]
+                                "http://127.0.0.1:8001/", "pr-42", "3f9c2a7d41be",
+                                "/home/u/.local/state/fabserve/x/server.log"]
     assert lines[2].split() == ["/home/u/scratch", "8042", "running", "no", "5120", "3m", "-",
-                                "http://127.0.0.1:8042/", "-"]
+                                "http://127.0.0.1:8042/", "-", "-", "-"]
     assert lines[3].split() == ["/srv/b", "8003", "stale", "yes", "-", "-", "-", "http://127.0.0.1:8003/",
-                                "/s/b/server.log"]
+                                "-", "-", "/s/b/server.log"]
 
 
 def test_a_host_reads_as_its_count_and_table_or_no_servers():

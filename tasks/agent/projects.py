@@ -51,6 +51,15 @@ class Project(object):
     def save(self, record):
         write_atomic(self.record_path, json.dumps(record, sort_keys=True))
 
+    def source(self):
+        """(branch, commit) of the tree sync last sent here; None for each it did not record."""
+        try:
+            record = self.record()
+        except (AgentError, OSError):
+            return None, None
+        return tuple(value if isinstance(value, str) else None
+                     for value in (record.get("branch"), record.get("commit")))
+
     def forget(self):
         """Remove the record and the project's state directory (destroy)."""
         for name in (RECORD, "lock"):

@@ -89,6 +89,8 @@ EXTRAS = (
     ("ambiguous", ("start", "stop", "status", "restart", "logs"),
      "the ports of the project's running instances, when no port was given and several run (exit 2)"),
     ("rows", ("list",), "the host's instances, each as status describes it"),
+    ("branch", ("list",), "the git branch of the tree sync last sent to the row's project; null: none recorded"),
+    ("commit", ("list",), "the git commit of that tree; null: none recorded"),
     ("http_status", CHECKED, "what GET of the check path answered; null: no check, or no answer"),
     ("check", ("status",), "the check path given, else the one the instance was last started with; null: none"),
     ("exit_status", ("manage",), "the command's exit status (-N: signal N); null: its timeout ended it"),

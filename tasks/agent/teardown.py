@@ -37,7 +37,7 @@ def do_destroy(project):
     had_record = bool(record)
     project.forget()
     if not (stopped or forgotten or had_record):
-        return result_of(ok=True, changed=False, state=STOPPED, project=project.dir, port=None,
+        return result_of(ok=True, changed=False, state=STOPPED, project=project.dir, port=None, removed=False,
                          message=f"nothing to destroy for {project.dir}")
     if removed:
         files = f"removed {project.dir}"

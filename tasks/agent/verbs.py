@@ -14,6 +14,7 @@ from .signals import Found, end_token_carriers, pauses, terminate, terminate_all
 from .sockets import holders, listen_inodes, listeners, pids_holding, port_answers, port_held, tcp_tables
 from .identity import runserver_addr, runservers
 from .state import Instance, instance_name, instance_record, read_state, recorded_project, write_atomic
+from .projects import Project
 from .logfiles import (
     PUNCHED_MARK, cap_log, copy_out, follow, hole_end, kept_bytes, log_tail, open_log, tail_span, tail_text)
 from .ttl import apply_ttl, expired_at, expiry_fields
@@ -341,6 +342,8 @@ def do_list(host, req):
         rows.append(row)
     for row in rows:
         row["action"] = "list"
+        project = Project(host, req.but(project=row["project"])) if row["project"] else None
+        row["branch"], row["commit"] = project.source() if project else (None, None)
     count = len(rows)
     message = f"{count} server{'s' if count != 1 else ''}" if count else "no servers"
     if hidden:
