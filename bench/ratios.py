@@ -22,6 +22,8 @@ CLIENT_CPU_PER_HOST_LIMIT = 15.0
 CLIENT_RSS_PER_HOST_LIMIT = 0.3
 LIST_LIMIT = 1.2  # list on a host with 20 instances: at most this many times status of one
 AUTO_LIMIT = 1.05  # start --port auto: at most this many times start --port N
+# sync: a first sync at most this many times the faster of rsync -a and tar | ssh, a re-sync this many times rsync -a
+SYNC_LIMIT = 1.5
 
 
 @dataclass
@@ -92,6 +94,10 @@ def ratios(cases: dict[str, Case], sizes: Sequence[int], cpus: int) -> list[Rati
           "fabserve_status_of_20", LIST_LIMIT)
     ratio("start_auto/start_port", "start --port auto / start --port N", "fabserve_start_auto",
           "fabserve_start_port", AUTO_LIMIT)
+    out.append(Ratio("sync_first/fastest", "first sync, 2,000 files / the faster of rsync -a and tar | ssh",
+                     pairwise(cases, ["sync_first", "rsync_first", "tar_first"],
+                              lambda ours, rsync, tar: ours / min(rsync, tar)), "x", SYNC_LIMIT))
+    ratio("sync_one/rsync_one", "re-sync of one changed file / rsync -a", "sync_one", "rsync_one", SYNC_LIMIT)
     for verb in ("status", "start", "stop", "restart"):
         ratio(f"{verb}/ssh_true", f"{verb} / ssh true", "fabserve_" + verb, "ssh_true")
     ratio("ssh_agent_status/ssh_true", "agent status over OpenSSH / ssh true", "ssh_agent_status", "ssh_true")

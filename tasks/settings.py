@@ -165,6 +165,15 @@ def parse_path(value: Any) -> str:
     return text
 
 
+def parse_src(value: Any) -> Path:
+    """A local directory: the tree sync sends."""
+    text = text_of(value, "a local directory")
+    path = Path(text).expanduser() if text and "\0" not in text else None
+    if path is None or not path.is_dir():
+        raise Invalid(f"must be an existing local directory, not {shown(value)}")
+    return path
+
+
 def parse_agent_python(value: Any) -> str:
     # It reaches the command line as a quoted word, which csh and tcsh cannot
     # take with a newline in it, and in which they expand `!` even inside quotes.
@@ -384,6 +393,11 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("keep_files", False, parse_switch,
             "keep the project directory and its files even where fabserve's sync created it",
             verbs=("destroy",), request=True, config=False),
+    Setting("src", ".", parse_src,
+            "local directory whose tree sync sends: its git work tree's files (tracked, and untracked "
+            "ones git does not ignore), or outside git every file but .git, .venv, __pycache__ and "
+            "node_modules (default: the current directory)",
+            verbs=("sync",)),
     Setting("agent_python", "python3", parse_agent_python, "interpreter that runs fabserve's agent on the target",
             per_host=True),
     Setting("state_dir", None, optional(parse_path),

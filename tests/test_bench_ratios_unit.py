@@ -174,6 +174,22 @@ def test_a_target_without_measurements_is_kept_as_n_a_and_untargeted_ratios_are_
     assert "status/ssh_true" not in found and "status/ansible_raw" not in found
 
 
+@pytest.mark.parametrize(("rsync", "tar", "ratio", "verdict"),
+                         [(2.0, 1.0, 1.5, "PASS"), (1.0, 2.0, 1.5, "PASS"), (1.2, 3.0, 1.25, "PASS"),
+                          (1.0, 1.25, 1.5, "PASS"), (0.5, 0.75, 3.0, "MISS")])
+def test_first_sync_is_measured_against_the_faster_of_rsync_and_tar(rsync: float, tar: float, ratio: float,
+                                                                      verdict: str) -> None:
+    measured = cases(case("sync_first", [1.5]), case("rsync_first", [rsync]), case("tar_first", [tar]))
+    first = by_name(ratios(measured, [], cpus=2))["sync_first/fastest"]
+    assert first.limit == 1.5 and first.values == [ratio] and first.verdict() == verdict
+
+
+@pytest.mark.parametrize(("one", "verdict"), [(0.45, "PASS"), (0.6, "PASS"), (0.61, "MISS")])
+def test_re_sync_target_at_below_and_above_its_limit(one: float, verdict: str) -> None:
+    measured = cases(case("sync_one", [one]), case("rsync_one", [0.4]), case("tar_first", [0.1]))
+    assert by_name(ratios(measured, [], cpus=2))["sync_one/rsync_one"].verdict() == verdict
+
+
 def test_fan_out_seconds_per_extra_host() -> None:
     measured = cases(case("fanout_status_1", [0.3, 0.4]), case("fanout_status_5", [0.7, 0.8], hosts=5))
     found = by_name(ratios(measured, [1, 5], cpus=2))

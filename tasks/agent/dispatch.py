@@ -29,6 +29,7 @@ HANDLERS = {
     "logs": ("verbs", "do_logs", False),
     "list": ("verbs", "do_list", False),
     "manage": ("manage", "do_manage", False),
+    "sync": ("shipping", "do_sync", False),
     "destroy": ("teardown", "do_destroy", False),
 }
 

@@ -17,7 +17,7 @@ EXPIRED = "expired"  # the word the log's last line holds once the TTL ended the
 # client's settings name the verbs of each flag from them).
 INSTANCE_VERBS = ("start", "stop", "status", "restart", "logs")  # they act on one instance: a project, a port
 HOST_VERBS = ("list",)  # they name no project: called with the Host and the request
-PROJECT_VERBS = ("destroy",)  # they act on a project directory as a whole: called with its Project
+PROJECT_VERBS = ("sync", "destroy")  # they act on a project directory as a whole: called with its Project
 VERBS = INSTANCE_VERBS + HOST_VERBS + PROJECT_VERBS + ("manage",)
 STARTS = ("start", "restart")  # they may start a server, on a chosen port too
 CHECKED = ("start", "restart", "status")  # they take --check; their results carry http_status
@@ -58,7 +58,7 @@ ALWAYS = (
     ("action", "the verb that ran"),
     ("ok", "whether the verb did what it was asked"),
     ("changed", "whether it started or stopped a server, or gave a running one a TTL"),
-    ("state", "running, stopped or failed"),
+    ("state", "running, stopped or failed; null for sync, which starts and stops nothing"),
     ("pid", "the process group (or, found by the /proc search, the first process)"),
     ("pids", "every process of the server"),
     ("url", "where the server answers"),
@@ -96,6 +96,12 @@ EXTRAS = (
     ("exit_status", ("manage",), "the command's exit status (-N: signal N); null: its timeout ended it"),
     ("output_tail", ("manage",), "the command's last lines of output"),
     ("removed", ("destroy",), "whether the project directory was removed (only one fabserve's sync created)"),
+    ("files_sent", ("sync",), "how many files and links were written on the host"),
+    ("bytes_sent", ("sync",), "the size of the files written, in bytes (before compression)"),
+    ("deleted", ("sync",), "how many files an earlier sync wrote were deleted, gone from the tree"),
+    ("seconds", ("sync",), "how long the sync took, both calls, as the client measured it"),
+    ("refused", ("sync",), "true when the tree would write outside the project directory: "
+                           "nothing was written (exit 2)"),
 )
 
 
@@ -113,8 +119,8 @@ CODES = {RUNNING: 0, STOPPED: 3}
 
 def exit_code(action, result):
     """0 success or no-op, 1 failed, 2 no port given and several instances of
-    the project, 3 status: not running (LSB)."""
-    if result.get("ambiguous"):
+    the project, or a tree sync refused, 3 status: not running (LSB)."""
+    if result.get("ambiguous") or result.get("refused"):
         return 2
     if action == "status" and result.get("error") is None:
         return CODES.get(result["state"], 1)
@@ -158,13 +164,22 @@ PORT_WAIT = 2.0  # how long a listener may linger after its process is gone
 ESCAPE_ROUNDS = 3
 
 
+# sync's archive (agent.shipping.unpack): per file, a struct of this format (its
+# name's length, its content's length), then the name in UTF-8 and the content.
+ARCHIVE_HEAD = ">IQ"
+SYNC_LIMIT = 900  # seconds a sync call may take: hashing and writing a large tree, never a server's start
+
+
 def run_limit(req):
     """Seconds a call may take by its request's own deadlines; None for what may
     run as long as it likes (a follower, a manage command without --timeout).
     Its start's (or manage's) timeout, and what a stop may wait on top (a restart
     stops, then starts): for the group and each later round of what left it
     (ESCAPE_ROUNDS in all), TERM, the grace, KILL and KILL_WAIT; then PORT_WAIT;
-    and a start that failed ends what it launched (grace at most 5 s, KILL_WAIT)."""
+    and a start that failed ends what it launched (grace at most 5 s, KILL_WAIT).
+    A sync has no deadline of its own: SYNC_LIMIT."""
+    if req["action"] == "sync":
+        return SYNC_LIMIT
     if req.get("follow") or (req["action"] == "manage" and req.get("manage_timeout") is None):
         return None
     limit = req["manage_timeout"] if req["action"] == "manage" else req["start_timeout"]

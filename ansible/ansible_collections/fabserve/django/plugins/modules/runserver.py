@@ -77,7 +77,7 @@ changed:
   returned: always
   type: bool
 state:
-  description: Running, stopped or failed.
+  description: Running, stopped or failed; null for sync, which starts and stops nothing.
   returned: always
   type: str
 pid:
