@@ -25,10 +25,13 @@ from .agent.protocol import (AUTO, DEFAULT_PORT, DEFAULT_PORT_RANGE, HOST_VERBS,
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SETTINGS_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-#: Every task: the agent's verbs (protocol.VERBS), and tunnel, which is the client's alone.
-TASKS = VERBS + ("tunnel",)
+#: Every task: the agent's verbs (protocol.VERBS), and the client's own: tunnel,
+#: and up, which runs the verbs sync, setup, manage and start in turn.
+TASKS = VERBS + ("tunnel", "up")
+#: The tasks that take start's flags.
+STARTING = STARTS + ("up",)
 #: The tasks that name one server instance by its port.
-NAMING = INSTANCE_VERBS + ("tunnel",)
+NAMING = INSTANCE_VERBS + ("tunnel", "up")
 #: The tasks that take --project.
 PROJECT_TASKS = tuple(name for name in TASKS if name not in HOST_VERBS)
 
@@ -350,20 +353,20 @@ SETTINGS: Tuple[Setting, ...] = (
     # start, else 127.0.0.1, so a plain status or restart finds `--addr 127.0.0.2`.
     Setting("addr", None, optional(parse_addr),
             "IP address runserver binds to (default: the one it was started with, else 127.0.0.1)",
-            verbs=STARTS + ("status",), per_host=True, request=True),
+            verbs=STARTING + ("status",), per_host=True, request=True),
     Setting("python", None, optional(parse_path),
             "interpreter on the target, relative paths from the project "
             "(default: the project's .venv or venv, else python3)",
-            verbs=STARTS + ("manage",), per_host=True, request=True),
+            verbs=STARTING + ("manage",), per_host=True, request=True),
     Setting("settings", None, parse_settings_module, "Django settings module, passed as --settings to runserver or the command",
-            verbs=STARTS + ("manage",), per_host=True, request=True),
+            verbs=STARTING + ("manage",), per_host=True, request=True),
     Setting("env", {}, parse_env, "KEY=VALUE set in the server's (or the command's) environment (repeatable)",
-            verbs=STARTS + ("manage",), per_host=True, request=True, repeatable=True, placeholder="KEY=VALUE"),
+            verbs=STARTING + ("manage",), per_host=True, request=True, repeatable=True, placeholder="KEY=VALUE"),
     Setting("noreload", False, parse_switch, "run without Django's autoreloader (a single process)",
-            verbs=STARTS, per_host=True, request=True),
+            verbs=STARTING, per_host=True, request=True),
     Setting("start_timeout", 30, parse_seconds,
             "seconds to wait for the port to answer (default {default})",
-            verbs=STARTS, flag="timeout", per_host=True, request=True),
+            verbs=STARTING, flag="timeout", per_host=True, request=True),
     Setting("stop_timeout", 10, parse_seconds,
             "seconds between TERM and KILL (default {default})",
             verbs=("stop", "destroy"), flag="timeout", per_host=True, request=True),
@@ -377,7 +380,7 @@ SETTINGS: Tuple[Setting, ...] = (
             verbs=("list",), request=True, config=False),
     Setting("ttl", None, optional(parse_duration),
             "stop the server after this long, e.g. 30m, 2h, 1d (default: never; a restart starts it anew)",
-            verbs=STARTS, per_host=True, request=True),
+            verbs=STARTING, per_host=True, request=True),
     Setting("log_keep", 5, parse_lines, "how many previous runs' logs each start keeps (server.log.1 ...)",
             per_host=True, request=True),
     Setting("log_max", "50M", parse_size,
@@ -386,8 +389,9 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("previous", False, parse_switch, "show the log of the run before the current one (server.log.1)",
             verbs=("logs",), request=True, config=False),
     Setting("branch", None, optional(parse_path),
-            "the branch {branch} in --project stands for (default: the current git branch of --src)",
-            verbs=("up", "destroy")),
+            "the branch {branch} in --project stands for, and that list shows (default: the current git "
+            "branch of --src)",
+            verbs=("sync", "up", "destroy")),
     Setting("migrate", True, parse_switch, "run `manage.py migrate --noinput` before the start (--no-migrate: skip it)",
             verbs=("up",), config=False),
     Setting("keep_files", False, parse_switch,
@@ -397,7 +401,7 @@ SETTINGS: Tuple[Setting, ...] = (
             "local directory whose tree sync sends: its git work tree's files (tracked, and untracked "
             "ones git does not ignore), or outside git every file but .git, .venv, __pycache__ and "
             "node_modules (default: the current directory)",
-            verbs=("sync",)),
+            verbs=("sync", "up")),
     Setting("agent_python", "python3", parse_agent_python, "interpreter that runs fabserve's agent on the target",
             per_host=True),
     Setting("state_dir", None, optional(parse_path),
@@ -413,7 +417,7 @@ SETTINGS: Tuple[Setting, ...] = (
             "path the agent GETs on the host once the port answers: start and restart wait for an "
             "answer below 500, status and tunnel fail otherwise; tunnel's first request goes there "
             "(default: no check; tunnel's first request: the path the instance was started with, else /)",
-            verbs=STARTS + ("status", "tunnel"), per_host=True, request=True),
+            verbs=STARTING + ("status", "tunnel"), per_host=True, request=True),
     Setting("args", None, optional(parse_manage_args),
             "the manage.py command and its arguments as one string, split with shell rules",
             verbs=("manage",), request=True, config=False, positional=True),

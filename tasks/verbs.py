@@ -15,10 +15,10 @@ from fabric.main import program as fab_program
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from . import config, entrypoints, listing, remote, report, runners, trees, tunnels
+from . import config, entrypoints, listing, naming, remote, report, runners, trees, tunnels
 from .agent.protocol import FAILED, RUNNING
 from .report import Formatter, pid_list, plain
-from .settings import UsageError, checked, helps, positional, repeatable, request
+from .settings import UsageError, checked, flags_of, helps, positional, repeatable, request
 
 
 def verb(body: Optional[Callable[..., Any]] = None, *, name: Optional[str] = None) -> Any:
@@ -44,11 +44,23 @@ def prepare(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[s
         entrypoints.require_executor(c)
         if "project" in flags and values["project"] is None and not remote.is_remote(c):
             values["project"] = entrypoints.local_project(c.config)
+        if naming.templated(values["project"]):
+            values["project"] = naming.expand(values["project"], lambda: source_facts(values), str(values["src"]))
         req = request(action, values, env)
         agent_python = checked(values, "agent_python")
     except UsageError as exc:
         raise Exit(f"{remote.host_label(c)}: {exc}", 2) from None
     return req, agent_python
+
+
+def source_facts(values: Dict[str, Any]) -> naming.Facts:
+    """(branch, commit) of the tree --src names: the branch setting, when given,
+    over git's current branch (a CI checkout is often a detached head)."""
+    try:
+        branch, commit = trees.git_facts(checked(values, "src").resolve())
+    except trees.TreeError as exc:
+        raise UsageError(str(exc)) from None
+    return checked(values, "branch") or branch, commit
 
 
 def operate(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -347,7 +359,7 @@ def sync_call(c: Context, flags: Dict[str, Any]) -> Dict[str, Any]:
     began = time.monotonic()
     try:
         files = trees.manifest(src, trees.listing(src))
-        req["branch"], req["commit"] = trees.git_facts(src)
+        req["branch"], req["commit"] = source_facts(values)
         result = remote.call(c, dict(req, phase="plan", manifest=files), agent_python)
         if result["ok"]:
             planned = [result.pop(name) for name in ("needed", "deleting", "current")]
@@ -377,6 +389,78 @@ def sync(c, project=None, src=None, json=False):
     """
     flags = dict(project=project, src=src, json=json)
     return finish(c, sync_call(c, flags), flags, show_sync)
+
+
+#: up's steps, each an agent verb run once the one before it succeeded: the step's name, and its verb.
+STEPS = (("sync", "sync"), ("setup", "setup"), ("migrate", "manage"), ("start", "start"))
+MIGRATE = "migrate --noinput"
+
+
+def step_flags(verb: str, flags: Dict[str, Any]) -> Dict[str, Any]:
+    """up's flags that `verb`'s task takes; its --timeout is start's alone."""
+    taken = {setting.flag_name for setting in flags_of(verb)}
+    return {name: value for name, value in flags.items()
+            if name in taken and (name != "timeout" or verb in ("start", "restart"))}
+
+
+def up_chain(c: Context, flags: Dict[str, Any], env: Optional[List[str]]) -> Dict[str, Any]:
+    """Run up's steps on the host behind `c`, each step's progress line printed as
+    it ends (not with --json); the result of the last step run, as up's."""
+    as_json = config.setting(c.config, "json", flags)
+    synced: Dict[str, Any] = {}
+    restart = False
+    for step, verb in STEPS:
+        if step == "migrate" and not flags["migrate"]:
+            continue
+        if step == "sync":
+            result = synced = sync_call(c, step_flags(verb, flags))
+        elif step == "migrate":
+            result = operate(c, verb, dict(step_flags(verb, flags), args=MIGRATE), env)
+        else:
+            verb = "restart" if verb == "start" and restart else verb
+            result = operate(c, verb, step_flags(verb, flags), env if verb != "setup" else None)
+        # A server already running reloads the files sync changed by itself; new requirements need a restart.
+        restart = restart or (step == "setup" and bool(result.get("changed")))
+        if not result["ok"] or result.get("error"):
+            break
+        if not as_json:
+            report.say(PROGRESS[step](result))
+    result.update(action="up", step=step, branch=synced.get("branch"), commit=synced.get("commit"))
+    return result
+
+
+def migrated(result: Dict[str, Any]) -> str:
+    """`web1: migrate: no migrations to apply` or `web1: migrate: applied 18 migrations`."""
+    applied = sum(1 for line in result.get("output_tail") or [] if line.endswith("... OK"))
+    nothing = any(line.strip() == "No migrations to apply." for line in result.get("output_tail") or [])
+    done = "no migrations to apply" if nothing else f"applied {applied} migration{'s' if applied != 1 else ''}"
+    return f"{result['host']}: migrate: {done}"
+
+
+PROGRESS: Dict[str, Formatter] = {"sync": lambda result: show_sync(result), "setup": lambda result: set_up(result),
+                                  "migrate": migrated}
+
+
+def show_up(result: Dict[str, Any]) -> str:
+    """`web1: up: http://127.0.0.1:8123/ (port 8123); expires in 1d (2026-12-08T10:00:00Z)`."""
+    return f"{result['host']}: up: {result['url']} (port {result['port']}){expiry_note(result)}"
+
+
+@verb
+def up(c, src=None, project=None, branch=None, port=None, addr=None, python=None, settings=None, env=None,
+       requirements=None, migrate=True, noreload=False, timeout=None, check=None, ttl=None, json=False):
+    """Bring a preview up in one command: sync --src, set up its venv, migrate, start.
+
+    Each step runs once the one before it succeeded; a step that fails ends up
+    with that step's exit code and says which step it was. A server already
+    running keeps running and reloads what sync changed, or is restarted when
+    setup installed new requirements. One line per step, then the URL, the port
+    and the expiry (--json: one object, the start's result with `step`).
+    """
+    flags = dict(src=src, project=project, branch=branch, port=port, addr=addr, python=python, settings=settings,
+                 requirements=requirements, migrate=migrate, noreload=noreload, timeout=timeout, check=check,
+                 ttl=ttl, json=json)
+    return finish(c, up_chain(c, flags, env), flags, show_up)
 
 
 @verb
