@@ -63,14 +63,17 @@ def plain(result: Dict[str, Any]) -> str:
 
 
 def human(result: Dict[str, Any], formatter: Formatter = plain) -> str:
-    """A failure (with the log's tail where there is one), else what `formatter` says."""
+    """A failure (with the log's tail where there is one, setup's with the
+    install's), else what `formatter` says."""
     if not result.get("error"):
         return formatter(result)
     host = result["host"]
     text = f"{host}: {result['action']} failed: {result['error']}"
-    tail = result.get("log_tail") or []
+    tail, heading = result.get("log_tail") or [], f"last lines of {result['log']}"
+    if result["action"] == "setup":  # pip's (or uv's) own words on why it failed
+        tail, heading = result.get("output_tail") or [], "the install's last lines"
     if tail:
-        text += f"\n{host}: last lines of {result['log']}:\n" + "\n".join("    " + line for line in tail)
+        text += f"\n{host}: {heading}:\n" + "\n".join("    " + line for line in tail)
     return text
 
 

@@ -320,6 +320,26 @@ def destroy(c, project=None, keep_files=False, timeout=None, json=False):
     return finish(c, operate(c, "destroy", flags), flags)
 
 
+def set_up(result: Dict[str, Any]) -> str:
+    """`web1: setup: installed requirements.txt with pip into .fabserve-venvs/... in 23.4s`."""
+    return f"{result['host']}: setup: {result['message']}"
+
+
+@verb
+def setup(c, project=None, requirements=None, python=None, timeout=None, json=False):
+    """Make the project's virtualenv and install its requirements, when they changed.
+
+    The hash of the requirements file (with every -r/-c file it names) and of
+    the interpreter decides: unchanged, nothing is done. Otherwise a new venv is
+    made in .fabserve-venvs/ (uv when the host has it, else venv and pip) and
+    .venv switched to it once the install succeeded; a failed install exits 1
+    with pip's last lines and leaves .venv as it was. --python installs into
+    that existing interpreter instead, in place.
+    """
+    flags = dict(project=project, requirements=requirements, python=python, timeout=timeout, json=json)
+    return finish(c, operate(c, "setup", flags), flags, set_up)
+
+
 @verb
 def tunnel(c, project=None, port=None, check=None, local_port=None, run=None, json=False):
     """Forward a local port on 127.0.0.1 to the running server, over the same SSH connection.

@@ -30,6 +30,7 @@ HANDLERS = {
     "list": ("verbs", "do_list", False),
     "manage": ("manage", "do_manage", False),
     "destroy": ("teardown", "do_destroy", False),
+    "setup": ("environment", "do_setup", False),
 }
 
 

@@ -167,6 +167,7 @@ class Request(object):
         "ttl": None, "state_dir": None, "port_range": None, "log_keep": None, "log_max": None,
         "lines": 50, "follow": False, "previous": False, "stream": False, "all": False,
         "args": None, "manage_timeout": None, "look_only": False, "keep_files": False,
+        "requirements": "requirements.txt", "setup_timeout": 900,
     }
     __slots__ = tuple(FIELDS)
 
