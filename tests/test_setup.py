@@ -9,74 +9,45 @@ when the host has it; --timeout ends the install's whole group."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bed.state import STATE_DIR, ensure_dir, state_lock
+from bed.state import ensure_dir
+from bed.wheels import PROBE, django_wheelhouse, probe_wheel
 from helpers import REPO, free_port, http_status, where
 
-PROBE = "fabserve_probe"
 VENVS = ".fabserve-venvs"
 DJANGO_PIN = (REPO / "example" / "requirements.txt").read_text().strip()
 
 
-def wheel(directory: Path, version: str) -> None:
-    """A pure-Python wheel of PROBE at `version`: a zip with the package, METADATA, WHEEL and RECORD."""
-    info = f"{PROBE}-{version}.dist-info"
-    files = {f"{PROBE}/__init__.py": f"VERSION = {version!r}\n",
-             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {PROBE}\nVersion: {version}\n",
-             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: fabserve-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    record = []
-    for name, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
-        record.append(f"{name},sha256={digest},{len(text.encode())}")
-    files[f"{info}/RECORD"] = "\n".join(record + [f"{info}/RECORD,,"]) + "\n"
-    with zipfile.ZipFile(directory / f"{PROBE}-{version}-py3-none-any.whl", "w") as archive:
-        for name, text in files.items():
-            archive.writestr(name, text)
+def venvs_in(project: Path) -> list[str]:
+    """The venvs in the project's VENVS (its lock file left out)."""
+    return sorted(name for name in os.listdir(project / VENVS) if not name.startswith("."))
 
 
 @pytest.fixture(scope="module")
 def probes() -> Iterator[Path]:
-    """A wheelhouse every account can read holding PROBE 1.0 and 2.0 (never 3.0)."""
-    directory = Path(tempfile.mkdtemp(prefix="fabserve-probes-"))
+    """A wheelhouse every account can read holding PROBE 1.0 and 2.0 (never 3.0); not
+    under /tmp, which each of the namespaced hosts mounts a tmpfs of its own over."""
+    directory = Path(tempfile.mkdtemp(prefix="probes-", dir=ensure_dir()))
     directory.chmod(0o755)
     for version in ("1.0", "2.0"):
-        wheel(directory, version)
-    for path in directory.iterdir():
-        path.chmod(0o644)
+        probe_wheel(directory, version)
     yield directory
     shutil.rmtree(directory)
 
 
 @pytest.fixture(scope="module")
 def django_wheels() -> Path:
-    """Django's wheels and its dependencies', downloaded once per pin into the shared
-    test state (pip's configured index: PyPI, or a local one) and kept across runs."""
-    directory = STATE_DIR / f"wheels-{hashlib.sha256(DJANGO_PIN.encode()).hexdigest()[:12]}"
-    done = directory / ".complete"
-    if not done.exists():
-        with state_lock():
-            if not done.exists():
-                ensure_dir()
-                shutil.rmtree(directory, ignore_errors=True)
-                subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-                                "--disable-pip-version-check", "--dest", str(directory), DJANGO_PIN],
-                               check=True, stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
-                subprocess.run(["chmod", "-R", "a+rX", str(directory)], check=True)
-                done.write_text("ok\n")
-    return directory
+    return django_wheelhouse(DJANGO_PIN)
 
 
 def requirements(project: Path, target, *lines: str, name: str = "requirements.txt") -> None:
@@ -126,7 +97,7 @@ def test_setup_installs_then_does_nothing_then_installs_what_changed(run, bare, 
     assert os.readlink(bare / ".venv") == line.group(1) != answer["venv"]
     assert probe_version(as_user, bare / ".venv" / "bin" / "python") == "2.0"
     # the venv it replaced is kept: a server started on it may still load from it
-    assert sorted(os.listdir(bare / VENVS)) == sorted([answer["venv"][-12:], line.group(1)[-12:]])
+    assert venvs_in(bare) == sorted([answer["venv"][-12:], line.group(1)[-12:]])
 
 
 def test_an_included_file_that_changed_installs_again(fab, bare, target, probes):
@@ -159,7 +130,7 @@ def test_a_failed_install_keeps_the_previous_venv_serving(fab, bare, target, pro
         assert lines[1] == f"{target.alias}: the install's last lines:"
         assert any(f"No matching distribution found for {PROBE}==3.0" in line for line in lines[2:]), lines
         assert os.readlink(bare / ".venv") == made.json["venv"]
-        assert os.listdir(bare / VENVS) == [made.json["venv"][-12:]]
+        assert venvs_in(bare) == [made.json["venv"][-12:]]
         assert http_status(started.json["url"]) == 200
         status = fab("status", *where(bare, port), "--check", "/", "--json")
         assert status.returncode == 0 and status.json["http_status"] == 200, status.json
@@ -175,7 +146,7 @@ def test_the_json_of_a_failed_install_has_pips_last_lines(run, bare, target, pro
     answer = failed.json
     assert answer["ok"] is False and answer["changed"] is False and answer["state"] == "failed"
     assert answer["output_tail"][-1] == f"ERROR: No matching distribution found for {PROBE}==3.0", answer
-    assert not (bare / ".venv").exists() and os.listdir(bare / VENVS) == []
+    assert not (bare / ".venv").exists() and venvs_in(bare) == []
 
 
 def test_a_venv_of_the_users_own_is_refused_and_left_alone(run, site, target, probes, mode):
@@ -252,7 +223,7 @@ def test_timeout_ends_the_install_and_what_it_started(fab, bare, target, probes,
     ended = fab("setup", "--project", str(bare), "--timeout", "2", "--json")
     assert ended.returncode == 1
     assert ended.json["error"] == "uv venv did not end within 2s; it was ended; .venv left as it was", ended.json
-    assert not (bare / ".venv").exists() and os.listdir(bare / VENVS) == []
+    assert not (bare / ".venv").exists() and venvs_in(bare) == []
     # the autouse check finds neither sleep left
 
 

@@ -17,6 +17,11 @@ from tasks.agent.protocol import AgentError
 INTERPRETER = ("venv", "/usr/bin/python3", "3.11.2")
 
 
+def venvs_in(project: Path) -> list[str]:
+    """The venvs in the project's VENVS (its lock file left out)."""
+    return sorted(name for name in os.listdir(project / VENVS) if not name.startswith("."))
+
+
 @pytest.mark.parametrize("line,named", [
     ("-r base.txt", "base.txt"), ("-rbase.txt", "base.txt"), ("--requirement base.txt", "base.txt"),
     ("--requirement=base.txt", "base.txt"), ("-c pins.txt", "pins.txt"), ("--constraint=pins.txt", "pins.txt"),
@@ -167,7 +172,7 @@ def test_a_new_venv_is_made_beside_the_old_and_the_one_before_it_is_pruned(tmp_p
     project_with(tmp_path, "probe==3.0\n")
     _, third, _, _ = in_venv(project, FakeSteps())
     # the current one and the one it replaced are kept; the one before them goes
-    assert sorted(os.listdir(project / VENVS)) == sorted(name.split("/")[1] for name in (second, third))
+    assert venvs_in(project) == sorted(name.split("/")[1] for name in (second, third))
 
 
 def test_a_failed_install_removes_the_new_venv_and_leaves_the_link(tmp_path):
@@ -181,7 +186,7 @@ def test_a_failed_install_removes_the_new_venv_and_leaves_the_link(tmp_path):
     assert raised.value.extra == {"output_tail": ["ERROR: no"]}
     assert os.readlink(project / ".venv") == first
     assert failing.made and not os.path.lexists(failing.made[0])
-    assert os.listdir(project / VENVS) == [first.split("/")[1]]
+    assert venvs_in(project) == [first.split("/")[1]]
 
 
 def test_a_current_venv_without_its_interpreter_is_made_again(tmp_path):
@@ -200,3 +205,27 @@ def test_a_venvs_directory_that_is_not_a_directory_is_refused(tmp_path):
         in_venv(project, FakeSteps())
     assert str(raised.value) == f"refusing {project / VENVS}: not a directory of this user"
     assert not (project / ".venv").exists()
+
+
+def test_a_python_without_ensurepip_is_one_line_naming_python3_venv(tmp_path):
+    # What Debian's python says from `-m venv` without python3-venv, the venv half made.
+    said = ("The virtual environment was not created successfully because ensurepip is not\\n"
+            "available.  On Debian/Ubuntu systems, you need to install the python3-venv\\n")
+    steps = environment.Steps(str(tmp_path), 30)
+    with pytest.raises(AgentError) as raised:
+        steps.run(["/bin/sh", "-c", f"printf '{said}'; exit 1"], "python3 -m venv")
+    assert str(raised.value) == ("/bin/sh cannot make a virtualenv: ensurepip is not available; install Debian's "
+                                 "python3-venv package (or put uv on the host)")
+    assert raised.value.extra["output_tail"][-1].endswith("install the python3-venv")
+
+
+def test_a_step_that_fails_or_runs_too_long_says_so_with_its_last_lines(tmp_path):
+    steps = environment.Steps(str(tmp_path), 1)
+    with pytest.raises(AgentError) as failed:
+        steps.run(["/bin/sh", "-c", "echo one; echo ERROR: two; exit 3"], "installing requirements.txt with pip")
+    assert str(failed.value) == "installing requirements.txt with pip exited with status 3"
+    assert failed.value.extra == {"output_tail": ["one", "ERROR: two"]}
+    with pytest.raises(AgentError) as late:
+        steps.run(["/bin/sh", "-c", "echo started; exec sleep 30"], "uv venv")
+    assert str(late.value) == "uv venv did not end within 1s; it was ended"
+    assert late.value.extra == {"output_tail": ["started"]}

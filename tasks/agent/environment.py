@@ -9,6 +9,7 @@ older ones are removed.
 """
 
 import errno
+import fcntl
 import os
 import re
 import shutil
@@ -176,7 +177,8 @@ class Steps(object):
         left = f"pids {' '.join(map(str, escaped))} had left its process group and were ended" if escaped else ""
         if why:
             raise AgentError(join(f"{what} did not end within {self.limit:g}s; it was ended", left), output_tail=tail)
-        if code and b"ensurepip is not available" in kept:
+        # Debian's venv without python3-venv says so across a line break.
+        if code and b"ensurepip is not available" in b" ".join(kept.split()):
             raise AgentError(f"{argv[0]} cannot make a virtualenv: ensurepip is not available; install Debian's "
                              f"python3-venv package (or put uv on the host)", output_tail=tail)
         if code:
@@ -266,9 +268,20 @@ def in_venv(steps, project_dir, requirements, shown):
     # A venv becomes current only once its install succeeded: one named by this hash is complete.
     if current == name and os.access(python, os.X_OK):
         return python, f"{VENVS}/{name}", digest, False
-    built(steps, venvs_dir(project_dir), name, base, requirements, shown)
-    switch(project_dir, name)
-    prune(os.path.join(project_dir, VENVS), {name, current})
+    venvs = venvs_dir(project_dir)
+    # Hosts that share the project directory (an NFS home) each hold their own project
+    # lock: this one keeps them from building the same venv at once.
+    fd = os.open(os.path.join(venvs, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        current = current_venv(project_dir)  # another host may have switched it meanwhile
+        if current == name and os.access(python, os.X_OK):
+            return python, f"{VENVS}/{name}", digest, False
+        built(steps, venvs, name, base, requirements, shown)
+        switch(project_dir, name)
+        prune(venvs, {name, current})
+    finally:
+        os.close(fd)
     return python, f"{VENVS}/{name}", digest, True
 
 
