@@ -63,15 +63,23 @@ def plain(result: Dict[str, Any]) -> str:
 
 
 def human(result: Dict[str, Any], formatter: Formatter = plain) -> str:
-    """A failure (with the log's tail where there is one), else what `formatter` says."""
+    """A failure (with the log's tail where there is one, an install's or a
+    command's own last lines for setup and up's migrate), else what `formatter`
+    says. up's failure names the step that failed."""
     if not result.get("error"):
         return formatter(result)
-    host = result["host"]
-    text = f"{host}: {result['action']} failed: {result['error']}"
-    tail = result.get("log_tail") or []
+    host, step = result["host"], result.get("step")
+    text = f"{host}: {result['action']} failed{f' at {step}' if step else ''}: {result['error']}"
+    tail, heading = result.get("log_tail") or [], f"last lines of {result['log']}"
+    if (step or result["action"]) in OUTPUT_TAILS:  # pip's (or uv's, or migrate's) own words on why it failed
+        tail, heading = result.get("output_tail") or [], OUTPUT_TAILS[step or result["action"]]
     if tail:
-        text += f"\n{host}: last lines of {result['log']}:\n" + "\n".join("    " + line for line in tail)
+        text += f"\n{host}: {heading}:\n" + "\n".join("    " + line for line in tail)
     return text
+
+
+#: The steps whose failure shows the output_tail, and what it is.
+OUTPUT_TAILS = {"setup": "the install's last lines", "migrate": "the migration's last lines"}
 
 
 def emit(result: Dict[str, Any], as_json: bool, formatter: Formatter = plain) -> Dict[str, Any]:

@@ -357,7 +357,7 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("python", None, optional(parse_path),
             "interpreter on the target, relative paths from the project "
             "(default: the project's .venv or venv, else python3)",
-            verbs=STARTING + ("manage",), per_host=True, request=True),
+            verbs=STARTING + ("manage", "setup"), per_host=True, request=True),
     Setting("settings", None, parse_settings_module, "Django settings module, passed as --settings to runserver or the command",
             verbs=STARTING + ("manage",), per_host=True, request=True),
     Setting("env", {}, parse_env, "KEY=VALUE set in the server's (or the command's) environment (repeatable)",
@@ -402,6 +402,13 @@ SETTINGS: Tuple[Setting, ...] = (
             "ones git does not ignore), or outside git every file but .git, .venv, __pycache__ and "
             "node_modules (default: the current directory)",
             verbs=("sync", "up")),
+    Setting("requirements", "requirements.txt", parse_path,
+            "requirements file setup installs, relative to the project (default {default}); "
+            "a file it names with -r or -c counts as part of it",
+            verbs=("setup", "up"), per_host=True, request=True),
+    Setting("setup_timeout", 900, parse_seconds,
+            "seconds making the virtualenv and installing may take before the install is ended (default {default})",
+            verbs=("setup",), flag="timeout", per_host=True, request=True),
     Setting("agent_python", "python3", parse_agent_python, "interpreter that runs fabserve's agent on the target",
             per_host=True),
     Setting("state_dir", None, optional(parse_path),

@@ -373,12 +373,12 @@ def sync_call(c: Context, flags: Dict[str, Any]) -> Dict[str, Any]:
     except remote.HostError as exc:
         result = report.failure(host, "sync", str(exc))
     result["seconds"] = round(time.monotonic() - began, 3)
-    result["host"] = host
+    result.update(host=host, branch=req.get("branch"), commit=req.get("commit"))
     return result
 
 
 @verb
-def sync(c, project=None, src=None, json=False):
+def sync(c, project=None, src=None, branch=None, json=False):
     """Send a local tree (--src, default .) to the project directory on each host.
 
     In git: the tracked files and the untracked ones git does not ignore; else
@@ -387,8 +387,56 @@ def sync(c, project=None, src=None, json=False):
     earlier sync wrote that are gone here. A tree that would write outside the
     project (absolute names, .., links pointing out) is refused: exit 2.
     """
-    flags = dict(project=project, src=src, json=json)
+    flags = dict(project=project, src=src, branch=branch, json=json)
     return finish(c, sync_call(c, flags), flags, show_sync)
+
+
+@verb
+def destroy(c, project=None, branch=None, keep_files=False, timeout=None, json=False):
+    """Tear a project down: stop every instance of it and forget their state and logs.
+
+    The project directory goes too when fabserve's sync created it, unless
+    --keep-files; otherwise its files are kept, and it says so. Of a project
+    with nothing to destroy: exit 0, nothing changed.
+    """
+    flags = dict(project=project, branch=branch, keep_files=keep_files, timeout=timeout, json=json)
+    return finish(c, operate(c, "destroy", flags), flags)
+
+
+def set_up(result: Dict[str, Any]) -> str:
+    """`web1: setup: installed requirements.txt with pip into .fabserve-venvs/... in 23.4s`."""
+    return f"{result['host']}: setup: {result['message']}"
+
+
+@verb
+def setup(c, project=None, requirements=None, python=None, timeout=None, json=False):
+    """Make the project's virtualenv and install its requirements, when they changed.
+
+    The hash of the requirements file (with every -r/-c file it names) and of
+    the interpreter decides: unchanged, nothing is done. Otherwise a new venv is
+    made in .fabserve-venvs/ (uv when the host has it, else venv and pip) and
+    .venv switched to it once the install succeeded; a failed install exits 1
+    with pip's last lines and leaves .venv as it was. --python installs into
+    that existing interpreter instead, in place.
+    """
+    flags = dict(project=project, requirements=requirements, python=python, timeout=timeout, json=json)
+    return finish(c, operate(c, "setup", flags), flags, set_up)
+
+
+@verb
+def tunnel(c, project=None, port=None, check=None, local_port=None, run=None, json=False):
+    """Forward a local port on 127.0.0.1 to the running server, over the same SSH connection.
+
+    Once a request through it answers (GET of the --check path, else of the
+    one the server was started with, else of /), prints the URL (--json: one
+    line) and holds it open until Ctrl-C, SIGTERM or SIGHUP; with --run CMD it
+    runs CMD through your shell with FABSERVE_URL, FABSERVE_HOST and
+    FABSERVE_PORT set, closes the tunnel when CMD ends and exits with its
+    status. Exactly one host.
+    """
+    flags = dict(project=project, port=port, check=check, local_port=local_port, run=run, json=json)
+    tunnels.open_tunnel(c, flags, lambda: operate(c, "status", dict(project=project, port=port, check=check,
+                                                                     json=json)))
 
 
 #: up's steps, each an agent verb run once the one before it succeeded: the step's name, and its verb.
@@ -437,8 +485,8 @@ def migrated(result: Dict[str, Any]) -> str:
     return f"{result['host']}: migrate: {done}"
 
 
-PROGRESS: Dict[str, Formatter] = {"sync": lambda result: show_sync(result), "setup": lambda result: set_up(result),
-                                  "migrate": migrated}
+#: How each step but the last reads as it ends: its progress line.
+PROGRESS: Dict[str, Formatter] = {"sync": show_sync, "setup": set_up, "migrate": migrated}
 
 
 def show_up(result: Dict[str, Any]) -> str:
@@ -461,31 +509,3 @@ def up(c, src=None, project=None, branch=None, port=None, addr=None, python=None
                  requirements=requirements, migrate=migrate, noreload=noreload, timeout=timeout, check=check,
                  ttl=ttl, json=json)
     return finish(c, up_chain(c, flags, env), flags, show_up)
-
-
-@verb
-def destroy(c, project=None, keep_files=False, timeout=None, json=False):
-    """Tear a project down: stop every instance of it and forget their state and logs.
-
-    The project directory goes too when fabserve's sync created it, unless
-    --keep-files; otherwise its files are kept, and it says so. Of a project
-    with nothing to destroy: exit 0, nothing changed.
-    """
-    flags = dict(project=project, keep_files=keep_files, timeout=timeout, json=json)
-    return finish(c, operate(c, "destroy", flags), flags)
-
-
-@verb
-def tunnel(c, project=None, port=None, check=None, local_port=None, run=None, json=False):
-    """Forward a local port on 127.0.0.1 to the running server, over the same SSH connection.
-
-    Once a request through it answers (GET of the --check path, else of the
-    one the server was started with, else of /), prints the URL (--json: one
-    line) and holds it open until Ctrl-C, SIGTERM or SIGHUP; with --run CMD it
-    runs CMD through your shell with FABSERVE_URL, FABSERVE_HOST and
-    FABSERVE_PORT set, closes the tunnel when CMD ends and exits with its
-    status. Exactly one host.
-    """
-    flags = dict(project=project, port=port, check=check, local_port=local_port, run=run, json=json)
-    tunnels.open_tunnel(c, flags, lambda: operate(c, "status", dict(project=project, port=port, check=check,
-                                                                     json=json)))

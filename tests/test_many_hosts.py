@@ -4,15 +4,20 @@ its own sshd, process table and state, all running one project on port 8000."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
 from bed.procs import children, cmdline
+from bed.state import ensure_dir
+from bed.wheels import PROBE, probe_wheel
 from helpers import REPO, alive, wait_for
 
 PORT = 8000
@@ -263,3 +268,27 @@ def test_one_sigint_ends_a_follow_on_every_host_with_exit_0(machines):
             os.killpg(follower.pid, signal.SIGKILL)
             follower.wait()
     assert wait_for(lambda: not any(alive(pid) for pid in agents), timeout=15)
+
+
+def test_setup_on_hosts_that_share_the_project_builds_its_venv_once(machines):
+    # The hosts share the test user's home, as hosts with an NFS home do: one builds
+    # the venv, the others wait for it and find their requirements installed.
+    site = machines.site
+    (site / ".venv").unlink()
+    wheels = Path(tempfile.mkdtemp(prefix="probes-", dir=ensure_dir()))
+    try:
+        wheels.chmod(0o755)
+        probe_wheel(wheels, "1.0")
+        (site / "requirements.txt").write_text(f"--no-index\n--find-links {wheels}\n{PROBE}==1.0\n")
+        made = machines.fab("-H", "web", "setup", "--json", timeout=300)
+        assert made.returncode == 0, made.stdout + made.stderr
+        results = json_lines(made)
+        assert sorted(results) == sorted(machines.hosts)[:3]
+        assert sorted(result["changed"] for result in results.values()) == [False, False, True], results
+        assert len({result["venv"] for result in results.values()}) == 1
+        again = machines.fab("-H", "web", "setup")
+        assert again.returncode == 0, again.stderr
+        lines = again.stdout.splitlines()
+        assert sorted(lines[:-1]) == [f"{name}: setup: requirements unchanged" for name in sorted(machines.hosts)[:3]]
+    finally:
+        shutil.rmtree(wheels)

@@ -31,6 +31,7 @@ HANDLERS = {
     "manage": ("manage", "do_manage", False),
     "sync": ("shipping", "do_sync", False),
     "destroy": ("teardown", "do_destroy", False),
+    "setup": ("environment", "do_setup", False),
 }
 
 

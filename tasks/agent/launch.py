@@ -35,12 +35,8 @@ def resolve_python(inst):
     """The interpreter that runs manage.py: --python (relative to the project),
     else the project's .venv or venv, else python3 on PATH."""
     import shutil
-    given = inst.req.python
-    if given:
-        path = os.path.join(inst.project, os.path.expanduser(given)) if "/" in given else shutil.which(given)
-        if not path or not os.path.isfile(path) or not os.access(path, os.X_OK):
-            raise AgentError(f"interpreter {given} not found or not executable")
-        return path
+    if inst.req.python:
+        return named_python(inst.project, inst.req.python)
     for candidate in (".venv/bin/python", "venv/bin/python"):
         path = os.path.join(inst.project, candidate)
         if os.access(path, os.X_OK):
@@ -48,6 +44,16 @@ def resolve_python(inst):
     path = shutil.which("python3")
     if not path:
         raise AgentError(f"no interpreter: {inst.project} has no .venv or venv and python3 is not on PATH")
+    return path
+
+
+def named_python(project, given):
+    """The interpreter --python names: a path (relative: from `project`), or a
+    name looked up on PATH; AgentError when it is not an executable file."""
+    import shutil
+    path = os.path.join(project, os.path.expanduser(given)) if "/" in given else shutil.which(given)
+    if not path or not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise AgentError(f"interpreter {given} not found or not executable")
     return path
 
 

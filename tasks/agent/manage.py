@@ -50,6 +50,28 @@ def relay(proc, out, deadline, caller):
     return kept, None
 
 
+def run_ended(argv, cwd, env, deadline, out, grace):
+    """Run `argv` in a process group of its own, stdin /dev/null, its output
+    relayed to `out` (if any) until it ends, `deadline` passes or the caller goes
+    away; then end its group (TERM, KILL after `grace` seconds) and every process
+    it started that left the group. (its last bytes of output, why it did not end
+    by itself: timeout, gone or None, its exit status, the PIDs that had left the group)."""
+    import subprocess
+    # A token of its own, as a server's processes carry theirs: what leaves the
+    # group (setsid, start_new_session) still carries it and is found by it.
+    env = dict(env, FABSERVE_TOKEN=os.urandom(16).hex())
+    # Watched until the command's processes are ended: a signal meanwhile only says the caller left.
+    with Caller(sys.stdout) as caller:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        with proc.stdout:
+            kept, why = relay(proc, out, deadline, caller)
+        terminate(Found(pgid=proc.pid), grace)
+        code = proc.wait()
+        escaped, _ = end_token_carriers(env["FABSERVE_TOKEN"], grace, except_group=proc.pid)
+    return kept, why, code, escaped
+
+
 def do_manage(inst):
     """manage.py ARGS as start runs the server, stdin /dev/null, in a group ended
     with it, and then every process it started that left the group."""
@@ -59,21 +81,9 @@ def do_manage(inst):
     argv = [python, inst.manage_py, args[0]]
     if inst.req.settings:  # here both Django's and the command's parser take it
         argv.append(f"--settings={inst.req.settings}")
-    env = manage_env(inst)
-    # A token of its own, as a server's processes carry theirs: what leaves the
-    # group (setsid, start_new_session) still carries it and is found by it.
-    token = env["FABSERVE_TOKEN"] = os.urandom(16).hex()
-    # Watched until the command's processes are ended: a signal meanwhile only says the caller left.
-    with Caller(sys.stdout) as caller:
-        proc = subprocess.Popen(argv + args[1:], cwd=inst.project, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        with proc.stdout:
-            kept, why = relay(proc, inst.req.stream and sys.stdout.buffer,
-                              limit and time.time() + limit, caller)
-        grace = min(inst.req.stop_timeout, 5)
-        terminate(Found(pgid=proc.pid), grace)
-        code = proc.wait()
-        escaped, _ = end_token_carriers(token, grace, except_group=proc.pid)
+    kept, why, code, escaped = run_ended(argv + args[1:], inst.project, manage_env(inst),
+                                         limit and time.time() + limit, inst.req.stream and sys.stdout.buffer,
+                                         min(inst.req.stop_timeout, 5))
     if why == "gone":
         return None
     left = f"pids {' '.join(map(str, escaped))} had left its process group and were ended" if escaped else ""

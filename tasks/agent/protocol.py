@@ -17,7 +17,7 @@ EXPIRED = "expired"  # the word the log's last line holds once the TTL ended the
 # client's settings name the verbs of each flag from them).
 INSTANCE_VERBS = ("start", "stop", "status", "restart", "logs")  # they act on one instance: a project, a port
 HOST_VERBS = ("list",)  # they name no project: called with the Host and the request
-PROJECT_VERBS = ("sync", "destroy")  # they act on a project directory as a whole: called with its Project
+PROJECT_VERBS = ("sync", "setup", "destroy")  # they act on a project directory as a whole: called with its Project
 VERBS = INSTANCE_VERBS + HOST_VERBS + PROJECT_VERBS + ("manage",)
 STARTS = ("start", "restart")  # they may start a server, on a chosen port too
 CHECKED = ("start", "restart", "status")  # they take --check; their results carry http_status
@@ -79,7 +79,7 @@ ANSWERED = (
 # Added by some verbs: (field, verbs, description).
 EXTRAS = (
     ("uptime", ("status",), "seconds since the server started"),
-    ("python", ("start", "restart"), "the interpreter that runs manage.py"),
+    ("python", ("start", "restart", "setup"), "the interpreter that runs manage.py"),
     ("log_tail", ("start", "restart"), "the log's last lines, when the start failed (a failed check: "
                                        "Django's unapplied-migrations line and \"...\" first, if the log has it)"),
     ("killed", ("stop",), "true when TERM was not enough and KILL was sent"),
@@ -89,12 +89,13 @@ EXTRAS = (
     ("ambiguous", ("start", "stop", "status", "restart", "logs"),
      "the ports of the project's running instances, when no port was given and several run (exit 2)"),
     ("rows", ("list",), "the host's instances, each as status describes it"),
-    ("branch", ("list",), "the git branch of the tree sync last sent to the row's project; null: none recorded"),
-    ("commit", ("list",), "the git commit of that tree; null: none recorded"),
+    ("branch", ("list", "sync", "up"), "the git branch of the tree sync (last) sent to the project; null: none known"),
+    ("commit", ("list", "sync", "up"), "the git commit of that tree; null: none known"),
+    ("step", ("up",), "the step up ended at: sync, setup, migrate or start; when ok is false, the one that failed"),
     ("http_status", CHECKED, "what GET of the check path answered; null: no check, or no answer"),
     ("check", ("status",), "the check path given, else the one the instance was last started with; null: none"),
     ("exit_status", ("manage",), "the command's exit status (-N: signal N); null: its timeout ended it"),
-    ("output_tail", ("manage",), "the command's last lines of output"),
+    ("output_tail", ("manage", "setup"), "the command's last lines of output (setup: the failed install's)"),
     ("removed", ("destroy",), "whether the project directory was removed (only one fabserve's sync created)"),
     ("files_sent", ("sync",), "how many files and links were written on the host"),
     ("bytes_sent", ("sync",), "the size of the files written, in bytes (before compression)"),
@@ -102,6 +103,8 @@ EXTRAS = (
     ("seconds", ("sync",), "how long the sync took, both calls, as the client measured it"),
     ("refused", ("sync",), "true when the tree would write outside the project directory: "
                            "nothing was written (exit 2)"),
+    ("venv", ("setup",), "the virtualenv .venv links to, relative to the project; null with --python"),
+    ("installer", ("setup",), "uv or pip: what installed the requirements (the last setup's, when unchanged)"),
 )
 
 
@@ -158,6 +161,7 @@ def server_url(addr, port):
 
 
 KILL_WAIT = 5.0  # how long a group may take to vanish after SIGKILL
+SETUP_GRACE = 5.0  # how long setup's install has between TERM and KILL once its timeout passed
 PORT_WAIT = 2.0  # how long a listener may linger after its process is gone
 # How often stop looks again for token carriers after ending what it found: a
 # fork that left the group may itself have forked meanwhile.
@@ -182,5 +186,9 @@ def run_limit(req):
         return SYNC_LIMIT
     if req.get("follow") or (req["action"] == "manage" and req.get("manage_timeout") is None):
         return None
+    if req["action"] == "setup":
+        # Its one bound covers making the venv and installing; then its group and what
+        # left it are ended (grace SETUP_GRACE, then KILL), and a failed venv removed.
+        return req["setup_timeout"] + ESCAPE_ROUNDS * (SETUP_GRACE + KILL_WAIT)
     limit = req["manage_timeout"] if req["action"] == "manage" else req["start_timeout"]
     return limit + (ESCAPE_ROUNDS + 1) * (req["stop_timeout"] + KILL_WAIT) + PORT_WAIT

@@ -169,6 +169,7 @@ class Request(object):
         "lines": 50, "follow": False, "previous": False, "stream": False, "all": False,
         "args": None, "manage_timeout": None, "look_only": False, "keep_files": False,
         "phase": None, "manifest": None, "archive": None, "branch": None, "commit": None,
+        "requirements": "requirements.txt", "setup_timeout": 900,
     }
     __slots__ = tuple(FIELDS)
 
