@@ -389,7 +389,7 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("previous", False, parse_switch, "show the log of the run before the current one (server.log.1)",
             verbs=("logs",), request=True, config=False),
     Setting("branch", None, optional(parse_path),
-            "the branch {branch} in --project stands for, and that list shows (default: the current git "
+            "the branch {{branch}} in --project stands for, and that list shows (default: the current git "
             "branch of --src)",
             verbs=("sync", "up", "destroy")),
     Setting("migrate", True, parse_switch, "run `manage.py migrate --noinput` before the start (--no-migrate: skip it)",

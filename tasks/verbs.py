@@ -63,10 +63,12 @@ def source_facts(values: Dict[str, Any]) -> naming.Facts:
     return checked(values, "branch") or branch, commit
 
 
-def operate(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[str]] = None) -> Dict[str, Any]:
-    """Validate, run `action` on the host behind `c`, and return its result."""
+def operate(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[str]] = None,
+            **extra: Any) -> Dict[str, Any]:
+    """Validate, run `action` on the host behind `c` (its request with `extra`), and return its result."""
     host = remote.host_label(c)
     req, agent_python = prepare(c, action, flags, env)
+    req.update(extra)
     try:
         result = remote.call(c, req, agent_python)
     except remote.HostError as exc:
@@ -455,6 +457,13 @@ def up_chain(c: Context, flags: Dict[str, Any], env: Optional[List[str]]) -> Dic
     """Run up's steps on the host behind `c`, each step's progress line printed as
     it ends (not with --json); the result of the last step run, as up's."""
     as_json = config.setting(c.config, "json", flags)
+    values = host_values(c, flags)
+    if naming.templated(values["project"]):  # once, from --src: the later steps take no --src
+        try:
+            flags = dict(flags, project=naming.expand(values["project"], lambda: source_facts(values),
+                                                      str(values["src"])))
+        except UsageError as exc:
+            raise Exit(f"{remote.host_label(c)}: {exc}", 2) from None
     synced: Dict[str, Any] = {}
     restart = False
     for step, verb in STEPS:
@@ -464,14 +473,17 @@ def up_chain(c: Context, flags: Dict[str, Any], env: Optional[List[str]]) -> Dic
             result = synced = sync_call(c, step_flags(verb, flags))
         elif step == "migrate":
             result = operate(c, verb, dict(step_flags(verb, flags), args=MIGRATE), env)
+        elif step == "setup":
+            result = operate(c, verb, step_flags(verb, flags))
         else:
-            verb = "restart" if verb == "start" and restart else verb
-            result = operate(c, verb, step_flags(verb, flags), env if verb != "setup" else None)
+            verb = "restart" if restart else verb
+            shipped = bool(synced.get("files_sent") or synced.get("deleted"))
+            result = operate(c, verb, step_flags(verb, flags), env, reloading=shipped)
         # A server already running reloads the files sync changed by itself; new requirements need a restart.
         restart = restart or (step == "setup" and bool(result.get("changed")))
         if not result["ok"] or result.get("error"):
             break
-        if not as_json:
+        if not as_json and step in PROGRESS:
             report.say(PROGRESS[step](result))
     result.update(action="up", step=step, branch=synced.get("branch"), commit=synced.get("commit"))
     return result

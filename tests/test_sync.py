@@ -17,18 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from bed.trees import example_repo, git
 from helpers import REPO
-
-
-def git(repo: Path, *args: str, runner=None) -> None:
-    argv = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com", *args]
-    done = runner(argv) if runner else subprocess.run(argv, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-
-
-def owned_by(tree: Path, uid: int, gid: int) -> None:
-    for path in [tree, *tree.rglob("*")]:
-        os.lchown(path, uid, gid)
 
 
 @pytest.fixture
@@ -37,19 +27,8 @@ def src(make_project, mode, as_user, target):
     this mode (git reads no other user's repository): root over SSH, the test user locally."""
     root = make_project("src").parent / "src"
     shutil.rmtree(root)
-    shutil.copytree(REPO / "example", root, symlinks=True, ignore=shutil.ignore_patterns(".venv", "__pycache__"))
-    (root / ".gitignore").write_text(".venv\n*.sqlite3\n__pycache__/\n")
-    (root / "static").mkdir()
-    (root / "static" / "site name.css").write_text("body { color: teal }\n")
-    os.symlink("site name.css", root / "static" / "current.css")
     user = (target.uid, os.stat(target.home).st_gid)
-    owned_by(root, *user)
-    git(root, "init", "-q", "-b", "main", runner=lambda argv: as_user(argv))
-    git(root, "add", "-A", runner=lambda argv: as_user(argv))
-    git(root, "commit", "-q", "-m", "first", runner=lambda argv: as_user(argv))
-    if mode == "ssh":
-        owned_by(root, 0, 0)
-    return root
+    return example_repo(root, user, as_user, then=(0, 0) if mode == "ssh" else None)
 
 
 @pytest.fixture

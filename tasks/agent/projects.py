@@ -64,7 +64,8 @@ class Project(object):
         """Remove the record and the project's state directory (destroy)."""
         for name in (RECORD, "lock"):
             remove(os.path.join(self.state_dir, name))
-        try:
-            os.rmdir(self.state_dir)
-        except OSError:
-            pass
+        for directory in (self.state_dir, os.path.dirname(self.state_dir)):  # `projects`, once it is empty
+            try:
+                os.rmdir(directory)
+            except OSError:
+                return

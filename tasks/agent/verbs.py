@@ -143,6 +143,13 @@ def do_start(inst):
         pids = found.members()
         state, message = health(inst, pids)
         state, message, http = checked_health(inst, state, message)
+        # up just shipped files: the autoreloader may be starting a new child; wait for it to answer.
+        deadline = time.time() + inst.req.start_timeout
+        while state != RUNNING and pids and inst.req.reloading and time.time() < deadline:
+            time.sleep(0.1)
+            pids = found.members()
+            state, message = health(inst, pids)
+            state, message, http = checked_health(inst, state, message)
         if state == RUNNING:
             message = join(f"already running on {inst.url}", check_note(inst, http))
             if not found.managed:
