@@ -33,7 +33,7 @@ def venvs_in(project: Path) -> list[str]:
     return sorted(name for name in os.listdir(project / VENVS) if not name.startswith("."))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def probes() -> Iterator[Path]:
     """A wheelhouse every account can read holding PROBE 1.0 and 2.0 (never 3.0); not
     under /tmp, which each of the namespaced hosts mounts a tmpfs of its own over."""
@@ -45,7 +45,7 @@ def probes() -> Iterator[Path]:
     shutil.rmtree(directory)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def django_wheels() -> Path:
     return django_wheelhouse(DJANGO_PIN)
 

@@ -229,3 +229,8 @@ def test_a_step_that_fails_or_runs_too_long_says_so_with_its_last_lines(tmp_path
         steps.run(["/bin/sh", "-c", "echo started; exec sleep 30"], "uv venv")
     assert str(late.value) == "uv venv did not end within 1s; it was ended"
     assert late.value.extra == {"output_tail": ["started"]}
+
+
+def test_a_setups_bound_is_its_timeout_and_the_ending_of_what_it_ran():
+    from tasks.agent.protocol import ESCAPE_ROUNDS, KILL_WAIT, SETUP_GRACE, run_limit
+    assert run_limit({"action": "setup", "setup_timeout": 60.0}) == 60.0 + ESCAPE_ROUNDS * (SETUP_GRACE + KILL_WAIT)
