@@ -58,7 +58,7 @@ ALWAYS = (
     ("action", "the verb that ran"),
     ("ok", "whether the verb did what it was asked"),
     ("changed", "whether it started or stopped a server, or gave a running one a TTL"),
-    ("state", "running, stopped or failed; null for sync, which starts and stops nothing"),
+    ("state", "running, stopped or failed; null for sync and setup, which start and stop nothing"),
     ("pid", "the process group (or, found by the /proc search, the first process)"),
     ("pids", "every process of the server"),
     ("url", "where the server answers"),

@@ -77,7 +77,7 @@ changed:
   returned: always
   type: bool
 state:
-  description: Running, stopped or failed; null for sync, which starts and stops nothing.
+  description: Running, stopped or failed; null for sync and setup, which start and stop nothing.
   returned: always
   type: str
 pid:
