@@ -8,7 +8,6 @@ import pwd
 import re
 import shutil
 import socket
-import stat
 import subprocess
 import sys
 import uuid
@@ -18,6 +17,7 @@ import yaml
 
 from bed import procs, state
 from bed.accounts import made_dirs, startproject
+from bed.ci import Runner
 from bed.fab import FabResult
 from bed.run import run_in_group
 from bed.target import SHELL_ALIAS
@@ -225,32 +225,11 @@ def test_the_documented_ci_always_step_exits_0_after_stopped_instances_and_a_sta
         fab, site, target, tmp_path):
     job = documented_ci_job()
     always = next(step for step in job["steps"] if step.get("if") == "always()")
-    # The job's runner: .fab/bin/fabserve is the `fabserve` command of this checkout, and the
-    # host named in the recipe is the target's sshd, its key pinned as the recipe pins it.
-    runner = tmp_path / "job"
-    (runner / ".fab" / "bin").mkdir(parents=True)
-    (runner / "site-packages").mkdir()
-    (runner / "site-packages" / "fabserve").symlink_to(REPO / "tasks")
-    home = tmp_path / "home"
-    (home / ".ssh").mkdir(parents=True, mode=0o700)
-    kind, blob = (target.ssh_config.parent / "host_ed25519.pub").read_text().split()[:2]
-    (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{target.port} {kind} {blob}\n")
-    (home / ".ssh" / "config").write_text(
-        f"Host preview.example.com\n    HostName 127.0.0.1\n    Port {target.port}\n"
-        f"    IdentityFile {target.key}\n    IdentitiesOnly yes\n")
-    command = runner / ".fab" / "bin" / "fabserve"
-    command.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(runner / 'site-packages')!r})\n"
-                       "from fabserve.program import program\nprogram.run()\n")
-    command.chmod(command.stat().st_mode | stat.S_IXUSR)
-    script = runner / "always.sh"
-    script.write_text(always["run"].replace("deploy@", f"{target.user}@") + "\n")
+    runner = Runner(tmp_path, target)
 
     def always_step():
-        clean = {key: value for key, value in os.environ.items() if not key.startswith("FABRIC_")}
-        env = clean | {key: str(value) for key, value in job["env"].items()} | {
-            "HOME": str(home), "FABRIC_FABSERVE_PROJECT": str(site)}
-        return subprocess.run(["bash", "-e", script], cwd=runner, env=env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=120)
+        return runner.step(always["run"], {**{key: str(value) for key, value in job["env"].items()},
+                                           "FABRIC_FABSERVE_PROJECT": str(site)})
 
     # Two runs of the job that stopped their server, and one whose start never came up.
     ports = [free_port(), free_port(), free_port()]

@@ -7,6 +7,7 @@ processes and state as they were before up."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,7 +16,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
+from bed.ci import Runner
 from bed.trees import example_repo, git
 from bed.wheels import django_wheelhouse
 from helpers import REPO, alive, wait_for
@@ -167,3 +170,59 @@ def test_the_fabserve_command_brings_a_preview_up_and_down(target, preview_src):
     assert command("destroy", "--project", str(project)).stdout.strip().endswith(f"removed {project}")
     assert not project.exists()
     shutil.rmtree(preview_src.parent / "unused", ignore_errors=True)
+
+
+def ci_section() -> str:
+    text = (REPO / "docs" / "ci.md").read_text()
+    return text[text.index("## One preview per branch"):text.index("## Settings, host groups")]
+
+
+def yaml_blocks(text: str) -> list[dict]:
+    return [yaml.safe_load(block.split("\n```", 1)[0]) for block in text.split("```yaml\n")[1:]]
+
+
+def test_the_documented_per_branch_jobs_bring_a_preview_up_and_tear_it_down(preview_src, target, tmp_path, as_user):
+    """docs/ci.md's GitHub Actions and GitLab CI jobs, their steps run as scripts
+    against the bed: GitHub's up, then GitLab's review of the same branch (up to
+    date, still running), GitLab's stop, then GitHub's down (nothing left)."""
+    github, gitlab = yaml_blocks(ci_section())
+    branch = "feature/login"
+    runner = Runner(tmp_path, target, workdir=preview_src)
+    summary = tmp_path / "summary.md"
+
+    def github_step(job: str, name: str) -> subprocess.CompletedProcess:
+        step = next(step for step in github["jobs"][job]["steps"] if step.get("name", "").startswith(name))
+        env = {key: value.replace("${{ github.ref_name }}", branch).replace("${{ github.event.ref }}", branch)
+               for key, value in github["jobs"][job]["env"].items()}
+        return runner.step(step["run"], {**env, "GITHUB_STEP_SUMMARY": str(summary)}, timeout=600)
+
+    def gitlab_job(name: str) -> subprocess.CompletedProcess:
+        job = {**gitlab[".fabserve"], **gitlab[name]}
+        ci = {"CI_COMMIT_REF_NAME": branch}
+        env = {key: value.replace("$CI_COMMIT_REF_NAME", branch)
+               for key, value in {**gitlab[".fabserve"]["variables"], **job.get("variables", {})}.items()}
+        return runner.step("\n".join(job["script"]), {**ci, **env}, timeout=600)
+
+    up = github_step("up", "Bring the branch's preview up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    result = json.loads((preview_src / "up.json").read_text())
+    project = target.home / "previews" / "feature-login"
+    assert result["project"] == str(project) and result["state"] == "running" and result["http_status"] == 404
+    assert summary.read_text() == (f"Preview of {branch} at {result['url']} on {target.user}@preview.example.com "
+                                   f"until {result['expires_at']}\n")
+    (preview_src / "up.json").unlink()
+
+    review = gitlab_job("review")
+    assert review.returncode == 0, review.stdout + review.stderr
+    again = json.loads(review.stdout)
+    assert again["port"] == result["port"] and again["pid"] == result["pid"] and again["changed"] is True  # its ttl
+    (preview_src / "up.json").unlink()
+
+    stop = gitlab_job("stop_review")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert json.loads(stop.stdout)["removed"] is True and not project.exists()
+    assert not any(alive(pid) for pid in result["pids"])
+    down = github_step("down", "Tear the branch's preview down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert json.loads(down.stdout)["changed"] is False
+    (target.home / "previews").rmdir()  # sync made it as the project's parent; it holds nothing now
