@@ -44,10 +44,13 @@ def tree() -> Path:
         path = root / f"d{top:02d}" / f"s{sub}" / f"f{index:04d}.py"
         path.parent.mkdir(parents=True, exist_ok=True)
         size = chance.randint(1024, 4096)
-        text = []
-        while sum(map(len, text)) < size:
-            text.append(" ".join(chance.choice(WORDS) for _ in range(chance.randint(3, 12))) + "\n")
-        path.write_text("".join(text)[:size])
+        words: list[str] = []
+        length = 0
+        while length < size:
+            word = chance.choice(WORDS)
+            words.append(word)
+            length += len(word) + 1
+        path.write_text(" ".join(words)[:size - 1] + "\n")
     return root
 
 

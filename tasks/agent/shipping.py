@@ -233,8 +233,9 @@ def do_sync(project):
         created = True
     deleted = delete(root, doomed)
     dirs = prune(root, record.get("dirs"), manifest)
+    present = set()  # directories known to exist by now: one mkdir per directory, not per file
     for path in needed:
-        dirs |= make_parents(root, path)
+        dirs |= make_parents(root, path, present)
         write(root, path, manifest[path], contents.get(path))
     files = {}
     for path, entry in manifest.items():
@@ -311,12 +312,15 @@ def prune(root, dirs, manifest):
     return kept
 
 
-def make_parents(root, path):
-    """Create the missing directories above `path`; the ones created, by name."""
+def make_parents(root, path, present):
+    """Create the missing directories above `path` (`present`: those known to exist,
+    updated); the ones created, by name."""
     made = set()
     parts = path.split("/")
     for depth in range(1, len(parts)):
         name = "/".join(parts[:depth])
+        if name in present:
+            continue
         try:
             os.mkdir(os.path.join(root, name))
             made.add(name)
@@ -325,6 +329,7 @@ def make_parents(root, path):
                 raise
             if not stat.S_ISDIR(os.lstat(os.path.join(root, name)).st_mode):  # never write through a link
                 raise AgentError(f"{shown(name)} on the host changed into a non-directory during sync")
+        present.add(name)
     return made
 
 
