@@ -360,7 +360,7 @@ def sync_call(c: Context, flags: Dict[str, Any]) -> Dict[str, Any]:
             raise Exit(f"{host}: --src {src} and --project {project} must not hold one another", 2)
     began = time.monotonic()
     try:
-        files = trees.manifest(src, trees.listing(src))
+        files = trees.manifest(src, trees.listing(src), trees.digests_file(src))
         req["branch"], req["commit"] = source_facts(values)
         result = remote.call(c, dict(req, phase="plan", manifest=files), agent_python)
         if result["ok"]:

@@ -3,6 +3,8 @@
 called in this process as dispatch calls them. A tree that would write
 outside the project directory is refused whole: exit 2, nothing written."""
 
+import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -53,7 +55,7 @@ def test_git_listing_ships_tracked_and_unignored_files_and_links_as_links(repo):
     assert files["app-link"] == ["link", 0, "app", 0]
     assert files["views-link.py"] == ["link", 0, "app/deep/views.py", 0]
     mode, digest, size = files["manage.py"][1:]
-    assert (mode, size) == (0o755, 12) and digest == __import__("hashlib").sha256(b"print('hi')\n").hexdigest()
+    assert (mode, size) == (0o755, 12) and digest == hashlib.sha256(b"print('hi')\n").hexdigest()
     assert files["untracked.py"][:2] == ["file", 0o640]
 
 
@@ -162,13 +164,13 @@ def test_dirs_sync_created_go_when_emptied_and_the_record_says_it_created_the_pr
     result = synced(tmp_path, src, project)
     assert result["deleted"] == 1 and not (project / "a").exists() and (project / "top.txt").exists()
     records = list((tmp_path / "state").rglob("project.json"))
-    record = __import__("json").loads(records[0].read_text())
+    record = json.loads(records[0].read_text())
     assert record["created"] is True and record["dirs"] == [] and sorted(record["files"]) == ["top.txt"]
 
     existing = tmp_path / "existing"
     existing.mkdir()
     synced(tmp_path, src, existing)
-    created = [__import__("json").loads(path.read_text())["created"] for path in (tmp_path / "state").rglob("project.json")]
+    created = [json.loads(path.read_text())["created"] for path in (tmp_path / "state").rglob("project.json")]
     assert sorted(created) == [False, True]
 
 
@@ -217,3 +219,31 @@ def test_an_archive_that_disagrees_with_the_manifest_writes_nothing(tmp_path, re
     files["manage.py"][2] = "0" * 64
     result = agent(tmp_path, project, "apply", files, archive)
     assert result["ok"] is False and "run sync again" in result["error"] and not project.exists()
+
+
+def test_a_resync_reads_only_files_whose_stamp_changed(tmp_path, monkeypatch):
+    src, kept = tmp_path / "src", tmp_path / "cache" / "tree.json"
+    src.mkdir()
+    (src / "same.py").write_text("same\n")
+    (src / "edited.py").write_text("before\n")
+    monkeypatch.setattr(trees, "RACY_NS", 0)  # every file counts as settled at once
+    first = trees.manifest(src, ["edited.py", "same.py"], kept)
+    assert oct(kept.parent.stat().st_mode & 0o777) == "0o700" and sorted(json.loads(kept.read_text())) == [
+        "edited.py", "same.py"]
+    info = (src / "edited.py").stat()
+    (src / "edited.py").write_text("after!\n")  # same size and mtime, a new ctime
+    os.utime(src / "edited.py", ns=(info.st_atime_ns, info.st_mtime_ns))
+    read = []
+    real = trees.read_entry
+    monkeypatch.setattr(trees, "read_entry", lambda src, name: read.append(name) or real(src, name))
+    second = trees.manifest(src, ["edited.py", "same.py"], kept)
+    assert read == ["edited.py"] and second["same.py"] == first["same.py"]
+    assert second["edited.py"][2] == hashlib.sha256(b"after!\n").hexdigest()
+
+
+def test_files_changed_just_before_their_digest_was_kept_are_read_again(tmp_path):
+    src, kept = tmp_path / "src", tmp_path / "cache" / "tree.json"
+    src.mkdir()
+    (src / "new.py").write_text("new\n")
+    trees.manifest(src, ["new.py"], kept)
+    assert trees.read_digests(kept) == {}  # written within RACY_NS: its stamp proves nothing yet

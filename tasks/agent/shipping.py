@@ -228,7 +228,8 @@ def do_sync(project):
     if missing:
         raise AgentError(f"{shown(missing[0])} changed on the host since the plan; run sync again")
     created = record.get("created") is True
-    if not os.path.isdir(root):
+    fresh = not os.path.isdir(root)
+    if fresh:
         os.makedirs(root)
         created = True
     deleted = delete(root, doomed)
@@ -236,7 +237,7 @@ def do_sync(project):
     present = set()  # directories known to exist by now: one mkdir per directory, not per file
     for path in needed:
         dirs |= make_parents(root, path, present)
-        write(root, path, manifest[path], contents.get(path))
+        write(root, path, manifest[path], contents.get(path), fresh)
     files = {}
     for path, entry in manifest.items():
         files[path] = list(entry) + [os.lstat(os.path.join(root, path)).st_mtime_ns]
@@ -333,11 +334,13 @@ def make_parents(root, path, present):
     return made
 
 
-def write(root, path, entry, content):
+def write(root, path, entry, content, fresh):
     """Put `path` in place whole: written (or linked) under a temporary name beside
-    it, then renamed over it, so a reader sees the old file or the new one."""
+    it, then renamed over it, so a reader sees the old file or the new one. In a
+    `fresh` project directory, one this call created, nothing can read it yet: each
+    file is written in place (a rename less per file)."""
     full = os.path.join(root, path)
-    tmp = os.path.join(os.path.dirname(full), f".fabserve-{os.getpid()}.tmp")
+    tmp = full if fresh else os.path.join(os.path.dirname(full), f".fabserve-{os.getpid()}.tmp")
     try:
         if entry[0] == "link":
             os.symlink(entry[2], tmp)
@@ -346,7 +349,8 @@ def write(root, path, entry, content):
             with os.fdopen(fd, "wb") as handle:
                 handle.write(content)
                 os.fchmod(handle.fileno(), entry[1])
-        os.replace(tmp, full)
+        if not fresh:
+            os.replace(tmp, full)
     except BaseException:
         try:
             os.unlink(tmp)
