@@ -141,6 +141,21 @@ def digests_file(src: Path) -> Path:
     return CACHE_DIR / f"tree-{hashlib.sha256(str(src).encode()).hexdigest()[:16]}.json"
 
 
+def sent_file(host: str, project: str) -> Path:
+    """Where what was last sent to `project` on `host` is kept: the user's cache directory."""
+    key = hashlib.sha256("\0".join((host, project)).encode()).hexdigest()[:16]
+    return CACHE_DIR / f"sent-{key}.json"
+
+
+def changed_since(files: Manifest, sent: Dict[str, List[object]]) -> List[str]:
+    """The names whose kind, mode or content differ from what was last sent (all, when nothing was)."""
+    return [name for name, entry in files.items() if sent.get(name) != entry[:3]]
+
+
+def remember_sent(path: Path, files: Manifest) -> None:
+    write_digests(path, {name: entry[:3] for name, entry in files.items()})
+
+
 def stamp(info: os.stat_result) -> List[int]:
     """What says a file is as it was: any write changes its ctime, and usually its size and mtime."""
     return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev]

@@ -147,7 +147,8 @@ def test_manage_and_http_checks_under_each_interpreter(version, runs):
 @pytest.mark.parametrize("version", sorted(INTERPRETERS))
 def test_sync_writes_checks_and_refuses_under_each_interpreter(version, root, tmp_path):
     """sync's agent half (no processes of its own, so no PID namespace): an apply
-    writes the tree and its link, a plan then needs nothing, a link out is refused (exit 2)."""
+    writes the tree and its link, the manifest alone then finds it up to date, a link
+    out is refused (exit 2)."""
     src, project = tmp_path / "src", tmp_path / "site"
     (src / "pkg").mkdir(parents=True)
     (src / "pkg" / "run.sh").write_text("echo hi\n")
@@ -155,18 +156,18 @@ def test_sync_writes_checks_and_refuses_under_each_interpreter(version, root, tm
     (src / "link").symlink_to("pkg/run.sh")
     files = trees.manifest(src, trees.listing(src))
 
-    def agent(phase, manifest, archive=None):
+    def agent(manifest, archive=None):
         req = settings.request("sync", merged({}, {"project": str(project), "state_dir": str(tmp_path / "state")}), [])
-        line = remote.request_line(dict(req, phase=phase, manifest=manifest, archive=archive))
+        line = remote.request_line(dict(req, manifest=manifest, archive=archive))
         done = subprocess.run(["sh", "-c", remote.command(INTERPRETERS[version])], input=line,
                               capture_output=True, text=True, timeout=60)
         return done.returncode, remote.parse_result(done.stdout), done.stderr
 
-    code, applied, stderr = agent("apply", files, trees.pack(src, files, sorted(files)))
+    code, applied, stderr = agent(files, trees.pack(src, files, sorted(files)))
     assert code == 0 and applied["files_sent"] == 2, (applied, stderr)
     assert (project / "pkg" / "run.sh").stat().st_mode & 0o777 == 0o755
     assert (project / "link").readlink() == Path("pkg/run.sh")
-    code, planned, _ = agent("plan", files)
-    assert code == 0 and planned["needed"] == [] and planned["current"] is True
-    code, refused, _ = agent("plan", dict(files, out=["link", 0, "../..", 0]))
+    code, again, _ = agent(files)
+    assert code == 0 and again["message"] == "up to date" and "needed" not in again
+    code, refused, _ = agent(dict(files, out=["link", 0, "../..", 0]))
     assert code == 2 and refused["refused"] is True

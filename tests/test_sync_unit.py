@@ -91,19 +91,20 @@ def test_a_corrupt_archive_is_one_line():
         shipping.unpack("not base64 at all!")
 
 
-def agent(tmp_path, project, phase, files, archive=None, branch=None, commit=None):
+def agent(tmp_path, project, files, archive=None, branch=None, commit=None):
     req = request("sync", merged({}, {"project": str(project), "state_dir": str(tmp_path / "state")}), [])
-    return dispatch.handle(dict(req, phase=phase, manifest=files, archive=archive, branch=branch, commit=commit))
+    return dispatch.handle(dict(req, manifest=files, archive=archive, branch=branch, commit=commit))
 
 
 def synced(tmp_path, src, project):
-    """The client's two calls, in this process: the plan, then the apply when needed."""
+    """The client's calls, in this process, as from a client that remembers nothing
+    sent: the manifest alone, then, when the host needs files, those files."""
     files = trees.manifest(src, trees.listing(src))
-    planned = agent(tmp_path, project, "plan", files)
-    assert planned["ok"], planned["error"]
-    if not (planned["needed"] or planned["deleting"] or not planned["current"]):
-        return planned
-    return agent(tmp_path, project, "apply", files, trees.pack(src, files, planned["needed"]))
+    first = agent(tmp_path, project, files)
+    assert first["ok"], first["error"]
+    if not first.get("needed"):
+        return first
+    return agent(tmp_path, project, files, trees.pack(src, files, first["needed"]))
 
 
 def tree_of(root):
@@ -130,7 +131,7 @@ def test_first_sync_writes_the_tree_later_ones_only_changes_and_never_the_apps_f
     assert shipped["manage.py"][0] == 0o755
 
     (project / "media.jpg").write_bytes(b"uploaded by the app")
-    assert synced(tmp_path, repo, project)["message"].startswith("0 of 8 files to send, 0 to delete")
+    assert synced(tmp_path, repo, project)["message"] == "up to date"
     (repo / "untracked.py").write_text("u = 3\n")
     (repo / "with space.txt").unlink()
     second = synced(tmp_path, repo, project)
@@ -190,8 +191,8 @@ def test_dirs_sync_created_go_when_emptied_and_the_record_says_it_created_the_pr
 def test_a_tree_reaching_outside_is_refused_whole_with_nothing_written(tmp_path, files):
     project = tmp_path / "site"
     files = dict(files, **{"fine.txt": ["file", 0o644, "0" * 64, 1]})
-    for phase in ("plan", "apply"):
-        result = agent(tmp_path, project, phase, files, trees.pack(tmp_path, {}, []))
+    for archive in (None, trees.pack(tmp_path, {}, [])):
+        result = agent(tmp_path, project, files, archive)
         assert result["refused"] is True and result["ok"] is False, result
         assert result["error"].startswith("refused: ") and result["error"].endswith("; nothing was written")
         assert "\n" not in result["error"] and protocol.exit_code("sync", result) == 2
@@ -207,7 +208,7 @@ def test_a_symlink_on_the_host_in_a_destinations_path_is_refused(tmp_path):
     elsewhere.mkdir()
     os.symlink(elsewhere, project / "static")
     files = trees.manifest(src, trees.listing(src))
-    result = agent(tmp_path, project, "apply", files, trees.pack(src, files, sorted(files)))
+    result = agent(tmp_path, project, files, trees.pack(src, files, sorted(files)))
     assert result["refused"] is True and "static on the host is a symlink" in result["error"]
     assert list(elsewhere.iterdir()) == [] and sorted(os.listdir(project)) == ["static"]
 
@@ -217,7 +218,7 @@ def test_an_archive_that_disagrees_with_the_manifest_writes_nothing(tmp_path, re
     files = trees.manifest(repo, trees.listing(repo))
     archive = trees.pack(repo, files, ["manage.py"])
     files["manage.py"][2] = "0" * 64
-    result = agent(tmp_path, project, "apply", files, archive)
+    result = agent(tmp_path, project, files, archive)
     assert result["ok"] is False and "run sync again" in result["error"] and not project.exists()
 
 

@@ -206,18 +206,17 @@ def unpack(archive):
 
 
 def do_sync(project):
-    """`plan` or `apply` (the request's phase) of the manifest the request carries."""
+    """Apply the manifest the request carries, with the contents its archive
+    holds. An archive that lacks a file the host needs (missing, or its content
+    or mode differ) writes nothing: the result names those files (`needed`), for
+    the client to send in a second call."""
     req = project.req
     manifest = checked_manifest(req.manifest)
     record = project.record()
     old = record.get("files") if isinstance(record.get("files"), dict) else {}
     doomed = set(path for path in old if path not in manifest)
     check_host(project.dir, manifest, doomed)
-    if req.phase == "plan":
-        return plan(project, manifest, record, old, doomed)
-    if req.phase != "apply":
-        raise AgentError(f"unknown sync phase {req.phase!r}")
-    contents = unpack(req.archive)
+    contents = unpack(req.archive) if req.archive else {}
     for name, content in contents.items():
         entry = manifest.get(name)
         if entry is None or entry[0] != "file" or sha256(content).hexdigest() != entry[2]:
@@ -225,8 +224,15 @@ def do_sync(project):
     root = project.dir
     needed = [path for path in sorted(manifest) if differs(root, path, manifest[path], old.get(path))]
     missing = [path for path in needed if manifest[path][0] == "file" and path not in contents]
-    if missing:
-        raise AgentError(f"{shown(missing[0])} changed on the host since the plan; run sync again")
+    if missing:  # every file it needs, not only those missing here: the next call sends them all
+        wanted = [path for path in needed if manifest[path][0] == "file"]
+        return result_of(ok=True, changed=False, state=None, project=root, port=None, needed=wanted,
+                         message=f"{len(wanted)} of {len(manifest)} files to send")
+    current = (bool(record) and set(old) == set(manifest) and record.get("branch") == req.branch
+               and record.get("commit") == req.commit)
+    if not needed and current and not any(os.path.lexists(os.path.join(root, path)) for path in doomed):
+        return result_of(ok=True, changed=False, state=None, project=root, port=None, files_sent=0,
+                         bytes_sent=0, deleted=0, message="up to date")
     created = record.get("created") is True
     fresh = not os.path.isdir(root)
     if fresh:
@@ -247,19 +253,6 @@ def do_sync(project):
     return result_of(ok=True, changed=bool(needed or deleted), state=None, project=root, port=None,
                      files_sent=len(needed), bytes_sent=sum(manifest[path][3] for path in sent),
                      deleted=deleted, message=join(f"wrote {len(needed)} of {len(manifest)} files", f"deleted {deleted}"))
-
-
-def plan(project, manifest, record, old, doomed):
-    """Which files the host needs, how many it would delete, and whether the record is
-    current: the client's to read (fields `needed`, `deleting`, `current`), never shown."""
-    root = project.dir
-    needed = [path for path in sorted(manifest) if differs(root, path, manifest[path], old.get(path))]
-    deleting = sum(1 for path in doomed if os.path.lexists(os.path.join(root, path)))
-    current = (bool(record) and set(old) == set(manifest) and record.get("branch") == project.req.branch
-               and record.get("commit") == project.req.commit)
-    return result_of(ok=True, changed=False, state=None, project=root, port=None, needed=needed,
-                     deleting=deleting, current=current,
-                     message=f"{len(needed)} of {len(manifest)} files to send, {deleting} to delete")
 
 
 def inside(root, path):
