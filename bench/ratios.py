@@ -24,6 +24,8 @@ LIST_LIMIT = 1.2  # list on a host with 20 instances: at most this many times st
 AUTO_LIMIT = 1.05  # start --port auto: at most this many times start --port N
 # sync: a first sync at most this many times the faster of rsync -a and tar | ssh, a re-sync this many times rsync -a
 SYNC_LIMIT = 1.5
+# up of an unchanged tree (sync, setup, migrate, start) at most this many times start alone
+UP_LIMIT = 1.5
 
 
 @dataclass
@@ -98,6 +100,7 @@ def ratios(cases: dict[str, Case], sizes: Sequence[int], cpus: int) -> list[Rati
                      pairwise(cases, ["sync_first", "rsync_first", "tar_first"],
                               lambda ours, rsync, tar: ours / min(rsync, tar)), "x", SYNC_LIMIT))
     ratio("sync_one/rsync_one", "re-sync of one changed file / rsync -a", "sync_one", "rsync_one", SYNC_LIMIT)
+    ratio("up_unchanged/up_start", "up of an unchanged tree / start alone", "up_unchanged", "up_start", UP_LIMIT)
     for verb in ("status", "start", "stop", "restart"):
         ratio(f"{verb}/ssh_true", f"{verb} / ssh true", "fabserve_" + verb, "ssh_true")
     ratio("ssh_agent_status/ssh_true", "agent status over OpenSSH / ssh true", "ssh_agent_status", "ssh_true")
