@@ -12,6 +12,7 @@ from bench.logs import big_log
 from bench.many import many_instances
 from bench.operations import payload, restart_and_stop, start_and_status
 from bench.package import installed_cases
+from bench.previews import up_cases
 from bench.runner import Group
 from bench.shipping import sync_cases
 from bench.usual import ansible_adhoc, plain_fabric
@@ -32,6 +33,7 @@ GROUPS = (
     Group("module", module_cases, skipped_by=frozenset({"ansible"}), wide=True, notes=module_ratio_lines),
     Group("lifetimes", lifetimes, notes=lifetimes_ratio_lines),
     Group("sync", sync_cases),
+    Group("up", up_cases),
 )
 # Not a group: the client-side profile of one `fab status` runs once, after the repetitions.
 PROFILE = "profile"

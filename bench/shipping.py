@@ -6,7 +6,7 @@ against `rsync -a` again. bench/ratios.py compares them pair by pair.
 The tree (2,000 files of 1 to 4 KB of text, in 20 x 10 nested directories) is
 generated once per run, outside git, so every client ships the same files.
 Before each repetition's first syncs the three destinations are removed on the
-host (untimed; fabserve's with `fab destroy`, which also forgets its record).
+host (untimed; fabserve's also with `fab destroy`, which forgets its record).
 """
 
 from __future__ import annotations
@@ -44,10 +44,13 @@ def tree() -> Path:
         path = root / f"d{top:02d}" / f"s{sub}" / f"f{index:04d}.py"
         path.parent.mkdir(parents=True, exist_ok=True)
         size = chance.randint(1024, 4096)
-        text = []
-        while sum(map(len, text)) < size:
-            text.append(" ".join(chance.choice(WORDS) for _ in range(chance.randint(3, 12))) + "\n")
-        path.write_text("".join(text)[:size])
+        words: list[str] = []
+        length = 0
+        while length < size:
+            word = chance.choice(WORDS)
+            words.append(word)
+            length += len(word) + 1
+        path.write_text(" ".join(words)[:size - 1] + "\n")
     return root
 
 
@@ -70,8 +73,10 @@ def sync_cases(runner: Runner) -> None:
     """Remove the destinations (untimed), time the three first syncs, change one
     file, time the two re-syncs."""
     host, one, src = runner.host, [runner.host], tree()
+    # destroy forgets fabserve's record; rm also takes a directory an earlier run left
+    # whose record is gone (the bed's state is new each run, the accounts' homes are not).
     cleared = [execute(sync_argv(runner, "destroy", "--json")),
-               execute(runner.ssh(host, f"rm -rf {DESTS['rsync']} {DESTS['tar']}"))]
+               execute(runner.ssh(host, "rm -rf " + " ".join(DESTS.values())))]
     for sample in cleared:
         if sample.rc != 0:
             runner.fail(runner.case("sync_first", "fab sync, 2,000 files, first", GROUP), "sync: clearing",

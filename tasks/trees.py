@@ -1,6 +1,9 @@
 """What sync ships: the list of a local tree's files, its manifest, the archive
 of the files a host needs, and the tree's git branch and commit.
 
+A re-sync reads again only the files whose size and times changed since the
+last one (the digests are kept in the user's cache directory).
+
 In a git work tree the list is what git would ship: tracked files that still
 exist, and untracked files git does not ignore. Outside git it is every file
 but those under EXCLUDED names. Symlinks are listed as links, never followed.
@@ -10,15 +13,19 @@ file, the name's and the content's lengths, the name and the content, in base64.
 
 import base64
 import hashlib
+import json
 import os
 import stat
 import struct
 import subprocess
+import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from .agent.protocol import ARCHIVE_HEAD
+from .payload import CACHE_DIR, trusted, trusted_dir
 
 HEAD = struct.Struct(ARCHIVE_HEAD)
 #: Names never shipped from a tree outside git, at any depth.
@@ -122,14 +129,96 @@ def read_entry(src: Path, name: str) -> Tuple[Optional[List[object]], bytes]:
     return ["file", stat.S_IMODE(info.st_mode) & 0o777, hashlib.sha256(content).hexdigest(), len(content)], content
 
 
-def manifest(src: Path, names: Iterable[str]) -> Manifest:
-    """The manifest of `names` in `src` (those gone meanwhile left out)."""
-    found: Manifest = {}
-    for name in names:
-        entry, _ = read_entry(src, name)
-        if entry is not None:
+#: A file whose status changed this close before its digest was kept is read again:
+#: a write within the same (coarse) timestamp would leave its size and times as they were.
+RACY_NS = 2 * 10 ** 9
+#: The digests kept between syncs (see manifest); hosts of one run take turns.
+DIGESTS_LOCK = threading.Lock()
+
+
+def digests_file(src: Path) -> Path:
+    """Where the digests of `src`'s files are kept between syncs: the user's cache directory."""
+    return CACHE_DIR / f"tree-{hashlib.sha256(str(src).encode()).hexdigest()[:16]}.json"
+
+
+def sent_file(host: str, project: str) -> Path:
+    """Where what was last sent to `project` on `host` is kept: the user's cache directory."""
+    key = hashlib.sha256("\0".join((host, project)).encode()).hexdigest()[:16]
+    return CACHE_DIR / f"sent-{key}.json"
+
+
+def changed_since(files: Manifest, sent: Dict[str, List[object]]) -> List[str]:
+    """The names whose kind, mode or content differ from what was last sent (all, when nothing was)."""
+    return [name for name, entry in files.items() if sent.get(name) != entry[:3]]
+
+
+def remember_sent(path: Path, files: Manifest) -> None:
+    write_digests(path, {name: entry[:3] for name, entry in files.items()})
+
+
+def stamp(info: os.stat_result) -> List[int]:
+    """What says a file is as it was: any write changes its ctime, and usually its size and mtime."""
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev]
+
+
+def manifest(src: Path, names: Iterable[str], kept: Optional[Path] = None) -> Manifest:
+    """The manifest of `names` in `src` (those gone meanwhile left out). With `kept`
+    (digests_file), a file whose stamp is the one kept there, older than RACY_NS at
+    the time, is not read again: like rsync's quick check, a re-sync reads only what changed."""
+    with DIGESTS_LOCK:
+        known = read_digests(kept) if kept else {}
+        found: Manifest = {}
+        stamps: Dict[str, List[object]] = {}
+        now = time.time_ns()
+        for name in names:
+            path = src / name
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                continue
+            was = known.get(name)
+            if stat.S_ISREG(info.st_mode) and isinstance(was, list) and was[:5] == stamp(info):
+                found[name] = ["file", stat.S_IMODE(info.st_mode) & 0o777, was[5], info.st_size]
+                stamps[name] = was
+                continue
+            entry, _ = read_entry(src, name)
+            if entry is None:
+                continue
             found[name] = entry
-    return found
+            if entry[0] == "file" and info.st_ctime_ns < now - RACY_NS:
+                stamps[name] = [*stamp(info), entry[2]]
+        if kept and stamps != known:
+            write_digests(kept, stamps)
+        return found
+
+
+def read_digests(path: Path) -> Dict[str, List[object]]:
+    """The kept digests, if the file is the user's own and no one else can write it, else none."""
+    if not trusted_dir(path.parent):
+        return {}
+    try:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not (stat.S_ISREG(info.st_mode) and trusted(info)):
+                return {}
+            kept = json.loads(handle.read())
+    except (OSError, ValueError):
+        return {}
+    return kept if isinstance(kept, dict) else {}
+
+
+def write_digests(path: Path, stamps: Dict[str, List[object]]) -> None:
+    """Keep `stamps` at `path`, replaced whole; nothing happens where it cannot be written."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not trusted_dir(path.parent):
+            return
+        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+            json.dump(stamps, handle)
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
 
 
 def pack(src: Path, files: Manifest, needed: Iterable[str]) -> str:

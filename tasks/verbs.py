@@ -342,9 +342,10 @@ def show_sync(result: Dict[str, Any]) -> str:
 
 
 def sync_call(c: Context, flags: Dict[str, Any]) -> Dict[str, Any]:
-    """Send the tree in two agent calls: `plan` (the manifest; the host names the
-    files it needs), then, only when something is needed, deleted or unrecorded,
-    `apply` (the manifest again and those files' contents)."""
+    """Send the tree in one agent call: the manifest, and the contents of the files
+    that changed since the last sync from here to this host (all, the first time).
+    Only when the host needs others (changed there, or synced from elsewhere) a
+    second call sends those."""
     host = remote.host_label(c)
     values = host_values(c, flags)
     try:
@@ -360,16 +361,20 @@ def sync_call(c: Context, flags: Dict[str, Any]) -> Dict[str, Any]:
             raise Exit(f"{host}: --src {src} and --project {project} must not hold one another", 2)
     began = time.monotonic()
     try:
-        files = trees.manifest(src, trees.listing(src))
+        files = trees.manifest(src, trees.listing(src), trees.digests_file(src))
         req["branch"], req["commit"] = source_facts(values)
-        result = remote.call(c, dict(req, phase="plan", manifest=files), agent_python)
-        if result["ok"]:
-            planned = [result.pop(name) for name in ("needed", "deleting", "current")]
-            if planned[0] or planned[1] or not planned[2]:
-                archive = trees.pack(src, files, planned[0])
-                result = remote.call(c, dict(req, phase="apply", manifest=files, archive=archive), agent_python)
-            else:
-                result.update(files_sent=0, bytes_sent=0, deleted=0, message="up to date")
+        sent = trees.sent_file(host, req["project"])
+        send = trees.changed_since(files, trees.read_digests(sent))
+        for _ in range(2):
+            archive = trees.pack(src, files, send) if send else None
+            result = remote.call(c, dict(req, manifest=files, archive=archive), agent_python)
+            send = result.pop("needed", None)
+            if not (result["ok"] and send):
+                break
+        if send:
+            result = report.failure(host, "sync", "the host's files changed during the sync; run sync again")
+        elif result["ok"]:
+            trees.remember_sent(sent, files)
     except trees.TreeError as exc:
         result = report.failure(host, "sync", str(exc))
     except remote.HostError as exc:

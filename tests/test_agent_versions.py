@@ -16,7 +16,7 @@ import pytest
 from bed.accounts import ProjectMaker
 from bed.interpreters import target_interpreters
 from helpers import free_port
-from tasks import remote, settings
+from tasks import remote, settings, trees
 from tasks.config import merged
 
 MARKER_RESULTS = re.compile("^" + re.escape(remote.MARKER) + ".*$", re.M)
@@ -142,3 +142,32 @@ def test_manage_and_http_checks_under_each_interpreter(version, runs):
     assert start["ok"] and start["http_status"] == 200, start
     assert status["state"] == "running" and status["http_status"] == 200
     assert stop["changed"] and stop["port_free"]
+
+
+@pytest.mark.parametrize("version", sorted(INTERPRETERS))
+def test_sync_writes_checks_and_refuses_under_each_interpreter(version, root, tmp_path):
+    """sync's agent half (no processes of its own, so no PID namespace): an apply
+    writes the tree and its link, the manifest alone then finds it up to date, a link
+    out is refused (exit 2)."""
+    src, project = tmp_path / "src", tmp_path / "site"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "run.sh").write_text("echo hi\n")
+    (src / "pkg" / "run.sh").chmod(0o755)
+    (src / "link").symlink_to("pkg/run.sh")
+    files = trees.manifest(src, trees.listing(src))
+
+    def agent(manifest, archive=None):
+        req = settings.request("sync", merged({}, {"project": str(project), "state_dir": str(tmp_path / "state")}), [])
+        line = remote.request_line(dict(req, manifest=manifest, archive=archive))
+        done = subprocess.run(["sh", "-c", remote.command(INTERPRETERS[version])], input=line,
+                              capture_output=True, text=True, timeout=60)
+        return done.returncode, remote.parse_result(done.stdout), done.stderr
+
+    code, applied, stderr = agent(files, trees.pack(src, files, sorted(files)))
+    assert code == 0 and applied["files_sent"] == 2, (applied, stderr)
+    assert (project / "pkg" / "run.sh").stat().st_mode & 0o777 == 0o755
+    assert (project / "link").readlink() == Path("pkg/run.sh")
+    code, again, _ = agent(files)
+    assert code == 0 and again["message"] == "up to date" and "needed" not in again
+    code, refused, _ = agent(dict(files, out=["link", 0, "../..", 0]))
+    assert code == 2 and refused["refused"] is True

@@ -316,6 +316,14 @@ def test_ssh_commands_are_judged_for_fabserve_operations_only() -> None:
     assert [row["name"] for row in command_targets(measured, [])] == ["ssh_commands:fabserve_status"]
 
 
+@pytest.mark.parametrize(("sessions", "verdict"), [(1, "PASS"), (2, "PASS"), (3, "MISS")])
+def test_a_sync_takes_at_most_two_ssh_commands_per_host(sessions: int, verdict: str) -> None:
+    measured = cases(case("sync_one", [0.5], sessions=[sessions]), case("rsync_one", [0.3], sessions=[1]))
+    assert command_targets(measured, []) == [{
+        "name": "ssh_commands:sync_one", "label": "SSH commands/host, sync one", "values": [float(sessions)],
+        "limit": "<= 2", "verdict": verdict}]
+
+
 @pytest.mark.parametrize(("installed", "verdict"), [(0.29, "PASS"), (0.306, "PASS"), (0.31, "MISS")])
 def test_installed_status_is_at_most_fab_status_in_the_checkout_times_1_02(installed: float, verdict: str) -> None:
     measured = cases(case("installed_status", [installed]), case("fabserve_status", [0.3]))

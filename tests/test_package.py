@@ -132,6 +132,17 @@ def test_start_status_stop_over_ssh_leave_site_packages_as_installed(installed, 
     assert installed.files() == before
 
 
+def test_sync_sends_the_current_directory_over_ssh(installed, workdir, target, site):
+    tree = workdir / "tree"
+    tree.mkdir(mode=0o755)
+    (tree / "hello.txt").write_text("hello\n")
+    dest = site.parent / "synced"
+    sync = as_root([installed.fabserve, "-S", target.ssh_config, "-H", target.alias, "sync", "--project", dest], tree)
+    assert sync.returncode == 0, sync.stderr
+    assert one_line(sync.stdout).startswith(f"{target.alias}: synced 1 file (6 B), deleted 0, in ")
+    assert (dest / "hello.txt").read_text() == "hello\n"
+
+
 def test_a_fabfile_of_your_own_runs_the_collection_under_another_name(installed, workdir, target, site):
     port = free_port()
     mine = workdir / "mine"

@@ -3,6 +3,8 @@
 called in this process as dispatch calls them. A tree that would write
 outside the project directory is refused whole: exit 2, nothing written."""
 
+import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -53,7 +55,7 @@ def test_git_listing_ships_tracked_and_unignored_files_and_links_as_links(repo):
     assert files["app-link"] == ["link", 0, "app", 0]
     assert files["views-link.py"] == ["link", 0, "app/deep/views.py", 0]
     mode, digest, size = files["manage.py"][1:]
-    assert (mode, size) == (0o755, 12) and digest == __import__("hashlib").sha256(b"print('hi')\n").hexdigest()
+    assert (mode, size) == (0o755, 12) and digest == hashlib.sha256(b"print('hi')\n").hexdigest()
     assert files["untracked.py"][:2] == ["file", 0o640]
 
 
@@ -89,19 +91,20 @@ def test_a_corrupt_archive_is_one_line():
         shipping.unpack("not base64 at all!")
 
 
-def agent(tmp_path, project, phase, files, archive=None, branch=None, commit=None):
+def agent(tmp_path, project, files, archive=None, branch=None, commit=None):
     req = request("sync", merged({}, {"project": str(project), "state_dir": str(tmp_path / "state")}), [])
-    return dispatch.handle(dict(req, phase=phase, manifest=files, archive=archive, branch=branch, commit=commit))
+    return dispatch.handle(dict(req, manifest=files, archive=archive, branch=branch, commit=commit))
 
 
 def synced(tmp_path, src, project):
-    """The client's two calls, in this process: the plan, then the apply when needed."""
+    """The client's calls, in this process, as from a client that remembers nothing
+    sent: the manifest alone, then, when the host needs files, those files."""
     files = trees.manifest(src, trees.listing(src))
-    planned = agent(tmp_path, project, "plan", files)
-    assert planned["ok"], planned["error"]
-    if not (planned["needed"] or planned["deleting"] or not planned["current"]):
-        return planned
-    return agent(tmp_path, project, "apply", files, trees.pack(src, files, planned["needed"]))
+    first = agent(tmp_path, project, files)
+    assert first["ok"], first["error"]
+    if not first.get("needed"):
+        return first
+    return agent(tmp_path, project, files, trees.pack(src, files, first["needed"]))
 
 
 def tree_of(root):
@@ -128,7 +131,7 @@ def test_first_sync_writes_the_tree_later_ones_only_changes_and_never_the_apps_f
     assert shipped["manage.py"][0] == 0o755
 
     (project / "media.jpg").write_bytes(b"uploaded by the app")
-    assert synced(tmp_path, repo, project)["message"].startswith("0 of 8 files to send, 0 to delete")
+    assert synced(tmp_path, repo, project)["message"] == "up to date"
     (repo / "untracked.py").write_text("u = 3\n")
     (repo / "with space.txt").unlink()
     second = synced(tmp_path, repo, project)
@@ -162,13 +165,13 @@ def test_dirs_sync_created_go_when_emptied_and_the_record_says_it_created_the_pr
     result = synced(tmp_path, src, project)
     assert result["deleted"] == 1 and not (project / "a").exists() and (project / "top.txt").exists()
     records = list((tmp_path / "state").rglob("project.json"))
-    record = __import__("json").loads(records[0].read_text())
+    record = json.loads(records[0].read_text())
     assert record["created"] is True and record["dirs"] == [] and sorted(record["files"]) == ["top.txt"]
 
     existing = tmp_path / "existing"
     existing.mkdir()
     synced(tmp_path, src, existing)
-    created = [__import__("json").loads(path.read_text())["created"] for path in (tmp_path / "state").rglob("project.json")]
+    created = [json.loads(path.read_text())["created"] for path in (tmp_path / "state").rglob("project.json")]
     assert sorted(created) == [False, True]
 
 
@@ -188,8 +191,8 @@ def test_dirs_sync_created_go_when_emptied_and_the_record_says_it_created_the_pr
 def test_a_tree_reaching_outside_is_refused_whole_with_nothing_written(tmp_path, files):
     project = tmp_path / "site"
     files = dict(files, **{"fine.txt": ["file", 0o644, "0" * 64, 1]})
-    for phase in ("plan", "apply"):
-        result = agent(tmp_path, project, phase, files, trees.pack(tmp_path, {}, []))
+    for archive in (None, trees.pack(tmp_path, {}, [])):
+        result = agent(tmp_path, project, files, archive)
         assert result["refused"] is True and result["ok"] is False, result
         assert result["error"].startswith("refused: ") and result["error"].endswith("; nothing was written")
         assert "\n" not in result["error"] and protocol.exit_code("sync", result) == 2
@@ -205,7 +208,7 @@ def test_a_symlink_on_the_host_in_a_destinations_path_is_refused(tmp_path):
     elsewhere.mkdir()
     os.symlink(elsewhere, project / "static")
     files = trees.manifest(src, trees.listing(src))
-    result = agent(tmp_path, project, "apply", files, trees.pack(src, files, sorted(files)))
+    result = agent(tmp_path, project, files, trees.pack(src, files, sorted(files)))
     assert result["refused"] is True and "static on the host is a symlink" in result["error"]
     assert list(elsewhere.iterdir()) == [] and sorted(os.listdir(project)) == ["static"]
 
@@ -215,5 +218,33 @@ def test_an_archive_that_disagrees_with_the_manifest_writes_nothing(tmp_path, re
     files = trees.manifest(repo, trees.listing(repo))
     archive = trees.pack(repo, files, ["manage.py"])
     files["manage.py"][2] = "0" * 64
-    result = agent(tmp_path, project, "apply", files, archive)
+    result = agent(tmp_path, project, files, archive)
     assert result["ok"] is False and "run sync again" in result["error"] and not project.exists()
+
+
+def test_a_resync_reads_only_files_whose_stamp_changed(tmp_path, monkeypatch):
+    src, kept = tmp_path / "src", tmp_path / "cache" / "tree.json"
+    src.mkdir()
+    (src / "same.py").write_text("same\n")
+    (src / "edited.py").write_text("before\n")
+    monkeypatch.setattr(trees, "RACY_NS", 0)  # every file counts as settled at once
+    first = trees.manifest(src, ["edited.py", "same.py"], kept)
+    assert oct(kept.parent.stat().st_mode & 0o777) == "0o700" and sorted(json.loads(kept.read_text())) == [
+        "edited.py", "same.py"]
+    info = (src / "edited.py").stat()
+    (src / "edited.py").write_text("after!\n")  # same size and mtime, a new ctime
+    os.utime(src / "edited.py", ns=(info.st_atime_ns, info.st_mtime_ns))
+    read = []
+    real = trees.read_entry
+    monkeypatch.setattr(trees, "read_entry", lambda src, name: read.append(name) or real(src, name))
+    second = trees.manifest(src, ["edited.py", "same.py"], kept)
+    assert read == ["edited.py"] and second["same.py"] == first["same.py"]
+    assert second["edited.py"][2] == hashlib.sha256(b"after!\n").hexdigest()
+
+
+def test_files_changed_just_before_their_digest_was_kept_are_read_again(tmp_path):
+    src, kept = tmp_path / "src", tmp_path / "cache" / "tree.json"
+    src.mkdir()
+    (src / "new.py").write_text("new\n")
+    trees.manifest(src, ["new.py"], kept)
+    assert trees.read_digests(kept) == {}  # written within RACY_NS: its stamp proves nothing yet

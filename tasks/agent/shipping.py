@@ -206,18 +206,17 @@ def unpack(archive):
 
 
 def do_sync(project):
-    """`plan` or `apply` (the request's phase) of the manifest the request carries."""
+    """Apply the manifest the request carries, with the contents its archive
+    holds. An archive that lacks a file the host needs (missing, or its content
+    or mode differ) writes nothing: the result names those files (`needed`), for
+    the client to send in a second call."""
     req = project.req
     manifest = checked_manifest(req.manifest)
     record = project.record()
     old = record.get("files") if isinstance(record.get("files"), dict) else {}
     doomed = set(path for path in old if path not in manifest)
     check_host(project.dir, manifest, doomed)
-    if req.phase == "plan":
-        return plan(project, manifest, record, old, doomed)
-    if req.phase != "apply":
-        raise AgentError(f"unknown sync phase {req.phase!r}")
-    contents = unpack(req.archive)
+    contents = unpack(req.archive) if req.archive else {}
     for name, content in contents.items():
         entry = manifest.get(name)
         if entry is None or entry[0] != "file" or sha256(content).hexdigest() != entry[2]:
@@ -225,17 +224,26 @@ def do_sync(project):
     root = project.dir
     needed = [path for path in sorted(manifest) if differs(root, path, manifest[path], old.get(path))]
     missing = [path for path in needed if manifest[path][0] == "file" and path not in contents]
-    if missing:
-        raise AgentError(f"{shown(missing[0])} changed on the host since the plan; run sync again")
+    if missing:  # every file it needs, not only those missing here: the next call sends them all
+        wanted = [path for path in needed if manifest[path][0] == "file"]
+        return result_of(ok=True, changed=False, state=None, project=root, port=None, needed=wanted,
+                         message=f"{len(wanted)} of {len(manifest)} files to send")
+    current = (bool(record) and set(old) == set(manifest) and record.get("branch") == req.branch
+               and record.get("commit") == req.commit)
+    if not needed and current and not any(os.path.lexists(os.path.join(root, path)) for path in doomed):
+        return result_of(ok=True, changed=False, state=None, project=root, port=None, files_sent=0,
+                         bytes_sent=0, deleted=0, message="up to date")
     created = record.get("created") is True
-    if not os.path.isdir(root):
+    fresh = not os.path.isdir(root)
+    if fresh:
         os.makedirs(root)
         created = True
     deleted = delete(root, doomed)
     dirs = prune(root, record.get("dirs"), manifest)
+    present = set()  # directories known to exist by now: one mkdir per directory, not per file
     for path in needed:
-        dirs |= make_parents(root, path)
-        write(root, path, manifest[path], contents.get(path))
+        dirs |= make_parents(root, path, present)
+        write(root, path, manifest[path], contents.get(path), fresh)
     files = {}
     for path, entry in manifest.items():
         files[path] = list(entry) + [os.lstat(os.path.join(root, path)).st_mtime_ns]
@@ -245,19 +253,6 @@ def do_sync(project):
     return result_of(ok=True, changed=bool(needed or deleted), state=None, project=root, port=None,
                      files_sent=len(needed), bytes_sent=sum(manifest[path][3] for path in sent),
                      deleted=deleted, message=join(f"wrote {len(needed)} of {len(manifest)} files", f"deleted {deleted}"))
-
-
-def plan(project, manifest, record, old, doomed):
-    """Which files the host needs, how many it would delete, and whether the record is
-    current: the client's to read (fields `needed`, `deleting`, `current`), never shown."""
-    root = project.dir
-    needed = [path for path in sorted(manifest) if differs(root, path, manifest[path], old.get(path))]
-    deleting = sum(1 for path in doomed if os.path.lexists(os.path.join(root, path)))
-    current = (bool(record) and set(old) == set(manifest) and record.get("branch") == project.req.branch
-               and record.get("commit") == project.req.commit)
-    return result_of(ok=True, changed=False, state=None, project=root, port=None, needed=needed,
-                     deleting=deleting, current=current,
-                     message=f"{len(needed)} of {len(manifest)} files to send, {deleting} to delete")
 
 
 def inside(root, path):
@@ -311,12 +306,15 @@ def prune(root, dirs, manifest):
     return kept
 
 
-def make_parents(root, path):
-    """Create the missing directories above `path`; the ones created, by name."""
+def make_parents(root, path, present):
+    """Create the missing directories above `path` (`present`: those known to exist,
+    updated); the ones created, by name."""
     made = set()
     parts = path.split("/")
     for depth in range(1, len(parts)):
         name = "/".join(parts[:depth])
+        if name in present:
+            continue
         try:
             os.mkdir(os.path.join(root, name))
             made.add(name)
@@ -325,14 +323,17 @@ def make_parents(root, path):
                 raise
             if not stat.S_ISDIR(os.lstat(os.path.join(root, name)).st_mode):  # never write through a link
                 raise AgentError(f"{shown(name)} on the host changed into a non-directory during sync")
+        present.add(name)
     return made
 
 
-def write(root, path, entry, content):
+def write(root, path, entry, content, fresh):
     """Put `path` in place whole: written (or linked) under a temporary name beside
-    it, then renamed over it, so a reader sees the old file or the new one."""
+    it, then renamed over it, so a reader sees the old file or the new one. In a
+    `fresh` project directory, one this call created, nothing can read it yet: each
+    file is written in place (a rename less per file)."""
     full = os.path.join(root, path)
-    tmp = os.path.join(os.path.dirname(full), f".fabserve-{os.getpid()}.tmp")
+    tmp = full if fresh else os.path.join(os.path.dirname(full), f".fabserve-{os.getpid()}.tmp")
     try:
         if entry[0] == "link":
             os.symlink(entry[2], tmp)
@@ -341,7 +342,8 @@ def write(root, path, entry, content):
             with os.fdopen(fd, "wb") as handle:
                 handle.write(content)
                 os.fchmod(handle.fileno(), entry[1])
-        os.replace(tmp, full)
+        if not fresh:
+            os.replace(tmp, full)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -160,7 +160,7 @@ class Request(object):
 
     # Each field a request may hold, and its value when the request leaves it out.
     # The client sends every request setting of its settings table, and logs'
-    # `stream`; Ansible's check mode adds `look_only`; sync adds its phase, manifest,
+    # `stream`; Ansible's check mode adds `look_only`; sync adds its manifest,
     # archive and the tree's git branch and commit; up's start adds `reloading` once
     # sync changed files; a test may send fewer.
     FIELDS = {
@@ -169,7 +169,7 @@ class Request(object):
         "ttl": None, "state_dir": None, "port_range": None, "log_keep": None, "log_max": None,
         "lines": 50, "follow": False, "previous": False, "stream": False, "all": False,
         "args": None, "manage_timeout": None, "look_only": False, "keep_files": False,
-        "reloading": False, "phase": None, "manifest": None, "archive": None, "branch": None, "commit": None,
+        "reloading": False, "manifest": None, "archive": None, "branch": None, "commit": None,
         "requirements": "requirements.txt", "setup_timeout": 900,
     }
     __slots__ = tuple(FIELDS)
