@@ -212,12 +212,13 @@ def test_the_built_collection_holds_the_agent_itself_installs_and_runs(ansible, 
     assert doc.returncode == 0 and str(ansible.work / "installed") in doc.stdout
     # The installed copy runs: AnsiballZ ships its agent package, whose TTL watchdog
     # is fed the package's code as AnsiballZ loaded it, and ends the server on time.
+    # (A start under load may take seconds of the TTL; more than 6 s would only slow the test.)
     port = 14812
-    started = ansible.module(target.alias, args(site, port, "started", "ttl=3s"),
+    started = ansible.module(target.alias, args(site, port, "started", "ttl=6s"),
                              env={"ANSIBLE_COLLECTIONS_PATH": str(ansible.work / "installed")})
     assert started.returncode == 0, started
     result = started.results[target.alias]
-    assert result["state"] == "running" and 0 < result["expires_in"] <= 3, result
+    assert result["state"] == "running" and 0 < result["expires_in"] <= 6, result
     assert wait_for(lambda: not any(alive(pid) for pid in result["pids"]), timeout=30)
     status = fab("status", *where(site, port), "--json")
     assert status.returncode == 3 and "expired" in status.json["message"], status.json

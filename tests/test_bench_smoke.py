@@ -64,7 +64,7 @@ def test_quick_run_writes_the_result(tmp_path: Path) -> None:
     assert "fabserve status" in run.stdout and "targets" in run.stdout
     # Every group runs from bench/run, their own ratios printed with the report.
     assert result["meta"]["groups"] == ["baseline", "fabserve", "package", "logs", "many", "ciflow", "diy",
-                                        "ansible", "fanout", "module", "lifetimes", "profile"]
+                                        "ansible", "fanout", "module", "lifetimes", "sync", "up", "profile"]
     for heading in ("agent payload per call (status): ", "module / fab ", "lifetimes: the agent's own time"):
         assert any(line.startswith(heading) for line in result["notes"]), heading
         assert heading in run.stdout
