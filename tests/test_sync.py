@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bed.trees import example_repo, git
+from bed.trees import example_repo, git, tree_of
 from helpers import REPO
 
 
@@ -40,19 +40,6 @@ def dest(src):
 def as_runner(mode, as_user):
     """Run argv as whoever runs fab in this mode (git, writes to the source tree)."""
     return (lambda argv: subprocess.run(argv, capture_output=True, text=True)) if mode == "ssh" else as_user
-
-
-def tree_of(root: Path) -> dict[str, tuple]:
-    """{name: ("link", target) or (mode, content)} of every file and link under `root`, links not followed."""
-    found = {}
-    for where, dirs, names in os.walk(root):
-        for name in dirs + names:
-            path = Path(where) / name
-            if path.is_symlink():
-                found[str(path.relative_to(root))] = ("link", os.readlink(path))
-            elif path.is_file():
-                found[str(path.relative_to(root))] = (path.stat().st_mode & 0o7777, path.read_bytes())
-    return found
 
 
 def rsynced(src: Path, into: Path) -> dict[str, tuple]:

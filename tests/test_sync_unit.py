@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bed.trees import tree_of
 from tasks import trees
 from tasks.agent import dispatch, protocol, shipping
 from tasks.config import merged
@@ -105,19 +106,6 @@ def synced(tmp_path, src, project):
     if not first.get("needed"):
         return first
     return agent(tmp_path, project, files, trees.pack(src, files, first["needed"]))
-
-
-def tree_of(root):
-    """{name: ("link", target) or (mode, content)} of every file and link under `root`, links not followed."""
-    found = {}
-    for where, dirs, names in os.walk(root):
-        for name in dirs + names:
-            path = Path(where) / name
-            if path.is_symlink():
-                found[str(path.relative_to(root))] = ("link", os.readlink(path))
-            elif path.is_file():
-                found[str(path.relative_to(root))] = (path.stat().st_mode & 0o777, path.read_bytes())
-    return found
 
 
 def test_first_sync_writes_the_tree_later_ones_only_changes_and_never_the_apps_files(tmp_path, repo):

@@ -41,3 +41,16 @@ def example_repo(root: Path, owner: tuple[int, int], as_owner: Runner, then: tup
     if then is not None:
         owned_by(root, *then)
     return root
+
+
+def tree_of(root: Path) -> dict[str, tuple]:
+    """{name: ("link", target) or (mode, content)} of every file and link under `root`, links not followed."""
+    found = {}
+    for where, dirs, names in os.walk(root):
+        for name in dirs + names:
+            path = Path(where) / name
+            if path.is_symlink():
+                found[str(path.relative_to(root))] = ("link", os.readlink(path))
+            elif path.is_file():
+                found[str(path.relative_to(root))] = (path.stat().st_mode & 0o7777, path.read_bytes())
+    return found
