@@ -407,7 +407,11 @@ def destroy(c, project=None, branch=None, keep_files=False, timeout=None, json=F
     with nothing to destroy: exit 0, nothing changed.
     """
     flags = dict(project=project, branch=branch, keep_files=keep_files, timeout=timeout, json=json)
-    return finish(c, operate(c, "destroy", flags), flags)
+    req, _ = prepare(c, "destroy", flags)
+    result = operate(c, "destroy", flags)
+    if result["ok"]:  # the host forgot what sync wrote there: so does this machine
+        trees.sent_file(remote.host_label(c), req["project"]).unlink(missing_ok=True)
+    return finish(c, result, flags)
 
 
 def set_up(result: Dict[str, Any]) -> str:

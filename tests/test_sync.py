@@ -149,3 +149,18 @@ def test_sync_on_many_hosts_sends_each_its_tree_once(bed_hosts, tmp_path):
     assert all(result["message"] == "up to date" for result in sync().values())
     (plain / "requirements.txt").write_text("Django>=4.2\n")
     assert all(result["files_sent"] == 1 for result in sync().values())
+
+
+def test_a_sync_after_destroy_sends_everything_in_one_command(run, src, dest, target, mode):
+    """destroy forgets, on this machine too, what was sent: the next sync is a first
+    one, all in one command (over SSH counted in sshd's log, this worker's account alone)."""
+    def commands() -> int:
+        return target.sshd_log.read_text().count(f"Starting session: command for {target.user} from")
+
+    first = run("sync", "--src", str(src), "--project", str(dest))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert run("destroy", "--project", str(dest)).json["removed"] is True
+    before = commands()
+    again = run("sync", "--src", str(src), "--project", str(dest))
+    assert again.returncode == 0 and again.json["files_sent"] == first.json["files_sent"]
+    assert commands() - before == (1 if mode == "ssh" else 0)

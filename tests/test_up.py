@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,30 @@ def test_the_documented_per_branch_jobs_bring_a_preview_up_and_tear_it_down(prev
     assert down.returncode == 0, down.stdout + down.stderr
     assert json.loads(down.stdout)["changed"] is False
     (target.home / "previews").rmdir()  # sync made it as the project's parent; it holds nothing now
+
+
+def test_up_and_destroy_on_many_hosts_each_with_its_own_preview(bed_hosts, preview_src, tmp_path):
+    """Every namespaced host (its own /tmp, state and processes) gets the branch's
+    preview from one `up`, each serving its check path, and one `destroy` removes them all."""
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(f"Host 10.*\n    StrictHostKeyChecking accept-new\n"
+                          f"    UserKnownHostsFile {tmp_path / 'known_hosts'}\n    IdentitiesOnly yes\n")
+    hosts = ",".join(f"{host.user}@{host.address}" for host in bed_hosts)
+    template = f"/tmp/up-{uuid.uuid4().hex[:8]}/{{branch}}"
+
+    def fab(*words: str) -> dict[str, dict]:
+        argv = [sys.executable, "-m", "fabric", "-r", str(REPO), "-S", str(ssh_config), "-i", str(bed_hosts[0].key),
+                "-H", hosts, *words, "--project", template, "--json"]
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600,
+                              env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"})
+        assert done.returncode == 0, done.stdout + done.stderr
+        results = [json.loads(line) for line in done.stdout.splitlines()]
+        assert len(results) == len(bed_hosts)
+        return {result["host"]: result for result in results}
+
+    up = fab("up", "--src", str(preview_src), "--port", "auto", "--check", "/hello/")
+    project = template.replace("{branch}", "main")
+    assert all(result["state"] == "running" and result["http_status"] == 200 and result["project"] == project
+               and result["step"] == "start" for result in up.values()), up
+    gone = fab("destroy", "--branch", "main")
+    assert all(result["removed"] is True and result["pid"] == up[host]["pid"] for host, result in gone.items()), gone
