@@ -215,7 +215,7 @@ def write_digests(path: Path, stamps: Dict[str, List[object]]) -> None:
         if not trusted_dir(path.parent):
             return
         with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
-            json.dump(stamps, handle)
+            handle.write(json.dumps(stamps))
         os.replace(temporary, path)
     except OSError:
         temporary.unlink(missing_ok=True)

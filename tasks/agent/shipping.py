@@ -245,8 +245,13 @@ def do_sync(project):
         dirs |= make_parents(root, path, present)
         write(root, path, manifest[path], contents.get(path), fresh)
     files = {}
+    written = set(needed)
     for path, entry in manifest.items():
-        files[path] = list(entry) + [os.lstat(os.path.join(root, path)).st_mtime_ns]
+        was = old.get(path)
+        if path not in written and isinstance(was, list) and len(was) == 5 and was[:4] == list(entry):
+            files[path] = was  # as recorded, and differs found it so on disk
+        else:
+            files[path] = list(entry) + [os.lstat(os.path.join(root, path)).st_mtime_ns]
     project.save({"created": created, "files": files, "dirs": sorted(dirs), "branch": req.branch,
                   "commit": req.commit, "synced_at": time.time()})
     sent = [path for path in needed if manifest[path][0] == "file"]
