@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -228,3 +230,21 @@ def own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     return home
+
+
+@pytest.fixture
+def uv_on_host(target) -> Iterator[Path]:
+    """uv (requirements-test.txt's) in the test user's ~/.local/bin, removed afterwards with its cache."""
+    local_bin = target.home / ".local" / "bin"
+    made = [path for path in (target.home / ".local", local_bin) if not path.exists()]
+    for path in made:
+        path.mkdir()
+        os.chown(path, target.uid, -1)
+    uv = local_bin / "uv"
+    shutil.copy(Path(sys.executable).parent / "uv", uv)
+    os.chown(uv, target.uid, -1)
+    yield uv
+    uv.unlink()
+    for path in reversed(made):
+        path.rmdir()
+    shutil.rmtree(target.home / ".cache" / "uv", ignore_errors=True)

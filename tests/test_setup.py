@@ -182,24 +182,6 @@ def test_python_installs_into_an_existing_interpreter_in_place(fab, site, target
     assert (again.json["changed"], again.json["message"]) == (False, "requirements unchanged")
 
 
-@pytest.fixture
-def uv_on_host(target) -> Iterator[Path]:
-    """uv (requirements-test.txt's) in the test user's ~/.local/bin, removed afterwards with its cache."""
-    local_bin = target.home / ".local" / "bin"
-    made = [path for path in (target.home / ".local", local_bin) if not path.exists()]
-    for path in made:
-        path.mkdir()
-        os.chown(path, target.uid, -1)
-    uv = local_bin / "uv"
-    shutil.copy(Path(sys.executable).parent / "uv", uv)
-    os.chown(uv, target.uid, -1)
-    yield uv
-    uv.unlink()
-    for path in reversed(made):
-        path.rmdir()
-    shutil.rmtree(target.home / ".cache" / "uv", ignore_errors=True)
-
-
 def test_uv_makes_and_fills_the_venv_when_the_host_has_it(run, bare, target, probes, as_user, uv_on_host):
     requirements(bare, target, *offline(probes, f"{PROBE}==1.0"))
     made = run("setup", "--project", str(bare))

@@ -46,9 +46,11 @@ def django_wheels() -> Path:
 
 
 @pytest.fixture
-def preview_src(make_project, target, as_user, django_wheels) -> Path:
+def preview_src(make_project, target, as_user, django_wheels, uv_on_host) -> Path:
     """A git work tree (owned by root, who runs fab) of the example project with
-    a /hello/ view, and requirements that install offline."""
+    a /hello/ view, and requirements that install offline; with uv on the host,
+    which installs Django in a second where pip takes ten (tests/test_setup.py
+    runs pip's way)."""
     root = make_project("unused").parent
     src = root / "src"
 
@@ -139,7 +141,7 @@ def test_each_failing_step_ends_up_with_its_own_exit_code_and_name(fab, preview_
     failed = fab(*up, timeout=600)
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert failed.stdout.startswith(f"{target.alias}: synced ")
-    assert failed.stderr.startswith(f"{target.alias}: up failed at setup: installing requirements.txt with pip ")
+    assert failed.stderr.startswith(f"{target.alias}: up failed at setup: installing requirements.txt with uv ")
     assert f"{target.alias}: the install's last lines:" in failed.stderr
 
     # Nothing to install: a venv without Django, so Django's migrate cannot run, nor can runserver.
