@@ -119,6 +119,9 @@ def blanked(source: str) -> str:
 # installed copy must leave as it was installed).
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")) / "fabserve"
 CACHE_PREFIX = "payload-"
+#: How many versions' words are kept, the newest: a checkout and an installed copy, or
+#: several worktrees, used in turn would otherwise each delete the other's and rebuild it.
+CACHE_KEEP = 4
 # The first of several hosts' threads builds the word; the others wait for it.
 BUILDING = threading.Lock()
 
@@ -185,8 +188,8 @@ def read_cached(path: Path) -> Optional[Tuple[str, str]]:
 
 
 def write_cached(folder: Path, name: str, word: Tuple[str, str]) -> None:
-    """Keep `word` as folder/name, replacing older versions' entries; nothing
-    happens where the folder cannot be written."""
+    """Keep `word` as folder/name, and the CACHE_KEEP newest versions' entries
+    in all; nothing happens where the folder cannot be written."""
     temporary = folder / f"{name}.{os.getpid()}.{threading.get_ident()}"
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -195,8 +198,9 @@ def write_cached(folder: Path, name: str, word: Tuple[str, str]) -> None:
         with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as handle:
             handle.write(" ".join(word))
         os.replace(temporary, folder / name)
-        for entry in folder.iterdir():
-            if entry.name.startswith(CACHE_PREFIX) and entry.name != name:
-                entry.unlink(missing_ok=True)
+        entries = [(entry.lstat().st_mtime_ns, entry) for entry in folder.iterdir()
+                   if entry.name.startswith(CACHE_PREFIX) and entry.name != name]
+        for _, entry in sorted(entries, reverse=True)[CACHE_KEEP - 1:]:
+            entry.unlink(missing_ok=True)
     except OSError:
         temporary.unlink(missing_ok=True)

@@ -60,13 +60,18 @@ def test_a_word_kept_where_others_can_write_is_not_read(cache, monkeypatch):
     assert payload.payload() == word and len(calls) == len(agent.MODULES)
 
 
-def test_a_new_version_of_the_sources_replaces_the_older_entry(cache, monkeypatch):
-    payload.payload()
-    (old,) = cache.iterdir()
-    monkeypatch.setattr(payload, "sources_key", lambda sources: "another-version")
-    payload.built.cache_clear()
-    payload.payload()
-    assert [entry.name for entry in cache.iterdir()] == [f"{payload.CACHE_PREFIX}another-version"] != [old.name]
+def test_new_versions_of_the_sources_keep_the_newest_few_entries(cache, monkeypatch):
+    """A checkout and an installed copy used in turn each find their own word kept;
+    past CACHE_KEEP versions, the oldest entries go."""
+    versions = [f"version-{index}" for index in range(payload.CACHE_KEEP + 2)]
+    for index, version in enumerate(versions):
+        monkeypatch.setattr(payload, "sources_key", lambda sources, version=version: version)
+        payload.built.cache_clear()
+        payload.payload()
+        for entry in cache.iterdir():  # a distinct mtime each, as versions written over days have
+            os.utime(entry, ns=(0, 10 ** 9 * (versions.index(entry.name[len(payload.CACHE_PREFIX):]) + 1)))
+    kept = sorted(entry.name[len(payload.CACHE_PREFIX):] for entry in cache.iterdir())
+    assert kept == versions[-payload.CACHE_KEEP:]
 
 
 def test_the_threads_of_a_run_on_many_hosts_build_the_word_once(cache, monkeypatch):
