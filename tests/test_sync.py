@@ -7,16 +7,15 @@ but the excluded ones."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
+from bed.fab import fab_on_hosts
 from bed.trees import example_repo, git, tree_of
 from helpers import REPO
 
@@ -127,21 +126,10 @@ def test_sync_on_many_hosts_sends_each_its_tree_once(bed_hosts, tmp_path):
     sync finds each one up to date; one file changed is one file sent to each."""
     plain = tmp_path / "plain"
     shutil.copytree(REPO / "example", plain, ignore=shutil.ignore_patterns(".venv", "__pycache__"))
-    ssh_config = tmp_path / "ssh_config"
-    ssh_config.write_text(f"Host 10.*\n    StrictHostKeyChecking accept-new\n"
-                          f"    UserKnownHostsFile {tmp_path / 'known_hosts'}\n    IdentitiesOnly yes\n")
-    hosts = ",".join(f"{host.user}@{host.address}" for host in bed_hosts)
     dest = f"/tmp/sync-{uuid.uuid4().hex[:8]}/site"
 
     def sync() -> dict[str, dict]:
-        argv = [sys.executable, "-m", "fabric", "-r", str(REPO), "-S", str(ssh_config), "-i", str(bed_hosts[0].key),
-                "-H", hosts, "sync", "--src", str(plain), "--project", dest, "--json"]
-        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120,
-                              env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"})
-        assert done.returncode == 0, done.stdout + done.stderr
-        results = [json.loads(line) for line in done.stdout.splitlines()]
-        assert len(results) == len(bed_hosts)
-        return {result["host"]: result for result in results}
+        return fab_on_hosts(bed_hosts, tmp_path, "sync", "--src", str(plain), "--project", dest)
 
     first = sync()
     count = len([path for path in plain.rglob("*") if path.is_file()])

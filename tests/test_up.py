@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from bed.ci import Runner
+from bed.fab import fab_on_hosts
 from bed.trees import example_repo, git
 from bed.wheels import django_wheelhouse
 from helpers import REPO, alive, wait_for
@@ -234,21 +235,10 @@ def test_the_documented_per_branch_jobs_bring_a_preview_up_and_tear_it_down(prev
 def test_up_and_destroy_on_many_hosts_each_with_its_own_preview(bed_hosts, preview_src, tmp_path):
     """Every namespaced host (its own /tmp, state and processes) gets the branch's
     preview from one `up`, each serving its check path, and one `destroy` removes them all."""
-    ssh_config = tmp_path / "ssh_config"
-    ssh_config.write_text(f"Host 10.*\n    StrictHostKeyChecking accept-new\n"
-                          f"    UserKnownHostsFile {tmp_path / 'known_hosts'}\n    IdentitiesOnly yes\n")
-    hosts = ",".join(f"{host.user}@{host.address}" for host in bed_hosts)
     template = f"/tmp/up-{uuid.uuid4().hex[:8]}/{{branch}}"
 
     def fab(*words: str) -> dict[str, dict]:
-        argv = [sys.executable, "-m", "fabric", "-r", str(REPO), "-S", str(ssh_config), "-i", str(bed_hosts[0].key),
-                "-H", hosts, *words, "--project", template, "--json"]
-        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600,
-                              env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"})
-        assert done.returncode == 0, done.stdout + done.stderr
-        results = [json.loads(line) for line in done.stdout.splitlines()]
-        assert len(results) == len(bed_hosts)
-        return {result["host"]: result for result in results}
+        return fab_on_hosts(bed_hosts, tmp_path, *words, "--project", template, timeout=600)
 
     up = fab("up", "--src", str(preview_src), "--port", "auto", "--check", "/hello/")
     project = template.replace("{branch}", "main")

@@ -101,3 +101,21 @@ def ended(caller: subprocess.Popen[Any]) -> Iterator[subprocess.Popen[Any]]:
         if caller.poll() is None:
             os.killpg(caller.pid, signal.SIGKILL)
             caller.wait()
+
+
+def fab_on_hosts(hosts: list[Any], workdir: Path, *words: str, timeout: float = 120) -> dict[str, dict]:
+    """`fab -H` every namespaced host in `hosts` (tests/bed/hosts.py) with `words` and
+    --json, as a client with HOME `workdir` that accepts the hosts' keys on first
+    sight; each host's result by host. Asserts that it exited 0 with one line per host."""
+    ssh_config = workdir / "ssh_config"
+    ssh_config.write_text(f"Host 10.*\n    StrictHostKeyChecking accept-new\n"
+                          f"    UserKnownHostsFile {workdir / 'known_hosts'}\n    IdentitiesOnly yes\n")
+    names = ",".join(f"{host.user}@{host.address}" for host in hosts)
+    argv = [sys.executable, "-m", "fabric", "-r", str(REPO), "-S", str(ssh_config), "-i", str(hosts[0].key),
+            "-H", names, *words, "--json"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(workdir), "LANG": "C.UTF-8"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(results) == len(hosts)
+    return {result["host"]: result for result in results}
