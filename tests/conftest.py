@@ -59,6 +59,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             group = item.path.stem
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+    # The bench's smoke run is the longest test by far (minutes, on one worker): started
+    # first, it runs beside everything else instead of after it.
+    items.sort(key=lambda item: item.get_closest_marker("bench") is None)
 
 
 def _uses_module_fixture(item: pytest.Item) -> bool:
