@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, List, Set
 
 from fabric.runners import Remote as FabricRemote
 from invoke.runners import Local as InvokeLocal
+from paramiko.ssh_exception import SSHException
 
 
 #: The runs whose output an out_stream consumes as it comes (streamed verbs), while they run.
@@ -92,8 +93,8 @@ def end_runs(runs: List["LinearOutput"]) -> None:
     for runner in runs:
         try:
             runner.kill()
-        except (AttributeError, OSError):  # not started yet, or already gone
-            pass
+        except (AttributeError, OSError, EOFError, SSHException):  # not started yet, or already gone
+            pass  # (over SSH: the transport closed as the run ended by itself, at the same moment)
 
 
 def end_streams() -> None:

@@ -212,3 +212,23 @@ def test_human_output_names_the_host_and_failure_carries_the_log_tail():
                                           (90061, "1d1h"), (None, "?")])
 def test_duration(seconds, text):
     assert report.duration(seconds) == text
+
+
+def test_ending_runs_after_a_sigint_survives_a_run_that_ended_by_itself_meanwhile():
+    """A follow that ends as the SIGINT arrives closes its transport: closing its channel
+    then raises, in the interrupting thread, where a traceback would reach stderr."""
+    from paramiko.ssh_exception import SSHException
+
+    ended = []
+
+    class Gone:
+        def __init__(self, error):
+            self.error = error
+
+        def kill(self):
+            ended.append(self)
+            raise self.error
+
+    runs = [Gone(SSHException("SSH session not active")), Gone(EOFError()), Gone(OSError("closed"))]
+    runners.end_runs(runs)
+    assert ended == runs
