@@ -44,13 +44,21 @@ def prepare(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[s
         entrypoints.require_executor(c)
         if "project" in flags and values["project"] is None and not remote.is_remote(c):
             values["project"] = entrypoints.local_project(c.config)
-        if naming.templated(values["project"]):
-            values["project"] = naming.expand(values["project"], lambda: source_facts(values), str(values["src"]))
+        values["project"] = expanded_project(values)
         req = request(action, values, env)
         agent_python = checked(values, "agent_python")
     except UsageError as exc:
         raise Exit(f"{remote.host_label(c)}: {exc}", 2) from None
     return req, agent_python
+
+
+def expanded_project(values: Dict[str, Any]) -> Any:
+    """The project setting of merged `values`, `{branch}` and `{sha}` filled in from
+    the tree --src names; UsageError when that tree cannot fill them."""
+    project = values["project"]
+    if not naming.templated(project):
+        return project
+    return naming.expand(project, lambda: source_facts(values), str(values["src"]))
 
 
 def source_facts(values: Dict[str, Any]) -> naming.Facts:
@@ -66,13 +74,18 @@ def source_facts(values: Dict[str, Any]) -> naming.Facts:
 def operate(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[str]] = None,
             **extra: Any) -> Dict[str, Any]:
     """Validate, run `action` on the host behind `c` (its request with `extra`), and return its result."""
-    host = remote.host_label(c)
     req, agent_python = prepare(c, action, flags, env)
-    req.update(extra)
+    return called(c, dict(req, **extra), agent_python)
+
+
+def called(c: Context, req: Dict[str, Any], agent_python: str) -> Dict[str, Any]:
+    """The result of the prepared request `req` on the host behind `c`, a host it
+    cannot reach included."""
+    host = remote.host_label(c)
     try:
         result = remote.call(c, req, agent_python)
     except remote.HostError as exc:
-        result = report.failure(host, action, str(exc))
+        result = report.failure(host, req["action"], str(exc))
     result["host"] = host
     return result
 
@@ -407,8 +420,8 @@ def destroy(c, project=None, branch=None, keep_files=False, timeout=None, json=F
     with nothing to destroy: exit 0, nothing changed.
     """
     flags = dict(project=project, branch=branch, keep_files=keep_files, timeout=timeout, json=json)
-    req, _ = prepare(c, "destroy", flags)
-    result = operate(c, "destroy", flags)
+    req, agent_python = prepare(c, "destroy", flags)
+    result = called(c, req, agent_python)
     if result["ok"]:  # the host forgot what sync wrote there: so does this machine
         trees.sent_file(remote.host_label(c), req["project"]).unlink(missing_ok=True)
     return finish(c, result, flags)
@@ -466,13 +479,10 @@ def up_chain(c: Context, flags: Dict[str, Any], env: Optional[List[str]]) -> Dic
     """Run up's steps on the host behind `c`, each step's progress line printed as
     it ends (not with --json); the result of the last step run, as up's."""
     as_json = config.setting(c.config, "json", flags)
-    values = host_values(c, flags)
-    if naming.templated(values["project"]):  # once, from --src: the later steps take no --src
-        try:
-            flags = dict(flags, project=naming.expand(values["project"], lambda: source_facts(values),
-                                                      str(values["src"])))
-        except UsageError as exc:
-            raise Exit(f"{remote.host_label(c)}: {exc}", 2) from None
+    try:  # once, from --src: the later steps take no --src
+        flags = dict(flags, project=expanded_project(host_values(c, flags)))
+    except UsageError as exc:
+        raise Exit(f"{remote.host_label(c)}: {exc}", 2) from None
     synced: Dict[str, Any] = {}
     restart = False
     for step, verb in STEPS:

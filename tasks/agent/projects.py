@@ -11,7 +11,7 @@ import re
 
 from .protocol import AgentError
 from .identity import given_path
-from .state import check_private, levels, lock_dir, read_state, remove, sha256, write_atomic
+from .state import check_levels, lock_dir, read_state, remove, sha256, write_atomic
 
 RECORD = "project.json"  # the record's file in the project's state directory
 
@@ -40,8 +40,7 @@ class Project(object):
         """The record (a dict; empty when there is none yet)."""
         if not os.path.lexists(self.record_path):
             return {}
-        for path in levels(self.host.base, self.state_dir):
-            check_private(path, "state directory")
+        check_levels(self.host.base, self.state_dir)
         try:
             record = json.loads(read_state(self.record_path, "project record"))
         except ValueError:

@@ -143,6 +143,14 @@ def levels(base, directory):
     return found[::-1]
 
 
+def check_levels(base, directory):
+    """Refuse state below `base` unless each existing directory from it down to
+    `directory` is private (see check_private)."""
+    for path in levels(base, directory):
+        if os.path.lexists(path):
+            check_private(path, "state directory")
+
+
 def lock_dir(base, directory):
     """The descriptor of an exclusive flock on `directory`/lock, once every state
     directory from `base` down to it is private (made so if new)."""
@@ -270,9 +278,7 @@ class Instance(object):
         host's instance directory); pid None when there is no pidfile.
         ValueError when the files are unusable."""
         directory = directory or self.dir
-        for path in levels(self.base, directory):
-            if os.path.lexists(path):
-                check_private(path, "state directory")
+        check_levels(self.base, directory)
         pidfile, meta_path = os.path.join(directory, "server.pid"), os.path.join(directory, "server.json")
         if not os.path.lexists(pidfile):
             return None, None

@@ -8,7 +8,7 @@ import stat
 
 from .protocol import AgentError, STOPPED, join, result_of
 from .identity import runservers
-from .state import Instance, check_private, instance_name, levels
+from .state import Instance, check_levels, instance_name
 from .locate import project_instances
 from .verbs import do_stop
 
@@ -61,8 +61,7 @@ def forget_instances(host, given):
         if name != instance_name(given, port):
             continue
         directory = os.path.join(host.dir, name)
-        for path in levels(host.base, directory):
-            check_private(path, "state directory")
+        check_levels(host.base, directory)
         shutil.rmtree(directory)
         count += 1
     return count
