@@ -26,6 +26,7 @@ import pytest
 from bed import hosts, procs, wait_for
 from bed.state import AccountClaim, account_claim
 from bed.accounts import ProjectMaker, Spawner, UserRunner
+from bed.ansible import Ansible
 from bed.fab import FabResult, FabRunner
 from bed.target import (OTHER_USER, ShellAccount, Target, local_target, other_account, pam_namespace_target,
                         product_copy, TEST_USER, shell_account as shell_account_of, tiny_tmpfs as tmpfs_of)
@@ -177,6 +178,14 @@ def run(fab: FabRunner, mode: str) -> Callable[..., FabResult]:
 @pytest.fixture
 def site(make_project: ProjectMaker) -> Path:
     return make_project("site")
+
+
+@pytest.fixture
+def ansible(target: Target, tmp_path: Path) -> Ansible:
+    """Ansible with the target as its only host, reached through the target's ssh_config:
+    one per test, as it costs only its inventory, so the tests spread over the workers."""
+    with bed_outcome():
+        return Ansible(tmp_path / "ansible", {target.alias: {}}, common_args=f"-F {target.ssh_config}")
 
 
 @pytest.fixture(scope="session")

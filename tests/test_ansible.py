@@ -15,18 +15,10 @@ import time
 
 import pytest
 
-from bed.ansible import Ansible, save
-from helpers import alive, bed_outcome, free_port, group_members, http_status, port_listening, wait_for, where
+from bed.ansible import save
+from helpers import alive, free_port, group_members, http_status, port_listening, wait_for, where
 
 MODULE = "fabserve.django.runserver"
-
-
-@pytest.fixture
-def ansible(target, tmp_path):
-    """Ansible with the target as its only host, reached through the target's ssh_config:
-    one per test, as it costs only its inventory, so the tests spread over the workers."""
-    with bed_outcome():
-        return Ansible(tmp_path / "ansible", {target.alias: {}}, common_args=f"-F {target.ssh_config}")
 
 
 def args(project, port, state, *extra):
