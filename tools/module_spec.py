@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Tuple
 import yaml
 
 from tasks.agent import protocol
-from tasks.settings import INVENTORY_PREFIX, SETTINGS, Invalid, Setting
+from tasks.settings import INVENTORY_PREFIX, SETTINGS, Invalid, Setting, dashed
 
 COLLECTION = Path(__file__).resolve().parent.parent / "ansible" / "ansible_collections" / "fabserve" / "django"
 SPEC = COLLECTION / "plugins" / "module_utils" / "spec.py"
@@ -60,17 +60,20 @@ RESULT_TYPES: Dict[str, Tuple[str, str]] = {
     "port": ("int", ""), "managed": ("bool", ""), "uptime": ("int", ""), "log_tail": ("list", "str"),
     "killed": ("bool", ""), "port_free": ("bool", ""), "stopped_pids": ("list", "int"),
     "expires_in": ("int", ""), "http_status": ("int", ""), "ambiguous": ("list", "int"),
+    "processes": ("list", "dict"),
 }
 #: Result fields the module leaves out: the client's, not the agent's.
 CLIENT_FIELDS = ("host",)
 
 
 def module_settings() -> List[Setting]:
-    """The settings the module takes: those an inventory may set per host and
-    that travel to the agent, for a verb the module runs (or for every verb).
-    agent_python is not one: the module runs under ansible_python_interpreter."""
+    """The settings the module takes: those that travel to the agent, for a verb
+    the module runs (or for every verb), and that an inventory may set per host
+    or that are a flag of such a verb (`only`). agent_python is not one: the
+    module runs under ansible_python_interpreter."""
     return [setting for setting in SETTINGS
-            if setting.per_host and setting.request and (not setting.verbs or MODULE_VERBS & set(setting.verbs))]
+            if setting.request and (setting.per_host or setting.verbs)
+            and (not setting.verbs or MODULE_VERBS & set(setting.verbs))]
 
 
 def shared_flags() -> Dict[str, List[Setting]]:
@@ -95,8 +98,10 @@ def ansible_type(setting: Setting) -> str:
     default = setting.default
     if isinstance(default, bool):
         return "bool"
-    if isinstance(default, Mapping):
+    if isinstance(default, Mapping) or accepts(setting, {"name": "value"}):  # env, processes
         return "dict"
+    if accepts(setting, ["name"]):  # only: Ansible also splits `web,worker` into a list
+        return "list"
     if isinstance(default, (int, float)):
         if accepts(setting, protocol.AUTO):  # a number or `auto` (port)
             return "raw"
@@ -114,6 +119,8 @@ def argument_spec() -> Dict[str, Dict[str, Any]]:
     spec: Dict[str, Dict[str, Any]] = {}
     for setting in module_settings():
         entry: Dict[str, Any] = {"type": ansible_type(setting)}
+        if entry["type"] == "list":
+            entry["elements"] = "str"
         if required(setting):
             entry["required"] = True
         elif setting.default is not None and entry["type"] != "raw":
@@ -132,12 +139,16 @@ def describe_setting(setting: Setting) -> List[str]:
         text = text.split("; default:")[0]
     lines = [sentence(text)]
     variable = f"C({INVENTORY_PREFIX}{setting.name}) (or C({setting.name}))"
-    if setting.verbs:
-        lines.append(f"fab's C(--{setting.flag_name}) and the inventory variable {variable}.")
+    if setting.verbs and setting.per_host:
+        lines.append(f"fab's C(--{dashed(setting.flag_name)}) and the inventory variable {variable}.")
+    elif setting.verbs:
+        lines.append(f"fab's C(--{dashed(setting.flag_name)}).")
     else:
         lines.append(f"The config setting C({setting.name}) and the inventory variable {variable}.")
     if isinstance(setting.default, Mapping):
         lines.append("A mapping of names to values.")
+    elif ansible_type(setting) == "list":
+        lines.append("A list, or names separated by commas.")
     return lines
 
 

@@ -8,7 +8,8 @@ ARGUMENT_SPEC = {'project': {'type': 'str', 'required': True},
  'settings': {'type': 'str'},
  'env': {'type': 'dict', 'default': {}},
  'env_file': {'type': 'str'},
- 'processes': {'type': 'str'},
+ 'processes': {'type': 'dict'},
+ 'only': {'type': 'list', 'elements': 'str'},
  'noreload': {'type': 'bool', 'default': False},
  'start_timeout': {'type': 'float', 'default': 30},
  'stop_timeout': {'type': 'float', 'default': 10},
@@ -20,7 +21,7 @@ ARGUMENT_SPEC = {'project': {'type': 'str', 'required': True},
  'check': {'type': 'str'},
  'timeout': {'type': 'float'}}
 # Module options that are settings; the rest of ARGUMENT_SPEC are flags setting one of them.
-SETTINGS = ('project', 'port', 'addr', 'python', 'settings', 'env', 'env_file', 'processes', 'noreload', 'start_timeout', 'stop_timeout', 'ttl', 'log_keep', 'log_max', 'state_dir', 'port_range', 'check')
+SETTINGS = ('project', 'port', 'addr', 'python', 'settings', 'env', 'env_file', 'processes', 'only', 'noreload', 'start_timeout', 'stop_timeout', 'ttl', 'log_keep', 'log_max', 'state_dir', 'port_range', 'check')
 # state -> the agent's verb
 STATES = {'started': 'start', 'stopped': 'stop', 'restarted': 'restart', 'status': 'status'}
 # The module's own options, which are no setting.

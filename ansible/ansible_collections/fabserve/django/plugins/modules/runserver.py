@@ -182,7 +182,8 @@ processes:
     runserver), port (its $PORT), state (running, exited, stopped; web also failed), pid, pids, uptime,
     exit_status (-N: signal N; null: unknown), log, log_tail (an exited one''s last lines).'
   returned: always
-  type: str
+  type: list
+  elements: dict
 '''
 
 from ansible.module_utils.basic import AnsibleModule
