@@ -49,7 +49,8 @@ OPTIONS: Dict[str, Tuple[Dict[str, Any], List[str]]] = {
     ]),
     "fail_if_not_running": ({"type": "bool", "default": False}, [
         "With C(state=status), fail the task when the server is not running (result C(state) C(stopped), "
-        "or C(failed): alive but not answering, or its C(check) failing).",
+        "C(failed): alive but not answering, or its C(check) failing, or C(degraded): a process of its "
+        "Procfile exited).",
         "By default C(state=status) fails only when it cannot tell, so a play reads C(state); "
         "with another C(state) this option is refused.",
     ]),

@@ -14,7 +14,11 @@ description:
     its log), and returns once the port answers; the task does not wait for the server to end.
   - C(state=stopped) ends the server's whole process group, TERM then KILL after C(stop_timeout),
     found through its identity-checked pidfile or, without one, a precise search of this user's processes.
-  - Changed exactly when a server was started or stopped; C(state=status) never changes anything.
+  - With a C(Procfile) in the project, or the C(processes) option, the instance is every process of that
+    table (C(web) is the server, fabserve's runserver unless the table names a command for it); each one
+    runs in its own process group, and C(only) limits C(started), C(stopped) and C(restarted) to some of them.
+    C(state=started) starts each one that does not run (a companion that exited, or was stopped).
+  - Changed exactly when a server or a process was started or stopped; C(state=status) never changes anything.
   - Every result holds every field of RETURN, null where it does not apply to the state.
 extends_documentation_fragment:
   - fabserve.django.settings
@@ -23,7 +27,8 @@ notes:
     read-only status of the server. With C(port=auto) and no server of the project running, the port
     is chosen at start, so check mode reports C(port) null and names the range in C(msg).
   - Supports diff mode (C(--diff)); C(diff) holds the server's C(state), C(port) and C(pids) before and
-    after, in check mode what they would be (C(pids) null for a server not started yet).
+    after, in check mode what they would be (C(pids) null for a server not started yet). With a Procfile,
+    C(pids) are web's and C(processes) maps each process to its state.
   - State (pidfile, metadata, log) lives in C(state_dir), by default C(~/.local/state/fabserve) on the
     target, the same as for C(fab).
   - Pipelining (C(ANSIBLE_PIPELINING=true)) saves SSH commands per task; the module needs no temporary
@@ -61,6 +66,22 @@ EXAMPLES = r'''
     project: /srv/previews/{{ branch }}
     port: 8000
     state: stopped
+
+- name: The server and a Celery worker, whatever the project's Procfile says
+  fabserve.django.runserver:
+    project: /srv/mysite
+    port: 8000
+    processes:
+      worker: .venv/bin/celery -A mysite worker --loglevel INFO
+    env_file: .env
+    state: started
+
+- name: Restart only the worker
+  fabserve.django.runserver:
+    project: /srv/mysite
+    port: 8000
+    only: worker
+    state: restarted
 '''
 
 RETURN = r'''
@@ -188,15 +209,18 @@ processes:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.fabserve.django.plugins.module_utils import settings
-from ansible_collections.fabserve.django.plugins.module_utils.agent import dispatch, launch, protocol, state
+from ansible_collections.fabserve.django.plugins.module_utils.agent import (
+    dispatch, launch, procfile, protocol, state)
 from ansible_collections.fabserve.django.plugins.module_utils.spec import ARGUMENT_SPEC, OPTIONS, RESULTS, STATES
 
 # What a check-mode run says would happen, by verb.
 WOULD = {"start": "would be started", "stop": "would be stopped", "restart": "would be restarted"}
 # Result fields that are the client's (fab's), not the agent's.
 CLIENT_FIELDS = ("host", "changed")
-# What diff mode shows of a server, before and after.
+# What diff mode shows of a server, before and after (and, with a Procfile, each process's state).
 DIFFED = ("state", "port", "pids")
+# The states of a process of the instance that runs (failed: web alive but not answering, or its check failing).
+ALIVE = (protocol.RUNNING, protocol.FAILED)
 
 
 def request(module, action):
@@ -212,36 +236,78 @@ def request(module, action):
         module.fail_json(msg=str(exc))
 
 
-def would_change(action, probe, req):
+def states_of(result):
+    """Each process's state, by name, as a result's `processes` gives them; None
+    for an instance without a Procfile (or never started with one)."""
+    if result.get("processes") is None:
+        return None
+    return dict((row["name"], row["state"]) for row in result["processes"])
+
+
+def alive_names(probe):
+    """The processes of the instance a status describes that run (web: answering
+    or not), by name; without a recorded Procfile, web when its server runs."""
+    states = states_of(probe)
+    if states is None:
+        return {protocol.WEB} if probe["pids"] else set()
+    return set(name for name, each in states.items() if each in ALIVE)
+
+
+def would_change(action, probe, req, plan):
     """Whether `action` would start, stop or change something, given a status
-    result: a server at its expiry is ended (and started again) by the real run,
-    and a running one gets the ttl of a start."""
+    result and the processes the verb acts on (startable's or stoppable's `plan`,
+    None: no Procfile): a server at its expiry is ended (and started again) by
+    the real run, a running one gets the ttl of a start, a start starts each
+    chosen process that does not run and a stop stops each one that does."""
+    chosen = set(plan[1] if plan else [protocol.WEB])
+    expiring = probe.get("expires_in") == 0
     if action == "start":
-        return not probe["pids"] or probe.get("expires_in") == 0 or bool(req.get("ttl"))
+        return expiring or bool(req.get("ttl")) or bool(chosen - alive_names(probe))
     if action == "stop":
-        return bool(probe["pids"])
+        return expiring or bool(chosen & alive_names(probe))
     return action == "restart"
 
 
 def startable(module, action, req):
-    """fail_json, as the start itself would, when the project or its interpreter is
-    missing: check mode's read-only part of a start."""
+    """fail_json, as the start itself would, when the project, its Procfile, `only`,
+    the env file or the server's interpreter is wrong: check mode's read-only part
+    of a start. Returns (the names of its table's processes, of those it acts on),
+    or None without a Procfile or the processes setting."""
     request = state.Request(req)
     inst = state.Instance(state.Host(request), request)
     try:
         inst.require_project()
-        launch.resolve_python(inst)
+        table = procfile.process_table(inst)
+        chosen = procfile.selected(table, request.only) if table else None
+        if chosen is None or any(each.name == protocol.WEB and each.command is None for each in chosen):
+            launch.resolve_python(inst)
+        procfile.env_file_pairs(inst)
     except protocol.AgentError as exc:
         module.fail_json(msg=f"{action} failed: {exc}")
+    return None if table is None else ([each.name for each in table], [each.name for each in chosen])
 
 
-def predicted(action, req, probe):
+def stoppable(module, req, probe):
+    """As startable, for a stop: the processes a status found recorded (None:
+    none), failing as the stop itself would when `only` names one the instance lacks."""
+    if probe.get("processes") is None:
+        return None
+    table = [procfile.Process(row["name"], row["command"], row["port"]) for row in probe["processes"]]
+    try:
+        chosen = procfile.selected(table, req["only"])
+    except protocol.AgentError as exc:
+        module.fail_json(msg=f"stop failed: {exc}")
+    return [each.name for each in table], [each.name for each in chosen]
+
+
+def predicted(action, req, probe, plan):
     """Check mode's result for `action`, from a status of the instance `req` names
-    (the same port as the verb's own: start's default too). With port=auto and
+    (the same port as the verb's own: start's default too) and the processes it
+    acts on (`plan`, see would_change). With port=auto and
     nothing of the project running, the real run chooses a free port only then,
     under the host's lock and past ports others listen on since: that port is
     not known now, so none is claimed, nor any file of the status's instance."""
-    result = dict(probe, changed=would_change(action, probe, req))
+    result = dict(probe, changed=would_change(action, probe, req, plan))
     if not result["changed"]:
         return result
     result["message"] = WOULD[action]
@@ -252,21 +318,54 @@ def predicted(action, req, probe):
 
 
 def shown(result):
-    """The server as diff mode shows it (a stop's result lists what it stopped: none is left)."""
+    """The server as diff mode shows it (a stop's result lists what it stopped: none
+    is left). With a Procfile, `pids` are web's (its row's: a stop of other
+    processes lists theirs) and `processes` each process's state."""
     server = dict((name, result.get(name)) for name in DIFFED)
+    states = states_of(result)
+    if states is not None:
+        web = next(row for row in result["processes"] if row["name"] == protocol.WEB)
+        server["pids"] = web["pids"] if web["state"] in ALIVE else []
+        server["processes"] = states
     if server["state"] == protocol.STOPPED:
         server["pids"] = []
     return server
 
 
-def would_be(action, result):
-    """The server as check mode predicts it, from predicted's `result`; the
-    processes of a server not started yet are not known (null)."""
+def instance_state(states):
+    """The instance's state from its processes' (as the agent's status gives it):
+    failed when web is, degraded while one exited and another runs, stopped when
+    none runs, else running."""
+    alive = any(each in ALIVE for each in states.values())
+    if states.get(protocol.WEB) == protocol.FAILED:
+        return protocol.FAILED
+    if alive and protocol.EXITED in states.values():
+        return protocol.DEGRADED
+    return protocol.RUNNING if alive else protocol.STOPPED
+
+
+def would_be(action, result, plan):
+    """The server as check mode predicts it, from predicted's `result` and the
+    processes the verb acts on (`plan`, see would_change): a stop leaves them
+    stopped; a start runs those that do not run, a restart all of them anew.
+    The processes of a server not started yet are not known (null)."""
+    server = shown(result)
     if not result["changed"]:
-        return shown(result)
-    if action == "stop":
-        return {"state": protocol.STOPPED, "port": result["port"], "pids": []}
-    return {"state": protocol.RUNNING, "port": result["port"], "pids": None}
+        return server
+    after = protocol.STOPPED if action == "stop" else protocol.RUNNING
+    if plan is None:
+        return dict(server, state=after, pids=[] if action == "stop" else None)
+    before = server.get("processes") or {}
+    states = dict((name, protocol.STOPPED) for name in plan[0])
+    states.update(before)
+    moved = [name for name in plan[1] if action == "restart" or (before.get(name) in ALIVE) != (after in ALIVE)]
+    states.update((name, after) for name in moved)
+    server.update(state=instance_state(states), processes=states)
+    if protocol.WEB in moved:
+        server["pids"] = [] if action == "stop" else None
+    if server["state"] == protocol.STOPPED:
+        server["pids"] = []
+    return server
 
 
 def finish(module, action, result, diff=None, fail_stopped=False):
@@ -295,13 +394,14 @@ def main():
     # only looks: a status would end a server past its TTL, which check mode must not.
     probe = dict(req, action="status", look_only=True)
     if module.check_mode and action != "status":
-        if action in protocol.STARTS:
-            startable(module, action, req)
+        plan = startable(module, action, req) if action in protocol.STARTS else None
         before = dispatch.handle(probe)
         if before.get("error") is not None:  # several instances, a state directory refused...
             finish(module, "status", before)
-        result = predicted(action, req, before)
-        diff = {"before": shown(before), "after": would_be(action, result)} if module._diff else None
+        if action == "stop":
+            plan = stoppable(module, req, before)
+        result = predicted(action, req, before, plan)
+        diff = {"before": shown(before), "after": would_be(action, result, plan)} if module._diff else None
         finish(module, "status", result, diff)
     before = dispatch.handle(probe) if module._diff and action != "status" else None
     result = dispatch.handle(req)
