@@ -1,0 +1,160 @@
+"""fabserve.django.runserver with companion processes (a Procfile, or the `processes`
+option), through real ansible-core over the real sshd as the test user: idempotent
+per process, check mode on a degraded instance, `only`, `env_file`, diff mode, fab
+seeing what the module started, and a decoy with a companion's command line surviving."""
+
+import os
+import signal
+
+from bed.ansible import save
+from helpers import alive, group_members, port_listening, wait_for, where
+
+MODULE = "fabserve.django.runserver"
+WORKER = "import time\nn = 0\nwhile True:\n    print('tick', n, flush=True)\n    n += 1\n    time.sleep(0.2)\n"
+# A watcher that forks a child of its own, as npm does.
+WATCH = ("import subprocess, sys, time\n"
+         "child = subprocess.Popen([sys.executable, '-c', 'import time\\nwhile True: time.sleep(1)'])\n"
+         "while True:\n    time.sleep(1)\n")
+# Prints what fabserve gave it, then waits to be stopped.
+SHOW_ENV = ("import os, time\n"
+            "print('PORT', os.environ['PORT'], 'GREETING', os.environ.get('GREETING'), flush=True)\n"
+            "while True:\n    time.sleep(1)\n")
+# The project's interpreter, as the decoy runs it: the same command line.
+PYTHON = ".venv/bin/python"
+
+
+def write_as_user(target, path, text):
+    path.write_text(text)
+    os.chown(path, target.uid, -1)
+
+
+def procfile_site(make_project, target):
+    """The bed's Django project with worker.py, watch.py and a Procfile naming them
+    (web absent: fabserve's runserver)."""
+    site = make_project("site")
+    write_as_user(target, site / "worker.py", WORKER)
+    write_as_user(target, site / "watch.py", WATCH)
+    write_as_user(target, site / "Procfile", f"# companions\nworker: {PYTHON} worker.py\n\nwatch: {PYTHON} watch.py\n")
+    return site
+
+
+def args(project, port, state, *extra):
+    return " ".join([f"project={project}", f"port={port}", f"state={state}", *extra])
+
+
+def by_name(result):
+    return {process["name"]: process for process in result["processes"]}
+
+
+def all_pids(result):
+    return [pid for process in result["processes"] for pid in process["pids"] or ()]
+
+
+def test_the_module_starts_each_stopped_process_once_and_stops_them_all_but_never_a_decoy(
+        ansible, make_project, target, fab, spawn_as_user):
+    site = procfile_site(make_project, target)
+    port = 14840
+    decoy = spawn_as_user([PYTHON, "worker.py"], cwd=site)  # a companion's command line, started by hand
+    assert wait_for(lambda: alive(decoy.pid))
+
+    started = ansible.module(target.alias, args(site, port, "started"))
+    assert started.returncode == 0, started
+    result = started.results[target.alias]
+    assert result["changed"] is True and result["state"] == "running", result
+    processes = by_name(result)
+    assert sorted(processes) == ["watch", "web", "worker"]
+    assert {process["state"] for process in processes.values()} == {"running"}
+    assert processes["worker"]["port"] == port + 100 and processes["watch"]["port"] == port + 200
+
+    # fab sees the very processes the module started.
+    status = fab("status", *where(site, port), "--json")
+    assert status.returncode == 0 and status.json["state"] == "running", status.json
+    assert {process["name"]: process["pids"] for process in status.json["processes"]} == \
+        {name: process["pids"] for name, process in processes.items()}
+
+    # The worker killed by hand: the instance is degraded, and check mode says a start would change it.
+    worker = processes["worker"]
+    os.killpg(worker["pid"], signal.SIGKILL)
+    assert wait_for(lambda: fab("status", *where(site, port), "--json").json["state"] == "degraded")
+    checked = ansible.module(target.alias, args(site, port, "started"), "--check")
+    assert checked.returncode == 0, checked
+    predicted = checked.results[target.alias]
+    assert predicted["changed"] is True and predicted["msg"] == "would be started", predicted
+    assert by_name(predicted)["worker"]["state"] == "exited"
+    assert fab("status", *where(site, port), "--json").json["state"] == "degraded"  # check mode started nothing
+    status = ansible.module(target.alias, args(site, port, "status"))
+    assert status.statuses[target.alias] == "SUCCESS" and status.results[target.alias]["state"] == "degraded", status
+    failing = ansible.module(target.alias, args(site, port, "status", "fail_if_not_running=true"))
+    assert failing.statuses[target.alias] == "FAILED", failing
+    assert failing.results[target.alias]["msg"].startswith("status failed: worker exited"), failing
+
+    restarted = ansible.module(target.alias, args(site, port, "started"))
+    assert restarted.returncode == 0 and restarted.results[target.alias]["changed"] is True, restarted
+    again = by_name(restarted.results[target.alias])
+    assert again["worker"]["state"] == "running" and again["worker"]["pid"] != worker["pid"]
+    assert again["web"]["pids"] == processes["web"]["pids"] and again["watch"]["pids"] == processes["watch"]["pids"]
+    idle = ansible.module(target.alias, args(site, port, "started"))
+    assert idle.returncode == 0 and idle.results[target.alias]["changed"] is False, idle
+    unchanged = ansible.module(target.alias, args(site, port, "started"), "--check")
+    assert unchanged.returncode == 0 and unchanged.results[target.alias]["changed"] is False, unchanged
+
+    stopped = ansible.module(target.alias, args(site, port, "stopped", "timeout=5"))
+    assert stopped.returncode == 0, stopped
+    result = stopped.results[target.alias]
+    assert result["changed"] is True
+    ended = all_pids(restarted.results[target.alias])
+    assert set(ended) <= set(result["pids"])
+    assert wait_for(lambda: not any(alive(pid) for pid in ended))
+    assert all(group_members(process["pid"]) == [] for process in again.values())
+    assert not port_listening(port)
+    assert alive(decoy.pid)
+    gone = ansible.module(target.alias, args(site, port, "stopped"))
+    assert gone.returncode == 0 and gone.results[target.alias]["changed"] is False, gone
+
+
+def test_processes_env_file_and_only_through_a_playbook_with_diff(ansible, make_project, target, fab):
+    site = procfile_site(make_project, target)  # the option's table wins over this Procfile
+    write_as_user(target, site / "show_env.py", SHOW_ENV)
+    write_as_user(target, site / ".env", "# from the env file\nexport GREETING='hello there'\n")
+    port = 14850
+    task = {"project": str(site), "port": port, "env_file": ".env",
+            "processes": {"first": f"{PYTHON} show_env.py", "second": f"{PYTHON} show_env.py"}}
+    play = {"hosts": "all", "gather_facts": False, "tasks": [
+        {MODULE: {**task, "state": "started"}, "register": "started"},
+        {MODULE: {**task, "state": "stopped", "only": ["second"]}, "check_mode": True, "register": "would_stop"},
+        {MODULE: {**task, "state": "stopped", "only": ["second"]}, "register": "stopped_one"},
+        {MODULE: {**task, "state": "started"}, "check_mode": True, "register": "would_start"},
+        {MODULE: {**task, "state": "started", "only": "second"}, "register": "started_one"},
+        {MODULE: {**task, "state": "stopped"}, "register": "stopped"},
+        save(["started", "would_stop", "stopped_one", "would_start", "started_one", "stopped"])]}
+    played = ansible.playbook([play], "--diff")
+    assert played.returncode == 0, played
+    results = played.results[target.alias]
+
+    started = results["started"]
+    assert started["changed"] is True and sorted(by_name(started)) == ["first", "second", "web"], started
+    for name, n in (("first", 1), ("second", 2)):
+        log = by_name(started)[name]["log"]
+        assert wait_for(lambda: os.path.exists(log) and "PORT" in open(log).read())
+        assert f"PORT {port + 100 * n} GREETING hello there" in open(log).read()
+
+    # Diff mode: web's pids and each process's state, before and after; check mode predicts the real run.
+    web_pids = by_name(started)["web"]["pids"]
+
+    def server(state, pids, **states):
+        return {"state": state, "port": port, "pids": pids, "processes": states}
+
+    running = server("running", web_pids, web="running", first="running", second="running")
+    one_stopped = server("running", web_pids, web="running", first="running", second="stopped")
+    assert started["diff"] == {"before": {"state": "stopped", "port": port, "pids": []}, "after": running}
+    for name, before, after in (("would_stop", running, one_stopped), ("stopped_one", running, one_stopped),
+                                ("would_start", one_stopped, running), ("started_one", one_stopped, running)):
+        assert results[name]["changed"] is True and results[name]["diff"] == {"before": before, "after": after}, name
+    assert by_name(results["stopped_one"])["first"]["pids"] == by_name(started)["first"]["pids"]
+    assert by_name(results["started_one"])["first"]["pids"] == by_name(started)["first"]["pids"]
+    assert results["stopped"]["changed"] is True
+    assert results["stopped"]["diff"] == {"before": running, "after": server(
+        "stopped", [], web="stopped", first="stopped", second="stopped")}
+    ended = all_pids(started) + all_pids(results["started_one"])
+    assert wait_for(lambda: not any(alive(pid) for pid in ended))
+    assert fab("status", *where(site, port)).returncode == 3
