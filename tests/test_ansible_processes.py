@@ -117,7 +117,8 @@ def test_processes_env_file_and_only_through_a_playbook_with_diff(ansible, make_
     write_as_user(target, site / "show_env.py", SHOW_ENV)
     write_as_user(target, site / ".env", "# from the env file\nexport GREETING='hello there'\n")
     port = 14850
-    task = {"project": str(site), "port": port, "env_file": ".env",
+    rerun = {"project": str(site), "port": port}
+    task = {**rerun, "env_file": ".env",
             "processes": {"first": f"{PYTHON} show_env.py", "second": f"{PYTHON} show_env.py"}}
     play = {"hosts": "all", "gather_facts": False, "tasks": [
         {MODULE: {**task, "state": "started"}, "register": "started"},
@@ -125,8 +126,12 @@ def test_processes_env_file_and_only_through_a_playbook_with_diff(ansible, make_
         {MODULE: {**task, "state": "stopped", "only": ["second"]}, "register": "stopped_one"},
         {MODULE: {**task, "state": "started"}, "check_mode": True, "register": "would_start"},
         {MODULE: {**task, "state": "started", "only": "second"}, "register": "started_one"},
+        # Without processes and env_file: a restart reruns what the last start was given.
+        {MODULE: {**rerun, "state": "restarted", "only": "first"}, "check_mode": True, "register": "would_restart"},
+        {MODULE: {**rerun, "state": "restarted", "only": "first"}, "register": "restarted"},
         {MODULE: {**task, "state": "stopped"}, "register": "stopped"},
-        save(["started", "would_stop", "stopped_one", "would_start", "started_one", "stopped"])]}
+        save(["started", "would_stop", "stopped_one", "would_start", "started_one", "would_restart", "restarted",
+              "stopped"])]}
     played = ansible.playbook([play], "--diff")
     assert played.returncode == 0, played
     results = played.results[target.alias]
@@ -135,8 +140,7 @@ def test_processes_env_file_and_only_through_a_playbook_with_diff(ansible, make_
     assert started["changed"] is True and sorted(by_name(started)) == ["first", "second", "web"], started
     for name, n in (("first", 1), ("second", 2)):
         log = by_name(started)[name]["log"]
-        assert wait_for(lambda: os.path.exists(log) and "PORT" in open(log).read())
-        assert f"PORT {port + 100 * n} GREETING hello there" in open(log).read()
+        assert wait_for(lambda: f"PORT {port + 100 * n} GREETING hello there" in open(log).read()), name
 
     # Diff mode: web's pids and each process's state, before and after; check mode predicts the real run.
     web_pids = by_name(started)["web"]["pids"]
@@ -152,9 +156,16 @@ def test_processes_env_file_and_only_through_a_playbook_with_diff(ansible, make_
         assert results[name]["changed"] is True and results[name]["diff"] == {"before": before, "after": after}, name
     assert by_name(results["stopped_one"])["first"]["pids"] == by_name(started)["first"]["pids"]
     assert by_name(results["started_one"])["first"]["pids"] == by_name(started)["first"]["pids"]
+    restarted = by_name(results["restarted"])
+    assert results["restarted"]["changed"] is True and restarted["first"]["pids"] != by_name(started)["first"]["pids"]
+    assert restarted["second"]["pids"] == by_name(results["started_one"])["second"]["pids"]
+    assert wait_for(lambda: f"PORT {port + 100} GREETING hello there" in open(restarted["first"]["log"]).read())
+    assert results["would_restart"]["changed"] is True
+    assert results["would_restart"]["diff"] == {"before": running, "after": running}
+    assert results["restarted"]["diff"] == {"before": running, "after": running}
     assert results["stopped"]["changed"] is True
     assert results["stopped"]["diff"] == {"before": running, "after": server(
         "stopped", [], web="stopped", first="stopped", second="stopped")}
-    ended = all_pids(started) + all_pids(results["started_one"])
+    ended = all_pids(started) + all_pids(results["started_one"]) + all_pids(results["restarted"])
     assert wait_for(lambda: not any(alive(pid) for pid in ended))
     assert fab("status", *where(site, port)).returncode == 3

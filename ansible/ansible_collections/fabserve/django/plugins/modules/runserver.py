@@ -210,7 +210,7 @@ processes:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.fabserve.django.plugins.module_utils import settings
 from ansible_collections.fabserve.django.plugins.module_utils.agent import (
-    dispatch, launch, procfile, protocol, state)
+    dispatch, launch, procfile, protocol, records, state)
 from ansible_collections.fabserve.django.plugins.module_utils.spec import ARGUMENT_SPEC, OPTIONS, RESULTS, STATES
 
 # What a check-mode run says would happen, by verb.
@@ -277,9 +277,12 @@ def startable(module, action, req):
     inst = state.Instance(state.Host(request), request)
     try:
         inst.require_project()
+        if action == "restart":
+            records.rerun(inst)  # what the last start was given and this request lacks (processes too)
         table = procfile.process_table(inst)
-        chosen = procfile.selected(table, request.only) if table else None
-        if chosen is None or any(each.name == protocol.WEB and each.command is None for each in chosen):
+        chosen = procfile.selected(table, inst.req.only) if table else None
+        if action == "restart" or chosen is None or any(
+                each.name == protocol.WEB and each.command is None for each in chosen):
             launch.resolve_python(inst)
         procfile.env_file_pairs(inst)
     except protocol.AgentError as exc:
