@@ -79,7 +79,7 @@ def test_the_module_starts_each_stopped_process_once_and_stops_them_all_but_neve
     checked = ansible.module(target.alias, args(site, port, "started"), "--check")
     assert checked.returncode == 0, checked
     predicted = checked.results[target.alias]
-    assert predicted["changed"] is True and predicted["msg"] == "would be started", predicted
+    assert predicted["changed"] is True and predicted["msg"] == "would be started: worker", predicted
     assert by_name(predicted)["worker"]["state"] == "exited"
     assert fab("status", *where(site, port), "--json").json["state"] == "degraded"  # check mode started nothing
     status = ansible.module(target.alias, args(site, port, "status"))
@@ -154,6 +154,8 @@ def test_processes_env_file_and_only_through_a_playbook_with_diff(ansible, make_
     for name, before, after in (("would_stop", running, one_stopped), ("stopped_one", running, one_stopped),
                                 ("would_start", one_stopped, running), ("started_one", one_stopped, running)):
         assert results[name]["changed"] is True and results[name]["diff"] == {"before": before, "after": after}, name
+    assert results["would_stop"]["msg"] == "would be stopped: second"
+    assert results["would_start"]["msg"] == "would be started: second"
     assert by_name(results["stopped_one"])["first"]["pids"] == by_name(started)["first"]["pids"]
     assert by_name(results["started_one"])["first"]["pids"] == by_name(started)["first"]["pids"]
     restarted = by_name(results["restarted"])

@@ -253,18 +253,24 @@ def alive_names(probe):
     return set(name for name, each in states.items() if each in ALIVE)
 
 
+def moving(action, probe, plan):
+    """The processes of `plan` (see would_change) that a start would start (those
+    that do not run) or a stop would stop (those that run), in table order."""
+    alive = alive_names(probe)
+    return [name for name in (plan[1] if plan else [protocol.WEB]) if (name in alive) == (action == "stop")]
+
+
 def would_change(action, probe, req, plan):
     """Whether `action` would start, stop or change something, given a status
     result and the processes the verb acts on (startable's or stoppable's `plan`,
     None: no Procfile): a server at its expiry is ended (and started again) by
     the real run, a running one gets the ttl of a start, a start starts each
     chosen process that does not run and a stop stops each one that does."""
-    chosen = set(plan[1] if plan else [protocol.WEB])
     expiring = probe.get("expires_in") == 0
     if action == "start":
-        return expiring or bool(req.get("ttl")) or bool(chosen - alive_names(probe))
+        return expiring or bool(req.get("ttl")) or bool(moving(action, probe, plan))
     if action == "stop":
-        return expiring or bool(chosen & alive_names(probe))
+        return expiring or bool(moving(action, probe, plan))
     return action == "restart"
 
 
@@ -314,6 +320,9 @@ def predicted(action, req, probe, plan):
     if not result["changed"]:
         return result
     result["message"] = WOULD[action]
+    named = moving(action, probe, plan) if plan and action != "restart" else []
+    if named:  # with a Procfile, which of its processes
+        result["message"] += f": {', '.join(named)}"
     if req["port"] == protocol.AUTO and action in protocol.STARTS and probe["state"] == protocol.STOPPED:
         result.update(port=None, url=None, pidfile=None, log=None, state_dir=None)
         result["message"] += f" on a free port from {req['port_range']} (port_range), chosen at start"
