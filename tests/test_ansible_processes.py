@@ -7,6 +7,7 @@ import os
 import signal
 
 from bed.ansible import save
+from bed.procs import cmdline
 from helpers import alive, group_members, port_listening, wait_for, where
 
 MODULE = "fabserve.django.runserver"
@@ -51,11 +52,15 @@ def all_pids(result):
 
 
 def test_the_module_starts_each_stopped_process_once_and_stops_them_all_but_never_a_decoy(
-        ansible, make_project, target, fab, spawn_as_user):
+        ansible, make_project, target, fab, spawn_as_user, spawn_as_other):
     site = procfile_site(make_project, target)
     port = 14840
-    decoy = spawn_as_user([PYTHON, "worker.py"], cwd=site)  # a companion's command line, started by hand
-    assert wait_for(lambda: alive(decoy.pid))
+    # The worker's command line, in the project, started by hand by the test user and by another user
+    # (runuser leads each group; the python it runs is the decoy).
+    decoys = [spawn([PYTHON, "worker.py"], cwd=site) for spawn in (spawn_as_user, spawn_as_other)]
+    assert wait_for(lambda: all(any(cmdline(pid) == f"{PYTHON} worker.py " for pid in group_members(decoy.pid))
+                                for decoy in decoys), timeout=20)
+    bystanders = [pid for decoy in decoys for pid in group_members(decoy.pid)]
 
     started = ansible.module(target.alias, args(site, port, "started"))
     assert started.returncode == 0, started
@@ -107,7 +112,7 @@ def test_the_module_starts_each_stopped_process_once_and_stops_them_all_but_neve
     assert wait_for(lambda: not any(alive(pid) for pid in ended))
     assert all(group_members(process["pid"]) == [] for process in again.values())
     assert not port_listening(port)
-    assert alive(decoy.pid)
+    assert [pid for pid in bystanders if not alive(pid)] == []
     gone = ansible.module(target.alias, args(site, port, "stopped"))
     assert gone.returncode == 0 and gone.results[target.alias]["changed"] is False, gone
 
