@@ -59,11 +59,16 @@ def test_what_travels_with_the_module_is_python_3_6_importing_only_the_standard_
                 assert alias.name.split(".")[0] in sys.stdlib_module_names, (name, alias.name)
 
 
-def test_options_are_the_per_host_request_settings_of_the_modules_verbs():
+def test_options_are_the_request_settings_of_the_modules_verbs_per_host_or_per_call():
     spec = module_spec.argument_spec()
     names = {setting.name for setting in module_spec.module_settings()}
     assert {"project", "port", "addr", "env", "start_timeout", "stop_timeout", "state_dir"} <= names
     assert "agent_python" not in names and "json" not in names and "lines" not in names
+    assert "process" not in names and "follow" not in names  # logs' flags: no state runs logs
+    # A Procfile's options, typed as their parsers take them: `only` also as `web,worker`.
+    assert spec["processes"] == {"type": "dict"} and spec["env_file"] == {"type": "str"}
+    assert spec["only"] == {"type": "list", "elements": "str"}
+    assert settings.SETTING["only"].parse(["web", "worker"]) == settings.SETTING["only"].parse("web,worker")
     assert set(spec) == names | {"timeout"}
     assert spec["project"]["required"] is True
     for setting in module_spec.module_settings():
