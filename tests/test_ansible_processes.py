@@ -62,6 +62,13 @@ def test_the_module_starts_each_stopped_process_once_and_stops_them_all_but_neve
                                 for decoy in decoys), timeout=20)
     bystanders = [pid for decoy in decoys for pid in group_members(decoy.pid)]
 
+    # `only` naming a process the Procfile lacks fails the task, in check mode as in the real run.
+    for extra in (("--check",), ()):
+        refused = ansible.module(target.alias, args(site, port, "started", "only=worker,nope"), *extra)
+        assert refused.statuses[target.alias] == "FAILED", refused
+        assert refused.results[target.alias]["msg"] == \
+            "start failed: no process nope in this instance: it has web, worker, watch", refused
+
     started = ansible.module(target.alias, args(site, port, "started"))
     assert started.returncode == 0, started
     result = started.results[target.alias]

@@ -210,7 +210,7 @@ processes:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.fabserve.django.plugins.module_utils import settings
 from ansible_collections.fabserve.django.plugins.module_utils.agent import (
-    dispatch, launch, procfile, protocol, records, state)
+    dispatch, launch, procfile, protocol, records, state, verbs)
 from ansible_collections.fabserve.django.plugins.module_utils.spec import ARGUMENT_SPEC, OPTIONS, RESULTS, STATES
 
 # What a check-mode run says would happen, by verb.
@@ -274,18 +274,25 @@ def would_change(action, probe, req, plan):
     return action == "restart"
 
 
+def instance(req):
+    """The agent's Instance that `req` names, to read (not lock) in check mode."""
+    request = state.Request(req)
+    return state.Instance(state.Host(request), request)
+
+
 def startable(module, action, req):
     """fail_json, as the start itself would, when the project, its Procfile, `only`,
     the env file or the server's interpreter is wrong: check mode's read-only part
     of a start. Returns (the names of its table's processes, of those it acts on),
     or None without a Procfile or the processes setting."""
-    request = state.Request(req)
-    inst = state.Instance(state.Host(request), request)
+    inst = instance(req)
     try:
         inst.require_project()
         if action == "restart":
             records.rerun(inst)  # what the last start was given and this request lacks (processes too)
         table = procfile.process_table(inst)
+        if table is None:
+            verbs.alone(inst)
         chosen = procfile.selected(table, inst.req.only) if table else None
         if action == "restart" or chosen is None or any(
                 each.name == protocol.WEB and each.command is None for each in chosen):
@@ -299,10 +306,11 @@ def startable(module, action, req):
 def stoppable(module, req, probe):
     """As startable, for a stop: the processes a status found recorded (None:
     none), failing as the stop itself would when `only` names one the instance lacks."""
-    if probe.get("processes") is None:
-        return None
-    table = [procfile.Process(row["name"], row["command"], row["port"]) for row in probe["processes"]]
     try:
+        if probe.get("processes") is None:
+            verbs.alone(instance(req))
+            return None
+        table = [procfile.Process(row["name"], row["command"], row["port"]) for row in probe["processes"]]
         chosen = procfile.selected(table, req["only"])
     except protocol.AgentError as exc:
         module.fail_json(msg=f"stop failed: {exc}")
