@@ -378,7 +378,10 @@ def would_be(action, result, plan):
     before = server.get("processes") or {}
     states = dict((name, protocol.STOPPED) for name in plan[0])
     states.update(before)
-    moved = [name for name in plan[1] if action == "restart" or (before.get(name) in ALIVE) != (after in ALIVE)]
+    # A stop forgets every chosen process (an exited one is then stopped too); a
+    # start leaves those that run as they are (web failing its check stays failed).
+    moved = [name for name in plan[1]
+             if action != "start" or (before.get(name) in ALIVE) != (after in ALIVE)]
     states.update((name, after) for name in moved)
     server.update(state=instance_state(states), processes=states)
     if protocol.WEB in moved:
