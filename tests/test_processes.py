@@ -1,0 +1,381 @@
+"""Companion processes (issue 22) over the real sshd and locally, as the test user, in
+real Django projects whose Procfile names a worker (a loop writing to stdout, as Celery
+would) and a watcher with a child of its own (as npm has; tests/bed/procfiles.py):
+started, shown, logged, restarted and stopped as one instance, each process its own
+group; twins of the companions' command lines that fabserve did not start survive
+every verb; PORT, --env-file, a start whose companion dies, a web line of the
+project's own, --only, a TTL over the whole instance, list's PROCS column, and a
+project without a Procfile as before."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from bed.procfiles import COMPANIONS, PYTHON, WEB
+from bed.procs import cmdline, environ
+from helpers import (alive, free_port, group_members, kill_pids, pids_with_cwd_under, port_listening, wait_for,
+                     where)
+
+GRACE = "5"  # stop's --timeout: every process here ends at its first TERM
+#: A companion that is gone before any readiness window ends, with a line in its log.
+DIES = f"{PYTHON} -c 'import sys; print(\"dying\"); sys.exit(3)'"
+#: A companion whose child leaves its process group (a daemon's double fork): only the
+#: token that child inherited ties it to the instance.
+STRAY = (f"{PYTHON} -c 'import subprocess, sys, time; "
+         f"subprocess.Popen([sys.executable, \"-c\", \"import time; time.sleep(600)\"], start_new_session=True); "
+         f"time.sleep(600)'")
+
+
+def table(result: dict) -> dict[str, dict]:
+    """The result's processes by name, in the table's order."""
+    return {row["name"]: row for row in result["processes"]}
+
+
+def every_pid(result: dict) -> set[int]:
+    return {pid for row in result["processes"] for pid in row["pids"]}
+
+
+def log_line(row: dict, prefix: str) -> str:
+    """The first line of the process's log that starts with `prefix`, once it is there."""
+    found: list[str] = []
+
+    def written() -> list[str]:
+        found[:] = [line for line in Path(row["log"]).read_text().splitlines() if line.startswith(prefix)]
+        return found
+    assert wait_for(written, timeout=20), Path(row["log"]).read_text()[-2000:]
+    return found[0]
+
+
+def watch_child(row: dict) -> int:
+    """The PID of the child watch.py started, from its first line."""
+    return int(log_line(row, "watch ").split()[3])
+
+
+def started(call, flags, *extra: str, **kw) -> dict:
+    result = call("start", *flags, *extra, **kw)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.json["state"] == "running", result.json
+    return result.json
+
+
+def host_of(mode: str) -> str:
+    return "local" if mode == "local" else "fabserve-target"
+
+
+def procs_column(listing: str, port: int) -> str:
+    """The PROCS cell of the instance on `port` in list's table."""
+    lines = listing.splitlines()
+    heading = next(line.split() for line in lines if "PROCS" in line.split())
+    row = next(line.split() for line in lines if f" {port} " in line)
+    return row[heading.index("PROCS")]
+
+
+def listed_row(fab, port: int) -> dict:
+    rows = fab("list", "--json").json
+    return next(row for row in (rows if isinstance(rows, list) else [rows]) if row["port"] == port)
+
+
+def test_the_issues_scenario_start_status_logs_a_killed_worker_restart_only_it_stop(run, mode, target,
+                                                                                    make_procfile_project):
+    project = make_procfile_project()
+    port = free_port()
+    flags = where(project, port)
+    data = started(run, flags)
+    assert data["changed"] is True and list(table(data)) == ["web", "worker", "watch"], data
+
+    status = run("status", *flags)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert status.json["state"] == "running"
+    rows = table(status.json)
+    state_dir = Path(status.json["state_dir"])
+    assert {name: (row["port"], row["log"]) for name, row in rows.items()} == {
+        "web": (port, str(state_dir / "server.log")),
+        "worker": (port + 100, str(state_dir / "proc.worker.log")),
+        "watch": (port + 200, str(state_dir / "proc.watch.log"))}
+    for row in rows.values():
+        assert row["state"] == "running" and row["exit_status"] is None and row["log_tail"] is None, row
+        assert row["uptime"] is not None and row["uptime"] >= 0, row
+        assert sorted(row["pids"]) == sorted(group_members(row["pid"])), row  # each process its own group
+    assert [rows[name]["command"] for name in COMPANIONS] == list(COMPANIONS.values())
+    assert len({row["pid"] for row in rows.values()}) == 3
+    assert log_line(rows["worker"], "worker PORT") == f"worker PORT {port + 100}"
+    child = watch_child(rows["watch"])
+    assert child in rows["watch"]["pids"] and alive(child)
+
+    human = run("status", *flags, json=False)
+    assert human.returncode == 0, human.stderr
+    lines = human.stdout.splitlines()
+    assert lines[0].startswith(f"{host_of(mode)}: running on http://127.0.0.1:{port}/"), lines
+    for name, row in rows.items():
+        pattern = (rf"\s+{name}\s+running\s+pids {' '.join(map(str, sorted(row['pids'])))}\s+up \S+"
+                   rf"\s+log {re.escape(row['log'])}")
+        assert any(re.fullmatch(pattern, line) for line in lines[1:]), (pattern, lines)
+
+    log_line(rows["worker"], "worker tick 3")
+    logs = run("logs", *flags, "--process", "worker", "--lines", "3")
+    assert logs.returncode == 0, logs.stdout + logs.stderr
+    assert len(logs.json["lines"]) == 3 and all(line.startswith("worker tick ") for line in logs.json["lines"])
+
+    worker = rows["worker"]
+    kill_pids(worker["pids"])  # by hand, -9, as the OOM killer would
+    assert wait_for(lambda: not any(alive(pid) for pid in worker["pids"]))
+    degraded = run("status", *flags)
+    assert degraded.returncode == 1, degraded.stdout + degraded.stderr
+    assert degraded.json["state"] == "degraded"
+    assert "worker exited with status -9" in degraded.json["error"], degraded.json
+    exited = table(degraded.json)["worker"]
+    assert (exited["state"], exited["exit_status"], exited["uptime"]) == ("exited", -9, None), exited
+    assert exited["log_tail"] and exited["log_tail"][-1].startswith("worker tick "), exited
+    assert [table(degraded.json)[name]["state"] for name in ("web", "watch")] == ["running", "running"]
+    human = run("status", *flags, json=False)
+    assert human.returncode == 1
+    shown = human.stdout + human.stderr
+    assert re.search(rf"\n\s+worker\s+exited \(status -9\)\s+log {re.escape(worker['log'])}\n", shown), shown
+    assert exited["log_tail"][-1] in shown
+
+    restarted = run("restart", *flags, "--only", "worker")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    again = table(restarted.json)
+    assert again["worker"]["state"] == "running" and not set(again["worker"]["pids"]) & set(worker["pids"])
+    assert [again[name]["pids"] for name in ("web", "watch")] == [rows[name]["pids"] for name in ("web", "watch")]
+    now = run("status", *flags)
+    assert now.returncode == 0 and now.json["state"] == "running", now.json
+    assert table(now.json)["worker"]["pids"] == again["worker"]["pids"]
+
+    nothing = run("start", *flags)
+    assert nothing.returncode == 0 and nothing.json["changed"] is False, nothing.json
+    assert nothing.json["message"].startswith("already running"), nothing.json
+
+    every = every_pid(now.json) | every_pid(data) | {child}
+    stop = run("stop", *flags, "--timeout", GRACE)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert every_pid(now.json) | {child} <= set(stop.json["pids"]), stop.json
+    assert not [pid for pid in every if alive(pid)] and not port_listening(port)
+    assert pids_with_cwd_under(project, target.uid) == []
+    assert run("status", *flags).returncode == 3
+
+
+def test_twins_of_the_companions_command_lines_survive_every_verb(fab, target, make_procfile_project,
+                                                                   spawn_as_user, spawn_as_other):
+    """The very command lines fabserve runs (`/bin/sh -c COMMAND` and what it runs), in
+    the same directory, started by hand by the test user and by another user: no verb
+    signals them, also once the instance's pidfiles are gone."""
+    project = make_procfile_project()
+    twins = [spawn(["/bin/sh", "-c", command], cwd=project)
+             for spawn in (spawn_as_user, spawn_as_other) for command in COMPANIONS.values()]
+    # Up once the worker twins' python runs and the watcher twins' child does (runuser
+    # leads each group, its sh and python in it).
+    signs = [lambda line: line.startswith(COMPANIONS["worker"]), lambda line: "while True" in line] * 2
+    assert wait_for(lambda: all(any(sign(cmdline(pid)) for pid in group_members(twin.pid))
+                                for twin, sign in zip(twins, signs)), timeout=20)
+    bystanders = [pid for twin in twins for pid in group_members(twin.pid)]
+
+    def spared(step: str) -> None:
+        assert [pid for pid in bystanders if not alive(pid)] == [], f"{step} ended a twin"
+
+    flags = where(project, free_port())
+    first = started(fab, flags, "--json")
+    spared("start")
+    assert fab("status", *flags, "--json").returncode == 0
+    spared("status")
+    restarted = fab("restart", *flags, "--json")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    spared("restart")
+    stop = fab("stop", *flags, "--timeout", GRACE, "--json")
+    assert stop.returncode == 0 and not set(stop.json["pids"]) & set(bystanders), stop.json
+    assert not [pid for pid in every_pid(restarted.json) | every_pid(first) if alive(pid)]
+    spared("stop")
+
+    second = started(fab, flags, "--json")
+    state_dir = Path(second["state_dir"])
+    pidfiles = [state_dir / name for name in ("server.pid", "proc.worker.pid", "proc.watch.pid")]
+    for pidfile in pidfiles:
+        pidfile.unlink()
+    blind = fab("stop", *flags, "--timeout", GRACE, "--json")
+    assert blind.returncode == 0, blind.stdout + blind.stderr
+    spared("a stop without pidfiles")
+    assert not set(blind.json["pids"]) & set(bystanders), blind.json
+    assert not [pid for pid in every_pid(second) if alive(pid)], blind.json
+
+
+def test_port_counts_only_the_companions_and_a_web_line_of_its_own_runs_as_written(fab, target,
+                                                                                  make_procfile_project):
+    # web last: the n-th process other than web gets port + 100 × n, whatever web's place.
+    project = make_procfile_project({**COMPANIONS, "web": WEB})
+    port = free_port()
+    flags = where(project, port)
+    data = started(fab, flags, "--check", "/", "--json")
+    rows = table(data)
+    assert list(rows) == ["worker", "watch", "web"], data
+    assert data["http_status"] == 200 and port_listening(port), data
+    assert {name: row["port"] for name, row in rows.items()} == {"worker": port + 100, "watch": port + 200,
+                                                                  "web": port}
+    assert rows["web"]["command"] == WEB
+    # Run as written through sh, which expanded $PORT: runserver's parent and its reloader child.
+    assert [f"127.0.0.1:{port}" in cmdline(pid) for pid in rows["web"]["pids"]].count(True) >= 2, rows["web"]
+    assert log_line(rows["worker"], "worker PORT") == f"worker PORT {port + 100}"
+    assert log_line(rows["watch"], "watch ").endswith(f" PORT {port + 200}")
+
+    checked = fab("status", *flags, "--check", "/", "--json")
+    assert checked.returncode == 0 and checked.json["http_status"] == 200, checked.json
+    stop = fab("stop", *flags, "--timeout", GRACE, "--json")
+    assert stop.returncode == 0 and set(rows["web"]["pids"]) <= set(stop.json["pids"]), stop.json
+    assert not port_listening(port) and pids_with_cwd_under(project, target.uid) == []
+
+
+def test_a_web_line_that_never_answers_fails_the_start_and_leaves_nothing(fab, target, make_procfile_project):
+    project = make_procfile_project({"web": f"{PYTHON} worker.py", **COMPANIONS})
+    port = free_port()
+    result = fab("start", *where(project, port), "--timeout", "3", "--json")
+    assert result.returncode == 1 and result.json["ok"] is False, result.stdout + result.stderr
+    assert wait_for(lambda: pids_with_cwd_under(project, target.uid) == [], timeout=15), \
+        [cmdline(pid) for pid in pids_with_cwd_under(project, target.uid)]
+    assert fab("status", *where(project, port), "--json").returncode == 3
+
+
+ENV_FILE = """\
+# what every process of the site gets
+export A=1
+B='single $HOME # kept'
+C="two\\nlines"
+
+D=from-file
+"""
+
+
+def test_an_env_file_reaches_every_process_and_env_wins(fab, target, make_procfile_project):
+    project = make_procfile_project({**COMPANIONS, "web": WEB})
+    env_file = project / ".env"
+    env_file.write_text(ENV_FILE)
+    env_file.chmod(0o600)
+    os.chown(env_file, target.uid, -1)
+    port = free_port()
+    flags = where(project, port)
+    data = started(fab, flags, "--env-file", ".env", "--env", "D=from-flag", "--json")
+    tokens = set()
+    for name, row in table(data).items():
+        seen = environ(row["pid"])
+        picked = {key: seen.get(key) for key in ("A", "B", "C", "D", "PORT", "PYTHONUNBUFFERED")}
+        assert picked == {"A": "1", "B": "single $HOME # kept", "C": "two\nlines", "D": "from-flag",
+                          "PORT": str(row["port"]), "PYTHONUNBUFFERED": "1"}, (name, picked)
+        tokens.add(seen["FABSERVE_TOKEN"])
+    assert len(tokens) == 3 and "" not in tokens  # a token per process
+
+    code = "import os; print(repr(os.environ['B']), os.environ['D'])"
+    manage = fab("manage", f'shell -c "{code}"', "--project", str(project), "--env-file", ".env", "--json")
+    assert manage.returncode == 0, manage.stdout + manage.stderr
+    assert manage.json["output_tail"][-1] == "'single $HOME # kept' from-file"
+    assert fab("stop", *flags, "--timeout", GRACE).returncode == 0
+
+
+def test_a_companion_that_dies_at_once_fails_the_start_and_leaves_nothing(run, mode, target, make_procfile_project):
+    project = make_procfile_project({**COMPANIONS, "dies": DIES})
+    port = free_port()
+    flags = where(project, port)
+    result = run("start", *flags)
+    assert result.returncode == 1, result.stdout + result.stderr
+    failed = result.json
+    assert failed["ok"] is False and "dies" in failed["error"] and "status 3" in failed["error"], failed
+    assert "dying" in failed["log_tail"], failed
+    assert wait_for(lambda: pids_with_cwd_under(project, target.uid) == [], timeout=15), \
+        [cmdline(pid) for pid in pids_with_cwd_under(project, target.uid)]
+    assert not port_listening(port)
+    human = run("start", *flags, json=False)
+    assert human.returncode == 1
+    first = human.stderr.splitlines()[0]
+    assert first.startswith(f"{host_of(mode)}: start failed: ") and "dies" in first, human.stderr
+    assert wait_for(lambda: pids_with_cwd_under(project, target.uid) == [], timeout=15)
+    assert run("status", *flags).returncode == 3
+
+
+def test_only_stops_and_starts_the_processes_it_names(fab, target, make_procfile_project):
+    project = make_procfile_project()
+    flags = where(project, free_port())
+    rows = table(started(fab, flags, "--json"))
+    child = watch_child(rows["watch"])
+    stop = fab("stop", *flags, "--only", "watch", "--timeout", GRACE, "--json")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert set(rows["watch"]["pids"]) | {child} <= set(stop.json["pids"]), stop.json
+    assert not alive(child) and all(alive(pid) for name in ("web", "worker") for pid in rows[name]["pids"])
+    after = table(fab("status", *flags, "--json").json)
+    assert after["watch"]["state"] == "stopped" and after["watch"]["pids"] == [], after["watch"]
+
+    back = fab("start", *flags, "--only", "watch", "--json")
+    assert back.returncode == 0 and back.json["changed"] is True, back.stdout + back.stderr
+    again = table(back.json)
+    assert again["watch"]["state"] == "running" and again["web"]["pids"] == rows["web"]["pids"]
+    assert again["worker"]["pids"] == rows["worker"]["pids"]
+    unknown = fab("start", *flags, "--only", "nosuch", "--json")
+    assert unknown.returncode != 0 and "nosuch" in (unknown.json["error"] or ""), unknown.stdout + unknown.stderr
+    assert fab("stop", *flags, "--timeout", GRACE).returncode == 0
+    assert pids_with_cwd_under(project, target.uid) == []
+
+
+def test_a_child_that_left_its_companions_group_is_stopped_by_its_token(fab, target, make_procfile_project):
+    project = make_procfile_project({"stray": STRAY})
+    flags = where(project, free_port())
+    rows = table(started(fab, flags, "--json"))
+    in_group = set(rows["stray"]["pids"])
+    assert wait_for(lambda: set(pids_with_cwd_under(project, target.uid)) - in_group - set(rows["web"]["pids"]))
+    outside = set(pids_with_cwd_under(project, target.uid)) - in_group - set(rows["web"]["pids"])
+    stop = fab("stop", *flags, "--timeout", GRACE, "--json")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert outside <= set(stop.json["pids"]), (outside, stop.json)
+    assert pids_with_cwd_under(project, target.uid) == []
+
+
+def test_a_ttl_ends_every_process_of_the_instance(fab, target, make_procfile_project):
+    project = make_procfile_project()
+    port = free_port()
+    flags = where(project, port)
+    # fab has exited: nobody calls again until the processes are gone.
+    data = started(fab, flags, "--ttl", "6s", "--json", env={"FABRIC_FABSERVE_STOP_TIMEOUT": "2"})
+    assert 0 < data["expires_in"] <= 6
+    every = every_pid(data) | {watch_child(table(data)["watch"])}
+    assert wait_for(lambda: not [pid for pid in every if alive(pid)], timeout=6 + 30)
+    assert wait_for(lambda: pids_with_cwd_under(project, target.uid) == [], timeout=10)
+    state_dir = Path(data["state_dir"])
+    assert not port_listening(port)
+    assert not [path.name for path in state_dir.glob("*.pid")]
+    status = fab("status", *flags, "--json")
+    assert status.returncode == 3 and status.json["message"] == f"expired at {data['expires_at']} (ttl)", status.json
+
+
+def test_list_counts_the_running_processes_of_each_instance(fab, make_procfile_project):
+    project = make_procfile_project()
+    port = free_port()
+    flags = where(project, port)
+    rows = table(started(fab, flags, "--json"))
+    listing = fab("list")
+    assert listing.returncode == 0 and procs_column(listing.stdout, port) == "3/3", listing.stdout
+
+    kill_pids(rows["worker"]["pids"])
+    assert wait_for(lambda: not any(alive(pid) for pid in rows["worker"]["pids"]))
+    listing = fab("list")
+    assert procs_column(listing.stdout, port) == "2/3", listing.stdout
+    row = listed_row(fab, port)
+    assert row["state"] == "degraded" and [process["state"] for process in row["processes"]] == [
+        "running", "exited", "running"], row
+
+    revived = fab("start", *flags, "--json")  # starts what does not run, the worker alone
+    assert revived.returncode == 0 and revived.json["changed"] is True, revived.stdout + revived.stderr
+    now = table(revived.json)
+    assert now["worker"]["state"] == "running" and now["web"]["pids"] == rows["web"]["pids"]
+    assert procs_column(fab("list").stdout, port) == "3/3"
+    assert fab("stop", *flags, "--timeout", GRACE).returncode == 0
+
+
+def test_without_a_procfile_nothing_changes(fab, site):
+    port = free_port()
+    flags = where(site, port)
+    data = started(fab, flags, "--json")
+    assert data.get("processes") is None, data
+    status = fab("status", *flags, "--json")
+    assert status.returncode == 0 and status.json.get("processes") is None, status.json
+    human = fab("status", *flags)
+    assert len(human.stdout.splitlines()) == 1, human.stdout
+    assert procs_column(fab("list").stdout, port) == "-"
+    assert listed_row(fab, port).get("processes") is None
+    assert fab("stop", *flags, "--timeout", GRACE).returncode == 0
