@@ -4,14 +4,18 @@ would) and a watcher with a child of its own (as npm has; tests/bed/procfiles.py
 started, shown, logged, restarted and stopped as one instance, each process its own
 group; twins of the companions' command lines that fabserve did not start survive
 every verb; PORT, --env-file, a start whose companion dies, a web line of the
-project's own, --only, a TTL over the whole instance, list's PROCS column, and a
-project without a Procfile as before."""
+project's own, --only, a child that left its group, the `processes` setting over the
+Procfile, a TTL over the whole instance, list's PROCS column, and a project without a
+Procfile as before."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
+
+import pytest
 
 from bed.procfiles import COMPANIONS, PYTHON, WEB
 from bed.procs import cmdline, environ
@@ -329,6 +333,26 @@ def test_a_child_that_left_its_companions_group_is_stopped_by_its_token(fab, tar
     stop = fab("stop", *flags, "--timeout", GRACE, "--json")
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert outside <= set(stop.json["pids"]), (outside, stop.json)
+    assert pids_with_cwd_under(project, target.uid) == []
+
+
+@pytest.mark.parametrize("source", ["inventory", "config file"])
+def test_the_processes_setting_wins_over_the_procfile(fab, target, make_procfile_project, tmp_path, source):
+    project = make_procfile_project({**COMPANIONS, "dies": DIES})  # the setting leaves out what would fail
+    setting = {"worker": COMPANIONS["worker"]}
+    path = tmp_path / "settings.yml"  # YAML reads JSON
+    if source == "inventory":
+        path.write_text(json.dumps({"all": {"hosts": {target.alias: {"fabserve_processes": setting}}}}))
+        words, env = (), {"FABRIC_FABSERVE_INVENTORY": str(path)}
+    else:
+        path.write_text(json.dumps({"fabserve": {"processes": setting}}))
+        words, env = ("-f", str(path)), None
+    flags = where(project, free_port())
+    start = fab(*words, "start", *flags, "--json", env=env)
+    assert start.returncode == 0, start.stdout + start.stderr
+    assert [(row["name"], row["state"]) for row in start.json["processes"]] == [("web", "running"),
+                                                                               ("worker", "running")]
+    assert fab(*words, "stop", *flags, "--timeout", GRACE, env=env).returncode == 0
     assert pids_with_cwd_under(project, target.uid) == []
 
 
