@@ -30,6 +30,8 @@ DIES = f"{PYTHON} -c 'import sys; print(\"dying\"); sys.exit(3)'"
 STRAY = (f"{PYTHON} -c 'import subprocess, sys, time; "
          f"subprocess.Popen([sys.executable, \"-c\", \"import time; time.sleep(600)\"], start_new_session=True); "
          f"time.sleep(600)'")
+#: A companion that ignores TERM: stop's KILL after --timeout ends it.
+STUBBORN = f"{PYTHON} -c 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'"
 
 
 def table(result: dict) -> dict[str, dict]:
@@ -151,6 +153,8 @@ def test_the_issues_scenario_start_status_logs_a_killed_worker_restart_only_it_s
     assert [again[name]["pids"] for name in ("web", "watch")] == [rows[name]["pids"] for name in ("web", "watch")]
     now = run("status", *flags)
     assert now.returncode == 0 and now.json["state"] == "running", now.json
+    previous = run("logs", *flags, "--process", "worker", "--previous", "--lines", "1").json["lines"]
+    assert previous == [exited["log_tail"][-1]]  # the killed run's log, its wrapper's last word
     assert table(now.json)["worker"]["pids"] == again["worker"]["pids"]
 
     nothing = run("start", *flags)
@@ -323,16 +327,19 @@ def test_only_stops_and_starts_the_processes_it_names(fab, target, make_procfile
     assert pids_with_cwd_under(project, target.uid) == []
 
 
-def test_a_child_that_left_its_companions_group_is_stopped_by_its_token(fab, target, make_procfile_project):
-    project = make_procfile_project({"stray": STRAY})
+def test_stop_ends_a_child_that_left_its_group_by_its_token_and_one_that_ignores_term(fab, target,
+                                                                                     make_procfile_project):
+    project = make_procfile_project({"stray": STRAY, "stubborn": STUBBORN})
     flags = where(project, free_port())
     rows = table(started(fab, flags, "--json"))
-    in_group = set(rows["stray"]["pids"])
-    assert wait_for(lambda: set(pids_with_cwd_under(project, target.uid)) - in_group - set(rows["web"]["pids"]))
-    outside = set(pids_with_cwd_under(project, target.uid)) - in_group - set(rows["web"]["pids"])
-    stop = fab("stop", *flags, "--timeout", GRACE, "--json")
-    assert stop.returncode == 0, stop.stdout + stop.stderr
-    assert outside <= set(stop.json["pids"]), (outside, stop.json)
+    grouped = every_pid({"processes": list(rows.values())})
+    assert wait_for(lambda: set(pids_with_cwd_under(project, target.uid)) - grouped)
+    outside = set(pids_with_cwd_under(project, target.uid)) - grouped
+    assert len(outside) == 1 and environ(outside.pop())["FABSERVE_TOKEN"] == environ(rows["stray"]["pid"])[
+        "FABSERVE_TOKEN"]
+    stop = fab("stop", *flags, "--timeout", "1", "--json")
+    assert stop.returncode == 0 and stop.json["killed"] is True, stop.stdout + stop.stderr
+    assert grouped <= set(stop.json["pids"]) and len(stop.json["pids"]) == len(grouped) + 1, stop.json
     assert pids_with_cwd_under(project, target.uid) == []
 
 
