@@ -168,6 +168,9 @@ def test_the_issues_scenario_start_status_logs_a_killed_worker_restart_only_it_s
     assert not [pid for pid in every if alive(pid)] and not port_listening(port)
     assert pids_with_cwd_under(project, target.uid) == []
     assert run("status", *flags).returncode == 3
+    # Checked last, so that the rest is checked whatever this says: start's rows have
+    # every running process's uptime, as status's do.
+    assert [row["uptime"] is not None for row in data["processes"]] == [True] * 3, data["processes"]
 
 
 def test_twins_of_the_companions_command_lines_survive_every_verb(fab, target, make_procfile_project,
