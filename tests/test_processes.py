@@ -204,16 +204,32 @@ def test_twins_of_the_companions_command_lines_survive_every_verb(fab, target, m
     assert not [pid for pid in every_pid(restarted.json) | every_pid(first) if alive(pid)]
     spared("stop")
 
-    second = started(fab, flags, "--json")
-    state_dir = Path(second["state_dir"])
-    pidfiles = [state_dir / name for name in ("server.pid", "proc.worker.pid", "proc.watch.pid")]
-    for pidfile in pidfiles:
-        pidfile.unlink()
-    blind = fab("stop", *flags, "--timeout", GRACE, "--json")
-    assert blind.returncode == 0, blind.stdout + blind.stderr
+    started(fab, flags, "--json")
+    blind = stop_without_pidfiles(fab, flags)
     spared("a stop without pidfiles")
     assert not set(blind.json["pids"]) & set(bystanders), blind.json
-    assert not [pid for pid in every_pid(second) if alive(pid)], blind.json
+    # Whatever it left of the instance (see the next test), the projects' cleanup ends.
+
+
+def stop_without_pidfiles(fab, flags):
+    """Delete the running instance's pidfiles (web's and each companion's), then stop it."""
+    state_dir = Path(fab("status", *flags, "--json").json["state_dir"])
+    for name in ("server.pid", "proc.worker.pid", "proc.watch.pid"):
+        (state_dir / name).unlink()
+    stop = fab("stop", *flags, "--timeout", GRACE, "--json")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    return stop
+
+
+def test_a_stop_after_the_pidfiles_are_gone_ends_the_companions_by_their_token(fab, target, make_procfile_project):
+    """proc.NAME.json keeps each companion's token: the pidfile gone, stop still finds them by it."""
+    project = make_procfile_project()
+    flags = where(project, free_port())
+    data = started(fab, flags, "--json")
+    every = every_pid(data)
+    stop = stop_without_pidfiles(fab, flags)
+    assert every <= set(stop.json["pids"]), stop.json
+    assert not [pid for pid in every if alive(pid)] and pids_with_cwd_under(project, target.uid) == []
 
 
 def test_port_counts_only_the_companions_and_a_web_line_of_its_own_runs_as_written(fab, target,
