@@ -70,17 +70,18 @@ def host_of(mode: str) -> str:
     return "local" if mode == "local" else "fabserve-target"
 
 
-def procs_column(listing: str, port: int) -> str:
-    """The PROCS cell of the instance on `port` in list's table."""
-    lines = listing.splitlines()
-    heading = next(line.split() for line in lines if "PROCS" in line.split())
-    row = next(line.split() for line in lines if f" {port} " in line)
+def procs_column(listing: str, project: Path, port: int) -> str:
+    """The PROCS cell of the instance (project, port) in list's table."""
+    lines = [line.split() for line in listing.splitlines()]
+    heading = next(words for words in lines if "PROCS" in words)
+    row = next(words for words in lines if words[:2] == [str(project), str(port)])
     return row[heading.index("PROCS")]
 
 
-def listed_row(fab, port: int) -> dict:
+def listed_row(fab, project: Path, port: int) -> dict:
     rows = fab("list", "--json").json
-    return next(row for row in (rows if isinstance(rows, list) else [rows]) if row["port"] == port)
+    return next(row for row in (rows if isinstance(rows, list) else [rows])
+                if (row["project"], row["port"]) == (str(project), port))
 
 
 def test_the_issues_scenario_start_status_logs_a_killed_worker_restart_only_it_stop(run, mode, target,
@@ -406,13 +407,13 @@ def test_list_counts_the_running_processes_of_each_instance(fab, make_procfile_p
     flags = where(project, port)
     rows = table(started(fab, flags, "--json"))
     listing = fab("list")
-    assert listing.returncode == 0 and procs_column(listing.stdout, port) == "3/3", listing.stdout
+    assert listing.returncode == 0 and procs_column(listing.stdout, project, port) == "3/3", listing.stdout
 
     kill_pids(rows["worker"]["pids"])  # the shell that would have said its status too: unknown
     assert wait_for(lambda: not any(alive(pid) for pid in rows["worker"]["pids"]))
     listing = fab("list")
-    assert procs_column(listing.stdout, port) == "2/3", listing.stdout
-    row = listed_row(fab, port)
+    assert procs_column(listing.stdout, project, port) == "2/3", listing.stdout
+    row = listed_row(fab, project, port)
     assert row["state"] == "degraded" and [process["state"] for process in row["processes"]] == [
         "running", "exited", "running"], row
     assert row["processes"][1]["exit_status"] is None and "worker exited" in f"{row['error']} {row['message']}"
@@ -421,7 +422,7 @@ def test_list_counts_the_running_processes_of_each_instance(fab, make_procfile_p
     assert revived.returncode == 0 and revived.json["changed"] is True, revived.stdout + revived.stderr
     now = table(revived.json)
     assert now["worker"]["state"] == "running" and now["web"]["pids"] == rows["web"]["pids"]
-    assert procs_column(fab("list").stdout, port) == "3/3"
+    assert procs_column(fab("list").stdout, project, port) == "3/3"
     assert fab("stop", *flags, "--timeout", GRACE).returncode == 0
 
 
@@ -434,6 +435,6 @@ def test_without_a_procfile_nothing_changes(fab, site):
     assert status.returncode == 0 and status.json.get("processes") is None, status.json
     human = fab("status", *flags)
     assert len(human.stdout.splitlines()) == 1, human.stdout
-    assert procs_column(fab("list").stdout, port) == "-"
-    assert listed_row(fab, port).get("processes") is None
+    assert procs_column(fab("list").stdout, site, port) == "-"
+    assert listed_row(fab, site, port).get("processes") is None
     assert fab("stop", *flags, "--timeout", GRACE).returncode == 0
