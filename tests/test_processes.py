@@ -396,7 +396,8 @@ def test_a_ttl_ends_every_process_of_the_instance(fab, target, make_procfile_pro
     assert wait_for(lambda: pids_with_cwd_under(project, target.uid) == [], timeout=10)
     state_dir = Path(data["state_dir"])
     assert not port_listening(port)
-    assert not [path.name for path in state_dir.glob("*.pid")]
+    # Each watchdog removes its process's pidfile once its group is gone.
+    assert wait_for(lambda: not list(state_dir.glob("*.pid")), timeout=10), list(state_dir.glob("*.pid"))
     status = fab("status", *flags, "--json")
     assert status.returncode == 3 and status.json["message"] == f"expired at {data['expires_at']} (ttl)", status.json
 
