@@ -402,6 +402,21 @@ def test_a_ttl_ends_every_process_of_the_instance(fab, target, make_procfile_pro
     assert status.returncode == 3 and status.json["message"] == f"expired at {data['expires_at']} (ttl)", status.json
 
 
+def test_a_ttl_given_to_the_running_instance_reaches_every_process(fab, target, make_procfile_project):
+    project = make_procfile_project()
+    flags = where(project, free_port())
+    data = started(fab, flags, "--json")
+    every = every_pid(data) | {watch_child(table(data)["watch"])}
+    applied = started(fab, flags, "--ttl", "4s", "--json", env={"FABRIC_FABSERVE_STOP_TIMEOUT": "2"})
+    assert applied["changed"] is True and 0 < applied["expires_in"] <= 4, applied
+    assert [row["pids"] for row in applied["processes"]] == [row["pids"] for row in data["processes"]]
+    assert wait_for(lambda: not [pid for pid in every if alive(pid)], timeout=4 + 30)
+    assert wait_for(lambda: pids_with_cwd_under(project, target.uid) == [], timeout=10)
+    status = fab("status", *flags, "--json")
+    assert status.returncode == 3 and status.json["message"] == f"expired at {applied['expires_at']} (ttl)", \
+        status.json
+
+
 def test_list_counts_the_running_processes_of_each_instance(fab, make_procfile_project):
     project = make_procfile_project()
     port = free_port()
