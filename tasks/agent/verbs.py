@@ -334,7 +334,7 @@ def start_server(inst, python, process=None, expires_at=None, watch=None):
                                 http_status=http, message=join(f"started on {inst.url}", check_note(inst, http), note))
             break
         if time.time() >= deadline:
-            why = f"nothing answered on port {inst.port} within {inst.req.start_timeout}s"
+            why = f"nothing answered on port {inst.port} within {inst.req.start_timeout:g}s"
             break
         time.sleep(pause)
     terminate(found, min(inst.req.stop_timeout, 5))
