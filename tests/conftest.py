@@ -17,13 +17,13 @@ import os
 import pwd
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bed import hosts, procs, wait_for
+from bed import hosts, procfiles, procs, wait_for
 from bed.state import AccountClaim, account_claim
 from bed.accounts import ProjectMaker, Spawner, UserRunner
 from bed.ansible import Ansible
@@ -186,6 +186,18 @@ def ansible(target: Target, tmp_path: Path) -> Ansible:
     one per test, as it costs only its inventory, so the tests spread over the workers."""
     with bed_outcome():
         return Ansible(tmp_path / "ansible", {target.alias: {}}, common_args=f"-F {target.ssh_config}")
+
+
+@pytest.fixture
+def make_procfile_project(make_project: ProjectMaker, target: Target) -> Callable[..., Path]:
+    """Makes Django projects with companion processes (bed.procfiles): worker.py, watch.py
+    and a Procfile of the processes given (name -> command), by default the worker and
+    the watcher without a `web` line."""
+    owner = (target.uid, pwd.getpwnam(target.user).pw_gid)
+
+    def make(processes: Mapping[str, str] = procfiles.COMPANIONS) -> Path:
+        return procfiles.procfile_project(make_project("site"), owner, processes)
+    return make
 
 
 @pytest.fixture(scope="session")

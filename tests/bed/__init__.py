@@ -14,6 +14,7 @@ one-line-first message; callers decide whether that skips, fails or aborts.
   target  the local sshd target and its accounts, as the integration tests use it; one with pam_namespace
   accounts  running and spawning commands as a test account, its Django projects
   fab     running fab against the target
+  procfiles  a Django project's companion processes (worker, watcher) and its Procfile
   package fabserve built as a wheel and installed in a fresh virtualenv
   interpreters  the CPythons (pyenv's, Debian's) a target may run fabserve's code under
   hosts   namespaced hosts, each with its own network, processes and sshd

@@ -74,7 +74,9 @@ options:
     - 'The processes to run, a mapping of names to commands as a Procfile gives them (default: the project''s
       Procfile on the target; neither: runserver alone).'
     - The config setting C(processes) and the inventory variable C(fabserve_processes) (or C(processes)).
+    - A mapping of names to values.
     type: dict
+    default: {}
   only:
     description:
     - 'With a Procfile: act on these processes only, as web,worker (default: all).'
