@@ -7,36 +7,20 @@ import os
 import signal
 
 from bed.ansible import save
+from bed.procfiles import PYTHON
 from bed.procs import cmdline
 from helpers import alive, group_members, port_listening, wait_for, where
 
 MODULE = "fabserve.django.runserver"
-WORKER = "import time\nn = 0\nwhile True:\n    print('tick', n, flush=True)\n    n += 1\n    time.sleep(0.2)\n"
-# A watcher that forks a child of its own, as npm does.
-WATCH = ("import subprocess, sys, time\n"
-         "child = subprocess.Popen([sys.executable, '-c', 'import time\\nwhile True: time.sleep(1)'])\n"
-         "while True:\n    time.sleep(1)\n")
 # Prints what fabserve gave it, then waits to be stopped.
 SHOW_ENV = ("import os, time\n"
             "print('PORT', os.environ['PORT'], 'GREETING', os.environ.get('GREETING'), flush=True)\n"
             "while True:\n    time.sleep(1)\n")
-# The project's interpreter, as the decoy runs it: the same command line.
-PYTHON = ".venv/bin/python"
 
 
 def write_as_user(target, path, text):
     path.write_text(text)
     os.chown(path, target.uid, -1)
-
-
-def procfile_site(make_project, target):
-    """The bed's Django project with worker.py, watch.py and a Procfile naming them
-    (web absent: fabserve's runserver)."""
-    site = make_project("site")
-    write_as_user(target, site / "worker.py", WORKER)
-    write_as_user(target, site / "watch.py", WATCH)
-    write_as_user(target, site / "Procfile", f"# companions\nworker: {PYTHON} worker.py\n\nwatch: {PYTHON} watch.py\n")
-    return site
 
 
 def args(project, port, state, *extra):
@@ -52,8 +36,8 @@ def all_pids(result):
 
 
 def test_the_module_starts_each_stopped_process_once_and_stops_them_all_but_never_a_decoy(
-        ansible, make_project, target, fab, spawn_as_user, spawn_as_other):
-    site = procfile_site(make_project, target)
+        ansible, make_procfile_project, target, fab, spawn_as_user, spawn_as_other):
+    site = make_procfile_project()  # worker and watch; web: fabserve's runserver
     port = 14840
     # The worker's command line, in the project, started by hand by the test user and by another user
     # (runuser leads each group; the python it runs is the decoy).
@@ -124,8 +108,8 @@ def test_the_module_starts_each_stopped_process_once_and_stops_them_all_but_neve
     assert gone.returncode == 0 and gone.results[target.alias]["changed"] is False, gone
 
 
-def test_processes_env_file_and_only_through_a_playbook_with_diff(ansible, make_project, target, fab):
-    site = procfile_site(make_project, target)  # the option's table wins over this Procfile
+def test_processes_env_file_and_only_through_a_playbook_with_diff(ansible, make_procfile_project, target, fab):
+    site = make_procfile_project()  # the option's table wins over this Procfile
     write_as_user(target, site / "show_env.py", SHOW_ENV)
     write_as_user(target, site / ".env", "# from the env file\nexport GREETING='hello there'\n")
     port = 14850
@@ -163,8 +147,8 @@ def test_processes_env_file_and_only_through_a_playbook_with_diff(ansible, make_
     running = server("running", web_pids, web="running", first="running", second="running")
     one_stopped = server("running", web_pids, web="running", first="running", second="stopped")
     assert started["diff"] == {"before": {"state": "stopped", "port": port, "pids": []}, "after": running}
-    for name, before, after in (("would_stop", running, one_stopped), ("stopped_one", running, one_stopped),
-                                ("would_start", one_stopped, running), ("started_one", one_stopped, running)):
+    for name, before, after in (("would_stop", running, one_stopped), ("would_start", one_stopped, running),
+                                ("started_one", one_stopped, running)):
         assert results[name]["changed"] is True and results[name]["diff"] == {"before": before, "after": after}, name
     assert results["would_stop"]["msg"] == "would be stopped: second"
     assert results["would_start"]["msg"] == "would be started: second"
@@ -183,3 +167,6 @@ def test_processes_env_file_and_only_through_a_playbook_with_diff(ansible, make_
     ended = all_pids(started) + all_pids(results["started_one"]) + all_pids(results["restarted"])
     assert wait_for(lambda: not any(alive(pid) for pid in ended))
     assert fab("status", *where(site, port)).returncode == 3
+    # The real stop of `second` alone leaves web as it was, as check mode said.
+    assert results["stopped_one"]["changed"] is True
+    assert results["stopped_one"]["diff"] == {"before": running, "after": one_stopped}

@@ -66,7 +66,7 @@ def test_options_are_the_request_settings_of_the_modules_verbs_per_host_or_per_c
     assert "agent_python" not in names and "json" not in names and "lines" not in names
     assert "process" not in names and "follow" not in names  # logs' flags: no state runs logs
     # A Procfile's options, typed as their parsers take them: `only` also as `web,worker`.
-    assert spec["processes"] == {"type": "dict"} and spec["env_file"] == {"type": "str"}
+    assert spec["processes"] == {"type": "dict", "default": {}} and spec["env_file"] == {"type": "str"}
     assert spec["only"] == {"type": "list", "elements": "str"}
     assert settings.SETTING["only"].parse(["web", "worker"]) == settings.SETTING["only"].parse("web,worker")
     assert set(spec) == names | {"timeout"}

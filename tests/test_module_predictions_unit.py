@@ -61,8 +61,12 @@ def test_a_start_leaves_a_failed_web_failed_and_only_limits_it(runserver):
     assert result["message"] == "would be started: worker"
     assert runserver.would_be("start", result, plan) == {
         "state": "failed", "port": 8000, "pids": WEB_PIDS, "processes": {"web": "failed", "worker": "running"}}
-    probe = status("running", web="stopped", worker="running")
+    probe = status("degraded", web="stopped", worker="running")
     assert runserver.predicted("start", REQ, probe, plan_of(["web", "worker"], ["worker"]))["changed"] is False
+    result = runserver.predicted("stop", REQ, status("running", web="running", worker="running"),
+                                 plan_of(["web", "worker"], ["web"]))
+    assert runserver.would_be("stop", result, plan_of(["web", "worker"], ["web"])) == {  # nothing answers: degraded
+        "state": "degraded", "port": 8000, "pids": [], "processes": {"web": "stopped", "worker": "running"}}
 
 
 def test_a_stop_acts_on_running_processes_only(runserver):

@@ -354,12 +354,12 @@ def shown(result):
 
 def instance_state(states):
     """The instance's state from its processes' (as the agent's status gives it):
-    failed when web is, degraded while one exited and another runs, stopped when
-    none runs, else running."""
+    failed when web is, degraded while one exited, or web is stopped, and another
+    runs, stopped when none runs, else running."""
     alive = any(each in ALIVE for each in states.values())
     if states.get(protocol.WEB) == protocol.FAILED:
         return protocol.FAILED
-    if alive and protocol.EXITED in states.values():
+    if alive and (protocol.EXITED in states.values() or states.get(protocol.WEB) == protocol.STOPPED):
         return protocol.DEGRADED
     return protocol.RUNNING if alive else protocol.STOPPED
 
