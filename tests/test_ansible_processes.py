@@ -1,7 +1,8 @@
 """fabserve.django.runserver with companion processes (a Procfile, or the `processes`
 option), through real ansible-core over the real sshd as the test user: idempotent
 per process, check mode on a degraded instance, `only`, `env_file`, diff mode, fab
-seeing what the module started, and a decoy with a companion's command line surviving."""
+seeing what the module started, and decoys with a companion's command line (the test
+user's and another user's) surviving."""
 
 import os
 import signal
