@@ -5,7 +5,7 @@ import json
 from typing import Any, Dict, List
 
 from . import report
-from .agent.protocol import EXPIRED, RUNNING
+from .agent.protocol import EXPIRED, FAILED, RUNNING
 
 #: The table's columns: heading, and how a row shows in it.
 COLUMNS = (
@@ -14,6 +14,7 @@ COLUMNS = (
     ("STATE", lambda row: state_of(row)),
     ("MANAGED", lambda row: "yes" if row.get("managed") is not False else "no"),
     ("PIDS", lambda row: report.pid_list(row.get("pids") or []).replace(" ", ",")),
+    ("PROCS", lambda row: procs_of(row)),
     ("UPTIME", lambda row: report.duration(row["uptime"]) if row.get("uptime") is not None else "-"),
     ("EXPIRES", lambda row: report.duration(row["expires_in"]) if row.get("expires_in") is not None else "-"),
     ("URL", lambda row: row.get("url") or "-"),
@@ -21,6 +22,14 @@ COLUMNS = (
     ("COMMIT", lambda row: (row.get("commit") or "-")[:12]),
     ("LOG", lambda row: row.get("log") or "-"),
 )
+
+
+def procs_of(row: Dict[str, Any]) -> str:
+    """`running/total` processes of a Procfile instance, `-` for a server alone."""
+    rows = row.get("processes")
+    if not rows:
+        return "-"
+    return f"{sum(process['state'] in (RUNNING, FAILED) for process in rows)}/{len(rows)}"
 
 
 def state_of(row: Dict[str, Any]) -> str:

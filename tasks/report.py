@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, TextIO
 
-from .agent.protocol import FAILED, RUNNING, exit_code, result_of
+from .agent.protocol import EXITED, FAILED, RUNNING, exit_code, result_of
 
 #: How a verb's successful result reads for people.
 Formatter = Callable[[Dict[str, Any]], str]
@@ -62,12 +62,41 @@ def plain(result: Dict[str, Any]) -> str:
     return f"{result['host']}: {result['message']}"
 
 
+#: How many of an exited process's last lines human output shows under it.
+EXITED_TAIL = 5
+
+
+def process_lines(result: Dict[str, Any]) -> List[str]:
+    """One line per process of a Procfile instance: name, state, pids, uptime
+    and log; an exited one's status and last lines."""
+    host, lines = result["host"], []
+    rows = result.get("processes") or []
+    width = max((len(row["name"]) for row in rows), default=0)
+    for row in rows:
+        state = row["state"]
+        if state == EXITED and row.get("exit_status") is not None:
+            state += f" (status {row['exit_status']})"
+        parts = [row["name"].ljust(width), state]
+        if row.get("pids"):
+            parts.append(f"pids {pid_list(row['pids'])}")
+        if row.get("uptime") is not None:
+            parts.append(f"up {duration(row['uptime'])}")
+        parts.append(f"log {row['log']}")
+        lines.append(f"{host}:   " + "  ".join(parts))
+        lines += [f"{host}:       {line}" for line in (row.get("log_tail") or [])[-EXITED_TAIL:]]
+    return lines
+
+
 def human(result: Dict[str, Any], formatter: Formatter = plain) -> str:
     """A failure (with the log's tail where there is one, an install's or a
     command's own last lines for setup and up's migrate), else what `formatter`
-    says. up's failure names the step that failed."""
-    if not result.get("error"):
-        return formatter(result)
+    says; then each process of a Procfile instance. up's failure names the step that failed."""
+    text = failed_text(result) if result.get("error") else formatter(result)
+    return "\n".join([text] + process_lines(result)) if result.get("processes") and text else text
+
+
+def failed_text(result: Dict[str, Any]) -> str:
+    """A failure's line, and the log's (or the command's) last lines."""
     host, step = result["host"], result.get("step")
     text = f"{host}: {result['action']} failed{f' at {step}' if step else ''}: {result['error']}"
     tail, heading = result.get("log_tail") or [], f"last lines of {result['log']}"

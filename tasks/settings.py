@@ -285,6 +285,38 @@ def parse_manage_args(value: Any) -> List[str]:
     return words
 
 
+PROCESS_NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # a Procfile's process names, as foreman and honcho take them
+
+
+def parse_process_name(value: Any) -> str:
+    text = text_of(value, "a process name")
+    if not PROCESS_NAME.fullmatch(text):
+        raise Invalid(f"must be a process name of letters, digits, _ and -, not {shown(value)}")
+    return text
+
+
+def parse_only(value: Any) -> List[str]:
+    """Process names, given as `web,worker` or as a list."""
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not names:
+        raise Invalid(f"must name processes, as web,worker, not {shown(value)}")
+    return [parse_process_name(name.strip() if isinstance(name, str) else name) for name in names]
+
+
+def parse_processes(value: Any) -> Dict[str, str]:
+    """A mapping of process names to the commands that run them (a Procfile as YAML)."""
+    if not isinstance(value, Mapping) or not value:
+        raise Invalid(f"must be a mapping of process names to commands, not {shown(value)}")
+    table: Dict[str, str] = {}
+    for name, command in value.items():
+        name = parse_process_name(name)
+        text = text_of(command, f"the command of process {name}")
+        if not text.strip() or "\0" in text or "\n" in text:
+            raise Invalid(f"must give process {name} a one-line command, not {shown(command)}")
+        table[name] = text.strip()
+    return table
+
+
 def parse_local_port(value: Any) -> int:
     port = whole(value.strip() if isinstance(value, str) else value)
     if port is None or not 0 <= port <= 65535:
@@ -362,6 +394,19 @@ SETTINGS: Tuple[Setting, ...] = (
             verbs=STARTING + ("manage",), per_host=True, request=True),
     Setting("env", {}, parse_env, "KEY=VALUE set in the server's (or the command's) environment (repeatable)",
             verbs=STARTING + ("manage",), per_host=True, request=True, repeatable=True, placeholder="KEY=VALUE"),
+    Setting("env_file", None, optional(parse_path),
+            "file of KEY=VALUE lines, relative to the project and read on the target, set in the environment of "
+            "every process (--env wins)",
+            verbs=STARTING + ("manage",), per_host=True, request=True),
+    Setting("processes", None, optional(parse_processes),
+            "the processes to run, a mapping of names to commands as a Procfile gives them (default: the "
+            "project's Procfile on the target; neither: runserver alone)",
+            per_host=True, request=True),
+    Setting("only", None, optional(parse_only),
+            "with a Procfile: act on these processes only, as web,worker (default: all)",
+            verbs=STARTING + ("stop",), request=True, config=False),
+    Setting("process", "web", parse_process_name, "with a Procfile: the process whose log to show (default {default})",
+            verbs=("logs",), request=True, config=False),
     Setting("noreload", False, parse_switch, "run without Django's autoreloader (a single process)",
             verbs=STARTING, per_host=True, request=True),
     Setting("start_timeout", 30, parse_seconds,

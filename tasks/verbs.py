@@ -16,7 +16,7 @@ from invoke import Context, task
 from invoke.exceptions import Exit
 
 from . import config, entrypoints, listing, naming, remote, report, runners, trees, tunnels
-from .agent.protocol import FAILED, RUNNING
+from .agent.protocol import DEGRADED, FAILED, RUNNING
 from .report import Formatter, pid_list, plain
 from .settings import UsageError, checked, flags_of, helps, positional, repeatable, request
 
@@ -173,28 +173,30 @@ def started(c: Context) -> Formatter:
 
 
 @verb
-def start(c, project=None, port=None, addr=None, python=None, settings=None, env=None,
+def start(c, project=None, port=None, addr=None, python=None, settings=None, env=None, env_file=None, only=None,
           noreload=False, timeout=None, check=None, json=False, ttl=None):
-    """Start runserver detached; return once its port answers.
+    """Start runserver detached (with a Procfile, each of its processes); return once its port answers.
 
     Already running: reports it and starts nothing. On failure (port taken,
-    broken project, timeout, --check not answered below 500) it kills what it
-    launched and shows the log's tail. With --ttl it stops itself once that
-    time has passed; a server already running gets that TTL from now.
+    broken project, timeout, --check not answered below 500, a process of the
+    Procfile that exits at once) it kills what it launched and shows the log's
+    tail. With --ttl it stops itself once that time has passed; a server
+    already running gets that TTL from now.
     """
-    flags = dict(project=project, port=port, addr=addr, python=python, settings=settings,
-                 noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl)
+    flags = dict(project=project, port=port, addr=addr, python=python, settings=settings, env_file=env_file,
+                 only=only, noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl)
     return finish(c, operate(c, "start", flags, env), flags, started(c))
 
 
 @verb
-def stop(c, project=None, port=None, timeout=None, json=False):
+def stop(c, project=None, port=None, only=None, timeout=None, json=False):
     """Stop the server: TERM to its process group, KILL after the grace period.
 
     Finds it by pidfile (verified by start time and boot id), else by its
-    command line, project directory and port. Not running: exit 0.
+    command line, project directory and port. With a Procfile, each process
+    is stopped so, found by its pidfile or token alone. Not running: exit 0.
     """
-    flags = dict(project=project, port=port, timeout=timeout, json=json)
+    flags = dict(project=project, port=port, only=only, timeout=timeout, json=json)
     return finish(c, operate(c, "stop", flags), flags)
 
 
@@ -205,6 +207,8 @@ def show_status(result: Dict[str, Any]) -> str:
     (its --check, or nothing answers) says `failed` first, then why."""
     if result["state"] == FAILED:
         return f"{result['host']}: failed: {result['message']}; log {result['log']}"
+    if result["state"] == DEGRADED:
+        return f"{result['host']}: degraded: {result['message']}"
     if result["state"] != RUNNING:
         return plain(result)
     text = (f"{result['host']}: running on {result['url']}, pids {pid_list(result['pids'])}, "
@@ -229,14 +233,15 @@ def status(c, project=None, port=None, addr=None, check=None, json=False):
 
 
 @verb
-def restart(c, project=None, port=None, addr=None, python=None, settings=None, env=None,
-            noreload=False, timeout=None, check=None, json=False, ttl=None):
+def restart(c, project=None, port=None, addr=None, python=None, settings=None, env=None, env_file=None,
+            only=None, noreload=False, timeout=None, check=None, json=False, ttl=None):
     """Stop the server if it runs, then start it and wait until it answers.
 
     The new server gets a whole TTL again: --ttl, else the last one it was given.
+    With a Procfile, --only restarts those processes alone.
     """
-    flags = dict(project=project, port=port, addr=addr, python=python, settings=settings,
-                 noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl)
+    flags = dict(project=project, port=port, addr=addr, python=python, settings=settings, env_file=env_file,
+                 only=only, noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl)
     return finish(c, operate(c, "restart", flags, env), flags, started(c))
 
 
@@ -271,14 +276,15 @@ def show_logs(result: Dict[str, Any]) -> str:
 
 
 @verb
-def logs(c, project=None, port=None, lines=None, follow=False, json=False, previous=False):
+def logs(c, project=None, port=None, process=None, lines=None, follow=False, json=False, previous=False):
     """Show the server's log: its last lines, or follow it (until Ctrl-C: exit 0).
 
     With --json the lines are in the one result object; otherwise they stream
     to stdout as the host reads them (each with its host when there are several).
     --previous shows the log of the run before the current one.
     """
-    flags = dict(project=project, port=port, lines=lines, follow=follow, json=json, previous=previous)
+    flags = dict(project=project, port=port, process=process, lines=lines, follow=follow, json=json,
+                 previous=previous)
     host = remote.host_label(c)
     as_json = config.setting(c.config, "json", flags)
     if as_json and follow:
@@ -317,7 +323,8 @@ def list_servers(c, json=False, all=False):
 
 
 @verb
-def manage(c, args=None, project=None, python=None, settings=None, env=None, timeout=None, json=False):
+def manage(c, args=None, project=None, python=None, settings=None, env=None, env_file=None, timeout=None,
+           json=False):
     """Run `manage.py ARGS` in the project, e.g. fab manage "migrate --noinput".
 
     ARGS is split with shell rules here and reaches manage.py as separate
@@ -325,7 +332,8 @@ def manage(c, args=None, project=None, python=None, settings=None, env=None, tim
     start; stdin is /dev/null. Exit 0 if the command exited 0, else 1; 130
     when one Ctrl-C ended it (and the command with it).
     """
-    flags = dict(args=args, project=project, python=python, settings=settings, timeout=timeout, json=json)
+    flags = dict(args=args, project=project, python=python, settings=settings, env_file=env_file, timeout=timeout,
+                 json=json)
     req, agent_python = prepare(c, "manage", flags, env)
     try:
         result = streamed(c, req, agent_python, config.setting(c.config, "json", flags))
@@ -527,7 +535,8 @@ def show_up(result: Dict[str, Any]) -> str:
 
 @verb
 def up(c, src=None, project=None, branch=None, port=None, addr=None, python=None, settings=None, env=None,
-       requirements=None, migrate=True, noreload=False, timeout=None, check=None, ttl=None, json=False):
+       env_file=None, only=None, requirements=None, migrate=True, noreload=False, timeout=None, check=None,
+       ttl=None, json=False):
     """Bring a preview up in one command: sync --src, set up its venv, migrate, start.
 
     Each step runs once the one before it succeeded; a step that fails ends up
@@ -537,6 +546,6 @@ def up(c, src=None, project=None, branch=None, port=None, addr=None, python=None
     and the expiry (--json: one object, the start's result with `step`).
     """
     flags = dict(src=src, project=project, branch=branch, port=port, addr=addr, python=python, settings=settings,
-                 requirements=requirements, migrate=migrate, noreload=noreload, timeout=timeout, check=check,
-                 ttl=ttl, json=json)
+                 env_file=env_file, only=only, requirements=requirements, migrate=migrate, noreload=noreload,
+                 timeout=timeout, check=check, ttl=ttl, json=json)
     return finish(c, up_chain(c, flags, env), flags, show_up)

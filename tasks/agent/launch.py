@@ -16,6 +16,7 @@ from .procfs import boot_id, proc_stat
 from .signals import Found, terminate
 from .sockets import held_in, holders, listen_inodes, pids_holding, port_answers
 from .state import open_regular, write_atomic
+from .procfile import command_argv, env_file_pairs
 from .logfiles import BLOCK, LOG_KEEP, rotate_logs
 from .ttl import feed_watchdog, launch_expiry, launched_watchdog, watchdog_forker
 
@@ -57,13 +58,25 @@ def named_python(project, given):
     return path
 
 
-def manage_env(inst):
-    """The environment manage.py runs in (the server, or manage's command): the
-    agent's, unbuffered so output shows as it happens, the request's env over it."""
+def manage_env(inst, process=None):
+    """The environment manage.py runs in (the server, or manage's command), or
+    `process` of a Procfile: the agent's, unbuffered so output shows as it
+    happens, the env file's pairs, the process's PORT, and the request's env over all."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(env_file_pairs(inst))
+    if process is not None:
+        env["PORT"] = str(process.port)
     env.update(inst.req.env or {})
     return env
+
+
+def process_argv(inst, python, process=None):
+    """The argv of the instance's server (`process` None, or a Procfile's web
+    without a command of its own), or of `process` run as its Procfile says."""
+    if process is None or process.command is None:
+        return server_argv(inst, python)
+    return command_argv(process)
 
 
 def server_argv(inst, python):
@@ -76,23 +89,25 @@ def server_argv(inst, python):
     return argv
 
 
-def launch(inst, python):
-    """Start the server detached: own session and group, SIGHUP ignored, stdin
+def launch(inst, python, process=None, expires_at=None):
+    """Start the server (or `process` of the instance's Procfile, on `inst`'s
+    companion for it) detached: own session and group, SIGHUP ignored, stdin
     from /dev/null, output appended to a new log (the previous runs' rotated),
-    with a TTL its watchdog in its group. Returns (Popen, the server as a Found,
-    log offset)."""
+    with a TTL (`expires_at`, else from the request) its watchdog in its group.
+    Returns (Popen, the server as a Found, log offset)."""
     import subprocess
-    argv = server_argv(inst, python)
+    argv = process_argv(inst, python, process)
     token = os.urandom(16).hex()
-    env = manage_env(inst)
+    env = manage_env(inst, process)
     env["FABSERVE_TOKEN"] = token
-    expires_at = launch_expiry(inst)
+    expires_at = expires_at or launch_expiry(inst)
     try:
         rotate_logs(inst.dir, inst.log, LOG_KEEP if inst.req.log_keep is None else inst.req.log_keep)
         fd = os.open(inst.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         log = os.fdopen(fd, "ab")
         offset = log.seek(0, os.SEEK_END)
-        log.write(f"--- fabserve {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
+        started = f"{process.name}: {process.command}" if process and process.command else " ".join(argv)
+        log.write(f"--- fabserve {time.strftime('%Y-%m-%d %H:%M:%S')} {started}\n".encode())
         log.flush()
     except OSError as exc:
         raise AgentError(f"cannot write the log {inst.log}: {exc.strerror}; nothing was started")
@@ -118,7 +133,7 @@ def launch(inst, python):
                     os.close(fd)
     watch = launched_watchdog(reader)
     settings = {"expires_at": expires_at, "grace": inst.req.stop_timeout, "token": token,
-                "directory": inst.dir}
+                "directory": inst.dir, "pidfile": inst.pidfile, "meta": inst.meta_path}
     if feed_out is not None and not feed_watchdog(feed_out, settings):
         terminate(Found(pgid=proc.pid), 0)
         proc.poll()
@@ -129,11 +144,12 @@ def launch(inst, python):
     meta = {"pid": proc.pid, "starttime": info["starttime"] if info else None, "boot_id": boot_id(),
             "machine_id": inst.machine_id, "hostname": inst.hostname,
             "token": token, "argv": argv, "project": inst.project, "project_given": inst.given,
-            "port": inst.port, "addr": inst.addr, "started": time.time()}
+            "port": inst.port, "addr": inst.addr, "started": time.time(), "process": inst.process}
     if expires_at is not None:
         meta.update(expires_at=expires_at, watchdog=watch)
     inst.expires_at = expires_at
     inst.serving = inst.project
+    inst.recorded = meta
     try:
         # Metadata first: a pidfile never names a process without its identity.
         write_atomic(inst.meta_path, json.dumps(meta))

@@ -9,12 +9,12 @@ import os
 import time
 
 from .protocol import (
-    AUTO, AgentError, Ambiguous, DEFAULT_ADDR, DEFAULT_PORT, DEFAULT_PORT_RANGE, EXPIRED, KILL_WAIT, STARTS,
+    AUTO, AgentError, Ambiguous, DEFAULT_ADDR, DEFAULT_PORT, DEFAULT_PORT_RANGE, EXPIRED, KILL_WAIT, STARTS, WEB,
     join, port_range)
 from .procfs import (
     alive, all_pids, ancestors, boot_id, environ_token, group_members, namespaces, own_namespaces, owner,
     proc_stat, snapshot)
-from .signals import Found, end_token_carriers, pauses, terminate_all
+from .signals import Found, end_token_carriers, pauses, terminate_all, token_carriers
 from .sockets import free_ports, tcp_tables
 from .identity import given_path, identify, is_candidate, is_ours, runservers
 from .state import Instance, instance_name, last_written, lock_held, other_host, recorded_addr, try_lock
@@ -63,7 +63,7 @@ def locate(inst, procs=None):
     legacy = False
     try:
         pid, meta = inst.read_meta()
-        if pid is None:
+        if pid is None and inst.legacy_dir:
             pid, meta = inst.read_meta(inst.legacy_dir)
             legacy = pid is not None
     except ValueError as exc:
@@ -94,7 +94,13 @@ def locate(inst, procs=None):
 def search(inst, token, procs=None):
     """Fallback without a trusted pidfile: the equivalent of `pgrep -u $USER -f
     'manage.py runserver'`, but on parsed argv, resolved paths, port, executable
-    and namespaces, so decoys and containerised twins never match."""
+    and namespaces, so decoys and containerised twins never match. A companion
+    of a Procfile runs any command line: only its token identifies it."""
+    if inst.process != WEB:
+        found = token_carriers(token)
+        if found is not None:
+            found.managed = False
+        return found
     excluded = ancestors()
     uid = os.getuid()
     manage_py = os.path.realpath(inst.manage_py)

@@ -66,7 +66,6 @@ def read_tail(handle, lines, start=0):
 
 LOG_KEEP = 5  # previous runs' logs a start keeps, when the request does not say
 LOG_MAX = 50 << 20  # bytes above which a running server's log is cut, when the request does not say
-ROTATED = re.compile(r"^server\.log\.([0-9]+)$")
 # The first line of a log that was cut: what a follower needs to keep its place,
 # and, after a cut that punched a hole (cut_log), where the lines go on.
 CUT_MARK = re.compile(rb"^--- fabserve [^\n]* log cut to its newest part; ([0-9]+) bytes dropped in all"
@@ -74,11 +73,13 @@ CUT_MARK = re.compile(rb"^--- fabserve [^\n]* log cut to its newest part; ([0-9]
 
 
 def rotate_logs(directory, log, keep):
-    """Before a start: server.log becomes server.log.1, .1 becomes .2 and so on
-    up to `keep`; older ones are removed (all of them, and server.log, for 0)."""
+    """Before a start: server.log (a companion's proc.NAME.log) becomes
+    server.log.1, .1 becomes .2 and so on up to `keep`; older ones are removed
+    (all of them, and the log itself, for 0)."""
     numbered = []
+    rotated = re.compile(re.escape(os.path.basename(log)) + r"\.([0-9]+)$")
     for name in os.listdir(directory):
-        found = ROTATED.match(name)
+        found = rotated.match(name)
         if found:
             numbered.append((int(found.group(1)), os.path.join(directory, name)))
     for number, path in sorted(numbered, reverse=True):

@@ -75,7 +75,6 @@ def run_ended(argv, cwd, env, deadline, out, grace):
 def do_manage(inst):
     """manage.py ARGS as start runs the server, stdin /dev/null, in a group ended
     with it, and then every process it started that left the group."""
-    import subprocess
     inst.require_project()
     python, args, limit = resolve_python(inst), inst.req.args, inst.req.manage_timeout
     argv = [python, inst.manage_py, args[0]]

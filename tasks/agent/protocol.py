@@ -12,6 +12,10 @@ MARKER = "@@fabserve@@"
 # The states a result reports; the client shares these names.
 RUNNING, STOPPED, FAILED = "running", "stopped", "failed"
 EXPIRED = "expired"  # the word the log's last line holds once the TTL ended the server
+# An instance of several processes (a Procfile) is degraded while one of them
+# exited and another runs; a process that ended by itself is exited.
+DEGRADED, EXITED = "degraded", "exited"
+WEB = "web"  # the process that is the Django server
 
 # The agent's verbs, by what they take and do: the one home of these groups (the
 # client's settings name the verbs of each flag from them).
@@ -58,7 +62,8 @@ ALWAYS = (
     ("action", "the verb that ran"),
     ("ok", "whether the verb did what it was asked"),
     ("changed", "whether it started or stopped a server, or gave a running one a TTL"),
-    ("state", "running, stopped or failed; null for sync and setup, which start and stop nothing"),
+    ("state", "running, stopped or failed (degraded: a process of a Procfile exited while another runs); "
+              "null for sync and setup, which start and stop nothing"),
     ("pid", "the process group (or, found by the /proc search, the first process)"),
     ("pids", "every process of the server"),
     ("url", "where the server answers"),
@@ -105,6 +110,10 @@ EXTRAS = (
                            "nothing was written (exit 2)"),
     ("venv", ("setup",), "the virtualenv .venv links to, relative to the project; null with --python"),
     ("installer", ("setup",), "uv or pip: what installed the requirements (the last setup's, when unchanged)"),
+    ("processes", ("start", "stop", "status", "restart", "list"),
+     "with a Procfile or the processes setting: each process as name, command (null: fabserve's runserver), "
+     "port (its $PORT), state (running, exited, stopped; web also failed), pid, pids, uptime, exit_status "
+     "(-N: signal N; null: unknown), log, log_tail (an exited one's last lines)"),
 )
 
 
@@ -117,7 +126,7 @@ def result_of(**fields):
     return result
 
 
-CODES = {RUNNING: 0, STOPPED: 3}
+CODES = {RUNNING: 0, STOPPED: 3}  # degraded, like failed, is 1
 
 
 def exit_code(action, result):

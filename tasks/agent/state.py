@@ -4,6 +4,7 @@ how it was started), and the safe ways to read and write them: only private
 directories, only regular files, atomic replacement, a lock per instance.
 """
 
+import copy
 import errno
 import fcntl
 import json
@@ -11,7 +12,7 @@ import os
 import re
 import stat
 
-from .protocol import ADDRESS, AgentError, DEFAULT_ADDR, DEFAULT_PORT, server_url
+from .protocol import ADDRESS, AgentError, DEFAULT_ADDR, DEFAULT_PORT, WEB, server_url
 from .procfs import machine_id, parse_pid, pid_max
 from .identity import given_path
 
@@ -178,7 +179,8 @@ class Request(object):
         "lines": 50, "follow": False, "previous": False, "stream": False, "all": False,
         "args": None, "manage_timeout": None, "look_only": False, "keep_files": False,
         "reloading": False, "manifest": None, "archive": None, "branch": None, "commit": None,
-        "requirements": "requirements.txt", "setup_timeout": 900,
+        "requirements": "requirements.txt", "setup_timeout": 900, "processes": None, "only": None,
+        "env_file": None, "process": "web",
     }
     __slots__ = tuple(FIELDS)
 
@@ -248,6 +250,7 @@ class Instance(object):
         self.dir = os.path.join(self.host_dir, instance_name(self.given, self.port))
         # Where versions before per-host state kept it; read, never written.
         self.legacy_dir = os.path.join(self.base, instance_name(self.project, self.port))
+        self.process = WEB  # which of the instance's processes this names (see companion)
         self.pidfile = os.path.join(self.dir, "server.pid")
         self.meta_path = os.path.join(self.dir, "server.json")
         self.log = os.path.join(self.dir, "server.log")
@@ -258,10 +261,22 @@ class Instance(object):
         self.expires_at = None  # when the located or launched server's TTL ends (epoch seconds)
         self.locked = False  # this call holds the instance's lock (start, stop, restart)
         self.ended = None  # the PIDs of a server this call found past its expiry and saw ended
+        self.table = None  # the processes of its Procfile a start runs (procfile.Process), or None
+        self.launched = None  # the server this call launched (a Found), while it may still be ended
 
     @property
     def url(self):
         return server_url(self.addr, self.port)
+
+    def companion(self, name):
+        """This instance's process `name` other than web (a Procfile's): the same
+        instance, directory and lock, with a pidfile, metadata and log of its own."""
+        other = copy.copy(self)
+        other.process = name
+        other.pidfile, other.meta_path, other.log = companion_files(self.dir, name)
+        other.legacy_dir = None  # companions are newer than the per-host layout
+        other.recorded = other.serving = other.foreign = other.expires_at = other.ended = other.launched = None
+        return other
 
     def require_project(self):
         if not os.path.isdir(self.project):
@@ -279,7 +294,8 @@ class Instance(object):
         ValueError when the files are unusable."""
         directory = directory or self.dir
         check_levels(self.base, directory)
-        pidfile, meta_path = os.path.join(directory, "server.pid"), os.path.join(directory, "server.json")
+        pidfile = os.path.join(directory, os.path.basename(self.pidfile))
+        meta_path = os.path.join(directory, os.path.basename(self.meta_path))
         if not os.path.lexists(pidfile):
             return None, None
         pid = parse_pid(read_state(pidfile, "pidfile"), pid_max())
@@ -306,6 +322,23 @@ class Instance(object):
         if self.legacy:
             remove(os.path.join(self.legacy_dir, "server.pid"))
             remove(os.path.join(self.legacy_dir, "server.json"))
+
+
+COMPANION_PIDFILE = re.compile(r"^proc\.([A-Za-z0-9_-]+)\.pid$")
+
+
+def companion_files(directory, name):
+    """The pidfile, metadata and log of companion process `name` in instance `directory`."""
+    return tuple(os.path.join(directory, f"proc.{name}.{ext}") for ext in ("pid", "json", "log"))
+
+
+def companion_pidfiles(directory):
+    """The names of the companion processes whose pidfile `directory` holds."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(match.group(1) for match in map(COMPANION_PIDFILE.match, names) if match)
 
 
 def try_lock(directory):

@@ -60,7 +60,7 @@ def expired_at(inst):
     return found.group(1) if found else None
 
 
-def release_state(directory, leader, token):
+def release_state(directory, leader, token, pidfile, meta_path):
     """Remove the pidfile and metadata if they still name this server (its
     leader and token), holding the instance's lock as start and stop do."""
     try:
@@ -69,7 +69,6 @@ def release_state(directory, leader, token):
         return
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        pidfile, meta_path = os.path.join(directory, "server.pid"), os.path.join(directory, "server.json")
         try:
             pid = parse_pid(read_state(pidfile, "pidfile"), pid_max())
             meta = json.loads(read_state(meta_path, "metadata"))
@@ -94,7 +93,7 @@ def close_inherited():
                 pass
 
 
-def watchdog(expires_at, grace, token, directory, group=None):
+def watchdog(expires_at, grace, token, directory, group=None, pidfile=None, meta_path=None):
     """The TTL watchdog, in an interpreter of its own (see WATCHDOG). Launched
     with its server, it is forked into the server's own session and group
     (`group` None) before the server's exec; attached to a server already
@@ -139,7 +138,8 @@ def watchdog(expires_at, grace, token, directory, group=None):
         escaped, escaped_killed, problem = [], False, str(exc)
     killed = bool(group_others(group))
     if not problem:
-        release_state(directory, leader, token)
+        release_state(directory, leader, token, pidfile or os.path.join(directory, "server.pid"),
+                      meta_path or os.path.join(directory, "server.json"))
     log_line(expiry_line(expires_at,
                          f"with SIGKILL after {grace:g}s grace" if killed or escaped_killed else "",
                          f"pids {' '.join(map(str, escaped))} had left the server's process group" if escaped else "",
@@ -216,7 +216,7 @@ def watch(stream):
     os.dup2(null, 0)
     os.close(null)
     watchdog(settings["expires_at"], settings["grace"], settings["token"], settings["directory"],
-             settings.get("group"))
+             settings.get("group"), settings.get("pidfile"), settings.get("meta"))
 
 
 def attach_watchdog(inst, expires_at, group, token):
@@ -246,7 +246,7 @@ def attach_watchdog(inst, expires_at, group, token):
             os.close(fd)
     watch = launched_watchdog(reader)
     settings = {"expires_at": expires_at, "grace": inst.req.stop_timeout, "token": token,
-                "directory": inst.dir, "group": group}
+                "directory": inst.dir, "group": group, "pidfile": inst.pidfile, "meta": inst.meta_path}
     if not feed_watchdog(feed_out, settings):
         raise AgentError(f"cannot start the ttl watchdog: its interpreter {sys.executable} did not run; "
                          f"the ttl was not applied")

@@ -1,27 +1,25 @@
-"""The handlers of status, stop, start, restart, logs and list: what each
-verb does to an instance (or, list, to the host), and how a result describes
-an instance; with what a start records so that a restart reruns it.
+"""The handlers of status, stop, start and restart: what each verb does to
+an instance, its server and, with a Procfile, its other processes; and how a
+result describes an instance.
 """
 
-import json
-import os
-import sys
 import time
 
-from .protocol import AgentError, EXPIRED, RUNNING, STOPPED, join, result_of
+from .protocol import AgentError, DEGRADED, EXITED, EXPIRED, FAILED, RUNNING, STOPPED, WEB, join, result_of
 from .procfs import proc_stat, uptime_seconds
-from .signals import Found, end_token_carriers, pauses, terminate, terminate_all
+from .signals import end_token_carriers, pauses, terminate, terminate_all
 from .sockets import holders, listen_inodes, listeners, pids_holding, port_answers, port_held, tcp_tables
-from .identity import runserver_addr, runservers
-from .state import Instance, instance_name, instance_record, read_state, recorded_project, write_atomic
-from .projects import Project
-from .logfiles import (
-    PUNCHED_MARK, cap_log, copy_out, follow, hole_end, kept_bytes, log_tail, open_log, tail_span, tail_text)
-from .ttl import apply_ttl, expired_at, expiry_fields
+from .logfiles import cap_log, log_tail
+from .ttl import apply_ttl, expired_at, expiry_fields, launch_expiry
+from .procfile import process_table, selected
+from .records import remember, rerun, started_check
 from .locate import locate
 from .launch import (
     PortTaken, check_note, checked_health, fallback_note, health, launch, resolve_python, taken_by,
     unapplied_migrations, wait_http)
+from .companions import (
+    await_window, companion_rows, died, end_launched, exited_note, instance_table, launch_companions, process_row,
+    running_note, stop_companions, stopped_note)
 
 
 def describe(inst, found, **fields):
@@ -58,6 +56,42 @@ def do_status(inst):
     result = status_of(inst, found, note)
     # What tunnel's first request asks for: the path given, else the one the instance was started with.
     result["check"] = inst.req.check or started_check(inst)
+    table = instance_table(inst)
+    return with_processes(inst, table, result) if table else result
+
+
+def web_row(inst, table, result):
+    """web's row of `table`, from the instance's own result (status_of's)."""
+    process = next(process for process in table if process.name == WEB)
+    alive = result["state"] in (RUNNING, FAILED) and result["pids"]
+    row = process_row(inst, process, None, result["state"] if alive else None, result["pids"] if alive else [])
+    if alive:
+        row.update(pid=result["pid"], uptime=result.get("uptime"))
+    return row
+
+
+def with_processes(inst, table, result, rows=None):
+    """`result` with the `processes` of `table` (`rows`: when already known) and
+    the instance's state from them: failed when web is (its health, its check);
+    degraded (exit 1) while a process exited and another runs; stopped when
+    none runs; else running."""
+    if rows is None:
+        rows = [web_row(inst, table, result)] + companion_rows(inst, table)
+    result["processes"] = rows
+    if result["state"] == FAILED and result.get("error"):  # the instance's own state refused or unreadable
+        return result
+    alive = sum(row["state"] in (RUNNING, FAILED) for row in rows)
+    exited = "; ".join(exited_note(row) for row in rows if row["state"] == EXITED)
+    count = f"{alive} of {len(rows)} processes running"
+    if rows[0]["state"] == FAILED:
+        result["message"] = join(result["message"], exited, count)
+    elif alive and exited:
+        result.update(state=DEGRADED, ok=False, message=join(exited, count))
+    elif not alive:
+        result.update(state=STOPPED, message=join(result["message"] if result["state"] == STOPPED else "", exited))
+    else:
+        web = result["message"] if result["state"] == RUNNING else "web is stopped"
+        result.update(state=RUNNING, ok=True, message=join(web, count))
     return result
 
 
@@ -98,6 +132,40 @@ def release_note(inst):
 
 
 def do_stop(inst):
+    """Stop the instance: its server (see stop_server) and, with a Procfile,
+    each of its other processes (or those --only names), each its own group."""
+    table = instance_table(inst)
+    if table is None:
+        return stop_server(inst)
+    chosen = selected(table, inst.req.only)
+    names = [process.name for process in chosen if process.name != WEB]
+    pids, killed, problems = stop_companions(inst, names)
+    web = any(process.name == WEB for process in chosen)
+    try:
+        result = stop_server(inst) if web else status_of(inst, *located(inst))
+    except AgentError as exc:
+        exc.extra["pids"] = exc.extra.get("pids", []) + pids
+        exc.extra["changed"] = exc.extra.get("changed") or bool(pids)
+        raise AgentError(join(str(exc), *problems), exc.state, **exc.extra)
+    if problems:
+        raise AgentError(join(*problems), STOPPED, pids=pids + (result["pids"] if web else []), killed=killed,
+                         changed=True)
+    note = stopped_note(names, pids)
+    if web:
+        result.update(pids=result["pids"] + pids, killed=result["killed"] or killed,
+                      changed=result["changed"] or bool(pids))
+        result["pid"] = result["pid"] or (pids[0] if pids else None)
+        result["message"] = join(result["message"], note)
+        return with_processes(inst, table, result)
+    rows = [web_row(inst, table, result)] + companion_rows(inst, table)
+    result.update(changed=bool(pids), pids=pids, pid=pids[0] if pids else None, killed=killed,
+                  message=note, port_free=None)
+    with_processes(inst, table, result, rows)
+    result.update(ok=True, error=None, message=join(note, result["message"] if result["state"] != STOPPED else ""))
+    return result
+
+
+def stop_server(inst):
     """Stop the server's group, then every process that still carries its
     token, then confirm nothing holds the port. The state goes once nothing
     of ours is left; a holder without the token is named, never signalled."""
@@ -136,8 +204,61 @@ def do_stop(inst):
 
 
 def do_start(inst):
+    """Start the instance: its server (see start_server) or, with a Procfile,
+    its processes (see start_processes)."""
     inst.require_project()
-    python = resolve_python(inst)
+    table = process_table(inst)
+    if table is None:
+        return start_server(inst, resolve_python(inst))
+    return start_processes(inst, table)
+
+
+def start_processes(inst, table):
+    """Start each process of `table` (or those --only names) that is not
+    running: the others first, then web, whose start waits for its port and
+    check; then each process launched must outlive the readiness window
+    (companions.READY_WINDOW). A failure ends everything this start launched."""
+    chosen = selected(table, inst.req.only)
+    web = next((process for process in chosen if process.name == WEB), None)
+    python = resolve_python(inst) if web is not None and web.command is None else None
+    inst.table = table
+    expires_at = launch_expiry(inst)  # one lifetime for the whole instance
+    remember(inst)
+    since = time.time()
+    launched = []
+    try:
+        running, applied = launch_companions(inst, [p for p in chosen if p.name != WEB], expires_at, launched)
+        result = None
+        if web is not None:
+            result = start_server(inst, python, web, expires_at, lambda: died(launched))
+        dead = await_window(launched, since)
+        if dead is not None:
+            if result is not None and inst.launched is not None:  # web, started by this start, goes too
+                terminate(inst.launched, min(inst.req.stop_timeout, 5))
+                inst.forget()
+            raise AgentError(join(dead[0], "nothing this start launched was left running"), log_tail=dead[1])
+    except AgentError as exc:
+        end_launched(launched, min(inst.req.stop_timeout, 5))
+        if "processes" not in exc.extra:
+            exc.extra["processes"] = [web_row(inst, table, status_of(inst, *located(inst)))] + companion_rows(
+                inst, table)
+        raise
+    if result is None:
+        result = status_of(inst, *located(inst))
+    started = [comp.process for comp, _, _, _ in launched]
+    note = join(f"started {', '.join(started)}" if started else "", running_note(running), applied)
+    result.update(changed=bool(result.get("changed")) or bool(started) or bool(applied),
+                  message=join(result["message"], note))
+    with_processes(inst, table, result)
+    names = [process.name for process in chosen]
+    result["ok"] = all(row["state"] == RUNNING for row in result["processes"] if row["name"] in names)
+    return result
+
+
+def start_server(inst, python, process=None, expires_at=None, watch=None):
+    """Start the server (`process`: the Procfile's web, which may be a command
+    of its own) unless it runs; `watch`: what else to watch while waiting for
+    it, returning (why, log tail) once something the start needs ended."""
     found, note = located(inst)
     if found is not None:
         pids = found.members()
@@ -169,10 +290,16 @@ def do_start(inst):
     if taken:
         raise PortTaken(f"port {inst.port} on {inst.addr} is already in use by {taken}; nothing was started")
     remember(inst)
-    proc, found, offset = launch(inst, python)
+    proc, found, offset = launch(inst, python, process, expires_at)
+    inst.launched = found
     deadline = time.time() + inst.req.start_timeout
     http = None
+    tail = None
     for pause in pauses():
+        dead = watch() if watch else None
+        if dead is not None:
+            why, tail = dead
+            break
         code = proc.poll()
         pids = found.members()
         texts = tcp_tables()  # one read a poll: with many sockets, a read takes milliseconds
@@ -197,7 +324,8 @@ def do_start(inst):
     terminate(found, min(inst.req.stop_timeout, 5))
     proc.poll()
     inst.forget()
-    tail = log_tail(inst, offset)
+    inst.launched = None
+    tail = tail or log_tail(inst, offset)
     if taken:
         raise PortTaken(why, log_tail=tail, http_status=http)
     unapplied = unapplied_migrations(inst.log, offset) if http and http >= 500 else None
@@ -225,134 +353,3 @@ def do_restart(inst):
         started["message"] = "re" + started["message"]
     started["stopped_pids"] = stopped["pids"]
     return started
-
-
-def do_logs(inst):
-    """The log's last lines: in the result, or with `stream` (human output)
-    written to stdout as they are read, before the result; with `follow`, then
-    everything appended until the caller goes away, and no result."""
-    lines = inst.req.lines
-    out = sys.stdout.buffer
-    found, _ = located(inst)  # first: a running server's log is cut to the cap before it is read
-    log = f"{inst.log}.1" if inst.req.previous else inst.log
-    with open_log(inst, log) as handle:
-        hole = hole_end(handle.fileno())
-        offset, end, count = tail_span(handle, lines, hole)
-        front = b""
-        if hole and offset == hole and count < lines:  # back to a punched cut: its marker first, as after any cut
-            front, count = os.pread(handle.fileno(), PUNCHED_MARK, 0).rstrip(b" \n") + b"\n", count + 1
-        try:
-            if inst.req.follow:
-                copy_out(handle, offset, end, out, front)
-                follow(handle, out)
-                return None
-            if inst.req.stream:
-                copy_out(handle, offset, end, out, front)
-                extra = {}
-            else:
-                extra = {"lines": tail_text(front + b"".join(kept_bytes(handle, offset, end)), lines)}
-        except (BrokenPipeError, KeyboardInterrupt):  # the caller went away
-            return None
-    return describe(inst, found, ok=True, changed=False,
-                    state=RUNNING if found and found.members() else STOPPED,
-                    message=f"{count} lines of {log}", **extra)
-
-
-# The request settings that make a server what it is, and their types: each
-# start records them (instance.json, kept after stop), and a restart not given
-# one reruns the recorded value. python is kept as given (None: the project's
-# venv, found again in the release the project now resolves to); ttl as a
-# duration, so a restarted server gets a whole lifetime again.
-RERUN = (("python", str), ("settings", str), ("env", dict), ("noreload", bool), ("addr", str), ("check", str),
-         ("ttl", int))
-
-
-def remember(inst):
-    """Record which project and port the instance directory is for, and what
-    it is started with (RERUN), kept after stop with its log, so list can name
-    the project of a stopped instance and restart can rerun it."""
-    started = {name: getattr(inst.req, name) for name, _ in RERUN}
-    started["addr"] = inst.addr  # as launched: given, recorded by the last start, or the default
-    write_atomic(os.path.join(inst.dir, "instance.json"),
-                 json.dumps({"project": inst.given, "port": inst.port, "started_with": started}))
-
-
-def started_check(inst):
-    """The check path the instance was last started with (see remember), or None."""
-    started = (instance_record(inst.dir) or {}).get("started_with")
-    check = started.get("check") if isinstance(started, dict) else None
-    return check if isinstance(check, str) else None
-
-
-def rerun(inst):
-    """Give the request the settings of RERUN it lacks (None, empty, off) from
-    the instance's last start, so a restart reruns what was started."""
-    started = (instance_record(inst.dir) or {}).get("started_with")
-    if not isinstance(started, dict):
-        return
-    lacking = {name: started.get(name) for name, kind in RERUN
-               if not getattr(inst.req, name) and started.get(name) and isinstance(started.get(name), kind)}
-    inst.req = req = inst.req.but(**lacking)
-    if not inst.addr_given and req.addr:
-        inst.addr_given = inst.addr = req.addr
-
-
-def do_list(host, req):
-    """Every server of this user on the host, each row as status describes it:
-    instances with state (running, stale; stopped with their log kept only
-    with `all`), then runservers fabserve did not start (managed false).
-    Never another user's."""
-    groups = {}
-    procs = runservers(groups)
-    listening = listeners(tcp_tables())  # read once: on a busy host each read costs milliseconds
-    rows, claimed, hidden = [], set(), 0
-    for name, port in host.instances():
-        directory = os.path.join(host.dir, name)
-        try:
-            meta = json.loads(read_state(os.path.join(directory, "server.json"), "metadata"))
-        except (OSError, ValueError, AgentError):
-            meta = None
-        project = recorded_project(directory, meta if isinstance(meta, dict) else None)
-        if project is None or instance_name(project, port) != name:
-            continue  # a lock alone (a stop of nothing), or files that do not name this directory
-        inst = Instance(host, req.but(project=project, port=port, addr=None))
-        if not (os.path.lexists(inst.pidfile) or os.path.lexists(inst.log)):
-            continue
-        try:
-            found, note = located(inst, procs)
-        except (AgentError, OSError) as exc:  # its state is refused (not private) or unreadable: say so in its row
-            found, note = None, str(exc)
-        pids = None
-        if found is not None and found.pgid is not None:  # as Found.members, from the pass over /proc
-            pids = sorted(pid for pid in groups.get(found.pgid, []) if not found.is_helper(pid))
-        row = status_of(inst, found, note, pids, listening)
-        # Stopped by stop, by its TTL or by a start that never came up: history,
-        # which would otherwise stay for ever. A stale pidfile (a server that
-        # died) is still shown: something ended it that nobody asked to; and
-        # so is a server this list ended, past its expiry.
-        if row["state"] == STOPPED and not os.path.lexists(inst.pidfile) and not req.all and not inst.ended:
-            hidden += 1
-            continue
-        claimed.update(row["pids"] + (inst.ended or []))
-        rows.append(row)
-    unmanaged = {}
-    for proc in procs:
-        if proc["pid"] in claimed:
-            continue
-        script = os.path.realpath(os.path.join(proc["cwd"], proc["script"]))
-        unmanaged.setdefault((os.path.dirname(script), proc["port"]), []).append(proc)
-    for (project, port), found_procs in sorted(unmanaged.items()):
-        inst = Instance(host, req.but(project=project, port=port, addr=runserver_addr(found_procs[0]["argv"])))
-        pids = sorted(proc["pid"] for proc in found_procs)
-        row = status_of(inst, Found(pids=pids, managed=False), "", pids, listening)
-        row.update(pidfile=None, log=None, state_dir=None)  # fabserve keeps no state for it
-        rows.append(row)
-    for row in rows:
-        row["action"] = "list"
-        project = Project(host, req.but(project=row["project"])) if row["project"] else None
-        row["branch"], row["commit"] = project.source() if project else (None, None)
-    count = len(rows)
-    message = f"{count} server{'s' if count != 1 else ''}" if count else "no servers"
-    if hidden:
-        message += f"; {hidden} stopped (list --all shows them)"
-    return result_of(ok=True, changed=False, state=None, message=message, rows=rows)

@@ -62,6 +62,18 @@ options:
     - A mapping of names to values.
     type: dict
     default: {}
+  env_file:
+    description:
+    - File of KEY=VALUE lines, relative to the project and read on the target, set in the environment
+      of every process (--env wins).
+    - fab's C(--env_file) and the inventory variable C(fabserve_env_file) (or C(env_file)).
+    type: str
+  processes:
+    description:
+    - 'The processes to run, a mapping of names to commands as a Procfile gives them (default: the project''s
+      Procfile on the target; neither: runserver alone).'
+    - The config setting C(processes) and the inventory variable C(fabserve_processes) (or C(processes)).
+    type: str
   noreload:
     description:
     - Run without Django's autoreloader (a single process).

@@ -77,7 +77,8 @@ changed:
   returned: always
   type: bool
 state:
-  description: Running, stopped or failed; null for sync and setup, which start and stop nothing.
+  description: 'Running, stopped or failed (degraded: a process of a Procfile exited while another runs);
+    null for sync and setup, which start and stop nothing.'
   returned: always
   type: str
 pid:
@@ -174,6 +175,12 @@ http_status:
 check:
   description: 'The check path given, else the one the instance was last started with; null: none. Null
     unless state=status.'
+  returned: always
+  type: str
+processes:
+  description: 'With a Procfile or the processes setting: each process as name, command (null: fabserve''s
+    runserver), port (its $PORT), state (running, exited, stopped; web also failed), pid, pids, uptime,
+    exit_status (-N: signal N; null: unknown), log, log_tail (an exited one''s last lines).'
   returned: always
   type: str
 '''
