@@ -113,7 +113,7 @@ def procs_cases(runner: Runner) -> None:
         PREPARED.add(runner.bed.ssh_config)
         prepare(host)
     for processes in PROJECTS:
-        what = "1 process (no Procfile)" if processes == 1 else "3 processes (Procfile: web, worker, watch)"
+        what = "1 process" if processes == 1 else "3 processes (Procfile)"
         start = runner.measure(f"procs_start_{processes}", f"fabserve start, {what}", GROUP,
                                fab(runner, processes, "start"), one, check=started(host, processes))
         if start.rc != 0:
