@@ -1,6 +1,6 @@
 """The test bed's own logic: subnet picking, fab's JSON lines, reading listeners from
 /proc/net, the refusal to signal what must never be signalled, the interpreters
-a target may have, the companion processes' project. No root, no sshd."""
+a target may have. No root, no sshd."""
 
 import ipaddress
 import os
@@ -12,10 +12,8 @@ from bed import BedError, procs
 from bed.hosts import free_slots
 from bed.interpreters import PYENV_VERSIONS, target_interpreters
 from bed.net import port_listening
-from bed.procfiles import procfile_project
 from bed.unprivileged import verdict
 from helpers import FabResult
-from tasks.agent.procfile import parse_procfile, table_of
 
 
 def test_busy_subnets_are_skipped() -> None:
@@ -113,20 +111,3 @@ def test_interpreters_in_a_directory_no_one_may_read_are_none_and_no_error(monke
     for name in ("stat", "lstat", "scandir", "listdir", "access"):
         monkeypatch.setattr(os, name, denied(getattr(os, name)))
     assert target_interpreters() == {"system": "/usr/bin/python3"}
-
-
-def test_the_procfile_project_is_web_worker_and_watch_as_the_agent_reads_it(tmp_path) -> None:
-    project = procfile_project(tmp_path, (os.getuid(), os.getgid()))
-    table = table_of(parse_procfile((project / "Procfile").read_text()), 8000)
-    # No web line: web is fabserve's runserver (command None); the companions on port + 100 x n.
-    assert [process.row() for process in table] == [["web", None, 8000],
-                                                    ["worker", ".venv/bin/python worker.py", 8100],
-                                                    ["watch", ".venv/bin/python watch.py", 8200]]
-    assert {"worker.py", "watch.py"} <= {path.name for path in project.iterdir()}
-
-
-def test_the_procfile_project_can_name_its_own_web(tmp_path) -> None:
-    project = procfile_project(tmp_path, (os.getuid(), os.getgid()), web="python -m http.server $PORT")
-    entries = parse_procfile((project / "Procfile").read_text())
-    assert [name for name, _ in entries] == ["web", "worker", "watch"]
-    assert entries[0] == ("web", "python -m http.server $PORT")

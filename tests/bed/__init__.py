@@ -13,8 +13,8 @@ one-line-first message; callers decide whether that skips, fails or aborts.
   venv    virtualenvs keyed by their requirements
   target  the local sshd target and its accounts, as the integration tests use it; one with pam_namespace
   accounts  running and spawning commands as a test account, its Django projects
-  procfiles the three-process project of companion processes (a Procfile, worker.py, watch.py)
   fab     running fab against the target
+  procfiles  a Django project's companion processes (worker, watcher) and its Procfile
   package fabserve built as a wheel and installed in a fresh virtualenv
   interpreters  the CPythons (pyenv's, Debian's) a target may run fabserve's code under
   hosts   namespaced hosts, each with its own network, processes and sshd
