@@ -17,7 +17,8 @@ from .procfs import (
 from .signals import Found, end_token_carriers, pauses, terminate_all, token_carriers
 from .sockets import free_ports, tcp_tables
 from .identity import given_path, identify, is_candidate, is_ours, runservers
-from .state import Instance, instance_name, last_written, lock_held, other_host, recorded_addr, try_lock
+from .state import (
+    Instance, companion_pidfiles, instance_name, last_written, lock_held, other_host, recorded_addr, try_lock)
 from .logfiles import append_log
 from .ttl import WATCH_POLL, expiry_fields, expiry_line, expiry_of
 
@@ -201,6 +202,8 @@ def project_instances(host, req, procs):
             pid = meta = None
         if pid is not None and other_host(meta, host.machine_id, host.hostname) is None and verify(pid, meta) is None:
             live.add(port)
+        elif companions_live(inst):
+            live.add(port)
         elif os.path.lexists(inst.pidfile) or os.path.lexists(inst.log):
             recorded[port] = last_written(inst)
     probe = Instance(host, req.but(port=DEFAULT_PORT))
@@ -211,13 +214,29 @@ def project_instances(host, req, procs):
     return sorted(live), sorted((port for port in recorded if port not in live), key=lambda port: recorded[port])
 
 
+def companions_live(inst):
+    """Whether a process of the instance's Procfile other than web runs, by its
+    trusted pidfile (web may have been stopped alone: stop --only web)."""
+    for name in companion_pidfiles(inst.dir):
+        comp = inst.companion(name)
+        try:
+            pid, meta = comp.read_meta()
+        except (ValueError, AgentError):
+            continue
+        if pid is not None and verify(pid, meta) is None:
+            return True
+    return False
+
+
 def taken_ports(host):
     """The ports no chosen port may be: those recorded by a pidfile in this
-    host's state (stale ones too), and those an agent is starting or stopping."""
+    host's state (stale ones too, and a Procfile's other processes'), and
+    those an agent is starting or stopping."""
     taken = set()
     for name, port in host.instances():
         directory = os.path.join(host.dir, name)
-        if os.path.lexists(os.path.join(directory, "server.pid")) or lock_held(os.path.join(directory, "lock")):
+        if (os.path.lexists(os.path.join(directory, "server.pid")) or lock_held(os.path.join(directory, "lock"))
+                or companion_pidfiles(directory)):
             taken.add(port)
     return taken
 

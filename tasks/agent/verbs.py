@@ -70,13 +70,12 @@ def web_row(inst, table, result):
     return row
 
 
-def with_processes(inst, table, result, rows=None):
-    """`result` with the `processes` of `table` (`rows`: when already known) and
+def with_processes(inst, table, result):
+    """`result` with the `processes` of `table` and
     the instance's state from them: failed when web is (its health, its check);
     degraded (exit 1) while a process exited and another runs; stopped when
     none runs; else running."""
-    if rows is None:
-        rows = [web_row(inst, table, result)] + companion_rows(inst, table)
+    rows = [web_row(inst, table, result)] + companion_rows(inst, table)
     result["processes"] = rows
     if result["state"] == FAILED and result.get("error"):  # the instance's own state refused or unreadable
         return result
@@ -136,8 +135,12 @@ def do_stop(inst):
     each of its other processes (or those --only names), each its own group."""
     table = instance_table(inst)
     if table is None:
+        alone(inst)
         return stop_server(inst)
-    chosen = selected(table, inst.req.only)
+    if inst.req.action == "restart" and inst.req.only:  # a process new to the Procfile has nothing to stop yet
+        chosen = [process for process in table if process.name in inst.req.only]
+    else:
+        chosen = selected(table, inst.req.only)
     names = [process.name for process in chosen if process.name != WEB]
     pids, killed, problems = stop_companions(inst, names)
     web = any(process.name == WEB for process in chosen)
@@ -152,16 +155,14 @@ def do_stop(inst):
                          changed=True)
     note = stopped_note(names, pids)
     if web:
-        result.update(pids=result["pids"] + pids, killed=result["killed"] or killed,
+        result.update(pids=result["pids"] + pids, killed=bool(result.get("killed")) or killed,
                       changed=result["changed"] or bool(pids))
         result["pid"] = result["pid"] or (pids[0] if pids else None)
         result["message"] = join(result["message"], note)
         return with_processes(inst, table, result)
-    rows = [web_row(inst, table, result)] + companion_rows(inst, table)
-    result.update(changed=bool(pids), pids=pids, pid=pids[0] if pids else None, killed=killed,
-                  message=note, port_free=None)
-    with_processes(inst, table, result, rows)
-    result.update(ok=True, error=None, message=join(note, result["message"] if result["state"] != STOPPED else ""))
+    with_processes(inst, table, result)
+    result.update(changed=bool(pids), pids=pids, pid=pids[0] if pids else None, killed=killed, port_free=None,
+                  ok=True, error=None, message=join(note, result["message"] if result["state"] != STOPPED else ""))
     return result
 
 
@@ -203,12 +204,21 @@ def stop_server(inst):
                     message=join(message, note))
 
 
+def alone(inst):
+    """Refuse --only naming anything but web for an instance without a Procfile."""
+    others = [name for name in inst.req.only or () if name != WEB]
+    if others:
+        raise AgentError(f"no process {', '.join(others)}: {inst.project} has no Procfile and no processes setting, "
+                         f"so its instance runs web alone")
+
+
 def do_start(inst):
     """Start the instance: its server (see start_server) or, with a Procfile,
     its processes (see start_processes)."""
     inst.require_project()
     table = process_table(inst)
     if table is None:
+        alone(inst)
         return start_server(inst, resolve_python(inst))
     return start_processes(inst, table)
 
@@ -246,7 +256,8 @@ def start_processes(inst, table):
     if result is None:
         result = status_of(inst, *located(inst))
     started = [comp.process for comp, _, _, _ in launched]
-    note = join(f"started {', '.join(started)}" if started else "", running_note(running), applied)
+    verb = "restarted" if inst.req.action == "restart" else "started"
+    note = join(f"{verb} {', '.join(started)}" if started else "", running_note(running), applied)
     result.update(changed=bool(result.get("changed")) or bool(started) or bool(applied),
                   message=join(result["message"], note))
     with_processes(inst, table, result)
