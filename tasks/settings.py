@@ -304,8 +304,9 @@ def parse_only(value: Any) -> List[str]:
 
 
 def parse_processes(value: Any) -> Dict[str, str]:
-    """A mapping of process names to the commands that run them (a Procfile as YAML)."""
-    if not isinstance(value, Mapping) or not value:
+    """A mapping of process names to the commands that run them (a Procfile as
+    YAML); empty: none given, the project's Procfile counts."""
+    if not isinstance(value, Mapping):
         raise Invalid(f"must be a mapping of process names to commands, not {shown(value)}")
     table: Dict[str, str] = {}
     for name, command in value.items():
@@ -398,7 +399,8 @@ SETTINGS: Tuple[Setting, ...] = (
             "file of KEY=VALUE lines, relative to the project and read on the target, set in the environment of "
             "every process (--env wins)",
             verbs=STARTING + ("manage",), per_host=True, request=True),
-    Setting("processes", None, optional(parse_processes),
+    # A mapping by default, as env: config files merge a mapping into it.
+    Setting("processes", {}, parse_processes,
             "the processes to run, a mapping of names to commands as a Procfile gives them (default: the "
             "project's Procfile on the target; neither: runserver alone)",
             per_host=True, request=True),

@@ -17,13 +17,13 @@ import os
 import pwd
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bed import hosts, procs, wait_for
+from bed import hosts, procfiles, procs, wait_for
 from bed.state import AccountClaim, account_claim
 from bed.accounts import ProjectMaker, Spawner, UserRunner
 from bed.fab import FabResult, FabRunner
@@ -177,6 +177,18 @@ def run(fab: FabRunner, mode: str) -> Callable[..., FabResult]:
 @pytest.fixture
 def site(make_project: ProjectMaker) -> Path:
     return make_project("site")
+
+
+@pytest.fixture
+def make_procfile_project(make_project: ProjectMaker, target: Target) -> Callable[..., Path]:
+    """Makes Django projects with companion processes (bed.procfiles): worker.py, watch.py
+    and a Procfile of the processes given (name -> command), by default the worker and
+    the watcher without a `web` line."""
+    owner = (target.uid, pwd.getpwnam(target.user).pw_gid)
+
+    def make(processes: Mapping[str, str] = procfiles.COMPANIONS) -> Path:
+        return procfiles.procfile_project(make_project("site"), owner, processes)
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ a target may have. No root, no sshd."""
 
 import ipaddress
 import os
+import re
 import socket
 
 import pytest
@@ -12,6 +13,7 @@ from bed import BedError, procs
 from bed.hosts import free_slots
 from bed.interpreters import PYENV_VERSIONS, target_interpreters
 from bed.net import port_listening
+from bed.procfiles import COMPANIONS, WEB, procfile_text
 from bed.unprivileged import verdict
 from helpers import FabResult
 
@@ -111,3 +113,15 @@ def test_interpreters_in_a_directory_no_one_may_read_are_none_and_no_error(monke
     for name in ("stat", "lstat", "scandir", "listdir", "access"):
         monkeypatch.setattr(os, name, denied(getattr(os, name)))
     assert target_interpreters() == {"system": "/usr/bin/python3"}
+
+
+def test_the_beds_procfile_reads_back_as_foreman_and_honcho_read_it() -> None:
+    processes = {**COMPANIONS, "web": WEB}
+    lines = [line for line in procfile_text(processes).splitlines() if line and not line.startswith("#")]
+    read = [re.fullmatch(r"([A-Za-z0-9_-]+):\s*(.+)", line) for line in lines]
+    assert {match[1]: match[2] for match in read} == processes and list(processes) == [match[1] for match in read]
+
+
+def test_environ_reads_a_process_environment_by_pid() -> None:
+    assert procs.environ(os.getpid())["PATH"] == os.environ["PATH"]
+    assert procs.environ(2**22 + 1) == {}  # above the kernel's pid_max: never a process

@@ -4,6 +4,7 @@ command over the real sshd and locally, and the collection in a fabfile of a
 user's own, with and without fabserve's executor."""
 
 import email.parser
+import json
 import os
 import re
 import shutil
@@ -18,7 +19,7 @@ from bed.fab import FabResult
 from bed.package import build_wheel, install
 from bed.run import run_in_group
 from bed.state import ensure_dir
-from helpers import REPO, bed_outcome, free_port, port_listening, where
+from helpers import REPO, alive, bed_outcome, free_port, port_listening, where
 
 from tasks import __version__, settings
 
@@ -130,6 +131,27 @@ def test_start_status_stop_over_ssh_leave_site_packages_as_installed(installed, 
     assert not port_listening(port)
     # Run as root, which could write anywhere: nothing under site-packages changed.
     assert installed.files() == before
+
+
+def test_companions_through_the_command_over_ssh(installed, outside, target, make_procfile_project):
+    project = make_procfile_project()  # its Procfile: worker and watch
+    port = free_port()
+    configured = outside.parent / f"processes-{port}"
+    configured.mkdir(mode=0o755)
+    (configured / "fabserve.yaml").write_text(json.dumps({"fabserve": {"project": str(project), "port": port}}))
+    command = [installed.fabserve, "-S", target.ssh_config, "-H", target.alias]
+    start = as_root([*command, "start", "--json"], configured)
+    assert start.returncode == 0, start.stdout + start.stderr
+    assert [(row["name"], row["state"]) for row in start.json["processes"]] == [
+        ("web", "running"), ("worker", "running"), ("watch", "running")], start.json
+    status = as_root([*command, "status"], configured)
+    assert status.returncode == 0 and len(status.stdout.splitlines()) == 4, status.stdout + status.stderr
+    logs = as_root([*command, "logs", "--process", "watch", "--json"], configured)
+    assert logs.returncode == 0 and logs.json["lines"][0].endswith("watch: .venv/bin/python watch.py"), logs.json
+    every = {pid for row in start.json["processes"] for pid in row["pids"]}
+    stop = as_root([*command, "stop", "--json"], configured)
+    assert stop.returncode == 0 and every <= set(stop.json["pids"]), stop.stdout + stop.stderr
+    assert not any(alive(pid) for pid in every) and not port_listening(port)
 
 
 def test_sync_sends_the_current_directory_over_ssh(installed, workdir, target, site):

@@ -91,7 +91,8 @@ def test_the_settings_parse_processes_only_and_process_names():
     assert settings.parse_processes({"web": " daphne proj.asgi:app ", "worker": "celery -A proj worker"}) == {
         "web": "daphne proj.asgi:app", "worker": "celery -A proj worker"}
     assert settings.parse_only("web, worker") == ["web", "worker"] and settings.parse_only(["beat"]) == ["beat"]
-    for bad in ({}, {"a b": "x"}, {"worker": ""}, {"worker": "a\nb"}, ["web"]):
+    assert settings.parse_processes({}) == {}  # none given: the project's Procfile counts
+    for bad in ({"a b": "x"}, {"worker": ""}, {"worker": "a\nb"}, ["web"], None):
         with pytest.raises(settings.Invalid):
             settings.parse_processes(bad)
     for bad in ("", "web,,worker", "../x", 3):

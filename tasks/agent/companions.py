@@ -121,11 +121,23 @@ def died(launched):
     """(why, its log's tail) for the first launched companion that ended, else None."""
     for comp, process, proc, found in launched:
         code = proc.poll()
-        if code is not None or not found.members():
-            status = code if code is None or code <= 128 else 128 - code
-            said = f" with status {status}" if status is not None else ""
-            return f"{process.name} exited{said} during the start", log_tail(comp)
+        if code is None and found.members():
+            continue
+        if code is None:  # its group emptied this instant: its exit status is a wait away
+            code = exit_code_of(proc)
+        said = "" if code is None else f" with status {code if code <= 128 else 128 - code}"
+        return f"{process.name} exited{said} during the start", log_tail(comp)
     return None
+
+
+def exit_code_of(proc, wait=1.0):
+    """The exit status of a launched process whose group just emptied, once the
+    kernel has it (None after `wait` seconds: then it still runs, outside its group)."""
+    import subprocess
+    try:
+        return proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def await_window(launched, since):
@@ -170,8 +182,9 @@ def stop_companion(comp):
 
 
 def stop_companions(inst, names):
-    """Stop the companions `names` of `inst`. Returns (pids, killed, problems)."""
-    stopped, killed, problems = [], False, []
+    """Stop the companions `names` of `inst`. Returns (pids, killed, problems,
+    the names of those that ran)."""
+    stopped, killed, problems, ended = [], False, [], []
     for name in names:
         try:
             pids, was_killed = stop_companion(inst.companion(name))
@@ -181,13 +194,14 @@ def stop_companions(inst, names):
             continue
         stopped += pids
         killed = killed or was_killed
-    return stopped, killed, problems
+        if pids:
+            ended.append(name)
+    return stopped, killed, problems, ended
 
 
 def stopped_note(names, pids):
-    if not names:
-        return ""
-    return f"stopped {', '.join(names)}" + (f" (pids {' '.join(map(str, pids))})" if pids else ": not running")
+    """What a stop says of the companions it ended (`names`), none when it ended none."""
+    return f"stopped {', '.join(names)} (pids {' '.join(map(str, pids))})" if names else ""
 
 
 def running_note(names):

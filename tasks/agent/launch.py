@@ -181,7 +181,7 @@ def taken_by(inst, texts, pids=()):
 def fallback_note(inst, python):
     """The hint for a failed start whose interpreter was python3 from PATH, the
     project having no venv of its own (the usual cause: the venv lives elsewhere)."""
-    if inst.req.python or python.startswith(os.path.join(inst.project, "")):
+    if inst.req.python or python is None or python.startswith(os.path.join(inst.project, "")):
         return ""
     return f"no .venv/ or venv/ in {inst.project}, used python3; pass --python"
 

@@ -5,6 +5,7 @@ naming the instance a request means: the port given, the project's one live
 instance, or a free port claimed for --port auto.
 """
 
+import json
 import os
 import time
 
@@ -18,7 +19,8 @@ from .signals import Found, end_token_carriers, pauses, terminate_all, token_car
 from .sockets import free_ports, tcp_tables
 from .identity import given_path, identify, is_candidate, is_ours, runservers
 from .state import (
-    Instance, companion_pidfiles, instance_name, last_written, lock_held, other_host, recorded_addr, try_lock)
+    Instance, companion_pidfiles, instance_name, last_written, lock_held, other_host, read_state, recorded_addr,
+    try_lock)
 from .logfiles import append_log
 from .ttl import WATCH_POLL, expiry_fields, expiry_line, expiry_of
 
@@ -89,7 +91,26 @@ def locate(inst, procs=None):
                 return end_expired(inst, found, meta, procs)
             return found, ""
         note = f"stale pidfile{' of the previous state layout' if legacy else ''}: {why}"
+    elif not note:
+        token = left_token(inst)
     return search(inst, token, procs), note
+
+
+def left_token(inst):
+    """The token of the instance's metadata when its pidfile is gone (removed by
+    hand, or never written: the metadata is written first), recorded on `inst`
+    so a stop ends what carries it; else None. Only this host's private metadata counts."""
+    try:
+        meta = json.loads(read_state(inst.meta_path, "metadata"))
+    except (OSError, ValueError, AgentError):
+        return None
+    if not isinstance(meta, dict) or other_host(meta, inst.machine_id, inst.hostname) is not None:
+        return None
+    token = meta.get("token")
+    if not isinstance(token, str) or not token:
+        return None
+    inst.recorded = meta
+    return token
 
 
 def search(inst, token, procs=None):

@@ -66,7 +66,10 @@ def web_row(inst, table, result):
     alive = result["state"] in (RUNNING, FAILED) and result["pids"]
     row = process_row(inst, process, None, result["state"] if alive else None, result["pids"] if alive else [])
     if alive:
+        leader = proc_stat(result["pid"]) if result["pid"] else None
         row.update(pid=result["pid"], uptime=result.get("uptime"))
+        if row["uptime"] is None and leader:  # start's and stop's results carry none of their own
+            row["uptime"] = uptime_seconds(leader["starttime"])
     return row
 
 
@@ -84,13 +87,12 @@ def with_processes(inst, table, result):
     count = f"{alive} of {len(rows)} processes running"
     if rows[0]["state"] == FAILED:
         result["message"] = join(result["message"], exited, count)
-    elif alive and exited:
-        result.update(state=DEGRADED, ok=False, message=join(exited, count))
+    elif alive and (exited or rows[0]["state"] == STOPPED):  # web stopped alone: nothing answers on its port
+        result.update(state=DEGRADED, ok=False, message=join(exited or "web is stopped", count))
     elif not alive:
         result.update(state=STOPPED, message=join(result["message"] if result["state"] == STOPPED else "", exited))
     else:
-        web = result["message"] if result["state"] == RUNNING else "web is stopped"
-        result.update(state=RUNNING, ok=True, message=join(web, count))
+        result.update(state=RUNNING, ok=True, message=join(result["message"], count))
     return result
 
 
@@ -142,7 +144,7 @@ def do_stop(inst):
     else:
         chosen = selected(table, inst.req.only)
     names = [process.name for process in chosen if process.name != WEB]
-    pids, killed, problems = stop_companions(inst, names)
+    pids, killed, problems, ended = stop_companions(inst, names)
     web = any(process.name == WEB for process in chosen)
     try:
         result = stop_server(inst) if web else status_of(inst, *located(inst))
@@ -153,16 +155,17 @@ def do_stop(inst):
     if problems:
         raise AgentError(join(*problems), STOPPED, pids=pids + (result["pids"] if web else []), killed=killed,
                          changed=True)
-    note = stopped_note(names, pids)
+    note = stopped_note(ended, pids)
     if web:
         result.update(pids=result["pids"] + pids, killed=bool(result.get("killed")) or killed,
-                      changed=result["changed"] or bool(pids))
-        result["pid"] = result["pid"] or (pids[0] if pids else None)
-        result["message"] = join(result["message"], note)
-        return with_processes(inst, table, result)
+                      changed=result["changed"] or bool(pids), pid=result["pid"] or (pids[0] if pids else None))
+        said = join(result["message"], note)
+    else:
+        result.update(changed=bool(pids), pids=pids, pid=pids[0] if pids else None, killed=killed, port_free=None)
+        said = note
     with_processes(inst, table, result)
-    result.update(changed=bool(pids), pids=pids, pid=pids[0] if pids else None, killed=killed, port_free=None,
-                  ok=True, error=None, message=join(note, result["message"] if result["state"] != STOPPED else ""))
+    # A stop did what it was asked, whatever it left running: the rest is the instance's state.
+    result.update(ok=True, error=None, message=join(said, result["message"] if result["state"] != STOPPED else ""))
     return result
 
 
@@ -247,8 +250,10 @@ def start_processes(inst, table):
                 terminate(inst.launched, min(inst.req.stop_timeout, 5))
                 inst.forget()
             raise AgentError(join(dead[0], "nothing this start launched was left running"), log_tail=dead[1])
-    except AgentError as exc:
+    except BaseException as exc:  # whatever ended the start, nothing it launched outlives it
         end_launched(launched, min(inst.req.stop_timeout, 5))
+        if not isinstance(exc, AgentError):
+            raise
         if "processes" not in exc.extra:
             exc.extra["processes"] = [web_row(inst, table, status_of(inst, *located(inst)))] + companion_rows(
                 inst, table)
@@ -329,7 +334,7 @@ def start_server(inst, python, process=None, expires_at=None, watch=None):
                                 http_status=http, message=join(f"started on {inst.url}", check_note(inst, http), note))
             break
         if time.time() >= deadline:
-            why = f"nothing answered on port {inst.port} within {inst.req.start_timeout}s"
+            why = f"nothing answered on port {inst.port} within {inst.req.start_timeout:g}s"
             break
         time.sleep(pause)
     terminate(found, min(inst.req.stop_timeout, 5))

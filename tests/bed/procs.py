@@ -64,6 +64,16 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def environ(pid: int) -> dict[str, str]:
+    """The process's environment as it started (root, or its own user, may read it); {} if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (entry.decode(errors="replace").partition("=") for entry in raw.split(b"\0") if entry)
+    return {name: value for name, _, value in pairs}
+
+
 def exe(pid: int) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/exe")

@@ -73,7 +73,9 @@ options:
     - 'The processes to run, a mapping of names to commands as a Procfile gives them (default: the project''s
       Procfile on the target; neither: runserver alone).'
     - The config setting C(processes) and the inventory variable C(fabserve_processes) (or C(processes)).
-    type: str
+    - A mapping of names to values.
+    type: dict
+    default: {}
   noreload:
     description:
     - Run without Django's autoreloader (a single process).
