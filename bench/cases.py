@@ -13,6 +13,7 @@ from bench.many import many_instances
 from bench.operations import payload, restart_and_stop, start_and_status
 from bench.package import installed_cases
 from bench.previews import up_cases
+from bench.procs import procs_cases
 from bench.runner import Group
 from bench.shipping import sync_cases
 from bench.usual import ansible_adhoc, plain_fabric
@@ -34,6 +35,7 @@ GROUPS = (
     Group("lifetimes", lifetimes, notes=lifetimes_ratio_lines),
     Group("sync", sync_cases),
     Group("up", up_cases),
+    Group("procs", procs_cases),
 )
 # Not a group: the client-side profile of one `fab status` runs once, after the repetitions.
 PROFILE = "profile"

@@ -12,7 +12,8 @@ from bench.samples import Case, Sample, fmt_count, spread
 
 FABSERVE_OPS = ["fabserve_status", "fabserve_start", "fabserve_stop", "fabserve_restart", "fabserve_logs",
                 "installed_status",
-                "fabserve_list_20", "fabserve_start_auto"]
+                "fabserve_list_20", "fabserve_start_auto",
+                "procs_start_1", "procs_start_3", "procs_stop_1", "procs_stop_3"]
 INSTALLED_LIMIT = 1.02  # the installed `fabserve` command: at most this many times `fab` in the checkout
 LOGS_LIMIT = 3.0  # a big log's tail: at most this many times OpenSSH's `tail -n`
 FANOUT_TARGET_SIZE = 10  # fan-out target: this many hosts take at most FANOUT_LIMIT x one host
@@ -26,6 +27,8 @@ AUTO_LIMIT = 1.05  # start --port auto: at most this many times start --port N
 SYNC_LIMIT = 1.5
 # up of an unchanged tree (sync, setup, migrate, start) at most this many times start alone
 UP_LIMIT = 1.5
+# start and stop of a three-process instance (Procfile: web, worker, watch) at most this many times one process
+PROCS_LIMIT = 1.3
 
 
 @dataclass
@@ -101,6 +104,12 @@ def ratios(cases: dict[str, Case], sizes: Sequence[int], cpus: int) -> list[Rati
                               lambda ours, rsync, tar: ours / min(rsync, tar)), "x", SYNC_LIMIT))
     ratio("sync_one/rsync_one", "re-sync of one changed file / rsync -a", "sync_one", "rsync_one", SYNC_LIMIT)
     ratio("up_unchanged/up_start", "up of an unchanged tree / start alone", "up_unchanged", "up_start", UP_LIMIT)
+    for verb in ("start", "stop"):
+        ratio(f"procs_{verb}_3/1", f"procs {verb} 3/1: three processes / one", f"procs_{verb}_3",
+              f"procs_{verb}_1", PROCS_LIMIT)
+        out.append(Ratio(f"procs_{verb}_3-1", f"procs {verb} 3 - 1: what two companions add",
+                         pairwise(cases, [f"procs_{verb}_3", f"procs_{verb}_1"], lambda three, one: three - one),
+                         "s"))
     for verb in ("status", "start", "stop", "restart"):
         ratio(f"{verb}/ssh_true", f"{verb} / ssh true", "fabserve_" + verb, "ssh_true")
     ratio("ssh_agent_status/ssh_true", "agent status over OpenSSH / ssh true", "ssh_agent_status", "ssh_true")

@@ -334,3 +334,34 @@ def test_installed_status_is_at_most_fab_status_in_the_checkout_times_1_02(insta
 def test_the_installed_status_is_one_ssh_command() -> None:
     measured = cases(case("installed_status", [0.3], sessions=[1]))
     assert command_targets(measured, [])[0]["verdict"] == "PASS"
+
+
+# --- companion processes
+
+
+@pytest.mark.parametrize(("verb", "three", "verdict"),
+                         [("start", 1.0, "PASS"), ("start", 1.3, "PASS"), ("start", 1.4, "MISS"),
+                          ("stop", 1.3, "PASS"), ("stop", 1.4, "MISS")])
+def test_a_three_process_instance_takes_at_most_1_3_times_one_process(verb: str, three: float,
+                                                                       verdict: str) -> None:
+    measured = cases(case(f"procs_{verb}_3", [three]), case(f"procs_{verb}_1", [1.0]))
+    found = by_name(ratios(measured, [], cpus=2))
+    ratio = found[f"procs_{verb}_3/1"]
+    assert ratio.limit == 1.3 and ratio.values == [three] and ratio.verdict() == verdict
+    assert ratio.label == f"procs {verb} 3/1: three processes / one"
+    assert found[f"procs_{verb}_3-1"].unit == "s"
+    assert found[f"procs_{verb}_3-1"].values == [pytest.approx(three - 1.0)]
+
+
+def test_without_the_procs_group_its_targets_are_n_a_and_its_differences_dropped() -> None:
+    found = by_name(ratios(cases(case("fabserve_start", [0.6])), [], cpus=2))
+    assert found["procs_start_3/1"].verdict() == "n/a" and found["procs_stop_3/1"].verdict() == "n/a"
+    assert "procs_start_3-1" not in found and "procs_stop_3-1" not in found
+
+
+def test_every_procs_operation_is_one_ssh_command() -> None:
+    measured = cases(case("procs_start_1", [0.6]), case("procs_start_3", [1.0], sessions=[2]),
+                     case("procs_stop_1", [0.4]), case("procs_stop_3", [0.5]))
+    verdicts = {row["name"]: row["verdict"] for row in command_targets(measured, [])}
+    assert verdicts == {"ssh_commands:procs_start_1": "PASS", "ssh_commands:procs_start_3": "MISS",
+                        "ssh_commands:procs_stop_1": "PASS", "ssh_commands:procs_stop_3": "PASS"}

@@ -54,7 +54,7 @@ def test_quick_run_writes_the_result(tmp_path: Path) -> None:
                  "fabserve_status_of_20", "fabserve_list_20", "fabserve_start_port", "fabserve_start_auto",
                  "ciflow_fabserve", "ciflow_fabserve_steps", "ciflow_fabric", "ciflow_ansible",
                  "lifetimes_status", "lifetimes_status_ttl", "lifetimes_status_cut", "lifetimes_start",
-                 "lifetimes_start_ttl"):
+                 "lifetimes_start_ttl", "procs_start_1", "procs_stop_1", "procs_start_3", "procs_stop_3"):
         case = result["cases"][name]
         assert len(case["times"]) == 1 and case["median"] > 0, (name, case)
     # Counted from the sshd logs; the value itself is a target, reported but not asserted.
@@ -64,7 +64,8 @@ def test_quick_run_writes_the_result(tmp_path: Path) -> None:
     assert "fabserve status" in run.stdout and "targets" in run.stdout
     # Every group runs from bench/run, their own ratios printed with the report.
     assert result["meta"]["groups"] == ["baseline", "fabserve", "package", "logs", "many", "ciflow", "diy",
-                                        "ansible", "fanout", "module", "lifetimes", "sync", "up", "profile"]
+                                        "ansible", "fanout", "module", "lifetimes", "sync", "up", "procs",
+                                        "profile"]
     for heading in ("agent payload per call (status): ", "module / fab ", "lifetimes: the agent's own time"):
         assert any(line.startswith(heading) for line in result["notes"]), heading
         assert heading in run.stdout
