@@ -66,9 +66,10 @@ def plain(result: Dict[str, Any]) -> str:
 EXITED_TAIL = 5
 
 
-def process_lines(result: Dict[str, Any]) -> List[str]:
+def process_lines(result: Dict[str, Any], told: Optional[str] = None) -> List[str]:
     """One line per process of a Procfile instance: name, state, pids, uptime
-    and log; an exited one's status and last lines."""
+    and log; an exited one's status and last lines, unless its log is `told`
+    (a failure showed them already)."""
     host, lines = result["host"], []
     rows = result.get("processes") or []
     width = max((len(row["name"]) for row in rows), default=0)
@@ -83,7 +84,8 @@ def process_lines(result: Dict[str, Any]) -> List[str]:
             parts.append(f"up {duration(row['uptime'])}")
         parts.append(f"log {row['log']}")
         lines.append(f"{host}:   " + "  ".join(parts))
-        lines += [f"{host}:       {line}" for line in (row.get("log_tail") or [])[-EXITED_TAIL:]]
+        if row["log"] != told:
+            lines += [f"{host}:       {line}" for line in (row.get("log_tail") or [])[-EXITED_TAIL:]]
     return lines
 
 
@@ -92,7 +94,8 @@ def human(result: Dict[str, Any], formatter: Formatter = plain) -> str:
     command's own last lines for setup and up's migrate), else what `formatter`
     says; then each process of a Procfile instance. up's failure names the step that failed."""
     text = failed_text(result) if result.get("error") else formatter(result)
-    return "\n".join([text] + process_lines(result)) if result.get("processes") and text else text
+    told = result.get("log") if result.get("error") and result.get("log_tail") else None
+    return "\n".join([text] + process_lines(result, told)) if result.get("processes") and text else text
 
 
 def failed_text(result: Dict[str, Any]) -> str:

@@ -59,10 +59,11 @@ def test_only_picks_processes_in_table_order_and_names_the_unknown_ones():
 
 def test_an_env_file_reads_as_honcho_reads_dot_env_and_never_through_a_shell():
     text = ("# settings\nexport DEBUG=1\nNAME='it''s $HOME'\nQUOTED=\"a\\nb \\\"c\\\"\"\n"
-            "PLAIN = value with spaces   # a comment\nEMPTY=\nSUB=$(id)\n")
+            "PLAIN = value with spaces   # a comment\nEMPTY=\nSUB=$(id)\nNOTED=\"two\\nlines\" # a comment\n"
+            "HASHED='a # b' # c\n")
     assert procfile.parse_env_file(text, ".env") == {
         "DEBUG": "1", "NAME": "it''s $HOME", "QUOTED": 'a\nb "c"', "PLAIN": "value with spaces", "EMPTY": "",
-        "SUB": "$(id)"}
+        "SUB": "$(id)", "NOTED": "two\nlines", "HASHED": "a # b"}
     with pytest.raises(AgentError, match=r"\.env line 2 is not KEY=VALUE"):
         procfile.parse_env_file("A=1\n1BAD=2\n", ".env")
 
@@ -112,6 +113,7 @@ def test_each_process_reads_as_one_aligned_line_and_an_exited_one_with_its_statu
     assert lines[0] == "web1:   worker  running  pids 40 41  up 1m15s  log /s/proc.worker.log"
     assert lines[1] == "web1:   watch   exited (status -9)  log /s/proc.watch.log"
     assert lines[2:] == [f"web1:       line {n}" for n in range(3, 8)]
+    assert report.process_lines({"host": "web1", "processes": [ROW, exited]}, told="/s/proc.watch.log") == lines[:2]
     assert report.process_lines({"host": "web1", "processes": None}) == []
 
 

@@ -118,15 +118,18 @@ def launch_companions(inst, processes, expires_at, launched):
 
 
 def died(launched):
-    """(why, its log's tail) for the first launched companion that ended, else None."""
+    """The first launched companion that ended, as {why, tail (its log's last
+    lines), name, log, status (-N: signal N; None: unknown)}, else None."""
     for comp, process, proc, found in launched:
         code = proc.poll()
         if code is None and found.members():
             continue
         if code is None:  # its group emptied this instant: its exit status is a wait away
             code = exit_code_of(proc)
-        said = "" if code is None else f" with status {code if code <= 128 else 128 - code}"
-        return f"{process.name} exited{said} during the start", log_tail(comp)
+        status = None if code is None else code if code <= 128 else 128 - code
+        said = "" if status is None else f" with status {status}"
+        return {"why": f"{process.name} exited{said} during the start", "tail": log_tail(comp),
+                "name": process.name, "log": comp.log, "status": status}
     return None
 
 
@@ -141,8 +144,8 @@ def exit_code_of(proc, wait=1.0):
 
 
 def await_window(launched, since):
-    """Watch the `launched` companions until READY_WINDOW after `since`:
-    (why, tail) of the first that ends, else None."""
+    """Watch the `launched` companions until READY_WINDOW after `since`: the
+    first that ends (see died), else None."""
     for pause in pauses():
         dead = died(launched)
         if dead or time.time() >= since + READY_WINDOW:

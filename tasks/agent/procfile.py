@@ -133,14 +133,23 @@ ENV_LINE = re.compile(r"^(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)[ \t]*=[ \t]*(
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
 
 
+QUOTED = re.compile(r"""^(?:'([^']*)'|"((?:[^"\\]|\\.)*)")(?:[ \t]+#.*)?$""")
+
+
 def env_value(text):
     """A value as honcho reads it: single quotes literal, double quotes with
-    backslash escapes, else the text up to a ` #` comment, stripped. Never a shell."""
-    if len(text) >= 2 and text[0] == text[-1] == "'":
-        return text[1:-1]
-    if len(text) >= 2 and text[0] == text[-1] == '"':
-        return re.sub(r"\\(.)", lambda match: ESCAPES.get(match.group(1), "\\" + match.group(1)), text[1:-1])
-    return re.split(r"[ \t]+#", text, 1)[0].strip()
+    backslash escapes (either may be followed by a ` #` comment), else the text
+    up to a ` #` comment, stripped. Never a shell."""
+    quoted = QUOTED.match(text)
+    if quoted:
+        single, double = quoted.groups()
+    elif len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":  # quotes within quotes: the outer ones go
+        single, double = (text[1:-1], None) if text[0] == "'" else (None, text[1:-1])
+    else:
+        return re.split(r"[ \t]+#", text, 1)[0].strip()
+    if single is not None:
+        return single
+    return re.sub(r"\\(.)", lambda match: ESCAPES.get(match.group(1), "\\" + match.group(1)), double)
 
 
 def parse_env_file(text, where):

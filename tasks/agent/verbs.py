@@ -238,25 +238,35 @@ def start_processes(inst, table):
     expires_at = launch_expiry(inst)  # one lifetime for the whole instance
     remember(inst)
     since = time.time()
-    launched = []
+    launched, death = [], {}
+
+    def watch():
+        """What start_server watches while web comes up: (why, tail) once a companion died."""
+        death.update(died(launched) or {})
+        return (death["why"], death["tail"]) if death else None
     try:
         running, applied = launch_companions(inst, [p for p in chosen if p.name != WEB], expires_at, launched)
         result = None
         if web is not None:
-            result = start_server(inst, python, web, expires_at, lambda: died(launched))
-        dead = await_window(launched, since)
-        if dead is not None:
+            result = start_server(inst, python, web, expires_at, watch)
+        death.update(await_window(launched, since) or {})
+        if death:
             if result is not None and inst.launched is not None:  # web, started by this start, goes too
                 terminate(inst.launched, min(inst.req.stop_timeout, 5))
                 inst.forget()
-            raise AgentError(join(dead[0], "nothing this start launched was left running"), log_tail=dead[1])
+            raise AgentError(join(death["why"], "nothing this start launched was left running"),
+                             log_tail=death["tail"])
     except BaseException as exc:  # whatever ended the start, nothing it launched outlives it
         end_launched(launched, min(inst.req.stop_timeout, 5))
         if not isinstance(exc, AgentError):
             raise
-        if "processes" not in exc.extra:
-            exc.extra["processes"] = [web_row(inst, table, status_of(inst, *located(inst)))] + companion_rows(
-                inst, table)
+        rows = [web_row(inst, table, status_of(inst, *located(inst)))] + companion_rows(inst, table)
+        if death:  # the one that died says how, with its own log
+            exc.extra["log"] = death["log"]
+            for row in rows:
+                if row["name"] == death["name"]:
+                    row.update(state=EXITED, exit_status=death["status"], log_tail=death["tail"])
+        exc.extra.setdefault("processes", rows)
         raise
     if result is None:
         result = status_of(inst, *located(inst))
