@@ -160,10 +160,11 @@ def do_stop(inst):
         result.update(pids=result["pids"] + pids, killed=bool(result.get("killed")) or killed,
                       changed=result["changed"] or bool(pids), pid=result["pid"] or (pids[0] if pids else None))
         said = join(result["message"], note)
-    else:
+        with_processes(inst, table, result)
+    else:  # web's row from web's own status first; then the result is what this stop ended
+        with_processes(inst, table, result)
         result.update(changed=bool(pids), pids=pids, pid=pids[0] if pids else None, killed=killed, port_free=None)
         said = note
-    with_processes(inst, table, result)
     # A stop did what it was asked, whatever it left running: the rest is the instance's state.
     result.update(ok=True, error=None, message=join(said, result["message"] if result["state"] != STOPPED else ""))
     return result
