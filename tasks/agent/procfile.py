@@ -28,15 +28,21 @@ class Process(object):
         return [self.name, self.command, self.port]
 
 
+def content_lines(text):
+    """(number, line stripped) of each line of a Procfile's or an env file's
+    `text` that is neither blank nor a `#` comment."""
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            yield number, stripped
+
+
 def parse_procfile(text, where=PROCFILE):
     """(name, command) of each line of a Procfile's `text`, in order; blank lines
     and `#` comments skipped. AgentError naming the line that is neither, or a
     name given twice."""
     entries, seen = [], set()
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
+    for number, stripped in content_lines(text):
         match = PROCFILE_LINE.match(stripped)
         if not match:
             raise AgentError(f"{where} line {number} is not `name: command` (names: letters, digits, _ and -)")
@@ -156,10 +162,7 @@ def parse_env_file(text, where):
     """The KEY=VALUE pairs of an env file's `text`; AgentError naming a line
     that is neither a pair, blank nor a `#` comment."""
     pairs = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
+    for number, stripped in content_lines(text):
         match = ENV_LINE.match(stripped)
         if not match:
             raise AgentError(f"{where} line {number} is not KEY=VALUE")
