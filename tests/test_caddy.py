@@ -1,0 +1,72 @@
+"""The agent's Caddy calls against a real Caddy (Debian's package, its admin API
+on localhost:2019): a route put first reaches its upstream by Host header and
+nothing else does, removing it gives the site back, a route added by hand
+survives, and a Caddy that is not there is one line."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import urllib.request
+
+import pytest
+
+from bed.caddy import ADMIN, SITE_TEXT, admin_config, running_caddy
+from helpers import free_port
+from tasks.agent import caddy
+from tasks.agent.protocol import AgentError
+
+
+@pytest.fixture
+def upstream():
+    """A loopback HTTP server answering its own port: what Caddy proxies to."""
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = f"upstream {self.server.server_port} for {self.headers['Host']}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_port
+    server.shutdown()
+    server.server_close()
+
+
+def through(port: int, host: str) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_a_route_reaches_its_upstream_by_host_and_goes_again(tmp_path, upstream, root):
+    site = free_port()
+    with running_caddy(tmp_path / "caddy", site):
+        by_hand = {"@id": "by-hand", "match": [{"host": ["hand.example.test"]}],
+                   "handle": [{"handler": "static_response", "body": "by hand"}], "terminal": True}
+        assert caddy.admin_call(ADMIN, "PUT", "/config/apps/http/servers/srv0/routes/0", by_hand)[0] == 200
+        caddy.add_route(ADMIN, caddy.route_of("site-1", "pr-1.example.test", upstream))
+        caddy.add_route(ADMIN, caddy.route_of("site-1", "pr-1.example.test", upstream))  # again: replaced, not doubled
+        routes = admin_config("/config/apps/http/servers/srv0/routes")
+        assert [route.get("@id") for route in routes] == ["fabserve-site-1", "by-hand", None]
+        assert through(site, "pr-1.example.test") == (200, f"upstream {upstream} for pr-1.example.test")
+        assert through(site, "other.example.test") == (200, SITE_TEXT)
+        assert caddy.remove_route(ADMIN, "fabserve-site-1") is True
+        assert caddy.remove_route(ADMIN, "fabserve-site-1") is False  # gone already: no error
+        assert through(site, "pr-1.example.test") == (200, SITE_TEXT)
+        assert through(site, "hand.example.test") == (200, "by hand")
+
+
+def test_a_caddy_that_is_not_there_is_one_line(root):
+    with pytest.raises(caddy.Unanswered, match=f"Caddy's admin API at localhost:1 does not answer"):
+        caddy.add_route("localhost:1", caddy.route_of("site-1", "pr-1.example.test", 8000))
+    with pytest.raises(AgentError, match="is Caddy running on this host"):
+        caddy.remove_route("localhost:1", "fabserve-site-1")
