@@ -318,6 +318,32 @@ def parse_processes(value: Any) -> Dict[str, str]:
     return table
 
 
+HOST_TEMPLATE = re.compile(r"^[A-Za-z0-9.{}-]{1,253}$")
+
+
+def parse_host_template(value: Any) -> str:
+    text = text_of(value, "a host name template")
+    if not HOST_TEMPLATE.fullmatch(text):
+        raise Invalid(f"must be a host name, with {{branch}}, {{sha}} or {{port}} in it if need be, not {shown(value)}")
+    return text
+
+
+def parse_basic_auth(value: Any) -> str:
+    text = text_of(value, "USER:HASH")
+    user, sep, hashed = text.partition(":")
+    if not sep or not user or not hashed.startswith("$2") or any(char.isspace() for char in text):
+        raise Invalid(f"must be USER:HASH with a bcrypt hash (caddy hash-password), not {shown(value)}")
+    return text
+
+
+def parse_caddy_admin(value: Any) -> str:
+    text = text_of(value, "HOST:PORT")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535 or "/" in host:
+        raise Invalid(f"must be HOST:PORT, such as localhost:2019, not {shown(value)}")
+    return text
+
+
 def parse_local_port(value: Any) -> int:
     port = whole(value.strip() if isinstance(value, str) else value)
     if port is None or not 0 <= port <= 65535:
@@ -409,6 +435,19 @@ SETTINGS: Tuple[Setting, ...] = (
             verbs=STARTING + ("stop",), request=True, config=False),
     Setting("process", "web", parse_process_name, "with a Procfile: the process whose log to show (default {default})",
             verbs=("logs",), request=True, config=False),
+    Setting("expose", False, parse_switch,
+            "publish the server through the host's Caddy (admin API at caddy_admin) at the host name "
+            "--host-template gives, with DJANGO_ALLOWED_HOSTS and CSRF_TRUSTED_ORIGINS set for it",
+            verbs=STARTING, per_host=True, request=True),
+    Setting("host_template", None, optional(parse_host_template),
+            "the public host name of an exposed instance: {{branch}}, {{sha}} and {{port}} are filled in, "
+            "e.g. {{branch}}.preview.example.com",
+            verbs=STARTING, per_host=True, request=True),
+    Setting("basic_auth", None, optional(parse_basic_auth),
+            "USER:HASH (a bcrypt hash, as `caddy hash-password` prints it) that an exposed instance asks for",
+            verbs=STARTING, per_host=True, request=True),
+    Setting("caddy_admin", "localhost:2019", parse_caddy_admin, "where Caddy's admin API answers on the target",
+            per_host=True, request=True),
     Setting("noreload", False, parse_switch, "run without Django's autoreloader (a single process)",
             verbs=STARTING, per_host=True, request=True),
     Setting("start_timeout", 30, parse_seconds,

@@ -45,6 +45,9 @@ def prepare(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[s
         if "project" in flags and values["project"] is None and not remote.is_remote(c):
             values["project"] = entrypoints.local_project(c.config)
         values["project"] = expanded_project(values)
+        if values.get("host_template"):  # {port} is the host's to fill: --port auto chooses it there
+            values["host_template"] = naming.expand(values["host_template"], lambda: source_facts(values),
+                                                    str(values["src"]), "--host-template", ("port",))
         req = request(action, values, env)
         agent_python = checked(values, "agent_python")
     except UsageError as exc:
@@ -174,7 +177,8 @@ def started(c: Context) -> Formatter:
 
 @verb
 def start(c, project=None, port=None, addr=None, python=None, settings=None, env=None, env_file=None, only=None,
-          noreload=False, timeout=None, check=None, json=False, ttl=None):
+          noreload=False, timeout=None, check=None, json=False, ttl=None, expose=False, host_template=None,
+          basic_auth=None):
     """Start runserver detached (with a Procfile, each of its processes); return once its port answers.
 
     Already running: reports it and starts nothing. On failure (port taken,
@@ -184,7 +188,8 @@ def start(c, project=None, port=None, addr=None, python=None, settings=None, env
     already running gets that TTL from now.
     """
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings, env_file=env_file,
-                 only=only, noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl)
+                 only=only, noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl, expose=expose,
+                 host_template=host_template, basic_auth=basic_auth)
     return finish(c, operate(c, "start", flags, env), flags, started(c))
 
 
@@ -234,14 +239,16 @@ def status(c, project=None, port=None, addr=None, check=None, json=False):
 
 @verb
 def restart(c, project=None, port=None, addr=None, python=None, settings=None, env=None, env_file=None,
-            only=None, noreload=False, timeout=None, check=None, json=False, ttl=None):
+            only=None, noreload=False, timeout=None, check=None, json=False, ttl=None, expose=False,
+            host_template=None, basic_auth=None):
     """Stop the server if it runs, then start it and wait until it answers.
 
     The new server gets a whole TTL again: --ttl, else the last one it was given.
     With a Procfile, --only restarts those processes alone.
     """
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings, env_file=env_file,
-                 only=only, noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl)
+                 only=only, noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl, expose=expose,
+                 host_template=host_template, basic_auth=basic_auth)
     return finish(c, operate(c, "restart", flags, env), flags, started(c))
 
 
@@ -536,7 +543,7 @@ def show_up(result: Dict[str, Any]) -> str:
 @verb
 def up(c, src=None, project=None, branch=None, port=None, addr=None, python=None, settings=None, env=None,
        env_file=None, only=None, requirements=None, migrate=True, noreload=False, timeout=None, check=None,
-       ttl=None, json=False):
+       ttl=None, json=False, expose=False, host_template=None, basic_auth=None):
     """Bring a preview up in one command: sync --src, set up its venv, migrate, start.
 
     Each step runs once the one before it succeeded; a step that fails ends up
@@ -547,5 +554,6 @@ def up(c, src=None, project=None, branch=None, port=None, addr=None, python=None
     """
     flags = dict(src=src, project=project, branch=branch, port=port, addr=addr, python=python, settings=settings,
                  env_file=env_file, only=only, requirements=requirements, migrate=migrate, noreload=noreload,
-                 timeout=timeout, check=check, ttl=ttl, json=json)
+                 timeout=timeout, check=check, ttl=ttl, json=json, expose=expose, host_template=host_template,
+                 basic_auth=basic_auth)
     return finish(c, up_chain(c, flags, env), flags, show_up)

@@ -38,6 +38,13 @@ def upstream():
     server.server_close()
 
 
+ALLOWED_FROM_ENV = """
+import os
+ALLOWED_HOSTS = [host for host in os.environ.get("DJANGO_ALLOWED_HOSTS", "").split(",") if host]
+CSRF_TRUSTED_ORIGINS = [origin for origin in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if origin]
+"""
+
+
 def through(port: int, host: str) -> tuple[int, str]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": host})
     try:
@@ -70,3 +77,33 @@ def test_a_caddy_that_is_not_there_is_one_line(root):
         caddy.add_route("localhost:1", caddy.route_of("site-1", "pr-1.example.test", 8000))
     with pytest.raises(AgentError, match="is Caddy running on this host"):
         caddy.remove_route("localhost:1", "fabserve-site-1")
+
+
+def test_start_expose_publishes_the_server_and_stop_withdraws_it(fab, site, tmp_path, root):
+    """Through fab over the real sshd as the test user: Django answers the public
+    host name through Caddy (ALLOWED_HOSTS from the environment), status shows
+    the public URL, and stop leaves Caddy's own site answering that name."""
+    http_port, port = free_port(), free_port()
+    where = ["--project", str(site), "--port", str(port)]
+    with open(site / "mysite" / "settings.py", "a") as settings:  # as docs/expose.md tells a project to
+        settings.write(ALLOWED_FROM_ENV)
+    with running_caddy(tmp_path / "caddy", http_port):
+        started = fab("start", *where, "--expose", "--host-template", "pr-{port}.example.test", "--json")
+        assert started.returncode == 0, started.stdout + started.stderr
+        host = f"pr-{port}.example.test"
+        assert started.json["public_url"] == f"http://{host}:{http_port}/", started.json
+        status, body = through(http_port, host)
+        assert status == 200 and "django" in body.lower(), (status, body[:200])
+        assert fab("status", *where, "--json").json["public_url"] == started.json["public_url"]
+        stopped = fab("stop", *where, "--json")
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert through(http_port, host) == (200, SITE_TEXT)
+        assert [route.get("@id") for route in admin_config("/config/apps/http/servers/srv0/routes")] == [None]
+
+
+def test_expose_without_caddy_starts_nothing(fab, site, root):
+    port = free_port()
+    result = fab("start", "--project", str(site), "--port", str(port), "--expose", "--host-template",
+                 "x.example.test", "--json")
+    assert result.returncode == 1 and "does not answer" in result.json["error"], result.json
+    assert result.json["pids"] == [] and fab("status", "--project", str(site), "--port", str(port)).returncode == 3

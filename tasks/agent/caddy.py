@@ -102,3 +102,15 @@ def remove_route(admin, identifier):
         return False
     raise AgentError(f"Caddy did not remove route {identifier} (HTTP {status}"
                      f"{': ' + answer['error'] if isinstance(answer, dict) and answer.get('error') else ''})")
+
+
+def withdraw(exposed):
+    """Remove the route an exposed instance's metadata records (`exposed`, or
+    None: nothing to do): what to say when Caddy could not be told, else ""."""
+    if not isinstance(exposed, dict) or not isinstance(exposed.get("route"), str):
+        return ""
+    try:
+        remove_route(exposed.get("admin") or ADMIN, exposed["route"])
+    except AgentError as exc:
+        return f"its Caddy route {exposed['route']} stays: {exc}"
+    return ""

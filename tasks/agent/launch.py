@@ -11,12 +11,13 @@ import signal
 import sys
 import time
 
-from .protocol import AgentError, FAILED, RUNNING, STOPPED, connect_host
+from .protocol import AgentError, FAILED, RUNNING, STOPPED, WEB, connect_host
 from .procfs import boot_id, proc_stat
 from .signals import Found, terminate
 from .sockets import held_in, holders, listen_inodes, pids_holding, port_answers
 from .state import open_regular, write_atomic
 from .procfile import command_argv, env_file_pairs
+from .exposure import host_env
 from .logfiles import BLOCK, LOG_KEEP, rotate_logs
 from .ttl import feed_watchdog, launch_expiry, launched_watchdog, watchdog_forker
 
@@ -99,6 +100,8 @@ def launch(inst, python, process=None, expires_at=None):
     argv = process_argv(inst, python, process)
     token = os.urandom(16).hex()
     env = manage_env(inst, process)
+    if inst.exposed:  # every process of an exposed instance: Django accepts the public host
+        env.update(host_env(inst.exposed))
     env["FABSERVE_TOKEN"] = token
     expires_at = expires_at or launch_expiry(inst)
     try:
@@ -133,7 +136,8 @@ def launch(inst, python, process=None, expires_at=None):
                     os.close(fd)
     watch = launched_watchdog(reader)
     settings = {"expires_at": expires_at, "grace": inst.req.stop_timeout, "token": token,
-                "directory": inst.dir, "pidfile": inst.pidfile, "meta": inst.meta_path}
+                "directory": inst.dir, "pidfile": inst.pidfile, "meta": inst.meta_path,
+                "exposed": inst.exposed if inst.process == WEB else None}
     if feed_out is not None and not feed_watchdog(feed_out, settings):
         terminate(Found(pgid=proc.pid), 0)
         proc.poll()
@@ -147,6 +151,8 @@ def launch(inst, python, process=None, expires_at=None):
             "port": inst.port, "addr": inst.addr, "started": time.time(), "process": inst.process}
     if expires_at is not None:
         meta.update(expires_at=expires_at, watchdog=watch)
+    if inst.exposed and inst.process == WEB:  # the route is web's: withdrawn when web stops
+        meta["exposed"] = inst.exposed
     inst.expires_at = expires_at
     inst.serving = inst.project
     inst.recorded = meta

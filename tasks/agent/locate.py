@@ -22,6 +22,7 @@ from .state import (
     Instance, companion_pidfiles, instance_name, last_written, lock_held, other_host, read_state, recorded_addr,
     try_lock)
 from .logfiles import append_log
+from .caddy import withdraw
 from .ttl import WATCH_POLL, expiry_fields, expiry_line, expiry_of
 
 
@@ -190,9 +191,10 @@ def end_expired(inst, found, meta, procs):
                      f"{' '.join(map(str, left + escaped))}"]
             append_log(inst.log, expiry_line(inst.expires_at, *notes))
         inst.forget()
+        withdrawn = withdraw(meta.get("exposed"))
         inst.ended = sorted(set(pids + left + escaped))
         return None, join(f"{EXPIRED} at {expiry_fields(inst.expires_at)['expires_at']} (ttl)",
-                          notes[-1] if notes else "")
+                          notes[-1] if notes else "", withdrawn)
     finally:
         if lock is not None:
             os.close(lock)

@@ -80,6 +80,7 @@ ANSWERED = (
     ("managed", "true when found through its pidfile, false when found by the /proc search"),
     ("expires_at", "when the server's TTL stops it, ISO 8601 UTC; null without a TTL"),
     ("expires_in", "whole seconds until then; null without a TTL"),
+    ("public_url", "where a reviewer opens the server through the host's Caddy (--expose); null otherwise"),
 )
 # Added by some verbs: (field, verbs, description).
 EXTRAS = (

@@ -180,7 +180,8 @@ class Request(object):
         "args": None, "manage_timeout": None, "look_only": False, "keep_files": False,
         "reloading": False, "manifest": None, "archive": None, "branch": None, "commit": None,
         "requirements": "requirements.txt", "setup_timeout": 900, "processes": None, "only": None,
-        "env_file": None, "process": "web",
+        "env_file": None, "process": "web", "expose": False, "host_template": None, "basic_auth": None,
+        "caddy_admin": None,
     }
     __slots__ = tuple(FIELDS)
 
@@ -263,6 +264,7 @@ class Instance(object):
         self.ended = None  # the PIDs of a server this call found past its expiry and saw ended
         self.table = None  # the processes of its Procfile a start runs (procfile.Process), or None
         self.launched = None  # the server this call launched (a Found), while it may still be ended
+        self.exposed = None  # what --expose publishes of the server to launch (see exposure.planned)
 
     @property
     def url(self):

@@ -20,6 +20,7 @@ from .procfs import alive, environ_token, parse_pid, pid_max, proc_stat
 from .signals import end_token_carriers, group_others, pauses
 from .state import instance_record, read_state, remove, write_atomic
 from .logfiles import log_line, read_tail
+from .caddy import withdraw
 
 
 WATCH_POLL = 1.0  # how often the watchdog looks whether its server still runs
@@ -93,7 +94,7 @@ def close_inherited():
                 pass
 
 
-def watchdog(expires_at, grace, token, directory, group=None, pidfile=None, meta_path=None):
+def watchdog(expires_at, grace, token, directory, group=None, pidfile=None, meta_path=None, exposed=None):
     """The TTL watchdog, in an interpreter of its own (see WATCHDOG). Launched
     with its server, it is forked into the server's own session and group
     (`group` None) before the server's exec; attached to a server already
@@ -140,6 +141,7 @@ def watchdog(expires_at, grace, token, directory, group=None, pidfile=None, meta
     if not problem:
         release_state(directory, leader, token, pidfile or os.path.join(directory, "server.pid"),
                       meta_path or os.path.join(directory, "server.json"))
+    problem = join(problem, withdraw(exposed))
     log_line(expiry_line(expires_at,
                          f"with SIGKILL after {grace:g}s grace" if killed or escaped_killed else "",
                          f"pids {' '.join(map(str, escaped))} had left the server's process group" if escaped else "",
@@ -216,7 +218,7 @@ def watch(stream):
     os.dup2(null, 0)
     os.close(null)
     watchdog(settings["expires_at"], settings["grace"], settings["token"], settings["directory"],
-             settings.get("group"), settings.get("pidfile"), settings.get("meta"))
+             settings.get("group"), settings.get("pidfile"), settings.get("meta"), settings.get("exposed"))
 
 
 def attach_watchdog(inst, expires_at, group, token):

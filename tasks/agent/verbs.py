@@ -17,6 +17,8 @@ from .locate import locate
 from .launch import (
     PortTaken, check_note, checked_health, fallback_note, health, launch, resolve_python, taken_by,
     unapplied_migrations, wait_http)
+from .caddy import withdraw
+from .exposure import planned, publish
 from .companions import (
     await_window, companion_rows, died, end_launched, exited_note, instance_table, launch_companions, process_row,
     running_note, stop_companions, stopped_note)
@@ -38,6 +40,8 @@ def describe(inst, found, **fields):
         "managed": found.managed if found else None,
     }
     answered.update(expiry_fields(inst.expires_at if found is not None else None))
+    exposed = (inst.exposed or (inst.recorded or {}).get("exposed")) if found is not None else None
+    answered["public_url"] = exposed.get("url") if isinstance(exposed, dict) else None
     answered.update(fields)
     return result_of(**answered)
 
@@ -194,6 +198,7 @@ def stop_server(inst):
     escaped, escaped_killed = end_token_carriers(token, grace, pids)
     killed = killed or escaped_killed
     inst.forget()
+    withdrawn = withdraw((inst.recorded or {}).get("exposed"))
     stopped = pids + escaped
     grace_text = f" with SIGKILL after {grace:g}s grace" if killed else ""
     message = f"stopped pids {' '.join(map(str, stopped))}{grace_text}"
@@ -205,7 +210,11 @@ def stop_server(inst):
                          state=STOPPED, pids=stopped, killed=killed, port_free=False)
     return describe(inst, None, ok=True, changed=True, state=STOPPED, pids=stopped,
                     pid=stopped[0] if stopped else None, killed=killed, port_free=True, managed=managed,
-                    message=join(message, note))
+                    message=join(message, withdrawn, note))
+
+
+def exposed_note(exposed):
+    return f"open it at {exposed['url']}" if exposed else ""
 
 
 def alone(inst):
@@ -317,6 +326,8 @@ def start_server(inst, python, process=None, expires_at=None, watch=None):
     if taken:
         raise PortTaken(f"port {inst.port} on {inst.addr} is already in use by {taken}; nothing was started")
     remember(inst)
+    if inst.req.expose:  # Caddy answers, with a site to add the route to, or nothing starts
+        inst.exposed = planned(inst)
     proc, found, offset = launch(inst, python, process, expires_at)
     inst.launched = found
     deadline = time.time() + inst.req.start_timeout
@@ -340,9 +351,15 @@ def start_server(inst, python, process=None, expires_at=None, watch=None):
             break
         if pids_holding(listen_inodes(inst.port, listeners(texts)), pids) and port_answers(inst.addr, inst.port):
             http, why = wait_http(inst, proc, deadline)
+            if why is None and inst.exposed:
+                try:
+                    publish(inst, inst.exposed)
+                except AgentError as exc:
+                    why = f"{exc}; the server was stopped again"
             if why is None:
                 return describe(inst, found, ok=True, changed=True, state=RUNNING, python=python, pids=pids,
-                                http_status=http, message=join(f"started on {inst.url}", check_note(inst, http), note))
+                                http_status=http, message=join(f"started on {inst.url}", check_note(inst, http),
+                                                               exposed_note(inst.exposed), note))
             break
         if time.time() >= deadline:
             why = f"nothing answered on port {inst.port} within {inst.req.start_timeout:g}s"

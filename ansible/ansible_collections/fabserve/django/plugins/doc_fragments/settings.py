@@ -84,6 +84,29 @@ options:
     - A list, or names separated by commas.
     type: list
     elements: str
+  expose:
+    description:
+    - Publish the server through the host's Caddy (admin API at caddy_admin) at the host name --host-template
+      gives, with DJANGO_ALLOWED_HOSTS and CSRF_TRUSTED_ORIGINS set for it.
+    - fab's C(--expose) and the inventory variable C(fabserve_expose) (or C(expose)).
+    type: bool
+    default: false
+  host_template:
+    description:
+    - 'The public host name of an exposed instance: {branch}, {sha} and {port} are filled in, e.g. {branch}.preview.example.com.'
+    - fab's C(--host-template) and the inventory variable C(fabserve_host_template) (or C(host_template)).
+    type: str
+  basic_auth:
+    description:
+    - USER:HASH (a bcrypt hash, as `caddy hash-password` prints it) that an exposed instance asks for.
+    - fab's C(--basic-auth) and the inventory variable C(fabserve_basic_auth) (or C(basic_auth)).
+    type: str
+  caddy_admin:
+    description:
+    - Where Caddy's admin API answers on the target.
+    - The config setting C(caddy_admin) and the inventory variable C(fabserve_caddy_admin) (or C(caddy_admin)).
+    type: str
+    default: localhost:2019
   noreload:
     description:
     - Run without Django's autoreloader (a single process).

@@ -155,6 +155,10 @@ expires_in:
   description: Whole seconds until then; null without a TTL.
   returned: always
   type: int
+public_url:
+  description: Where a reviewer opens the server through the host's Caddy (--expose); null otherwise.
+  returned: always
+  type: str
 uptime:
   description: Seconds since the server started. Null unless state=status.
   returned: always
