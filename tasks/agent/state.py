@@ -167,11 +167,10 @@ class Request(object):
     that may be missing): what the client sent, and for a field it left out,
     its value in FIELDS."""
 
-    # Each field a request may hold, and its value when the request leaves it out.
-    # The client sends every request setting of its settings table, and logs'
-    # `stream`; Ansible's check mode adds `look_only`; sync adds its manifest,
-    # archive and the tree's git branch and commit; up's start adds `reloading` once
-    # sync changed files; a test may send fewer.
+    # Each field a request may hold, and its value when the request leaves it out. The client
+    # sends every request setting of its settings table, and logs' `stream`; Ansible's check mode
+    # adds `look_only`; sync its manifest, archive and the tree's git branch and commit; up's start
+    # `reloading` once sync changed files; a test may send fewer.
     FIELDS = {
         "action": None, "project": None, "port": None, "addr": None, "python": None, "settings": None,
         "env": None, "noreload": False, "check": None, "start_timeout": None, "stop_timeout": None,
@@ -181,8 +180,7 @@ class Request(object):
         "reloading": False, "manifest": None, "archive": None, "branch": None, "commit": None,
         "requirements": "requirements.txt", "setup_timeout": 900, "processes": None, "only": None,
         "env_file": None, "process": "web", "expose": False, "host_template": None, "basic_auth": None,
-        "caddy_admin": None,
-    }
+        "caddy_admin": None}
     __slots__ = tuple(FIELDS)
 
     def __init__(self, data):
