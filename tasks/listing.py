@@ -17,7 +17,7 @@ COLUMNS = (
     ("PROCS", lambda row: procs_of(row)),
     ("UPTIME", lambda row: report.duration(row["uptime"]) if row.get("uptime") is not None else "-"),
     ("EXPIRES", lambda row: report.duration(row["expires_in"]) if row.get("expires_in") is not None else "-"),
-    ("URL", lambda row: row.get("url") or "-"),
+    ("URL", lambda row: row.get("public_url") or row.get("url") or "-"),  # exposed: where a reviewer opens it
     ("BRANCH", lambda row: row.get("branch") or "-"),
     ("COMMIT", lambda row: (row.get("commit") or "-")[:12]),
     ("LOG", lambda row: row.get("log") or "-"),

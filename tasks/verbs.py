@@ -218,6 +218,8 @@ def show_status(result: Dict[str, Any]) -> str:
         return plain(result)
     text = (f"{result['host']}: running on {result['url']}, pids {pid_list(result['pids'])}, "
             f"up {report.duration(result.get('uptime'))}; log {result['log']}")
+    if result.get("public_url"):
+        text += f"; public at {result['public_url']}"
     if result.get("managed"):
         text += f"; pidfile {result['pidfile']}"
     text += expiry_note(result)

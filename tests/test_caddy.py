@@ -5,14 +5,16 @@ survives, and a Caddy that is not there is one line."""
 
 from __future__ import annotations
 
+import base64
 import http.server
+import subprocess
 import threading
 import urllib.request
 
 import pytest
 
 from bed.caddy import ADMIN, SITE_TEXT, admin_config, running_caddy
-from helpers import free_port
+from helpers import alive, free_port, wait_for
 from tasks.agent import caddy
 from tasks.agent.protocol import AgentError
 
@@ -107,3 +109,37 @@ def test_expose_without_caddy_starts_nothing(fab, site, root):
                  "x.example.test", "--json")
     assert result.returncode == 1 and "does not answer" in result.json["error"], result.json
     assert result.json["pids"] == [] and fab("status", "--project", str(site), "--port", str(port)).returncode == 3
+
+
+def test_two_exposed_instances_each_reach_their_own_server_one_behind_basic_auth_and_expiry_withdraws(
+        fab, make_project, tmp_path, root):
+    http_port = free_port()
+    first, second = make_project(), make_project()
+    for project in (first, second):
+        with open(project / "mysite" / "settings.py", "a") as settings:
+            settings.write(ALLOWED_FROM_ENV)
+    hashed = subprocess.run(["caddy", "hash-password", "--plaintext", "s3cret"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    ports = free_port(), free_port()
+    with running_caddy(tmp_path / "caddy", http_port):
+        one = fab("start", "--project", str(first), "--port", str(ports[0]), "--expose", "--host-template",
+                  "one.example.test", "--ttl", "20s", "--json")
+        two = fab("start", "--project", str(second), "--port", str(ports[1]), "--expose", "--host-template",
+                  "two.example.test", "--basic-auth", f"review:{hashed}", "--json")
+        assert one.returncode == 0 and two.returncode == 0, one.stdout + one.stderr + two.stdout + two.stderr
+        assert through(http_port, "one.example.test")[0] == 200
+        assert through(http_port, "two.example.test")[0] == 401
+        token = base64.b64encode(b"review:s3cret").decode()
+        request = urllib.request.Request(f"http://127.0.0.1:{http_port}/",
+                                         headers={"Host": "two.example.test", "Authorization": f"Basic {token}"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+        rows = fab("list", "--json").json
+        listed = {row["project"]: row for row in (rows if isinstance(rows, list) else [rows])}
+        assert listed[str(first)]["public_url"] == f"http://one.example.test:{http_port}/"
+        # The TTL's watchdog, alone on the host once fab returned, withdraws the route when it ends the server.
+        assert wait_for(lambda: through(http_port, "one.example.test") == (200, SITE_TEXT), timeout=60)
+        assert not any(alive(pid) for pid in one.json["pids"])
+        destroyed = fab("destroy", "--project", str(second), "--json")
+        assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+        assert through(http_port, "two.example.test") == (200, SITE_TEXT)
