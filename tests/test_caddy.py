@@ -6,6 +6,7 @@ survives, and a Caddy that is not there is one line."""
 from __future__ import annotations
 
 import base64
+import os
 import http.server
 import subprocess
 import threading
@@ -97,6 +98,13 @@ def test_start_expose_publishes_the_server_and_stop_withdraws_it(fab, site, tmp_
         status, body = through(http_port, host)
         assert status == 200 and "django" in body.lower(), (status, body[:200])
         assert fab("status", *where, "--json").json["public_url"] == started.json["public_url"]
+        assert caddy.remove_route(ADMIN, f"fabserve-{os.path.basename(started.json['state_dir'])}")  # a reload
+        again = fab("start", *where, "--expose", "--host-template", "pr-{port}.example.test", "--json")
+        assert again.returncode == 0 and again.json["pids"] == started.json["pids"], again.json
+        assert through(http_port, host)[0] == 200  # the route is back, the server the same
+        restarted = fab("restart", *where, "--json")  # reruns --expose: the new server is published too
+        assert restarted.returncode == 0 and restarted.json["public_url"] == started.json["public_url"]
+        assert through(http_port, host)[0] == 200
         stopped = fab("stop", *where, "--json")
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         assert through(http_port, host) == (200, SITE_TEXT)

@@ -5,10 +5,12 @@ or is destroyed. What was exposed is recorded in the server's metadata
 (`exposed`), so every later call knows which route to withdraw.
 """
 
+import json
 import os
 import re
 
 from .protocol import AgentError
+from .state import write_atomic
 from .caddy import ADMIN, add_route, admin_call, refusal, route_id, route_of, site_server
 
 HOST_NAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
@@ -68,3 +70,18 @@ def publish(inst, exposed):
     """Add the instance's route (replacing one of its @id)."""
     auth = inst.req.basic_auth.split(":", 1) if inst.req.basic_auth else None
     add_route(exposed["admin"], route_of(instance_id(inst), exposed["host"], inst.port, auth))
+
+
+def republish(inst, found):
+    """Publish a running server of ours through Caddy (again), recording it in its metadata."""
+    if not found.managed or not isinstance(inst.recorded, dict):
+        raise AgentError(f"the server on port {inst.port} was not started by fabserve, so it is not exposed: "
+                         f"stop it, then start it with --expose")
+    inst.exposed = planned(inst)
+    publish(inst, inst.exposed)
+    write_atomic(inst.meta_path, json.dumps(dict(inst.recorded, exposed=inst.exposed)))
+    return exposed_note(inst.exposed)
+
+
+def exposed_note(exposed):
+    return f"open it at {exposed['url']}" if exposed else ""

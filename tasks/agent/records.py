@@ -15,7 +15,8 @@ from .state import instance_record, write_atomic
 # venv, found again in the release the project now resolves to); ttl as a
 # duration, so a restarted server gets a whole lifetime again.
 RERUN = (("python", str), ("settings", str), ("env", dict), ("noreload", bool), ("addr", str), ("check", str),
-         ("ttl", int), ("env_file", str), ("processes", dict))
+         ("ttl", int), ("env_file", str), ("processes", dict), ("expose", bool), ("host_template", str),
+         ("basic_auth", str))
 
 
 def remember(inst):

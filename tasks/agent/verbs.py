@@ -18,7 +18,7 @@ from .launch import (
     PortTaken, check_note, checked_health, fallback_note, health, launch, resolve_python, taken_by,
     unapplied_migrations, wait_http)
 from .caddy import withdraw
-from .exposure import planned, publish
+from .exposure import exposed_note, planned, publish, republish
 from .companions import (
     await_window, companion_rows, died, end_launched, exited_note, instance_table, launch_companions, process_row,
     running_note, stop_companions, stopped_note)
@@ -213,10 +213,6 @@ def stop_server(inst):
                     message=join(message, withdrawn, note))
 
 
-def exposed_note(exposed):
-    return f"open it at {exposed['url']}" if exposed else ""
-
-
 def alone(inst):
     """Refuse --only naming anything but web for an instance without a Procfile."""
     others = [name for name in inst.req.only or () if name != WEB]
@@ -315,6 +311,8 @@ def start_server(inst, python, process=None, expires_at=None, watch=None):
             message = join("already started but " + message, "use restart")
         # A --ttl is never dropped: a leftover server a CI job's start finds gets it too.
         applied = apply_ttl(inst, found) if inst.req.ttl else ""
+        if inst.req.expose and state == RUNNING:  # its route put back, or added (a caddy reload dropped it)
+            applied = join(applied, republish(inst, found))
         return describe(inst, found, ok=state == RUNNING, changed=bool(applied), state=state, pids=pids,
                         http_status=http, message=join(message, applied, release_note(inst)))
     if inst.foreign:
