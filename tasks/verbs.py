@@ -15,10 +15,10 @@ from fabric.main import program as fab_program
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from . import config, entrypoints, listing, naming, remote, report, runners, trees, tunnels
+from . import config, entrypoints, listing, naming, outputs, remote, report, runners, trees, tunnels
 from .agent.protocol import DEGRADED, FAILED, RUNNING
 from .report import Formatter, pid_list, plain
-from .settings import UsageError, checked, flags_of, helps, positional, repeatable, request
+from .settings import SETTING, UsageError, checked, flags_of, helps, positional, repeatable, request
 
 
 def verb(body: Optional[Callable[..., Any]] = None, *, name: Optional[str] = None) -> Any:
@@ -90,6 +90,23 @@ def called(c: Context, req: Dict[str, Any], agent_python: str) -> Dict[str, Any]
     except remote.HostError as exc:
         result = report.failure(host, req["action"], str(exc))
     result["host"] = host
+    return result
+
+
+def with_outputs(c: Context, result: Dict[str, Any], flags: Dict[str, Any]) -> Dict[str, Any]:
+    """`result`, once its CI step outputs are written where --github-output or
+    --ci-output say (see tasks/outputs.py)."""
+    try:  # flags only: a config file saying where a job writes its outputs would be no job's
+        given = {name: SETTING[name].check(flags.get(name) or SETTING[name].default)
+                 for name in ("github_output", "ci_output")}
+    except UsageError as exc:
+        raise Exit(f"{remote.host_label(c)}: {exc}", 2) from None
+    path = outputs.output_file(given["github_output"], given["ci_output"])
+    if path is not None:
+        try:
+            outputs.write_outputs(path, result)
+        except OSError as exc:
+            raise Exit(f"{remote.host_label(c)}: cannot write the CI outputs to {path}: {exc.strerror}", 1) from None
     return result
 
 
@@ -178,7 +195,7 @@ def started(c: Context) -> Formatter:
 @verb
 def start(c, project=None, port=None, addr=None, python=None, settings=None, env=None, env_file=None, only=None,
           noreload=False, timeout=None, check=None, json=False, ttl=None, expose=False, host_template=None,
-          basic_auth=None):
+          basic_auth=None, github_output=None, ci_output=False):
     """Start runserver detached (with a Procfile, each of its processes); return once its port answers.
 
     Already running: reports it and starts nothing. On failure (port taken,
@@ -189,8 +206,9 @@ def start(c, project=None, port=None, addr=None, python=None, settings=None, env
     """
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings, env_file=env_file,
                  only=only, noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl, expose=expose,
-                 host_template=host_template, basic_auth=basic_auth)
-    return finish(c, operate(c, "start", flags, env), flags, started(c))
+                 host_template=host_template, basic_auth=basic_auth, github_output=github_output,
+                 ci_output=ci_output)
+    return finish(c, with_outputs(c, operate(c, "start", flags, env), flags), flags, started(c))
 
 
 @verb
@@ -242,7 +260,7 @@ def status(c, project=None, port=None, addr=None, check=None, json=False):
 @verb
 def restart(c, project=None, port=None, addr=None, python=None, settings=None, env=None, env_file=None,
             only=None, noreload=False, timeout=None, check=None, json=False, ttl=None, expose=False,
-            host_template=None, basic_auth=None):
+            host_template=None, basic_auth=None, github_output=None, ci_output=False):
     """Stop the server if it runs, then start it and wait until it answers.
 
     The new server gets a whole TTL again: --ttl, else the last one it was given.
@@ -250,8 +268,9 @@ def restart(c, project=None, port=None, addr=None, python=None, settings=None, e
     """
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings, env_file=env_file,
                  only=only, noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl, expose=expose,
-                 host_template=host_template, basic_auth=basic_auth)
-    return finish(c, operate(c, "restart", flags, env), flags, started(c))
+                 host_template=host_template, basic_auth=basic_auth, github_output=github_output,
+                 ci_output=ci_output)
+    return finish(c, with_outputs(c, operate(c, "restart", flags, env), flags), flags, started(c))
 
 
 def streamed(c: Context, req: Dict[str, Any], agent_python: str, as_json: bool) -> Optional[Dict[str, Any]]:
@@ -545,7 +564,8 @@ def show_up(result: Dict[str, Any]) -> str:
 @verb
 def up(c, src=None, project=None, branch=None, port=None, addr=None, python=None, settings=None, env=None,
        env_file=None, only=None, requirements=None, migrate=True, noreload=False, timeout=None, check=None,
-       ttl=None, json=False, expose=False, host_template=None, basic_auth=None):
+       ttl=None, json=False, expose=False, host_template=None, basic_auth=None, github_output=None,
+       ci_output=False):
     """Bring a preview up in one command: sync --src, set up its venv, migrate, start.
 
     Each step runs once the one before it succeeded; a step that fails ends up
@@ -557,5 +577,5 @@ def up(c, src=None, project=None, branch=None, port=None, addr=None, python=None
     flags = dict(src=src, project=project, branch=branch, port=port, addr=addr, python=python, settings=settings,
                  env_file=env_file, only=only, requirements=requirements, migrate=migrate, noreload=noreload,
                  timeout=timeout, check=check, ttl=ttl, json=json, expose=expose, host_template=host_template,
-                 basic_auth=basic_auth)
-    return finish(c, up_chain(c, flags, env), flags, show_up)
+                 basic_auth=basic_auth, github_output=github_output, ci_output=ci_output)
+    return finish(c, with_outputs(c, up_chain(c, flags, env), flags), flags, show_up)
