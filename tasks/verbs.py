@@ -9,10 +9,10 @@ import os
 import shlex
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from fabric.main import program as fab_program
-from invoke import Context, task
+from invoke import Context, Task, task
 from invoke.exceptions import Exit
 
 from . import config, entrypoints, listing, naming, outputs, remote, report, runners, trees, tunnels
@@ -21,13 +21,20 @@ from .report import Formatter, pid_list, plain
 from .settings import SETTING, UsageError, checked, flags_of, helps, positional, repeatable, request
 
 
+class Verb(Task):  # type: ignore[misc]
+    """A verb's task: its flags' short forms never take `-h` (fab's own --help), nor punctuation."""
+
+    def arg_opts(self, name: str, default: str, taken_names: Set[str]) -> Dict[str, Any]:
+        return super().arg_opts(name, default, taken_names | {"h", "_", "-"})
+
+
 def verb(body: Optional[Callable[..., Any]] = None, *, name: Optional[str] = None) -> Any:
     """@task for the verb named like `body`, with its flags' help from the settings table;
     @verb(name=...) for a verb whose name Python already uses (`list`)."""
     def build(body: Callable[..., Any]) -> Any:
         called = name or body.__name__
         return task(name=called, help=helps(called), iterable=repeatable(called),
-                    positional=positional(called))(body)
+                    positional=positional(called), klass=Verb)(body)
     return build(body) if body is not None else build
 
 
