@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 
 from bed import hosts, procfiles, procs, wait_for
+from bed.caddy import running_caddy
+from bed.net import free_port
 from bed.state import AccountClaim, account_claim
 from bed.accounts import ProjectMaker, Spawner, UserRunner
 from bed.ansible import Ansible
@@ -36,8 +38,9 @@ _TIERS = ("unit", "sshd", "hosts", "bench")
 _TIER_OF_FIXTURE = (("bed_hosts", "hosts"), ("target", "sshd"), ("root", "sshd"))
 #: Tests that share a costly fixture run in one pytest-xdist worker, which builds it
 #: once (pytest.ini's --dist loadgroup): every test on the namespaced hosts in one,
-#: and the tests of a module that has a module-scoped fixture in one per module.
-_GROUP_OF_FIXTURE = (("bed_hosts", "hosts"),)
+#: and the tests of a module that has a module-scoped fixture in one per module; the
+#: tests of a real Caddy in one, since its admin API has one address, localhost:2019.
+_GROUP_OF_FIXTURE = (("bed_hosts", "hosts"), ("caddy_site", "caddy"))
 
 
 #: pytest-xdist workers per CPU (pytest.ini's -n auto): a test mostly waits (sshd logins,
@@ -235,6 +238,15 @@ def tiny_tmpfs(target: Target) -> Iterator[Path]:
     """A 64 KiB tmpfs owned by the test user, to fill up."""
     with bed_outcome(), tmpfs_of(target) as mountpoint:
         yield mountpoint
+
+
+@pytest.fixture
+def caddy_site(tmp_path: Path, root: None) -> Iterator[int]:
+    """A real Caddy (bed/caddy.py) serving its own site on the port it yields, its
+    admin API on localhost:2019; ended with the test."""
+    port = free_port()
+    with running_caddy(tmp_path / "caddy", port):
+        yield port
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from bed.caddy import ADMIN, SITE_TEXT, admin_config, running_caddy
+from bed.caddy import ADMIN, SITE_TEXT, admin_config
 from helpers import alive, free_port, wait_for
 from tasks.agent import caddy
 from tasks.agent.protocol import AgentError
@@ -57,60 +57,59 @@ def through(port: int, host: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def test_a_route_reaches_its_upstream_by_host_and_goes_again(tmp_path, upstream, root):
-    site = free_port()
-    with running_caddy(tmp_path / "caddy", site):
-        by_hand = {"@id": "by-hand", "match": [{"host": ["hand.example.test"]}],
-                   "handle": [{"handler": "static_response", "body": "by hand"}], "terminal": True}
-        assert caddy.admin_call(ADMIN, "PUT", "/config/apps/http/servers/srv0/routes/0", by_hand)[0] == 200
-        caddy.add_route(ADMIN, caddy.route_of("site-1", "pr-1.example.test", upstream))
-        caddy.add_route(ADMIN, caddy.route_of("site-1", "pr-1.example.test", upstream))  # again: replaced, not doubled
-        routes = admin_config("/config/apps/http/servers/srv0/routes")
-        assert [route.get("@id") for route in routes] == ["fabserve-site-1", "by-hand", None]
-        assert through(site, "pr-1.example.test") == (200, f"upstream {upstream} for pr-1.example.test")
-        assert through(site, "other.example.test") == (200, SITE_TEXT)
-        assert caddy.remove_route(ADMIN, "fabserve-site-1") is True
-        assert caddy.remove_route(ADMIN, "fabserve-site-1") is False  # gone already: no error
-        assert through(site, "pr-1.example.test") == (200, SITE_TEXT)
-        assert through(site, "hand.example.test") == (200, "by hand")
+def test_a_route_reaches_its_upstream_by_host_and_goes_again(caddy_site, upstream):
+    site = caddy_site
+    by_hand = {"@id": "by-hand", "match": [{"host": ["hand.example.test"]}],
+               "handle": [{"handler": "static_response", "body": "by hand"}], "terminal": True}
+    assert caddy.admin_call(ADMIN, "PUT", "/config/apps/http/servers/srv0/routes/0", by_hand)[0] == 200
+    caddy.add_route(ADMIN, caddy.route_of("site-1", "pr-1.example.test", upstream))
+    caddy.add_route(ADMIN, caddy.route_of("site-1", "pr-1.example.test", upstream))  # again: replaced, not doubled
+    routes = admin_config("/config/apps/http/servers/srv0/routes")
+    assert [route.get("@id") for route in routes] == ["fabserve-site-1", "by-hand", None]
+    assert through(site, "pr-1.example.test") == (200, f"upstream {upstream} for pr-1.example.test")
+    assert through(site, "other.example.test") == (200, SITE_TEXT)
+    assert caddy.remove_route(ADMIN, "fabserve-site-1") is True
+    assert caddy.remove_route(ADMIN, "fabserve-site-1") is False  # gone already: no error
+    assert through(site, "pr-1.example.test") == (200, SITE_TEXT)
+    assert through(site, "hand.example.test") == (200, "by hand")
 
 
 def test_a_caddy_that_is_not_there_is_one_line(root):
-    with pytest.raises(caddy.Unanswered, match=f"Caddy's admin API at localhost:1 does not answer"):
+    with pytest.raises(caddy.Unanswered, match="Caddy's admin API at localhost:1 does not answer"):
         caddy.add_route("localhost:1", caddy.route_of("site-1", "pr-1.example.test", 8000))
     with pytest.raises(AgentError, match="is Caddy running on this host"):
         caddy.remove_route("localhost:1", "fabserve-site-1")
 
 
-def test_start_expose_publishes_the_server_and_stop_withdraws_it(fab, site, tmp_path, root):
+def test_start_expose_publishes_the_server_and_stop_withdraws_it(fab, site, caddy_site):
     """Through fab over the real sshd as the test user: Django answers the public
     host name through Caddy (ALLOWED_HOSTS from the environment), status shows
     the public URL, and stop leaves Caddy's own site answering that name."""
-    http_port, port = free_port(), free_port()
+    http_port, port = caddy_site, free_port()
     where = ["--project", str(site), "--port", str(port)]
     with open(site / "mysite" / "settings.py", "a") as settings:  # as docs/expose.md tells a project to
         settings.write(ALLOWED_FROM_ENV)
-    with running_caddy(tmp_path / "caddy", http_port):
-        started = fab("start", *where, "--expose", "--host-template", "pr-{port}.example.test", "--json")
-        assert started.returncode == 0, started.stdout + started.stderr
-        host = f"pr-{port}.example.test"
-        assert started.json["public_url"] == f"http://{host}:{http_port}/", started.json
-        status, body = through(http_port, host)
-        assert status == 200 and "django" in body.lower(), (status, body[:200])
-        assert fab("status", *where, "--json").json["public_url"] == started.json["public_url"]
-        assert caddy.remove_route(ADMIN, f"fabserve-{os.path.basename(started.json['state_dir'])}")  # a reload
-        again = fab("start", *where, "--expose", "--host-template", "pr-{port}.example.test", "--json")
-        assert again.returncode == 0 and again.json["pids"] == started.json["pids"], again.json
-        assert through(http_port, host)[0] == 200  # the route is back, the server the same
-        restarted = fab("restart", *where, "--json")  # reruns --expose: the new server is published too
-        assert restarted.returncode == 0 and restarted.json["public_url"] == started.json["public_url"]
-        assert through(http_port, host)[0] == 200
-        stopped = fab("stop", *where, "--json")
-        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-        assert through(http_port, host) == (200, SITE_TEXT)
-        assert [route.get("@id") for route in admin_config("/config/apps/http/servers/srv0/routes")] == [None]
+    started = fab("start", *where, "--expose", "--host-template", "pr-{port}.example.test", "--json")
+    assert started.returncode == 0, started.stdout + started.stderr
+    host = f"pr-{port}.example.test"
+    assert started.json["public_url"] == f"http://{host}:{http_port}/", started.json
+    status, body = through(http_port, host)
+    assert status == 200 and "django" in body.lower(), (status, body[:200])
+    assert fab("status", *where, "--json").json["public_url"] == started.json["public_url"]
+    assert caddy.remove_route(ADMIN, f"fabserve-{os.path.basename(started.json['state_dir'])}")  # a reload
+    again = fab("start", *where, "--expose", "--host-template", "pr-{port}.example.test", "--json")
+    assert again.returncode == 0 and again.json["pids"] == started.json["pids"], again.json
+    assert through(http_port, host)[0] == 200  # the route is back, the server the same
+    restarted = fab("restart", *where, "--json")  # reruns --expose: the new server is published too
+    assert restarted.returncode == 0 and restarted.json["public_url"] == started.json["public_url"]
+    assert through(http_port, host)[0] == 200
+    stopped = fab("stop", *where, "--json")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert through(http_port, host) == (200, SITE_TEXT)
+    assert [route.get("@id") for route in admin_config("/config/apps/http/servers/srv0/routes")] == [None]
 
 
+@pytest.mark.xdist_group("caddy")  # nothing may answer on localhost:2019 meanwhile: no other Caddy test runs
 def test_expose_without_caddy_starts_nothing(fab, site, root):
     port = free_port()
     result = fab("start", "--project", str(site), "--port", str(port), "--expose", "--host-template",
@@ -120,8 +119,8 @@ def test_expose_without_caddy_starts_nothing(fab, site, root):
 
 
 def test_two_exposed_instances_each_reach_their_own_server_one_behind_basic_auth_and_expiry_withdraws(
-        fab, make_project, tmp_path, root):
-    http_port = free_port()
+        fab, make_project, caddy_site):
+    http_port = caddy_site
     first, second = make_project(), make_project()
     for project in (first, second):
         with open(project / "mysite" / "settings.py", "a") as settings:
@@ -129,25 +128,24 @@ def test_two_exposed_instances_each_reach_their_own_server_one_behind_basic_auth
     hashed = subprocess.run(["caddy", "hash-password", "--plaintext", "s3cret"], capture_output=True, text=True,
                             check=True).stdout.strip()
     ports = free_port(), free_port()
-    with running_caddy(tmp_path / "caddy", http_port):
-        one = fab("start", "--project", str(first), "--port", str(ports[0]), "--expose", "--host-template",
-                  "one.example.test", "--ttl", "20s", "--json")
-        two = fab("start", "--project", str(second), "--port", str(ports[1]), "--expose", "--host-template",
-                  "two.example.test", "--basic-auth", f"review:{hashed}", "--json")
-        assert one.returncode == 0 and two.returncode == 0, one.stdout + one.stderr + two.stdout + two.stderr
-        assert through(http_port, "one.example.test")[0] == 200
-        assert through(http_port, "two.example.test")[0] == 401
-        token = base64.b64encode(b"review:s3cret").decode()
-        request = urllib.request.Request(f"http://127.0.0.1:{http_port}/",
-                                         headers={"Host": "two.example.test", "Authorization": f"Basic {token}"})
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            assert answer.status == 200
-        rows = fab("list", "--json").json
-        listed = {row["project"]: row for row in (rows if isinstance(rows, list) else [rows])}
-        assert listed[str(first)]["public_url"] == f"http://one.example.test:{http_port}/"
-        # The TTL's watchdog, alone on the host once fab returned, withdraws the route when it ends the server.
-        assert wait_for(lambda: through(http_port, "one.example.test") == (200, SITE_TEXT), timeout=60)
-        assert not any(alive(pid) for pid in one.json["pids"])
-        destroyed = fab("destroy", "--project", str(second), "--json")
-        assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
-        assert through(http_port, "two.example.test") == (200, SITE_TEXT)
+    one = fab("start", "--project", str(first), "--port", str(ports[0]), "--expose", "--host-template",
+              "one.example.test", "--ttl", "20s", "--json")
+    two = fab("start", "--project", str(second), "--port", str(ports[1]), "--expose", "--host-template",
+              "two.example.test", "--basic-auth", f"review:{hashed}", "--json")
+    assert one.returncode == 0 and two.returncode == 0, one.stdout + one.stderr + two.stdout + two.stderr
+    assert through(http_port, "one.example.test")[0] == 200
+    assert through(http_port, "two.example.test")[0] == 401
+    token = base64.b64encode(b"review:s3cret").decode()
+    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/",
+                                     headers={"Host": "two.example.test", "Authorization": f"Basic {token}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+    rows = fab("list", "--json").json
+    listed = {row["project"]: row for row in (rows if isinstance(rows, list) else [rows])}
+    assert listed[str(first)]["public_url"] == f"http://one.example.test:{http_port}/"
+    # The TTL's watchdog, alone on the host once fab returned, withdraws the route when it ends the server.
+    assert wait_for(lambda: through(http_port, "one.example.test") == (200, SITE_TEXT), timeout=60)
+    assert not any(alive(pid) for pid in one.json["pids"])
+    destroyed = fab("destroy", "--project", str(second), "--json")
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    assert through(http_port, "two.example.test") == (200, SITE_TEXT)
