@@ -73,7 +73,8 @@ def test_defaults_and_per_host_settings_come_from_the_table():
     assert set(settings.PER_HOST) == {"project", "port", "addr", "python", "settings", "env", "noreload",
                                      "start_timeout", "stop_timeout", "lines", "agent_python", "state_dir",
                                      "ttl", "log_keep", "log_max", "port_range",
-                                     "check", "manage_timeout", "requirements", "setup_timeout", "env_file", "processes"}
+                                     "check", "manage_timeout", "requirements", "setup_timeout", "env_file", "processes",
+                                     "older_than"}
     # Registered as CONFIGURED (numbers as text, for FABRIC_FABSERVE_*), which parses to DEFAULTS.
     assert ns.configuration()["fabserve"] == CONFIGURED
     parsed = lambda defaults: {name: settings.SETTING[name].parse(value) for name, value in defaults.items()

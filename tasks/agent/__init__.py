@@ -14,5 +14,5 @@ from /proc. Its modules import the standard library and each other, relatively.
 # The package's modules, each importing only those before it: what the client
 # ships, and what the TTL watchdog's interpreter is fed (see boot.package_codes).
 MODULES = ("__init__", "boot", "protocol", "procfs", "signals", "sockets", "identity", "state", "procfile", "records", "caller",
-           "projects", "logfiles", "ttl", "locate", "launch", "companions", "verbs", "logview", "hostlist", "teardown", "manage", "shipping",
+           "projects", "logfiles", "ttl", "locate", "launch", "companions", "verbs", "logview", "hostlist", "teardown", "pruning", "manage", "shipping",
            "environment", "dispatch")

@@ -180,7 +180,7 @@ class Request(object):
         "args": None, "manage_timeout": None, "look_only": False, "keep_files": False,
         "reloading": False, "manifest": None, "archive": None, "branch": None, "commit": None,
         "requirements": "requirements.txt", "setup_timeout": 900, "processes": None, "only": None,
-        "env_file": None, "process": "web",
+        "env_file": None, "process": "web", "older_than": None, "keep_branches": None, "dry_run": False,
     }
     __slots__ = tuple(FIELDS)
 
