@@ -73,7 +73,7 @@ def test_dry_run_changes_nothing_and_prune_removes_exactly_the_expired_old_and_u
     expired, old, fresh = make_project("expired"), make_project("old"), make_project("fresh")
     src = make_project("tree")
     gone, kept = src.parent / "gone", src.parent / "kept"
-    short = ok(run("start", *where(expired, free_port()), "--noreload", "--ttl", "3s", env=env))
+    short = ok(run("start", *where(expired, free_port()), "--noreload", "--ttl", "6s", env=env))
     old_data = ok(run("start", *where(old, free_port()), "--noreload", env=env))
     aged(old_data, 3 * DAY)
     fresh_data = ok(run("start", *where(fresh, free_port()), "--noreload", env=env))
