@@ -38,9 +38,8 @@ def do_prune(host, req):
         inst = Instance(host, req.but(project=project, port=port, addr=None, only=None))
         if not (os.path.lexists(inst.pidfile) or os.path.lexists(inst.log)):
             continue
-        if req.dry_run:
-            row = candidate(inst, now)
-        else:
+        row = candidate(inst, now)  # without a lock: most instances are none, and no lock file is made for them
+        if row is not None and not req.dry_run:
             row = pruned(inst, now)
         if row is None:
             continue
@@ -144,8 +143,8 @@ def pruned(inst, now):
         fd = inst.lock()
         try:
             row = candidate(inst, now)
-            if row is None:
-                return None
+            if row is None or not (os.path.lexists(inst.pidfile) or os.path.lexists(inst.log)):
+                return None  # renewed, or removed (destroy) meanwhile
             try:
                 row["pids"] = stop_live(inst)
             except AgentError as exc:
