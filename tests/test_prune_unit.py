@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tasks import branches
+from tasks import branches, listing
 from tasks.agent import pruning
 from tasks.agent.state import Host, Instance, Request
 
@@ -90,3 +90,13 @@ def test_without_a_record_its_age_is_its_log_s_mtime(tmp_path):
 @pytest.mark.parametrize("seconds, shown", [(604800, "7d"), (7200, "2h"), (90, "90s"), (120, "2m")])
 def test_durations_read_as_given(seconds, shown):
     assert pruning.duration(seconds) == shown
+
+
+def test_the_human_table_names_each_instance_and_its_reasons():
+    row = dict(project="/srv/previews/old", port=8003, state="running", branch="feature-old",
+               started_at="2026-11-28T09:12:40Z", removed=True, reasons=["older than 7d", "branch gone"])
+    shown = listing.show_prune({"host": "web1", "message": "pruned 1 instance", "rows": [row]}).splitlines()
+    assert shown[0] == "web1: pruned 1 instance"
+    assert shown[1].split() == ["PROJECT", "PORT", "WAS", "BRANCH", "STARTED", "REMOVED", "REASONS"]
+    assert shown[2].split("  ")[-1] == "older than 7d, branch gone" and "project dir" in shown[2]
+    assert listing.show_prune({"host": "web1", "message": "nothing to prune", "rows": []}) == "web1: nothing to prune"
