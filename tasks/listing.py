@@ -2,7 +2,7 @@
 line per server for programs."""
 
 import json
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 from . import report
 from .agent.protocol import EXPIRED, FAILED, RUNNING
@@ -43,9 +43,17 @@ def state_of(row: Dict[str, Any]) -> str:
 
 
 def table(rows: List[Dict[str, Any]]) -> List[str]:
-    """The rows as lines of an aligned table under a heading; the last column is not padded."""
-    cells = [[heading for heading, _ in COLUMNS]] + [[show(row) for _, show in COLUMNS] for row in rows]
-    widths = [max(len(line[index]) for line in cells) for index in range(len(COLUMNS))]
+    """The rows as lines of list's aligned table under a heading."""
+    return aligned(COLUMNS, rows)
+
+
+Columns = Tuple[Tuple[str, Callable[[Dict[str, Any]], str]], ...]
+
+
+def aligned(columns: Columns, rows: List[Dict[str, Any]]) -> List[str]:
+    """The rows as lines of an aligned table of `columns` under a heading; the last column is not padded."""
+    cells = [[heading for heading, _ in columns]] + [[show(row) for _, show in columns] for row in rows]
+    widths = [max(len(line[index]) for line in cells) for index in range(len(columns))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(line[:-1], widths)) + "  " + line[-1]
             for line in cells]
 
@@ -64,3 +72,23 @@ def json_lines(result: Dict[str, Any]) -> List[str]:
     if result.get("error"):
         return [json.dumps(result, sort_keys=True)]
     return [json.dumps({**row, "host": result["host"]}, sort_keys=True) for row in result.get("rows") or []]
+
+
+#: prune's table: what was (or would be) pruned, and why.
+PRUNED = (
+    ("PROJECT", lambda row: row.get("project") or "-"),
+    ("PORT", lambda row: str(row.get("port") or "-")),
+    ("WAS", lambda row: row.get("state") or "-"),
+    ("BRANCH", lambda row: row.get("branch") or "-"),
+    ("STARTED", lambda row: row.get("started_at") or "-"),
+    ("REMOVED", lambda row: "project dir" if row.get("removed") else "state"),
+    ("REASONS", lambda row: ", ".join(row.get("reasons") or []) + (f" ({row['error']})" if row.get("error") else "")),
+)
+
+
+def show_prune(result: Dict[str, Any]) -> str:
+    """`host: pruned N instances` (or `would prune`, `nothing to prune`) and the table of them."""
+    host, rows = result["host"], result.get("rows") or []
+    if not rows:
+        return f"{host}: {result.get('message') or 'nothing to prune'}"
+    return "\n".join([f"{host}: {result['message']}"] + [f"  {line}" for line in aligned(PRUNED, rows)])

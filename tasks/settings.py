@@ -460,7 +460,7 @@ SETTINGS: Tuple[Setting, ...] = (
             verbs=STARTING, flag="timeout", per_host=True, request=True),
     Setting("stop_timeout", 10, parse_seconds,
             "seconds between TERM and KILL (default {default})",
-            verbs=("stop", "destroy"), flag="timeout", per_host=True, request=True),
+            verbs=("stop", "destroy", "prune"), flag="timeout", per_host=True, request=True),
     Setting("lines", 50, parse_lines, "how many of the last lines to show (default {default})",
             verbs=("logs",), per_host=True, request=True),
     Setting("follow", False, parse_switch, "keep printing lines as they are appended, until interrupted",
@@ -488,6 +488,17 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("keep_files", False, parse_switch,
             "keep the project directory and its files even where fabserve's sync created it",
             verbs=("destroy",), request=True, config=False),
+    Setting("older_than", None, optional(parse_duration),
+            "also prune instances whose last start is older than this, e.g. 7d, 12h (default: age alone prunes none)",
+            verbs=("prune",), per_host=True, request=True),
+    # Given as FILE or `-`; the client reads it once and sends its branch names
+    # (tasks/branches.py), so the list never reaches the host's argv.
+    Setting("keep_branches", None, optional(parse_path),
+            "also prune instances whose branch is not in this file (- reads stdin): one branch a line, or "
+            "`git ls-remote --heads` output; instances without a known branch are kept (default: no list)",
+            verbs=("prune",), request=True, config=False),
+    Setting("dry_run", False, parse_switch, "change nothing: list what would be pruned, and why",
+            verbs=("prune",), request=True, config=False),
     Setting("src", ".", parse_src,
             "local directory whose tree sync sends: its git work tree's files (tracked, and untracked "
             "ones git does not ignore), or outside git every file but .git, .venv, __pycache__ and "

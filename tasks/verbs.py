@@ -15,7 +15,7 @@ from fabric.main import program as fab_program
 from invoke import Context, Task, task
 from invoke.exceptions import Exit
 
-from . import config, entrypoints, listing, naming, outputs, remote, report, runners, trees, tunnels
+from . import branches, config, entrypoints, listing, naming, outputs, remote, report, runners, trees, tunnels
 from .agent.protocol import DEGRADED, FAILED, RUNNING
 from .report import Formatter, pid_list, plain
 from .settings import SETTING, UsageError, checked, flags_of, helps, positional, repeatable, request
@@ -468,6 +468,26 @@ def destroy(c, project=None, branch=None, keep_files=False, timeout=None, json=F
     if result["ok"]:  # the host forgot what sync wrote there: so does this machine
         trees.sent_file(remote.host_label(c), req["project"]).unlink(missing_ok=True)
     return finish(c, result, flags)
+
+
+@verb
+def prune(c, older_than=None, keep_branches=None, dry_run=False, timeout=None, json=False):
+    """Stop and remove (by destroy's rules) instances that expired, are older than --older-than, or whose branch is not in --keep-branches.
+
+    Only this user's instances fabserve started on each host: a server started
+    by hand, or another user's, is never touched. Each host gets one SSH
+    command; with --dry-run nothing changes and the same rows say what would
+    go. Safe from cron or a scheduled CI job: git ls-remote --heads origin |
+    fabserve -H previews prune --keep-branches - --older-than 7d
+    """
+    flags = dict(older_than=older_than, keep_branches=keep_branches, dry_run=dry_run, timeout=timeout, json=json)
+    req, agent_python = prepare(c, "prune", flags)
+    if req["keep_branches"] is not None:
+        try:
+            req["keep_branches"] = branches.keep_branches(req["keep_branches"])
+        except (OSError, UnicodeDecodeError) as exc:
+            raise Exit(f"{remote.host_label(c)}: --keep-branches cannot be read: {exc}", 2) from None
+    return finish(c, called(c, req, agent_python), flags, listing.show_prune)
 
 
 def set_up(result: Dict[str, Any]) -> str:

@@ -292,3 +292,36 @@ def test_setup_on_hosts_that_share_the_project_builds_its_venv_once(machines):
         assert sorted(lines[:-1]) == [f"{name}: setup: requirements unchanged" for name in sorted(machines.hosts)[:3]]
     finally:
         shutil.rmtree(wheels)
+
+
+def test_prune_with_branches_from_stdin_sweeps_every_host_in_one_ssh_command_each(machines, target, as_user):
+    """The documented scheduled cleanup, in a state directory of the test's own on
+    the hosts' shared home: each host's expired instance goes, in one SSH command per
+    host, and stdin's list is read once for them all."""
+    state = target.home / f"prune-hosts-{os.urandom(6).hex()}"
+    as_user(["mkdir", "-m", "0700", "--", str(state)], check=True)
+    env = dict(machines.env, FABRIC_FABSERVE_STATE_DIR=str(state))
+
+    def fab(*args, input=None):
+        return subprocess.run(machines.command(*args), cwd=REPO, env=env, input=input or "",
+                              capture_output=True, text=True, timeout=120)
+
+    def commands(host):
+        return host.sshd_log.read_text().count(f"Starting session: command for {host.user} from")
+
+    try:
+        started = fab("-H", "all", "start", "--noreload", "--ttl", "10s", "--json")
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert wait_for(lambda: all(line["message"].startswith("expired at ") for line in
+                                    json_lines(fab("-H", "all", "status", "--json")).values()), timeout=40)
+        before = {name: commands(host) for name, host in machines.hosts.items()}
+        pruned = fab("-H", "all", "prune", "--keep-branches", "-", "--json", input="abc123\trefs/heads/main\n")
+        assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+        results = json_lines(pruned)
+        assert sorted(results) == sorted(machines.hosts)
+        for name, result in results.items():
+            assert [row["reasons"] for row in result["rows"]] == [["expired"]], name
+            assert commands(machines.hosts[name]) - before[name] == 1, name
+    finally:
+        fab("-H", "all", "stop", "--json")
+        shutil.rmtree(state)

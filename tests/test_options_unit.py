@@ -74,7 +74,7 @@ def test_defaults_and_per_host_settings_come_from_the_table():
                                      "start_timeout", "stop_timeout", "lines", "agent_python", "state_dir",
                                      "ttl", "log_keep", "log_max", "port_range",
                                      "check", "manage_timeout", "requirements", "setup_timeout", "env_file", "processes",
-                                     "expose", "host_template", "basic_auth", "caddy_admin"}
+                                     "expose", "host_template", "basic_auth", "caddy_admin", "older_than"}
     # Registered as CONFIGURED (numbers as text, for FABRIC_FABSERVE_*), which parses to DEFAULTS.
     assert ns.configuration()["fabserve"] == CONFIGURED
     parsed = lambda defaults: {name: settings.SETTING[name].parse(value) for name, value in defaults.items()

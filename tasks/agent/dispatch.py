@@ -28,6 +28,7 @@ HANDLERS = {
     "restart": ("verbs", "do_restart", True),
     "logs": ("logview", "do_logs", False),
     "list": ("hostlist", "do_list", False),
+    "prune": ("pruning", "do_prune", False),  # each instance it stops under that instance's lock
     "manage": ("manage", "do_manage", False),
     "sync": ("shipping", "do_sync", False),
     "destroy": ("teardown", "do_destroy", False),

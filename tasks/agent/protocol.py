@@ -20,7 +20,7 @@ WEB = "web"  # the process that is the Django server
 # The agent's verbs, by what they take and do: the one home of these groups (the
 # client's settings name the verbs of each flag from them).
 INSTANCE_VERBS = ("start", "stop", "status", "restart", "logs")  # they act on one instance: a project, a port
-HOST_VERBS = ("list",)  # they name no project: called with the Host and the request
+HOST_VERBS = ("list", "prune")  # they name no project: called with the Host and the request
 PROJECT_VERBS = ("sync", "setup", "destroy")  # they act on a project directory as a whole: called with its Project
 VERBS = INSTANCE_VERBS + HOST_VERBS + PROJECT_VERBS + ("manage",)
 STARTS = ("start", "restart")  # they may start a server, on a chosen port too
@@ -94,7 +94,12 @@ EXTRAS = (
     ("lines", ("logs",), "the log's last lines"),
     ("ambiguous", ("start", "stop", "status", "restart", "logs"),
      "the ports of the project's running instances, when no port was given and several run (exit 2)"),
-    ("rows", ("list",), "the host's instances, each as status describes it"),
+    ("rows", ("list", "prune"), "the host's instances, each as status describes it (prune: each instance pruned, "
+                                "or with dry_run that would be, with project, port, state_dir, branch, state before, "
+                                "pids stopped, removed, started_at and reasons)"),
+    ("reasons", ("prune",), "in each row of prune: why it is pruned: expired, older than D, branch gone"),
+    ("started_at", ("prune",), "in each row of prune: the instance's last start, ISO 8601 UTC; null: unknown"),
+    ("dry_run", ("prune",), "true when prune only said what it would do: nothing was stopped or removed"),
     ("branch", ("list", "sync", "up"), "the git branch of the tree sync (last) sent to the project; null: none known"),
     ("commit", ("list", "sync", "up"), "the git commit of that tree; null: none known"),
     ("step", ("up",), "the step up ended at: sync, setup, migrate or start; when ok is false, the one that failed"),
@@ -102,7 +107,8 @@ EXTRAS = (
     ("check", ("status",), "the check path given, else the one the instance was last started with; null: none"),
     ("exit_status", ("manage",), "the command's exit status (-N: signal N); null: its timeout ended it"),
     ("output_tail", ("manage", "setup"), "the command's last lines of output (setup: the failed install's)"),
-    ("removed", ("destroy",), "whether the project directory was removed (only one fabserve's sync created)"),
+    ("removed", ("destroy", "prune"), "whether the project directory was removed (only one fabserve's sync created; "
+                                      "prune: in each row, once no other instance of the project is left)"),
     ("files_sent", ("sync",), "how many files and links were written on the host"),
     ("bytes_sent", ("sync",), "the size of the files written, in bytes (before compression)"),
     ("deleted", ("sync",), "how many files an earlier sync wrote were deleted, gone from the tree"),
@@ -194,7 +200,8 @@ def run_limit(req):
     A sync has no deadline of its own: SYNC_LIMIT."""
     if req["action"] == "sync":
         return SYNC_LIMIT
-    if req.get("follow") or (req["action"] == "manage" and req.get("manage_timeout") is None):
+    # prune stops as many instances as the host holds: a count only the host knows.
+    if req.get("follow") or req["action"] == "prune" or (req["action"] == "manage" and req.get("manage_timeout") is None):
         return None
     if req["action"] == "setup":
         # Its one bound covers making the venv and installing; then its group and what

@@ -5,6 +5,7 @@ a restart reruns them) and its Procfile's processes.
 
 import json
 import os
+import time
 
 from .state import instance_record, write_atomic
 
@@ -26,7 +27,8 @@ def remember(inst):
     restart can rerun it."""
     started = {name: getattr(inst.req, name) for name, _ in RERUN}
     started["addr"] = inst.addr  # as launched: given, recorded by the last start, or the default
-    record = {"project": inst.given, "port": inst.port, "started_with": started}
+    # `started`: kept after stop, when server.json is gone, for prune --older-than.
+    record = {"project": inst.given, "port": inst.port, "started_with": started, "started": time.time()}
     if inst.table:  # the processes, for status, stop and list (see companions.instance_table)
         record["processes"] = [process.row() for process in inst.table]
     write_atomic(os.path.join(inst.dir, "instance.json"), json.dumps(record))

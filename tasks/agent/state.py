@@ -180,7 +180,7 @@ class Request(object):
         "reloading": False, "manifest": None, "archive": None, "branch": None, "commit": None,
         "requirements": "requirements.txt", "setup_timeout": 900, "processes": None, "only": None,
         "env_file": None, "process": "web", "expose": False, "host_template": None, "basic_auth": None,
-        "caddy_admin": None}
+        "caddy_admin": None, "older_than": None, "keep_branches": None, "dry_run": False}
     __slots__ = tuple(FIELDS)
 
     def __init__(self, data):
