@@ -317,11 +317,12 @@ def apply_lifetimes(inst, found, ttl=None, idle_ttl=None, renew_idle=False):
     recorded in its metadata, then the old one ended. The durations given are
     recorded too, for restart (see rerun). Returns what to say."""
     meta = inst.recorded
-    if not found.managed or not isinstance(meta, dict) or inst.foreign:
-        raise AgentError(f"the server on port {inst.port} was not started by fabserve, so a ttl cannot be applied "
-                         f"to it: stop it, then start it with --ttl or --idle-ttl")
-    now = time.time()
     given = {name: value for name, value in (("ttl", ttl), ("idle_ttl", idle_ttl)) if value}
+    if not found.managed or not isinstance(meta, dict) or inst.foreign:
+        flags = " and ".join(f"--{name.replace('_', '-')}" for name in given) or "--ttl"
+        raise AgentError(f"the server on port {inst.port} was not started by fabserve, so {flags} cannot be "
+                         f"applied to it: stop it, then start it with {flags}")
+    now = time.time()
     named = [ttl_word(False)] * bool(ttl) + [ttl_word(True)] * bool(idle_ttl or renew_idle)
     expires_at = now + ttl if ttl else expiry_of(meta)
     recorded_idle, since = idle_ttl_of(meta)
