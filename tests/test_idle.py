@@ -2,7 +2,8 @@
 user, against real Django, with the starting SSH connection closed (fab has
 exited): a server nobody requests stops after its idle window; one requested
 every second outlives twice its window; extend pushes a near expiry; with its
-watchdog killed, a status past the idle deadline ends it; list shows IDLE."""
+watchdog killed, a status past the idle deadline ends it; list shows IDLE; a
+Procfile's processes all go when web is idle, and extend reaches each."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from helpers import alive, free_port, group_members, port_listening, wait_for, where
+from helpers import alive, free_port, group_members, pids_with_cwd_under, port_listening, wait_for, where
 from test_lifetimes import GRACE, last_log_line, own_state, recorded_watchdog, started, watchdog_of  # noqa: F401
+from test_processes import every_pid, table, watch_child
 
 WINDOW = 5  # seconds of the idle windows below: short, yet seconds more than a request's gap under load
 
@@ -126,3 +128,20 @@ def test_list_shows_both_deadlines_and_restart_reruns_the_idle_ttl(fab, site, ow
     assert restarted["state"] == "running" and restarted["idle_expires_at"] is not None
     assert 3500 < restarted["expires_in"] <= 3600
     assert fab("stop", *flags, env=own_state).returncode == 0
+
+
+def test_extend_reaches_every_process_of_a_procfile_instance_and_all_go_once_web_is_idle(
+        fab, target, make_procfile_project):
+    project = make_procfile_project()
+    flags = where(project, free_port())
+    data = started(fab, flags, "--idle-ttl", "1h")
+    every = every_pid(data) | {watch_child(table(data)["watch"])}
+    # The companions write their own logs: only web's requests count, and there are none.
+    pushed = fab("extend", *flags, "--idle-ttl", f"{WINDOW}s", "--json", env={"FABRIC_FABSERVE_STOP_TIMEOUT": GRACE})
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    assert [row["pids"] for row in pushed.json["processes"]] == [row["pids"] for row in data["processes"]]
+    assert all(row["state"] == "running" for row in pushed.json["processes"])
+    assert wait_for(lambda: not [pid for pid in every if alive(pid)], timeout=WINDOW + 30)
+    assert wait_for(lambda: pids_with_cwd_under(project, target.uid) == [], timeout=10)
+    status = fab("status", *flags, "--json")
+    assert status.returncode == 3 and status.json["message"].endswith(" (idle ttl)"), status.json
