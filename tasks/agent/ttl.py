@@ -327,7 +327,7 @@ def apply_lifetimes(inst, found, ttl=None, idle_ttl=None, renew_idle=False):
     expires_at = now + ttl if ttl else expiry_of(meta)
     recorded_idle, since = idle_ttl_of(meta)
     idle_ttl = idle_ttl or recorded_idle
-    if idle_ttl and (renew_idle or idle_ttl != recorded_idle or since is None):
+    if idle_ttl and (renew_idle or "idle_ttl" in given or since is None):
         since = now
     lifetimes = {"expires_at": expires_at, "idle_ttl": idle_ttl, "idle_since": since}
     old = meta.get("watchdog") if isinstance(meta.get("watchdog"), dict) else {}
