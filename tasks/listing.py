@@ -1,7 +1,9 @@
 """How `list` reads: an aligned table of a host's servers for people, one JSON
 line per server for programs."""
 
+import calendar
 import json
+import time
 from typing import Any, Callable, Dict, List, Tuple
 
 from . import report
@@ -17,11 +19,26 @@ COLUMNS = (
     ("PROCS", lambda row: procs_of(row)),
     ("UPTIME", lambda row: report.duration(row["uptime"]) if row.get("uptime") is not None else "-"),
     ("EXPIRES", lambda row: report.duration(row["expires_in"]) if row.get("expires_in") is not None else "-"),
+    ("IDLE", lambda row: idle_of(row)),
     ("URL", lambda row: row.get("public_url") or row.get("url") or "-"),  # exposed: where a reviewer opens it
     ("BRANCH", lambda row: row.get("branch") or "-"),
     ("COMMIT", lambda row: (row.get("commit") or "-")[:12]),
     ("LOG", lambda row: row.get("log") or "-"),
 )
+
+
+def idle_of(row: Dict[str, Any]) -> str:
+    """How long until the idle TTL ends a row's server unless a request comes
+    (EXPIRES is the earlier of it and the TTL); `-` without an idle TTL."""
+    idle, ends, left = row.get("idle_expires_at"), row.get("expires_at"), row.get("expires_in")
+    if not idle or not ends or left is None:
+        return "-"
+    # From the host's own expires_in: this machine's clock may differ from the host's.
+    return report.duration(left + int(seconds_of(idle) - seconds_of(ends)))
+
+
+def seconds_of(iso: str) -> int:
+    return calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ"))
 
 
 def procs_of(row: Dict[str, Any]) -> str:

@@ -470,8 +470,13 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("all", False, parse_switch, "also list stopped instances whose log is kept",
             verbs=("list",), request=True, config=False),
     Setting("ttl", None, optional(parse_duration),
-            "stop the server after this long, e.g. 30m, 2h, 1d (default: never; a restart starts it anew)",
-            verbs=STARTING, per_host=True, request=True),
+            "stop the server after this long, e.g. 30m, 2h, 1d (default: never; a restart starts it anew; "
+            "extend: from now)",
+            verbs=STARTING + ("extend",), per_host=True, request=True),
+    Setting("idle_ttl", None, optional(parse_duration),
+            "stop the server once this long passed without a request (its log unwritten), e.g. 30m "
+            "(default: never; extend: a new window from now)",
+            verbs=STARTING + ("extend",), per_host=True, request=True),
     Setting("log_keep", 5, parse_lines, "how many previous runs' logs each start keeps (server.log.1 ...)",
             per_host=True, request=True),
     Setting("log_max", "50M", parse_size,

@@ -183,9 +183,12 @@ def program() -> str:
 
 
 def expiry_note(result: Dict[str, Any]) -> str:
-    """"; expires in 1h59m" for a server with a TTL, else nothing."""
+    """"; expires in 1h59m (TIME)" for a server with a TTL or an idle TTL (the
+    earlier deadline), "; idle until TIME" with an idle TTL; else nothing."""
     left = result.get("expires_in")
-    return "" if left is None else f"; expires in {report.duration(left)} ({result['expires_at']})"
+    note = "" if left is None else f"; expires in {report.duration(left)} ({result['expires_at']})"
+    idle = result.get("idle_expires_at")
+    return note + (f"; idle until {idle} unless a request comes" if idle else "")
 
 
 def started(c: Context) -> Formatter:
@@ -201,19 +204,20 @@ def started(c: Context) -> Formatter:
 
 @verb
 def start(c, project=None, port=None, addr=None, python=None, settings=None, env=None, env_file=None, only=None,
-          noreload=False, timeout=None, check=None, json=False, ttl=None, expose=False, host_template=None,
-          basic_auth=None, github_output=None, ci_output=False):
+          noreload=False, timeout=None, check=None, json=False, ttl=None, idle_ttl=None, expose=False,
+          host_template=None, basic_auth=None, github_output=None, ci_output=False):
     """Start runserver detached (with a Procfile, each of its processes); return once its port answers.
 
     Already running: reports it and starts nothing. On failure (port taken,
     broken project, timeout, --check not answered below 500, a process of the
     Procfile that exits at once) it kills what it launched and shows the log's
-    tail. With --ttl it stops itself once that time has passed; a server
-    already running gets that TTL from now.
+    tail. With --ttl it stops itself once that time has passed, with --idle-ttl
+    once that long passed without a request; a server already running gets
+    them from now.
     """
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings, env_file=env_file,
-                 only=only, noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl, expose=expose,
-                 host_template=host_template, basic_auth=basic_auth, github_output=github_output,
+                 only=only, noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl, idle_ttl=idle_ttl,
+                 expose=expose, host_template=host_template, basic_auth=basic_auth, github_output=github_output,
                  ci_output=ci_output)
     return finish(c, with_outputs(c, operate(c, "start", flags, env), flags), flags, started(c))
 
@@ -266,18 +270,34 @@ def status(c, project=None, port=None, addr=None, check=None, json=False):
 
 @verb
 def restart(c, project=None, port=None, addr=None, python=None, settings=None, env=None, env_file=None,
-            only=None, noreload=False, timeout=None, check=None, json=False, ttl=None, expose=False,
-            host_template=None, basic_auth=None, github_output=None, ci_output=False):
+            only=None, noreload=False, timeout=None, check=None, json=False, ttl=None, idle_ttl=None,
+            expose=False, host_template=None, basic_auth=None, github_output=None, ci_output=False):
     """Stop the server if it runs, then start it and wait until it answers.
 
     The new server gets a whole TTL again: --ttl, else the last one it was given.
     With a Procfile, --only restarts those processes alone.
     """
     flags = dict(project=project, port=port, addr=addr, python=python, settings=settings, env_file=env_file,
-                 only=only, noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl, expose=expose,
-                 host_template=host_template, basic_auth=basic_auth, github_output=github_output,
+                 only=only, noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl, idle_ttl=idle_ttl,
+                 expose=expose, host_template=host_template, basic_auth=basic_auth, github_output=github_output,
                  ci_output=ci_output)
     return finish(c, with_outputs(c, operate(c, "restart", flags, env), flags), flags, started(c))
+
+
+def extended(result: Dict[str, Any]) -> str:
+    """How extend reads: what it did, and the new deadlines."""
+    return plain(result) + (expiry_note(result) if result["ok"] else "")
+
+
+@verb
+def extend(c, project=None, port=None, ttl=None, idle_ttl=None, json=False):
+    """Push a running server's expiry: --ttl and --idle-ttl from now.
+
+    Without them, the durations it was started with start again from now.
+    Not running: exit 1. With a Procfile, every process gets the new deadlines.
+    """
+    flags = dict(project=project, port=port, ttl=ttl, idle_ttl=idle_ttl, json=json)
+    return finish(c, operate(c, "extend", flags), flags, extended)
 
 
 def streamed(c: Context, req: Dict[str, Any], agent_python: str, as_json: bool) -> Optional[Dict[str, Any]]:
@@ -591,7 +611,7 @@ def show_up(result: Dict[str, Any]) -> str:
 @verb
 def up(c, src=None, project=None, branch=None, port=None, addr=None, python=None, settings=None, env=None,
        env_file=None, only=None, requirements=None, migrate=True, noreload=False, timeout=None, check=None,
-       ttl=None, json=False, expose=False, host_template=None, basic_auth=None, github_output=None,
+       ttl=None, idle_ttl=None, json=False, expose=False, host_template=None, basic_auth=None, github_output=None,
        ci_output=False):
     """Bring a preview up in one command: sync --src, set up its venv, migrate, start.
 
@@ -603,6 +623,6 @@ def up(c, src=None, project=None, branch=None, port=None, addr=None, python=None
     """
     flags = dict(src=src, project=project, branch=branch, port=port, addr=addr, python=python, settings=settings,
                  env_file=env_file, only=only, requirements=requirements, migrate=migrate, noreload=noreload,
-                 timeout=timeout, check=check, ttl=ttl, json=json, expose=expose, host_template=host_template,
-                 basic_auth=basic_auth, github_output=github_output, ci_output=ci_output)
+                 timeout=timeout, check=check, ttl=ttl, idle_ttl=idle_ttl, json=json, expose=expose,
+                 host_template=host_template, basic_auth=basic_auth, github_output=github_output, ci_output=ci_output)
     return finish(c, with_outputs(c, up_chain(c, flags, env), flags), flags, show_up)

@@ -283,7 +283,7 @@ def test_a_log_ending_with_the_expiry_line_says_when_the_ttl_ended(tmp_path):
     with open(log, "ab") as handle:
         logfiles.log_line(ttl.expiry_line(1796162400, "its watchdog was gone, so status stopped pids 5 6"),
                        handle.fileno())
-    assert ttl.expired_at(inst) == "2026-12-01T22:00:00Z"
+    assert ttl.expired_at(inst) == "2026-12-01T22:00:00Z (ttl)"
     with open(log, "a") as handle:
         handle.write("started again\n")
     assert ttl.expired_at(inst) is None  # only the last line counts: something came after

@@ -206,8 +206,8 @@ def test_list_shows_managed_and_hand_started_servers_not_another_users_nor_decoy
         assert table.returncode == 0, table.stderr
         lines = table.stdout.splitlines()
         assert re.fullmatch(rf"{target.alias}: \d+ servers(; \d+ stopped \(list --all shows them\))?", lines[0]), lines[0]
-        assert lines[1].split() == ["PROJECT", "PORT", "STATE", "MANAGED", "PIDS", "PROCS", "UPTIME", "EXPIRES", "URL",
-                                    "BRANCH", "COMMIT", "LOG"]
+        assert lines[1].split() == ["PROJECT", "PORT", "STATE", "MANAGED", "PIDS", "PROCS", "UPTIME", "EXPIRES",
+                                    "IDLE", "URL", "BRANCH", "COMMIT", "LOG"]
         hand_line = next(line for line in lines if str(by_hand) in line)
         assert f" {hand_port} " in hand_line and " running " in hand_line and " no " in hand_line
     finally:

@@ -234,7 +234,8 @@ def test_list_all_is_a_flag_of_list_alone_that_travels():
 ROWS = [
     {"project": "/srv/previews/pr-42", "port": 8001, "state": "running", "managed": True, "pids": [4711, 4712],
      "uptime": 7500, "url": "http://127.0.0.1:8001/", "log": "/home/u/.local/state/fabserve/x/server.log",
-     "message": "running on http://127.0.0.1:8001/", "expires_in": 3600, "branch": "pr-42",
+     "message": "running on http://127.0.0.1:8001/", "expires_in": 3600, "expires_at": "2026-12-07T20:00:00Z",
+     "idle_expires_at": "2026-12-07T20:30:00Z", "branch": "pr-42",
      "commit": "3f9c2a7d41be90aa1234",
      "processes": [{"name": "web", "state": "running"}, {"name": "worker", "state": "exited"},
                    {"name": "watch", "state": "running"}]},
@@ -247,18 +248,26 @@ ROWS = [
 
 def test_the_table_is_aligned_with_expiry_the_processes_running_and_the_synced_commit_where_a_row_has_them():
     lines = listing.table(ROWS)
-    assert lines[0].split() == ["PROJECT", "PORT", "STATE", "MANAGED", "PIDS", "PROCS", "UPTIME", "EXPIRES", "URL",
-                                "BRANCH", "COMMIT", "LOG"]
-    starts = [lines[0].index(heading) for heading in ("PORT", "STATE", "MANAGED", "URL", "BRANCH", "COMMIT", "LOG")]
+    assert lines[0].split() == ["PROJECT", "PORT", "STATE", "MANAGED", "PIDS", "PROCS", "UPTIME", "EXPIRES", "IDLE",
+                                "URL", "BRANCH", "COMMIT", "LOG"]
+    starts = [lines[0].index(heading) for heading in ("PORT", "STATE", "MANAGED", "IDLE", "URL", "BRANCH", "COMMIT",
+                                                      "LOG")]
     for line in lines[1:]:
         assert all(line[start - 2:start] == "  " and line[start] != " " for start in starts), line
-    assert lines[1].split() == ["/srv/previews/pr-42", "8001", "running", "yes", "4711,4712", "2/3", "2h5m", "1h",
+    assert lines[1].split() == ["/srv/previews/pr-42", "8001", "running", "yes", "4711,4712", "2/3", "2h5m", "1h", "1h30m",
                                 "http://127.0.0.1:8001/", "pr-42", "3f9c2a7d41be",
                                 "/home/u/.local/state/fabserve/x/server.log"]
-    assert lines[2].split() == ["/home/u/scratch", "8042", "running", "no", "5120", "-", "3m", "-",
+    assert lines[2].split() == ["/home/u/scratch", "8042", "running", "no", "5120", "-", "3m", "-", "-",
                                 "http://127.0.0.1:8042/", "-", "-", "-"]
-    assert lines[3].split() == ["/srv/b", "8003", "stale", "yes", "-", "-", "-", "-", "http://127.0.0.1:8003/",
+    assert lines[3].split() == ["/srv/b", "8003", "stale", "yes", "-", "-", "-", "-", "-", "http://127.0.0.1:8003/",
                                 "-", "-", "/s/b/server.log"]
+
+
+def test_idle_counts_from_the_hosts_own_expires_in_and_is_expires_when_it_comes_first():
+    row = {"expires_in": 90, "expires_at": "2026-12-07T20:00:00Z", "idle_expires_at": "2026-12-07T20:00:00Z"}
+    assert listing.idle_of(row) == "1m30s"  # the idle deadline is the earlier one: EXPIRES says the same
+    assert listing.idle_of(dict(row, idle_expires_at="2026-12-07T20:10:00Z")) == "11m30s"
+    assert listing.idle_of(dict(row, idle_expires_at=None)) == "-"
 
 
 def test_a_host_reads_as_its_count_and_table_or_no_servers():

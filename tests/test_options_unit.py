@@ -72,7 +72,7 @@ def test_defaults_and_per_host_settings_come_from_the_table():
     assert "follow" not in settings.DEFAULTS  # a flag only: no config key
     assert set(settings.PER_HOST) == {"project", "port", "addr", "python", "settings", "env", "noreload",
                                      "start_timeout", "stop_timeout", "lines", "agent_python", "state_dir",
-                                     "ttl", "log_keep", "log_max", "port_range",
+                                     "ttl", "idle_ttl", "log_keep", "log_max", "port_range",
                                      "check", "manage_timeout", "requirements", "setup_timeout", "env_file", "processes",
                                      "expose", "host_template", "basic_auth", "caddy_admin", "older_than"}
     # Registered as CONFIGURED (numbers as text, for FABRIC_FABSERVE_*), which parses to DEFAULTS.

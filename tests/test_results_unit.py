@@ -63,8 +63,8 @@ def test_agent_answers_carry_the_answered_fields_and_only_declared_ones(tmp_path
 
 def test_the_verbs_that_change_a_server_hold_its_lock():
     assert {name: locks for name, (_, _, locks) in dispatch.HANDLERS.items()} == {
-        "start": True, "stop": True, "restart": True, "status": False, "logs": False, "list": False, "manage": False,
-        "destroy": False, "sync": False, "setup": False, "prune": False}
+        "start": True, "stop": True, "restart": True, "extend": True, "status": False, "logs": False, "list": False,
+        "manage": False, "destroy": False, "sync": False, "setup": False, "prune": False}
     assert sorted(dispatch.HANDLERS) == sorted(protocol.VERBS)
 
 

@@ -15,4 +15,5 @@ from /proc. Its modules import the standard library and each other, relatively.
 # ships, and what the TTL watchdog's interpreter is fed (see boot.package_codes).
 MODULES = ("__init__", "boot", "protocol", "procfs", "signals", "sockets", "identity", "state", "procfile",
            "records", "caddy", "caller", "projects", "logfiles", "ttl", "locate", "exposure", "launch", "companions",
-           "verbs", "logview", "hostlist", "teardown", "pruning", "manage", "shipping", "environment", "dispatch")
+           "verbs", "extend", "logview", "hostlist", "teardown", "pruning", "manage", "shipping", "environment",
+           "dispatch")

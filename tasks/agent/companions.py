@@ -108,7 +108,7 @@ def launch_companions(inst, processes, expires_at, launched):
         found, _ = located_companion(comp)
         if found is not None:
             running.append(process.name)
-            if inst.req.ttl and found.managed:
+            if (inst.req.ttl or inst.req.idle_ttl) and found.managed:
                 applied = apply_ttl(comp, found)
             continue
         comp.forget()

@@ -26,6 +26,7 @@ HANDLERS = {
     "start": ("verbs", "do_start", True),
     "stop": ("verbs", "do_stop", True),
     "restart": ("verbs", "do_restart", True),
+    "extend": ("extend", "do_extend", True),
     "logs": ("logview", "do_logs", False),
     "list": ("hostlist", "do_list", False),
     "prune": ("pruning", "do_prune", False),  # each instance it stops under that instance's lock

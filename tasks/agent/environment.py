@@ -232,7 +232,7 @@ def do_setup(project):
     except Gone:
         return None
     fields = dict(ok=True, changed=changed, state=None, project=project.dir, port=None, state_dir=None,
-                  managed=None, expires_at=None, expires_in=None, python=python, venv=venv)
+                  managed=None, expires_at=None, expires_in=None, idle_expires_at=None, python=python, venv=venv)
     if not changed:
         # The installer the last setup of these requirements used, when the record says.
         installer = done.get("installer") if done.get("hash") == digest else None

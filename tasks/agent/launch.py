@@ -19,7 +19,7 @@ from .state import open_regular, write_atomic
 from .procfile import command_argv, env_file_pairs
 from .exposure import host_env
 from .logfiles import BLOCK, LOG_KEEP, rotate_logs
-from .ttl import feed_watchdog, launch_expiry, launched_watchdog, watchdog_forker
+from .ttl import activity_log, feed_watchdog, idle_expiry, launch_expiry, launched_watchdog, watchdog_forker
 
 
 def health(inst, pids, listening=None):
@@ -94,7 +94,8 @@ def launch(inst, python, process=None, expires_at=None):
     """Start the server (or `process` of the instance's Procfile, on `inst`'s
     companion for it) detached: own session and group, SIGHUP ignored, stdin
     from /dev/null, output appended to a new log (the previous runs' rotated),
-    with a TTL (`expires_at`, else from the request) its watchdog in its group.
+    with a TTL (`expires_at`, else from the request) or an --idle-ttl its
+    watchdog in its group.
     Returns (Popen, the server as a Found, log offset)."""
     import subprocess
     argv = process_argv(inst, python, process)
@@ -104,6 +105,8 @@ def launch(inst, python, process=None, expires_at=None):
         env.update(host_env(inst.exposed))
     env["FABSERVE_TOKEN"] = token
     expires_at = expires_at or launch_expiry(inst)
+    idle_ttl = inst.req.idle_ttl
+    watched = expires_at is not None or bool(idle_ttl)
     try:
         rotate_logs(inst.dir, inst.log, LOG_KEEP if inst.req.log_keep is None else inst.req.log_keep)
         fd = os.open(inst.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -114,12 +117,12 @@ def launch(inst, python, process=None, expires_at=None):
         log.flush()
     except OSError as exc:
         raise AgentError(f"cannot write the log {inst.log}: {exc.strerror}; nothing was started")
-    if expires_at is not None and not sys.executable:
+    if watched and not sys.executable:
         raise AgentError("cannot start the ttl watchdog: this interpreter cannot name its own path "
                          "(sys.executable); nothing was started")
     # The watchdog reports its PID on one pipe and reads the agent's code and its settings from the other.
-    reader, writer = os.pipe() if expires_at is not None else (None, None)
-    feed_in, feed_out = os.pipe() if expires_at is not None else (None, None)
+    reader, writer = os.pipe() if watched else (None, None)
+    feed_in, feed_out = os.pipe() if watched else (None, None)
     forker = None if writer is None else watchdog_forker(sys.executable, feed_in, writer)
     with log:
         previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited across exec
@@ -135,7 +138,10 @@ def launch(inst, python, process=None, expires_at=None):
                 if fd is not None:
                     os.close(fd)
     watch = launched_watchdog(reader)
-    settings = {"expires_at": expires_at, "grace": inst.req.stop_timeout, "token": token,
+    # The idle window opens at the launch: a server nobody requested yet is idle from then.
+    idle_since = time.time() if idle_ttl else None
+    settings = {"expires_at": expires_at, "idle_ttl": idle_ttl, "idle_since": idle_since,
+                "grace": inst.req.stop_timeout, "token": token,
                 "directory": inst.dir, "pidfile": inst.pidfile, "meta": inst.meta_path,
                 "exposed": inst.exposed if inst.process == WEB else None}
     if feed_out is not None and not feed_watchdog(feed_out, settings):
@@ -149,11 +155,12 @@ def launch(inst, python, process=None, expires_at=None):
             "machine_id": inst.machine_id, "hostname": inst.hostname,
             "token": token, "argv": argv, "project": inst.project, "project_given": inst.given,
             "port": inst.port, "addr": inst.addr, "started": time.time(), "process": inst.process}
-    if expires_at is not None:
-        meta.update(expires_at=expires_at, watchdog=watch)
+    if watched:
+        meta.update(expires_at=expires_at, idle_ttl=idle_ttl, idle_since=idle_since, watchdog=watch)
     if inst.exposed and inst.process == WEB:  # the route is web's: withdrawn when web stops
         meta["exposed"] = inst.exposed
     inst.expires_at = expires_at
+    inst.idle_expires_at = idle_expiry(idle_ttl, idle_since, activity_log(inst.dir))
     inst.serving = inst.project
     inst.recorded = meta
     try:

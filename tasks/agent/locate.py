@@ -1,6 +1,6 @@
 """Finding an instance's server: through its identity-checked pidfile, else by
-a precise search of this user's processes; ending one found past its TTL
-(every call that locates does, so the TTL holds without its watchdog); and
+a precise search of this user's processes; ending one found past its TTL or
+idle TTL (every call that locates does, so they hold without its watchdog); and
 naming the instance a request means: the port given, the project's one live
 instance, or a free port claimed for --port auto.
 """
@@ -23,7 +23,7 @@ from .state import (
     try_lock)
 from .logfiles import append_log
 from .caddy import withdraw
-from .ttl import WATCH_POLL, expiry_fields, expiry_line, expiry_of
+from .ttl import WATCH_POLL, activity_log, earliest, expiry_line, expiry_of, idle_expiry, idle_ttl_of, iso_time, ttl_word
 
 
 def verify(pid, meta):
@@ -86,9 +86,11 @@ def locate(inst, procs=None):
             inst.legacy = legacy
             inst.serving = meta.get("project") if isinstance(meta.get("project"), str) else None
             inst.expires_at = expiry_of(meta)
+            inst.idle_expires_at = idle_expiry(*idle_ttl_of(meta), activity_log(inst.dir))
             found = Found(pgid=pid, helper=meta.get("watchdog"))
+            ends_at = earliest(inst.expires_at, inst.idle_expires_at)
             # look_only: a caller that must change nothing (Ansible's check mode) sees it as it is.
-            if inst.expires_at is not None and time.time() >= inst.expires_at and not inst.req.look_only:
+            if ends_at is not None and time.time() >= ends_at and not inst.req.look_only:
                 return end_expired(inst, found, meta, procs)
             return found, ""
         note = f"stale pidfile{' of the previous state layout' if legacy else ''}: {why}"
@@ -150,7 +152,8 @@ def search(inst, token, procs=None):
 def end_expired(inst, found, meta, procs):
     """(None, what happened) for a server found past its expiry, once it is
     ended as its watchdog ends it: every call that locates an instance does
-    this, so the TTL holds when the watchdog is gone (killed, or never ran).
+    this, so the TTL and the idle TTL hold when the watchdog is gone (killed,
+    or never ran).
     A live watchdog gets the time its own stop takes first. A call without the
     instance's lock (status, logs, list) takes it, giving way to a start, stop
     or restart that holds it (which ends the server itself), and goes on only
@@ -180,6 +183,8 @@ def end_expired(inst, found, meta, procs):
                 os.close(lock)  # ended or replaced meanwhile: look again
                 lock = None
                 return locate(inst, procs)
+        ends_at = earliest(inst.expires_at, inst.idle_expires_at)
+        idle = ends_at != inst.expires_at
         left = found.members()
         escaped, notes = [], []
         if left:
@@ -189,11 +194,11 @@ def end_expired(inst, found, meta, procs):
                      f"pids {' '.join(map(str, escaped))} had left the server's process group" if escaped else "",
                      f"its watchdog was gone, so {inst.req.action} stopped pids "
                      f"{' '.join(map(str, left + escaped))}"]
-            append_log(inst.log, expiry_line(inst.expires_at, *notes))
+            append_log(inst.log, expiry_line(ends_at, *notes, idle=idle))
         inst.forget()
         withdrawn = withdraw(meta.get("exposed"))
         inst.ended = sorted(set(pids + left + escaped))
-        return None, join(f"{EXPIRED} at {expiry_fields(inst.expires_at)['expires_at']} (ttl)",
+        return None, join(f"{EXPIRED} at {iso_time(ends_at)} ({ttl_word(idle)})",
                           notes[-1] if notes else "", withdrawn)
     finally:
         if lock is not None:

@@ -19,7 +19,7 @@ WEB = "web"  # the process that is the Django server
 
 # The agent's verbs, by what they take and do: the one home of these groups (the
 # client's settings name the verbs of each flag from them).
-INSTANCE_VERBS = ("start", "stop", "status", "restart", "logs")  # they act on one instance: a project, a port
+INSTANCE_VERBS = ("start", "stop", "status", "restart", "logs", "extend")  # they act on one instance: a project, a port
 HOST_VERBS = ("list", "prune")  # they name no project: called with the Host and the request
 PROJECT_VERBS = ("sync", "setup", "destroy")  # they act on a project directory as a whole: called with its Project
 VERBS = INSTANCE_VERBS + HOST_VERBS + PROJECT_VERBS + ("manage",)
@@ -61,7 +61,7 @@ ALWAYS = (
     ("host", "the host as -H or the inventory named it (set by the client)"),
     ("action", "the verb that ran"),
     ("ok", "whether the verb did what it was asked"),
-    ("changed", "whether it started or stopped a server, or gave a running one a TTL"),
+    ("changed", "whether it started or stopped a server, or gave a running one a TTL (or extended it)"),
     ("state", "running, stopped or failed (degraded: a process of a Procfile exited while another runs); "
               "null for sync and setup, which start and stop nothing"),
     ("pid", "the process group (or, found by the /proc search, the first process)"),
@@ -78,8 +78,11 @@ ANSWERED = (
     ("port", "the instance's port"),
     ("state_dir", "the instance's state directory"),
     ("managed", "true when found through its pidfile, false when found by the /proc search"),
-    ("expires_at", "when the server's TTL stops it, ISO 8601 UTC; null without a TTL"),
-    ("expires_in", "whole seconds until then; null without a TTL"),
+    ("expires_at", "when the server's TTL or idle TTL stops it, whichever comes first, ISO 8601 UTC; "
+                   "null without either"),
+    ("expires_in", "whole seconds until then; null without either"),
+    ("idle_expires_at", "when the idle TTL stops it unless a request comes first (its last request plus "
+                        "--idle-ttl), ISO 8601 UTC; null without an idle TTL"),
     ("public_url", "where a reviewer opens the server through the host's Caddy (--expose); null otherwise"),
 )
 # Added by some verbs: (field, verbs, description).

@@ -14,10 +14,10 @@ from .state import instance_record, write_atomic
 # start records them (instance.json, kept after stop), and a restart not given
 # one reruns the recorded value. python is kept as given (None: the project's
 # venv, found again in the release the project now resolves to); ttl as a
-# duration, so a restarted server gets a whole lifetime again.
+# duration (and idle_ttl), so a restarted server gets a whole lifetime again.
 RERUN = (("python", str), ("settings", str), ("env", dict), ("noreload", bool), ("addr", str), ("check", str),
-         ("ttl", int), ("env_file", str), ("processes", dict), ("expose", bool), ("host_template", str),
-         ("basic_auth", str))
+         ("ttl", int), ("idle_ttl", int), ("env_file", str), ("processes", dict), ("expose", bool),
+         ("host_template", str), ("basic_auth", str))
 
 
 def remember(inst):

@@ -174,13 +174,12 @@ class Request(object):
     FIELDS = {
         "action": None, "project": None, "port": None, "addr": None, "python": None, "settings": None,
         "env": None, "noreload": False, "check": None, "start_timeout": None, "stop_timeout": None,
-        "ttl": None, "state_dir": None, "port_range": None, "log_keep": None, "log_max": None,
-        "lines": 50, "follow": False, "previous": False, "stream": False, "all": False,
-        "args": None, "manage_timeout": None, "look_only": False, "keep_files": False,
-        "reloading": False, "manifest": None, "archive": None, "branch": None, "commit": None,
-        "requirements": "requirements.txt", "setup_timeout": 900, "processes": None, "only": None,
-        "env_file": None, "process": "web", "expose": False, "host_template": None, "basic_auth": None,
-        "caddy_admin": None, "older_than": None, "keep_branches": None, "dry_run": False}
+        "ttl": None, "idle_ttl": None, "state_dir": None, "port_range": None, "log_keep": None, "log_max": None,
+        "lines": 50, "follow": False, "previous": False, "stream": False, "all": False, "args": None,
+        "manage_timeout": None, "look_only": False, "keep_files": False, "reloading": False, "manifest": None,
+        "archive": None, "branch": None, "commit": None, "requirements": "requirements.txt", "setup_timeout": 900,
+        "processes": None, "only": None, "env_file": None, "process": "web", "expose": False, "host_template": None,
+        "basic_auth": None, "caddy_admin": None, "older_than": None, "keep_branches": None, "dry_run": False}
     __slots__ = tuple(FIELDS)
 
     def __init__(self, data):
@@ -230,8 +229,7 @@ class Instance(object):
     """One server: a project directory and a port on this host, and its files."""
 
     def __init__(self, host, req):
-        """`host`: this user's state on this host (Host); `req`: the request naming
-        the project and the port."""
+        """`host`: this user's state on this host (Host); `req`: the request naming the project and port."""
         # Named by the path as given, so `current` stays the instance it names when
         # the symlink moves to another release; launched from the path it resolves to.
         self.given = given_path(req.project)
@@ -257,7 +255,8 @@ class Instance(object):
         self.serving = None  # the resolved project its trusted pidfile's server was launched from
         self.legacy = False  # the trusted pidfile is in legacy_dir
         self.foreign = None  # the host that recorded the pidfile, when it is another one
-        self.expires_at = None  # when the located or launched server's TTL ends (epoch seconds)
+        # When the located or launched server's TTL ends, and its idle TTL as things stand (epoch seconds).
+        self.expires_at = self.idle_expires_at = None
         self.locked = False  # this call holds the instance's lock (start, stop, restart)
         self.ended = None  # the PIDs of a server this call found past its expiry and saw ended
         self.table = None  # the processes of its Procfile a start runs (procfile.Process), or None
@@ -275,7 +274,8 @@ class Instance(object):
         other.process = name
         other.pidfile, other.meta_path, other.log = companion_files(self.dir, name)
         other.legacy_dir = None  # companions are newer than the per-host layout
-        other.recorded = other.serving = other.foreign = other.expires_at = other.ended = other.launched = None
+        other.recorded = other.serving = other.foreign = other.ended = other.launched = None
+        other.expires_at = other.idle_expires_at = None
         return other
 
     def require_project(self):

@@ -1,4 +1,5 @@
-"""A server's time to live: when it expires and how a result says so, and the
+"""A server's time to live: when it expires (its --ttl, and its --idle-ttl
+counted from the last request its log shows) and how a result says so, and the
 watchdog that ends it then. The watchdog runs in an interpreter of its own,
 forked twice into the server's group (or a session of its own for a server
 already running), fed the agent's code and its settings on its stdin, so its
@@ -31,26 +32,72 @@ def expiry_of(meta):
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def expiry_fields(expires_at):
-    """The result's expires_at (ISO 8601 UTC) and expires_in (whole seconds left)."""
-    if expires_at is None:
-        return {"expires_at": None, "expires_in": None}
-    return {"expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at)),
-            "expires_in": max(0, int(expires_at - time.time()))}
+def idle_ttl_of(meta):
+    """The --idle-ttl (seconds) and when its window was last armed (the launch,
+    or an extend), as the metadata records them; (None, None) without one."""
+    value = meta.get("idle_ttl") if isinstance(meta, dict) else None
+    since = meta.get("idle_since") if isinstance(meta, dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        return None, None
+    return value, since if isinstance(since, (int, float)) and not isinstance(since, bool) else 0.0
 
 
-def expiry_line(expires_at, *notes):
-    """The log line that says the TTL ended the server (see expired_at)."""
-    return join(f"{EXPIRED}: the ttl ended at {expiry_fields(expires_at)['expires_at']}, so the server was stopped",
+def activity_log(directory):
+    """The file whose last write is the instance's last request: web's log,
+    where runserver writes one access line per request (every process of the
+    instance is idle, or not, together)."""
+    return os.path.join(directory, "server.log")
+
+
+def idle_expiry(idle_ttl, since, log):
+    """When an instance with `idle_ttl` is idle for that long: the log's last
+    write (its mtime), or `since` when that is later (a window just armed), plus
+    `idle_ttl`; None without one. A log that cannot be read counts from `since`."""
+    if not idle_ttl:
+        return None
+    try:
+        last = os.stat(log).st_mtime
+    except OSError:
+        last = since
+    return max(last, since) + idle_ttl
+
+
+def earliest(expires_at, idle_at):
+    """The deadline that comes first of the TTL's and the idle one (None: neither)."""
+    known = [when for when in (expires_at, idle_at) if when is not None]
+    return min(known) if known else None
+
+
+def expiry_fields(expires_at, idle_at=None):
+    """The result's expires_at (ISO 8601 UTC) and expires_in (whole seconds
+    left), the earlier of the TTL's and the idle deadline, and idle_expires_at."""
+    ends = earliest(expires_at, idle_at)
+    return {"expires_at": iso_time(ends), "expires_in": None if ends is None else max(0, int(ends - time.time())),
+            "idle_expires_at": iso_time(idle_at)}
+
+
+def iso_time(when):
+    return None if when is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
+def ttl_word(idle):
+    """What ended a server: its ttl, or its idle ttl."""
+    return "idle ttl" if idle else "ttl"
+
+
+def expiry_line(expires_at, *notes, idle=False):
+    """The log line that says the TTL (or the idle TTL) ended the server (see expired_at)."""
+    return join(f"{EXPIRED}: the {ttl_word(idle)} ended at {iso_time(expires_at)}, so the server was stopped",
                 *notes)
 
 
-EXPIRY_LINE = re.compile(r"^--- fabserve [^\n]*? " + EXPIRED + r": the ttl ended at ([0-9T:Z-]+),")
+EXPIRY_LINE = re.compile(r"^--- fabserve [^\n]*? " + EXPIRED + r": the (idle ttl|ttl) ended at ([0-9T:Z-]+),")
 
 
 def expired_at(inst):
-    """When the TTL ended the instance's last server (ISO 8601 UTC), as its
-    log's last line says; None when something else ended it, or nothing did."""
+    """When the TTL (or idle TTL) ended the instance's last server, as "TIME
+    (ttl)" or "TIME (idle ttl)" (ISO 8601 UTC), as its log's last line says;
+    None when something else ended it, or nothing did."""
     try:
         fd = os.open(inst.log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO planted there never blocks
     except OSError:
@@ -58,7 +105,7 @@ def expired_at(inst):
     with os.fdopen(fd, "rb") as handle:
         last = read_tail(handle, 1) if stat.S_ISREG(os.fstat(fd).st_mode) else []
     found = EXPIRY_LINE.match(last[-1]) if last else None
-    return found.group(1) if found else None
+    return f"{found.group(2)} ({found.group(1)})" if found else None
 
 
 def release_state(directory, leader, token, pidfile, meta_path):
@@ -94,12 +141,15 @@ def close_inherited():
                 pass
 
 
-def watchdog(expires_at, grace, token, directory, group=None, pidfile=None, meta_path=None, exposed=None):
+def watchdog(expires_at, grace, token, directory, group=None, pidfile=None, meta_path=None, exposed=None,
+             idle_ttl=None, idle_since=None):
     """The TTL watchdog, in an interpreter of its own (see WATCHDOG). Launched
     with its server, it is forked into the server's own session and group
     (`group` None) before the server's exec; attached to a server already
     running (start --ttl), it runs in a session of its own and `group` is the
-    server's. It sleeps until `expires_at`, then stops the group:
+    server's. It sleeps until `expires_at` or, with `idle_ttl`, until the
+    instance was idle that long (see idle_expiry: the log's mtime, read each
+    poll, so requests push it on), whichever comes first, then stops the group:
     TERM, KILL after `grace`; and, as a stop does, the processes that left the
     group carrying the server's token. A process group ID cannot be reused
     while one of its members lives: inside the group this process is one, so its
@@ -114,8 +164,11 @@ def watchdog(expires_at, grace, token, directory, group=None, pidfile=None, meta
     group = os.getpgrp() if inside else group
     leader = group  # the server's process, its group's leader since its setsid
     leader_start = (proc_stat(leader) or {}).get("starttime")
+    activity = activity_log(directory)
     while True:
-        left = expires_at - time.time()
+        idle_at = idle_expiry(idle_ttl, idle_since, activity)
+        ends_at = earliest(expires_at, idle_at)
+        left = ends_at - time.time()
         if left <= 0:
             break
         time.sleep(min(left, WATCH_POLL))
@@ -142,10 +195,10 @@ def watchdog(expires_at, grace, token, directory, group=None, pidfile=None, meta
         release_state(directory, leader, token, pidfile or os.path.join(directory, "server.pid"),
                       meta_path or os.path.join(directory, "server.json"))
     problem = join(problem, withdraw(exposed))
-    log_line(expiry_line(expires_at,
+    log_line(expiry_line(ends_at,
                          f"with SIGKILL after {grace:g}s grace" if killed or escaped_killed else "",
                          f"pids {' '.join(map(str, escaped))} had left the server's process group" if escaped else "",
-                         problem))
+                         problem, idle=ends_at != expires_at))
     if killed:
         os.killpg(group, signal.SIGKILL)  # inside the group, this process too: nothing is left to do
 
@@ -218,14 +271,16 @@ def watch(stream):
     os.dup2(null, 0)
     os.close(null)
     watchdog(settings["expires_at"], settings["grace"], settings["token"], settings["directory"],
-             settings.get("group"), settings.get("pidfile"), settings.get("meta"), settings.get("exposed"))
+             settings.get("group"), settings.get("pidfile"), settings.get("meta"), settings.get("exposed"),
+             settings.get("idle_ttl"), settings.get("idle_since"))
 
 
-def attach_watchdog(inst, expires_at, group, token):
+def attach_watchdog(inst, lifetimes, group, token):
     """Start a watchdog for the running server whose group is `group`, in a
     session of its own (a group of another session cannot be joined), output to
     the log, forked twice so init reaps it and in an interpreter of its own, as
-    start's. Returns {"pid", "starttime"}."""
+    start's; `lifetimes`: its expires_at, idle_ttl and idle_since. Returns
+    {"pid", "starttime"}."""
     if not sys.executable:
         raise AgentError("cannot start the ttl watchdog: this interpreter cannot name its own path "
                          "(sys.executable); the ttl was not applied")
@@ -247,40 +302,58 @@ def attach_watchdog(inst, expires_at, group, token):
         for fd in (writer, log, feed_in):
             os.close(fd)
     watch = launched_watchdog(reader)
-    settings = {"expires_at": expires_at, "grace": inst.req.stop_timeout, "token": token,
-                "directory": inst.dir, "group": group, "pidfile": inst.pidfile, "meta": inst.meta_path}
+    settings = dict(lifetimes, grace=inst.req.stop_timeout, token=token, directory=inst.dir, group=group,
+                    pidfile=inst.pidfile, meta=inst.meta_path)
     if not feed_watchdog(feed_out, settings):
         raise AgentError(f"cannot start the ttl watchdog: its interpreter {sys.executable} did not run; "
                          f"the ttl was not applied")
     return watch
 
 
-def apply_ttl(inst, found):
-    """Give the running server of `inst` the request's --ttl from now on: a new
-    watchdog (attach_watchdog), recorded in its metadata, then the old one ended.
-    Its duration is recorded too, for restart (see rerun). Returns what to say."""
+def apply_lifetimes(inst, found, ttl=None, idle_ttl=None, renew_idle=False):
+    """Give the running server of `inst` a TTL of `ttl` from now and, with
+    `idle_ttl` (or `renew_idle`: its recorded one), an idle window armed now,
+    keeping what is not given as recorded: a new watchdog (attach_watchdog),
+    recorded in its metadata, then the old one ended. The durations given are
+    recorded too, for restart (see rerun). Returns what to say."""
     meta = inst.recorded
+    given = {name: value for name, value in (("ttl", ttl), ("idle_ttl", idle_ttl)) if value}
     if not found.managed or not isinstance(meta, dict) or inst.foreign:
-        raise AgentError(f"the server on port {inst.port} was not started by fabserve, so --ttl cannot be applied "
-                         f"to it: stop it, then start it with --ttl")
-    ttl = inst.req.ttl
-    expires_at = time.time() + ttl
+        flags = " and ".join(f"--{name.replace('_', '-')}" for name in given) or "--ttl"
+        raise AgentError(f"the server on port {inst.port} was not started by fabserve, so {flags} cannot be "
+                         f"applied to it: stop it, then start it with {flags}")
+    now = time.time()
+    named = [ttl_word(False)] * bool(ttl) + [ttl_word(True)] * bool(idle_ttl or renew_idle)
+    expires_at = now + ttl if ttl else expiry_of(meta)
+    recorded_idle, since = idle_ttl_of(meta)
+    idle_ttl = idle_ttl or recorded_idle
+    if idle_ttl and (renew_idle or "idle_ttl" in given or since is None):
+        since = now
+    lifetimes = {"expires_at": expires_at, "idle_ttl": idle_ttl, "idle_since": since}
     old = meta.get("watchdog") if isinstance(meta.get("watchdog"), dict) else {}
-    watch = attach_watchdog(inst, expires_at, found.pgid, meta.get("token"))
-    meta = dict(meta, expires_at=expires_at, watchdog=watch)
+    # The route of an exposed server goes with it, whichever watchdog ends it.
+    watch = attach_watchdog(inst, dict(lifetimes, exposed=meta.get("exposed")), found.pgid, meta.get("token"))
+    meta = dict(meta, watchdog=watch, **lifetimes)
     try:
         write_atomic(inst.meta_path, json.dumps(meta))
     except OSError as exc:
         os.kill(watch["pid"], signal.SIGKILL)  # ours, just started: the server keeps what it had
         raise AgentError(f"cannot write state in {inst.dir}: {exc.strerror}; the ttl was not applied")
     inst.recorded, inst.expires_at = meta, expires_at
+    inst.idle_expires_at = idle_expiry(idle_ttl, since, activity_log(inst.dir))
     if old.get("pid") and alive(old["pid"], old.get("starttime")):
         os.kill(old["pid"], signal.SIGKILL)
     record = instance_record(inst.dir)
-    if record is not None and isinstance(record.get("started_with"), dict):
-        record["started_with"]["ttl"] = ttl
+    if given and record is not None and isinstance(record.get("started_with"), dict):
+        record["started_with"].update(given)
         write_atomic(os.path.join(inst.dir, "instance.json"), json.dumps(record))
-    return "the ttl now applies to it"
+    return f"the {' and the '.join(named)} now appl{'y' if len(named) > 1 else 'ies'} to it"
+
+
+def apply_ttl(inst, found):
+    """Give the running server of `inst` the request's --ttl and --idle-ttl from
+    now on, as start does to a server it finds running (see apply_lifetimes)."""
+    return apply_lifetimes(inst, found, inst.req.ttl, inst.req.idle_ttl)
 
 
 def launched_watchdog(reader):

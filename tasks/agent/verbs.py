@@ -39,7 +39,7 @@ def describe(inst, found, **fields):
         "port": inst.port,
         "managed": found.managed if found else None,
     }
-    answered.update(expiry_fields(inst.expires_at if found is not None else None))
+    answered.update(expiry_fields(*((inst.expires_at, inst.idle_expires_at) if found is not None else (None,))))
     exposed = (inst.exposed or (inst.recorded or {}).get("exposed")) if found is not None else None
     answered["public_url"] = exposed.get("url") if isinstance(exposed, dict) else None
     answered.update(fields)
@@ -121,11 +121,12 @@ def status_of(inst, found, note, pids=None, listening=None):
 
 def not_running(inst, note):
     """What a verb says of an instance with no server: "expired at TIME (ttl)"
-    when its TTL ended it (end_expired's note, else its log's last line)."""
+    (or "(idle ttl)") when its TTL ended it (end_expired's note, else its log's
+    last line)."""
     if note.startswith(EXPIRED):
         return note
     when = expired_at(inst)
-    return join(f"{EXPIRED} at {when} (ttl)" if when else "not running", note)
+    return join(f"{EXPIRED} at {when}" if when else "not running", note)
 
 
 def release_note(inst):
@@ -309,8 +310,8 @@ def start_server(inst, python, process=None, expires_at=None, watch=None):
                 message = join(message, "not started by fabserve")
         else:
             message = join("already started but " + message, "use restart")
-        # A --ttl is never dropped: a leftover server a CI job's start finds gets it too.
-        applied = apply_ttl(inst, found) if inst.req.ttl else ""
+        # A --ttl (or --idle-ttl) is never dropped: a leftover server a CI job's start finds gets it too.
+        applied = apply_ttl(inst, found) if inst.req.ttl or inst.req.idle_ttl else ""
         if inst.req.expose and state == RUNNING:  # its route put back, or added (a caddy reload dropped it)
             applied = join(applied, republish(inst, found))
         return describe(inst, found, ok=state == RUNNING, changed=bool(applied), state=state, pids=pids,

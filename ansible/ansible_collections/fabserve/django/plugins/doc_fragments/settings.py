@@ -127,8 +127,15 @@ options:
     default: 10
   ttl:
     description:
-    - 'Stop the server after this long, e.g. 30m, 2h, 1d (default: never; a restart starts it anew).'
+    - 'Stop the server after this long, e.g. 30m, 2h, 1d (default: never; a restart starts it anew; extend:
+      from now).'
     - fab's C(--ttl) and the inventory variable C(fabserve_ttl) (or C(ttl)).
+    type: str
+  idle_ttl:
+    description:
+    - 'Stop the server once this long passed without a request (its log unwritten), e.g. 30m (default:
+      never; extend: a new window from now).'
+    - fab's C(--idle-ttl) and the inventory variable C(fabserve_idle_ttl) (or C(idle_ttl)).
     type: str
   log_keep:
     description:

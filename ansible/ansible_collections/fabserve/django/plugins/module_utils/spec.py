@@ -18,6 +18,7 @@ ARGUMENT_SPEC = {'project': {'type': 'str', 'required': True},
  'start_timeout': {'type': 'float', 'default': 30},
  'stop_timeout': {'type': 'float', 'default': 10},
  'ttl': {'type': 'str'},
+ 'idle_ttl': {'type': 'str'},
  'log_keep': {'type': 'int', 'default': 5},
  'log_max': {'type': 'str', 'default': '50M'},
  'state_dir': {'type': 'str'},
@@ -25,7 +26,7 @@ ARGUMENT_SPEC = {'project': {'type': 'str', 'required': True},
  'check': {'type': 'str'},
  'timeout': {'type': 'float'}}
 # Module options that are settings; the rest of ARGUMENT_SPEC are flags setting one of them.
-SETTINGS = ('project', 'port', 'addr', 'python', 'settings', 'env', 'env_file', 'processes', 'only', 'expose', 'host_template', 'basic_auth', 'caddy_admin', 'noreload', 'start_timeout', 'stop_timeout', 'ttl', 'log_keep', 'log_max', 'state_dir', 'port_range', 'check')
+SETTINGS = ('project', 'port', 'addr', 'python', 'settings', 'env', 'env_file', 'processes', 'only', 'expose', 'host_template', 'basic_auth', 'caddy_admin', 'noreload', 'start_timeout', 'stop_timeout', 'ttl', 'idle_ttl', 'log_keep', 'log_max', 'state_dir', 'port_range', 'check')
 # state -> the agent's verb
 STATES = {'started': 'start', 'stopped': 'stop', 'restarted': 'restart', 'status': 'status'}
 # The module's own options, which are no setting.
@@ -34,4 +35,4 @@ OPTIONS = {'state': {'type': 'str',
            'choices': ['started', 'stopped', 'restarted', 'status']},
  'fail_if_not_running': {'type': 'bool', 'default': False}}
 # Every result field: each is in every result, null where it does not apply.
-RESULTS = ('action', 'ok', 'changed', 'state', 'pid', 'pids', 'url', 'pidfile', 'log', 'message', 'error', 'project', 'port', 'state_dir', 'managed', 'expires_at', 'expires_in', 'public_url', 'uptime', 'python', 'log_tail', 'killed', 'port_free', 'stopped_pids', 'ambiguous', 'http_status', 'check', 'processes')
+RESULTS = ('action', 'ok', 'changed', 'state', 'pid', 'pids', 'url', 'pidfile', 'log', 'message', 'error', 'project', 'port', 'state_dir', 'managed', 'expires_at', 'expires_in', 'idle_expires_at', 'public_url', 'uptime', 'python', 'log_tail', 'killed', 'port_free', 'stopped_pids', 'ambiguous', 'http_status', 'check', 'processes')

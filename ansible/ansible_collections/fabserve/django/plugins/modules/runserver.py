@@ -94,7 +94,7 @@ ok:
   returned: always
   type: bool
 changed:
-  description: Whether it started or stopped a server, or gave a running one a TTL.
+  description: Whether it started or stopped a server, or gave a running one a TTL (or extended it).
   returned: always
   type: bool
 state:
@@ -148,13 +148,19 @@ managed:
   returned: always
   type: bool
 expires_at:
-  description: When the server's TTL stops it, ISO 8601 UTC; null without a TTL.
+  description: When the server's TTL or idle TTL stops it, whichever comes first, ISO 8601 UTC; null without
+    either.
   returned: always
   type: str
 expires_in:
-  description: Whole seconds until then; null without a TTL.
+  description: Whole seconds until then; null without either.
   returned: always
   type: int
+idle_expires_at:
+  description: When the idle TTL stops it unless a request comes first (its last request plus --idle-ttl),
+    ISO 8601 UTC; null without an idle TTL.
+  returned: always
+  type: str
 public_url:
   description: Where a reviewer opens the server through the host's Caddy (--expose); null otherwise.
   returned: always
@@ -268,11 +274,11 @@ def would_change(action, probe, req, plan):
     """Whether `action` would start, stop or change something, given a status
     result and the processes the verb acts on (startable's or stoppable's `plan`,
     None: no Procfile): a server at its expiry is ended (and started again) by
-    the real run, a running one gets the ttl of a start, a start starts each
+    the real run, a running one gets the ttl (or idle ttl) of a start, a start starts each
     chosen process that does not run and a stop stops each one that does."""
     expiring = probe.get("expires_in") == 0
     if action == "start":
-        return expiring or bool(req.get("ttl")) or bool(moving(action, probe, plan))
+        return expiring or bool(req.get("ttl")) or bool(req.get("idle_ttl")) or bool(moving(action, probe, plan))
     if action == "stop":
         return expiring or bool(moving(action, probe, plan))
     return action == "restart"
