@@ -15,9 +15,9 @@ from .procfs import proc_stat, uptime_seconds
 from .signals import end_token_carriers, pauses, terminate, terminate_all
 from .state import companion_pidfiles, instance_record, open_regular
 from .procfile import Process, exit_status, recorded_table
-from .logfiles import cap_log, log_tail, read_tail
+from .logfiles import log_tail, read_tail
 from .ttl import apply_ttl
-from .locate import locate
+from .locate import locate, located
 from .launch import launch
 
 # How long each process a start launched must keep running before the start
@@ -38,14 +38,6 @@ def instance_table(inst):
     if not table:
         table = [Process(WEB, None, inst.port)]
     return table + extra
-
-
-def located_companion(comp):
-    """locate() for a companion, its log kept under the cap while it runs."""
-    found, note = locate(comp)
-    if found is not None and found.managed:
-        cap_log(comp)
-    return found, note
 
 
 def last_exit(comp, name):
@@ -87,7 +79,7 @@ def companion_rows(inst, table):
     for process in table:
         if process.name != WEB:
             comp = inst.companion(process.name)
-            found, _ = located_companion(comp)
+            found, _ = located(comp)
             rows.append(process_row(comp, process, found))
     return rows
 
@@ -105,7 +97,7 @@ def launch_companions(inst, processes, expires_at, launched):
     running, applied = [], ""
     for process in processes:
         comp = inst.companion(process.name)
-        found, _ = located_companion(comp)
+        found, _ = located(comp)
         if found is not None:
             running.append(process.name)
             if (inst.req.ttl or inst.req.idle_ttl) and found.managed:

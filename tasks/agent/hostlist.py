@@ -12,7 +12,8 @@ from .identity import runserver_addr, runservers
 from .state import Instance, companion_pidfiles, instance_name, read_state, recorded_project
 from .projects import Project
 from .companions import instance_table
-from .verbs import located, status_of, with_processes
+from .locate import located
+from .verbs import status_of, with_processes
 
 
 def do_list(host, req):

@@ -21,7 +21,7 @@ from .identity import given_path, identify, is_candidate, is_ours, runservers
 from .state import (
     Instance, companion_pidfiles, instance_name, last_written, lock_held, other_host, read_state, recorded_addr,
     try_lock)
-from .logfiles import append_log
+from .logfiles import append_log, cap_log
 from .caddy import withdraw
 from .ttl import WATCH_POLL, activity_log, earliest, expiry_line, expiry_of, idle_expiry, idle_ttl_of, iso_time, ttl_word
 
@@ -114,6 +114,15 @@ def left_token(inst):
         return None
     inst.recorded = meta
     return token
+
+
+def located(inst, procs=None):
+    """locate(), and the log of a server found through its trusted pidfile kept
+    under its cap: every call that finds one running keeps it so."""
+    found, note = locate(inst, procs)
+    if found is not None and found.managed:
+        cap_log(inst)
+    return found, note
 
 
 def search(inst, token, procs=None):

@@ -8,7 +8,8 @@ import sys
 from .protocol import AgentError, RUNNING, STOPPED, WEB
 from .procfile import PROCESS_NAME
 from .logfiles import PUNCHED_MARK, copy_out, follow, hole_end, kept_bytes, open_log, tail_span, tail_text
-from .verbs import describe, located
+from .locate import located
+from .verbs import describe
 
 
 def do_logs(inst):

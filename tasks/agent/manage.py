@@ -14,9 +14,9 @@ from .identity import runservers
 from .state import Instance
 from .caller import Caller
 from .logfiles import BLOCK, TAIL_LINES, tail_text
-from .locate import project_instances
+from .locate import located, project_instances
 from .launch import manage_env, resolve_python
-from .verbs import describe, located
+from .verbs import describe
 
 
 def relay(proc, out, deadline, caller):

@@ -9,11 +9,11 @@ from .protocol import AgentError, DEGRADED, EXITED, EXPIRED, FAILED, RUNNING, ST
 from .procfs import proc_stat, uptime_seconds
 from .signals import end_token_carriers, pauses, terminate, terminate_all
 from .sockets import holders, listen_inodes, listeners, pids_holding, port_answers, port_held, tcp_tables
-from .logfiles import cap_log, log_tail
+from .logfiles import log_tail
 from .ttl import apply_ttl, expired_at, expiry_fields, launch_expiry
 from .procfile import process_table, selected
 from .records import remember, rerun, started_check
-from .locate import locate
+from .locate import located
 from .launch import (
     PortTaken, check_note, checked_health, fallback_note, health, launch, resolve_python, taken_by,
     unapplied_migrations, wait_http)
@@ -44,15 +44,6 @@ def describe(inst, found, **fields):
     answered["public_url"] = exposed.get("url") if isinstance(exposed, dict) else None
     answered.update(fields)
     return result_of(**answered)
-
-
-def located(inst, procs=None):
-    """locate(), and the log of a server found through its trusted pidfile kept
-    under its cap: every call that finds one running keeps it so."""
-    found, note = locate(inst, procs)
-    if found is not None and found.managed:
-        cap_log(inst)
-    return found, note
 
 
 def do_status(inst):
