@@ -4,8 +4,9 @@ of its processes has its own watchdog, so each gets the new deadlines)."""
 from .protocol import AgentError, STOPPED, WEB, join
 from .state import instance_record
 from .ttl import apply_lifetimes, expiry_of
-from .companions import instance_table, located_companion
-from .verbs import located, not_running, status_of, with_processes
+from .companions import instance_table
+from .locate import located
+from .verbs import not_running, status_of, with_processes
 
 
 def durations(inst):
@@ -33,7 +34,7 @@ def do_extend(inst):
     for process in table or ():
         if process.name != WEB:
             comp = inst.companion(process.name)
-            running, _ = located_companion(comp)
+            running, _ = located(comp)
             if running is not None and running.managed:
                 apply_lifetimes(comp, running, ttl, idle_ttl, renew_idle)
     result = status_of(inst, found, note)
