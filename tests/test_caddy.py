@@ -10,11 +10,10 @@ import os
 import http.server
 import subprocess
 import threading
-import urllib.request
 
 import pytest
 
-from bed.caddy import ADMIN, SITE_TEXT, admin_config
+from bed.caddy import ADMIN, BY_HAND, HAND_HOST, HAND_TEXT, SITE_TEXT, add_route_by_hand, route_ids, through
 from helpers import alive, free_port, wait_for
 from tasks.agent import caddy
 from tasks.agent.protocol import AgentError
@@ -48,30 +47,18 @@ CSRF_TRUSTED_ORIGINS = [origin for origin in os.environ.get("CSRF_TRUSTED_ORIGIN
 """
 
 
-def through(port: int, host: str) -> tuple[int, str]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": host})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def test_a_route_reaches_its_upstream_by_host_and_goes_again(caddy_site, upstream):
     site = caddy_site
-    by_hand = {"@id": "by-hand", "match": [{"host": ["hand.example.test"]}],
-               "handle": [{"handler": "static_response", "body": "by hand"}], "terminal": True}
-    assert caddy.admin_call(ADMIN, "PUT", "/config/apps/http/servers/srv0/routes/0", by_hand)[0] == 200
+    add_route_by_hand()
     caddy.add_route(ADMIN, caddy.route_of("site-1", "pr-1.example.test", upstream))
     caddy.add_route(ADMIN, caddy.route_of("site-1", "pr-1.example.test", upstream))  # again: replaced, not doubled
-    routes = admin_config("/config/apps/http/servers/srv0/routes")
-    assert [route.get("@id") for route in routes] == ["fabserve-site-1", "by-hand", None]
+    assert route_ids() == ["fabserve-site-1", BY_HAND, None]
     assert through(site, "pr-1.example.test") == (200, f"upstream {upstream} for pr-1.example.test")
-    assert through(site, "other.example.test") == (200, SITE_TEXT)
+    assert through(site, "other.example.test") == (404, SITE_TEXT)
     assert caddy.remove_route(ADMIN, "fabserve-site-1") is True
     assert caddy.remove_route(ADMIN, "fabserve-site-1") is False  # gone already: no error
-    assert through(site, "pr-1.example.test") == (200, SITE_TEXT)
-    assert through(site, "hand.example.test") == (200, "by hand")
+    assert through(site, "pr-1.example.test") == (404, SITE_TEXT)
+    assert through(site, HAND_HOST) == (200, HAND_TEXT)
 
 
 def test_a_caddy_that_is_not_there_is_one_line(root):
@@ -86,6 +73,7 @@ def test_start_expose_publishes_the_server_and_stop_withdraws_it(fab, site, cadd
     host name through Caddy (ALLOWED_HOSTS from the environment), status shows
     the public URL, and stop leaves Caddy's own site answering that name."""
     http_port, port = caddy_site, free_port()
+    add_route_by_hand()
     where = ["--project", str(site), "--port", str(port)]
     with open(site / "mysite" / "settings.py", "a") as settings:  # as docs/expose.md tells a project to
         settings.write(ALLOWED_FROM_ENV)
@@ -105,8 +93,8 @@ def test_start_expose_publishes_the_server_and_stop_withdraws_it(fab, site, cadd
     assert through(http_port, host)[0] == 200
     stopped = fab("stop", *where, "--json")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    assert through(http_port, host) == (200, SITE_TEXT)
-    assert [route.get("@id") for route in admin_config("/config/apps/http/servers/srv0/routes")] == [None]
+    assert through(http_port, host) == (404, SITE_TEXT)
+    assert route_ids() == [BY_HAND, None] and through(http_port, HAND_HOST) == (200, HAND_TEXT)
 
 
 @pytest.mark.xdist_group("caddy")  # nothing may answer on localhost:2019 meanwhile: no other Caddy test runs
@@ -121,6 +109,7 @@ def test_expose_without_caddy_starts_nothing(fab, site, root):
 def test_two_exposed_instances_each_reach_their_own_server_one_behind_basic_auth_and_expiry_withdraws(
         fab, make_project, caddy_site):
     http_port = caddy_site
+    add_route_by_hand()
     first, second = make_project(), make_project()
     for project in (first, second):
         with open(project / "mysite" / "settings.py", "a") as settings:
@@ -136,16 +125,18 @@ def test_two_exposed_instances_each_reach_their_own_server_one_behind_basic_auth
     assert through(http_port, "one.example.test")[0] == 200
     assert through(http_port, "two.example.test")[0] == 401
     token = base64.b64encode(b"review:s3cret").decode()
-    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/",
-                                     headers={"Host": "two.example.test", "Authorization": f"Basic {token}"})
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        assert answer.status == 200
+    assert through(http_port, "two.example.test", headers={"Authorization": f"Basic {token}"})[0] == 200
+    # Each name reached its own server, and the refused request reached none.
+    for project, port in zip((first, second), ports):
+        lines = fab("logs", "--project", str(project), "--port", str(port), "--json").json["lines"]
+        assert sum('"GET / HTTP/1.1" 200' in line for line in lines) == 1, lines
     rows = fab("list", "--json").json
     listed = {row["project"]: row for row in (rows if isinstance(rows, list) else [rows])}
     assert listed[str(first)]["public_url"] == f"http://one.example.test:{http_port}/"
     # The TTL's watchdog, alone on the host once fab returned, withdraws the route when it ends the server.
-    assert wait_for(lambda: through(http_port, "one.example.test") == (200, SITE_TEXT), timeout=60)
+    assert wait_for(lambda: through(http_port, "one.example.test") == (404, SITE_TEXT), timeout=60)
     assert not any(alive(pid) for pid in one.json["pids"])
     destroyed = fab("destroy", "--project", str(second), "--json")
     assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
-    assert through(http_port, "two.example.test") == (200, SITE_TEXT)
+    assert through(http_port, "two.example.test") == (404, SITE_TEXT)
+    assert route_ids() == [BY_HAND, None]

@@ -31,7 +31,6 @@ allocated under a machine-wide lock after checking `ip -o addr` and `ip -o route
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import http.client
 import ipaddress
 import itertools
@@ -42,9 +41,8 @@ import select
 import shlex
 import shutil
 import signal
-import socket
+import socket as socketlib
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -54,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from . import BedError, BedUnavailable, procs, wait_for
-from .net import accepts
+from .net import NetnsHTTPConnection, accepts, socket_in_netns
 from .run import run_checked, run_in_group
 from .sshd import IP, SSH, SSHD, keygen, log_tail, sshd_config, write_sshd_config
 from .state import STATE_DIR, locked
@@ -80,7 +78,6 @@ LOCK_FILE = STATE_DIR / ".hosts.lock"
 # Per-bed files (sshd configs, host keys, logs), private to root, removed on teardown.
 WORKDIR_PREFIX = "hosts-"
 _WORKDIR_RE = re.compile(rf"^{WORKDIR_PREFIX}(\d+)-\d+$")
-CLONE_NEWNET = 0x40000000
 
 SSH_OPTIONS = (
     "-o", "StrictHostKeyChecking=no",
@@ -92,7 +89,6 @@ SSH_OPTIONS = (
 )
 
 _bed_numbers = itertools.count(1)
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -100,52 +96,6 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and result.returncode != 0:
         raise BedError(f"ip {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
     return result
-
-
-def _socket_in_netns(netns: Path, family: int = socket.AF_INET) -> socket.socket:
-    """A TCP socket created inside the network namespace bound at netns.
-
-    setns(CLONE_NEWNET) changes only the calling thread's namespace, so a
-    short-lived thread enters it and makes the socket; the socket stays in that
-    namespace for good and can be used from any thread.
-    """
-    outcome: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    errno = ctypes.get_errno()
-                    raise OSError(errno, f"setns({netns}): {os.strerror(errno)}")
-            finally:
-                os.close(fd)
-            outcome["socket"] = socket.socket(family, socket.SOCK_STREAM)
-        except BaseException as error:  # handed to the caller's thread
-            outcome["error"] = error
-
-    thread = threading.Thread(target=work, name="host-setns")
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["socket"]
-
-
-class _NetnsHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, netns: Path, host: str, port: int, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self._netns = netns
-
-    def connect(self) -> None:
-        sock = _socket_in_netns(self._netns)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect((self.host, self.port))
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 def _hosts_lock() -> contextlib.AbstractContextManager[None]:
@@ -253,9 +203,9 @@ class NamespacedHost:
 
     # -- talking to servers inside the host --------------------------------------
 
-    def socket(self) -> socket.socket:
+    def socket(self) -> socketlib.socket:
         """An unconnected TCP socket inside this host's network namespace."""
-        return _socket_in_netns(self.netns_path)
+        return socket_in_netns(self.netns_path)
 
     def connects(self, port: int, address: str = "127.0.0.1", timeout: float = 2) -> bool:
         """True if address:port accepts a TCP connection, seen from inside the host."""
@@ -273,7 +223,7 @@ class NamespacedHost:
                     timeout: float = 5) -> int | None:
         """Status of a GET http://address:port/path made from inside the host; None if
         nothing answered HTTP. No proxy is ever involved."""
-        connection = _NetnsHTTPConnection(self.netns_path, address, port, timeout)
+        connection = NetnsHTTPConnection(self.netns_path, address, port, timeout)
         try:
             connection.request("GET", path, headers={"Host": f"{address}:{port}"})
             return connection.getresponse().status

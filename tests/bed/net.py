@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import ctypes
 import http.client
+import os
 import random
 import socket
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
 
 _TCP_LISTEN = "0A"
 # A proxy from the CI environment must never see requests for local servers.
@@ -42,6 +49,52 @@ def accepts(address: str, port: int, timeout: float = 1) -> bool:
             return True
     except OSError:
         return False
+
+
+def socket_in_netns(netns: Path, family: int = socket.AF_INET) -> socket.socket:
+    """A TCP socket created inside the network namespace bound at netns.
+
+    setns(CLONE_NEWNET) changes only the calling thread's namespace, so a
+    short-lived thread enters it and makes the socket; the socket stays in that
+    namespace for good and can be used from any thread.
+    """
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    errno = ctypes.get_errno()
+                    raise OSError(errno, f"setns({netns}): {os.strerror(errno)}")
+            finally:
+                os.close(fd)
+            outcome["socket"] = socket.socket(family, socket.SOCK_STREAM)
+        except BaseException as error:  # handed to the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=work, name="host-setns")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["socket"]
+
+
+class NetnsHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, netns: Path, host: str, port: int, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._netns = netns
+
+    def connect(self) -> None:
+        sock = socket_in_netns(self._netns)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect((self.host, self.port))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
 
 
 def _decode_address(hex_address: str) -> str:
