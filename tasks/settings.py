@@ -485,9 +485,9 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("previous", False, parse_switch, "show the log of the run before the current one (server.log.1)",
             verbs=("logs",), request=True, config=False),
     Setting("branch", None, optional(parse_path),
-            "the branch {{branch}} in --project stands for, and that list shows (default: the current git "
-            "branch of --src)",
-            verbs=("sync", "up", "destroy")),
+            "the branch {{branch}} in --project and --host-template stands for, and that list shows (default: "
+            "the current git branch of --src, the current directory; a CI checkout's detached HEAD has none)",
+            verbs=PROJECT_TASKS),
     Setting("migrate", True, parse_switch, "run `manage.py migrate --noinput` before the start (--no-migrate: skip it)",
             verbs=("up",), config=False),
     Setting("keep_files", False, parse_switch,

@@ -203,8 +203,8 @@ def started(c: Context) -> Formatter:
 
 
 @verb
-def start(c, project=None, port=None, addr=None, python=None, settings=None, env=None, env_file=None, only=None,
-          noreload=False, timeout=None, check=None, json=False, ttl=None, idle_ttl=None, expose=False,
+def start(c, project=None, branch=None, port=None, addr=None, python=None, settings=None, env=None, env_file=None,
+          only=None, noreload=False, timeout=None, check=None, json=False, ttl=None, idle_ttl=None, expose=False,
           host_template=None, basic_auth=None, github_output=None, ci_output=False):
     """Start runserver detached (with a Procfile, each of its processes); return once its port answers.
 
@@ -215,22 +215,22 @@ def start(c, project=None, port=None, addr=None, python=None, settings=None, env
     once that long passed without a request; a server already running gets
     them from now.
     """
-    flags = dict(project=project, port=port, addr=addr, python=python, settings=settings, env_file=env_file,
-                 only=only, noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl, idle_ttl=idle_ttl,
-                 expose=expose, host_template=host_template, basic_auth=basic_auth, github_output=github_output,
-                 ci_output=ci_output)
+    flags = dict(project=project, branch=branch, port=port, addr=addr, python=python, settings=settings,
+                 env_file=env_file, only=only, noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl,
+                 idle_ttl=idle_ttl, expose=expose, host_template=host_template, basic_auth=basic_auth,
+                 github_output=github_output, ci_output=ci_output)
     return finish(c, with_outputs(c, operate(c, "start", flags, env), flags), flags, started(c))
 
 
 @verb
-def stop(c, project=None, port=None, only=None, timeout=None, json=False):
+def stop(c, project=None, branch=None, port=None, only=None, timeout=None, json=False):
     """Stop the server: TERM to its process group, KILL after the grace period.
 
     Finds it by pidfile (verified by start time and boot id), else by its
     command line, project directory and port. With a Procfile, each process
     is stopped so, found by its pidfile or token alone. Not running: exit 0.
     """
-    flags = dict(project=project, port=port, only=only, timeout=timeout, json=json)
+    flags = dict(project=project, branch=branch, port=port, only=only, timeout=timeout, json=json)
     return finish(c, operate(c, "stop", flags), flags)
 
 
@@ -258,18 +258,18 @@ def show_status(result: Dict[str, Any]) -> str:
 
 
 @verb
-def status(c, project=None, port=None, addr=None, check=None, json=False):
+def status(c, project=None, branch=None, port=None, addr=None, check=None, json=False):
     """Show whether the server runs and answers: exit 0 yes, 3 not running, 1 failed.
 
     Prints its pids, uptime, URL, log and pidfile, and when its TTL ends. With
     --check, a server whose path answers 500 or above (or not at all) has failed.
     """
-    flags = dict(project=project, port=port, addr=addr, check=check, json=json)
+    flags = dict(project=project, branch=branch, port=port, addr=addr, check=check, json=json)
     return finish(c, operate(c, "status", flags), flags, show_status)
 
 
 @verb
-def restart(c, project=None, port=None, addr=None, python=None, settings=None, env=None, env_file=None,
+def restart(c, project=None, branch=None, port=None, addr=None, python=None, settings=None, env=None, env_file=None,
             only=None, noreload=False, timeout=None, check=None, json=False, ttl=None, idle_ttl=None,
             expose=False, host_template=None, basic_auth=None, github_output=None, ci_output=False):
     """Stop the server if it runs, then start it and wait until it answers.
@@ -277,10 +277,10 @@ def restart(c, project=None, port=None, addr=None, python=None, settings=None, e
     The new server gets a whole TTL again: --ttl, else the last one it was given.
     With a Procfile, --only restarts those processes alone.
     """
-    flags = dict(project=project, port=port, addr=addr, python=python, settings=settings, env_file=env_file,
-                 only=only, noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl, idle_ttl=idle_ttl,
-                 expose=expose, host_template=host_template, basic_auth=basic_auth, github_output=github_output,
-                 ci_output=ci_output)
+    flags = dict(project=project, branch=branch, port=port, addr=addr, python=python, settings=settings,
+                 env_file=env_file, only=only, noreload=noreload, timeout=timeout, check=check, json=json, ttl=ttl,
+                 idle_ttl=idle_ttl, expose=expose, host_template=host_template, basic_auth=basic_auth,
+                 github_output=github_output, ci_output=ci_output)
     return finish(c, with_outputs(c, operate(c, "restart", flags, env), flags), flags, started(c))
 
 
@@ -290,13 +290,13 @@ def extended(result: Dict[str, Any]) -> str:
 
 
 @verb
-def extend(c, project=None, port=None, ttl=None, idle_ttl=None, json=False):
+def extend(c, project=None, branch=None, port=None, ttl=None, idle_ttl=None, json=False):
     """Push a running server's expiry: --ttl and --idle-ttl from now.
 
     Without them, the durations it was started with start again from now.
     Not running: exit 1. With a Procfile, every process gets the new deadlines.
     """
-    flags = dict(project=project, port=port, ttl=ttl, idle_ttl=idle_ttl, json=json)
+    flags = dict(project=project, branch=branch, port=port, ttl=ttl, idle_ttl=idle_ttl, json=json)
     return finish(c, operate(c, "extend", flags), flags, extended)
 
 
@@ -331,14 +331,14 @@ def show_logs(result: Dict[str, Any]) -> str:
 
 
 @verb
-def logs(c, project=None, port=None, process=None, lines=None, follow=False, json=False, previous=False):
+def logs(c, project=None, branch=None, port=None, process=None, lines=None, follow=False, json=False, previous=False):
     """Show the server's log: its last lines, or follow it (until Ctrl-C: exit 0).
 
     With --json the lines are in the one result object; otherwise they stream
     to stdout as the host reads them (each with its host when there are several).
     --previous shows the log of the run before the current one.
     """
-    flags = dict(project=project, port=port, process=process, lines=lines, follow=follow, json=json,
+    flags = dict(project=project, branch=branch, port=port, process=process, lines=lines, follow=follow, json=json,
                  previous=previous)
     host = remote.host_label(c)
     as_json = config.setting(c.config, "json", flags)
@@ -378,7 +378,7 @@ def list_servers(c, json=False, all=False):
 
 
 @verb
-def manage(c, args=None, project=None, python=None, settings=None, env=None, env_file=None, timeout=None,
+def manage(c, args=None, project=None, branch=None, python=None, settings=None, env=None, env_file=None, timeout=None,
            json=False):
     """Run `manage.py ARGS` in the project, e.g. fab manage "migrate --noinput".
 
@@ -387,8 +387,8 @@ def manage(c, args=None, project=None, python=None, settings=None, env=None, env
     start; stdin is /dev/null. Exit 0 if the command exited 0, else 1; 130
     when one Ctrl-C ended it (and the command with it).
     """
-    flags = dict(args=args, project=project, python=python, settings=settings, env_file=env_file, timeout=timeout,
-                 json=json)
+    flags = dict(args=args, project=project, branch=branch, python=python, settings=settings, env_file=env_file,
+                 timeout=timeout, json=json)
     req, agent_python = prepare(c, "manage", flags, env)
     try:
         result = streamed(c, req, agent_python, config.setting(c.config, "json", flags))
@@ -516,7 +516,7 @@ def set_up(result: Dict[str, Any]) -> str:
 
 
 @verb
-def setup(c, project=None, requirements=None, python=None, timeout=None, json=False):
+def setup(c, project=None, branch=None, requirements=None, python=None, timeout=None, json=False):
     """Make the project's virtualenv and install its requirements, when they changed.
 
     The hash of the requirements file (with every -r/-c file it names) and of
@@ -526,12 +526,12 @@ def setup(c, project=None, requirements=None, python=None, timeout=None, json=Fa
     with pip's last lines and leaves .venv as it was. --python installs into
     that existing interpreter instead, in place.
     """
-    flags = dict(project=project, requirements=requirements, python=python, timeout=timeout, json=json)
+    flags = dict(project=project, branch=branch, requirements=requirements, python=python, timeout=timeout, json=json)
     return finish(c, operate(c, "setup", flags), flags, set_up)
 
 
 @verb
-def tunnel(c, project=None, port=None, check=None, local_port=None, run=None, json=False):
+def tunnel(c, project=None, branch=None, port=None, check=None, local_port=None, run=None, json=False):
     """Forward a local port on 127.0.0.1 to the running server, over the same SSH connection.
 
     Once a request through it answers (GET of the --check path, else of the
@@ -541,7 +541,7 @@ def tunnel(c, project=None, port=None, check=None, local_port=None, run=None, js
     FABSERVE_PORT set, closes the tunnel when CMD ends and exits with its
     status. Exactly one host.
     """
-    flags = dict(project=project, port=port, check=check, local_port=local_port, run=run, json=json)
+    flags = dict(project=project, branch=branch, port=port, check=check, local_port=local_port, run=run, json=json)
     tunnels.open_tunnel(c, flags, lambda: operate(c, "status", dict(project=project, port=port, check=check,
                                                                      json=json)))
 

@@ -4,7 +4,7 @@ when the tree cannot fill a placeholder."""
 import pytest
 
 from tasks.naming import expand, slug, templated
-from tasks.settings import UsageError
+from tasks.settings import SETTINGS, UsageError
 
 
 @pytest.mark.parametrize("branch, expected", [
@@ -47,3 +47,10 @@ def test_an_unknown_placeholder_or_one_the_tree_cannot_fill_is_a_usage_error():
         expand("/srv/{branch}", lambda: (None, "abc"), "/src")
     with pytest.raises(UsageError, match=r"uses \{sha\}, but /src is not a git work tree"):
         expand("/srv/{sha}", lambda: ("main", None), "/src")
+
+
+def test_every_task_that_fills_in_a_branch_takes_the_branch_flag_its_error_names():
+    """A CI checkout's detached HEAD has no branch: wherever {branch} is filled in,
+    --branch NAME must be there to give, as the error above says."""
+    verbs_of = {setting.name: set(setting.verbs) for setting in SETTINGS}
+    assert verbs_of["project"] | verbs_of["host_template"] <= verbs_of["branch"]
