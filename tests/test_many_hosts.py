@@ -1,7 +1,9 @@
 """Many hosts at once: inventory groups, per-host settings, concurrency, one host
-down, JSON lines. Against the isolated test hosts of tests/bed/hosts.py, each with
-its own sshd, process table and state, all running one project on port 8000."""
+down, JSON lines, previews exposed through each host's own Caddy. Against the
+isolated test hosts of tests/bed/hosts.py, each with its own sshd, process table
+and state, all running one project on port 8000."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,12 +17,22 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bed.caddy import BY_HAND, HAND_HOST, HAND_TEXT, SITE_TEXT, add_route_by_hand, route_ids, running_caddy, through
+from bed.package import checkout_command
 from bed.procs import children, cmdline
 from bed.state import ensure_dir
 from bed.wheels import PROBE, probe_wheel
 from helpers import REPO, alive, wait_for
 
 PORT = 8000
+#: Caddy's HTTP port in each exposing host's own network namespace (outside port_range).
+CADDY_PORT = 9080
+#: What the preview tests' project reads its allowed hosts from (docs/expose.md).
+ALLOWED_FROM_ENV = """
+import os
+ALLOWED_HOSTS = [host for host in os.environ.get("DJANGO_ALLOWED_HOSTS", "").split(",") if host]
+CSRF_TRUSTED_ORIGINS = [origin for origin in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if origin]
+"""
 
 
 @pytest.fixture
@@ -49,6 +61,7 @@ def machines(bed_hosts, target, make_project, tmp_path):
         def __init__(self):
             self.hosts = {host.name: host for host in bed_hosts}
             self.site, self.other, self.known_hosts = site, other, known_hosts
+            self.ssh_config = ssh_config
 
         def command(self, *args):
             return [sys.executable, "-m", "fabric", "-r", str(REPO), "-S", str(ssh_config), *args]
@@ -325,3 +338,85 @@ def test_prune_with_branches_from_stdin_sweeps_every_host_in_one_ssh_command_eac
     finally:
         fab("-H", "all", "stop", "--json")
         shutil.rmtree(state)
+
+
+@pytest.fixture
+def caddies(machines, tmp_path):
+    """The first two hosts, each with a real Caddy of its own (admin API on the
+    host's localhost:2019, its site on CADDY_PORT) and a route added by hand; the
+    project reads its allowed hosts from the environment."""
+    with open(machines.site / "mysite" / "settings.py", "a") as settings:
+        settings.write(ALLOWED_FROM_ENV)
+    exposing = [machines.hosts[name] for name in sorted(machines.hosts)[:2]]
+    with contextlib.ExitStack() as stack:
+        for host in exposing:
+            stack.enter_context(running_caddy(tmp_path / f"caddy-{host.name}", CADDY_PORT, host.netns_path))
+            add_route_by_hand(host.netns_path)
+        yield exposing
+
+
+def test_expose_on_two_hosts_each_hosts_name_reaches_its_server_until_stop(machines, caddies, tmp_path):
+    """One start for both hosts: each publishes the branch's name through its own
+    Caddy, a browser asking either host for it gets Django, the CI outputs hold
+    both, and one stop withdraws both routes and only them."""
+    names = ",".join(host.name for host in caddies)
+    outputs = tmp_path / "outputs"
+    started = machines.fab("-H", names, "start", "--expose", "--branch", "Feature/Many Hosts", "--host-template",
+                           "{branch}-{port}.preview.test", "--github-output", str(outputs), "--json")
+    assert started.returncode == 0, started.stdout + started.stderr
+    public = f"feature-many-hosts-{PORT}.preview.test"
+    url = f"http://{public}:{CADDY_PORT}/"
+    assert {name: result["public_url"] for name, result in json_lines(started).items()} == {
+        host.name: url for host in caddies}
+    for host in caddies:
+        status, body = through(CADDY_PORT, public, address=host.address)
+        assert status == 200 and "django" in body.lower(), (host.name, status, body[:200])
+        assert through(CADDY_PORT, HAND_HOST, address=host.address) == (200, HAND_TEXT)
+    written = outputs.read_text().splitlines()
+    assert [line for line in written if line.startswith("url=")] == [f"url={url}"] * 2
+    assert sorted(line for line in written if line.startswith("host=")) == [f"host={host.name}" for host in caddies]
+    listed = machines.fab("-H", names, "list", "--json")
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted(row["host"] for row in rows if row.get("public_url") == url) == [host.name for host in caddies]
+    stopped = machines.fab("-H", names, "stop", "--json")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    for host in caddies:
+        assert through(CADDY_PORT, public, address=host.address) == (404, SITE_TEXT)
+        assert route_ids(host.netns_path) == [BY_HAND, None]
+
+
+def test_idle_extend_and_prune_of_exposed_previews_through_the_fabserve_command(machines, caddies, tmp_path):
+    """Through the `fabserve` command on both hosts: with nobody asking, one host's
+    preview ends after its idle window and its route goes with it; the other,
+    extended, keeps serving; prune then removes both, and each Caddy keeps only
+    the route added by hand."""
+    fabserve = checkout_command(tmp_path / "bin" / "fabserve", tmp_path / "tools")
+    first, second = caddies
+
+    def command(*args):
+        return subprocess.run([str(fabserve), "-S", str(machines.ssh_config), *args], cwd=tmp_path, env=machines.env,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+
+    public = f"idle-{PORT}.preview.test"
+    started = command("-H", f"{first.name},{second.name}", "start", "--noreload", "--expose", "--host-template",
+                      "idle-{port}.preview.test", "--idle-ttl", "4s", "--json")
+    assert started.returncode == 0, started.stdout + started.stderr
+    results = json_lines(started)
+    assert all(result["idle_expires_at"] for result in results.values()), results
+    extended = command("-H", first.name, "extend", "--idle-ttl", "10m", "--json")
+    assert extended.returncode == 0, extended.stdout + extended.stderr
+    # Nobody asks the second host (asking through Caddy would be a request): its watchdog,
+    # alone there since the command returned, ends it and withdraws its route.
+    assert wait_for(lambda: route_ids(second.netns_path) == [BY_HAND, None], timeout=30)
+    assert through(CADDY_PORT, public, address=second.address) == (404, SITE_TEXT)
+    assert not any(second.as_user(["kill", "-0", str(pid)]).returncode == 0
+                   for pid in results[second.name]["pids"])
+    assert through(CADDY_PORT, public, address=first.address)[0] == 200
+    pruned = command("-H", f"{first.name},{second.name}", "prune", "--older-than", "1s", "--json")
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    reasons = {name: [row["reasons"] for row in result["rows"] if row["project"] == str(machines.site)]
+               for name, result in json_lines(pruned).items()}
+    assert reasons == {first.name: [["older than 1s"]], second.name: [["expired", "older than 1s"]]}, reasons
+    for host in caddies:
+        assert through(CADDY_PORT, public, address=host.address) == (404, SITE_TEXT)
+        assert route_ids(host.netns_path) == [BY_HAND, None]

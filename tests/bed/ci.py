@@ -6,12 +6,11 @@ jobs pin it."""
 from __future__ import annotations
 
 import os
-import stat
 import subprocess
-import sys
 from pathlib import Path
 
-from .target import REPO, Target
+from .package import checkout_command
+from .target import Target
 
 DOCUMENTED_HOST = "preview.example.com"
 
@@ -25,8 +24,6 @@ class Runner:
         self.workdir = workdir or base / "job"
         self.home = base / "home"
         tools = base / "tools"
-        (tools / "site-packages").mkdir(parents=True)
-        (tools / "site-packages" / "fabserve").symlink_to(REPO / "tasks")
         (self.home / ".ssh").mkdir(parents=True, mode=0o700)
         kind, blob = (target.ssh_config.parent / "host_ed25519.pub").read_text().split()[:2]
         (self.home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{target.port} {kind} {blob}\n")
@@ -34,12 +31,7 @@ class Runner:
             f"Host {DOCUMENTED_HOST}\n    HostName 127.0.0.1\n    Port {target.port}\n"
             f"    IdentityFile {target.key}\n    IdentitiesOnly yes\n")
         # Jobs that ship their checkout (given as `workdir`) install fabserve outside it, in ~/.fab.
-        for fab in (self.home / ".fab",) if workdir else (self.workdir / ".fab",):
-            (fab / "bin").mkdir(parents=True, exist_ok=True)
-            command = fab / "bin" / "fabserve"
-            command.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(tools / 'site-packages')!r})\n"
-                               "from fabserve.program import program\nprogram.run()\n")
-            command.chmod(command.stat().st_mode | stat.S_IXUSR)
+        checkout_command((self.home if workdir else self.workdir) / ".fab" / "bin" / "fabserve", tools)
 
     def step(self, script: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run a job's shell step as the job would (bash -e, no stdin), its host the target's user."""

@@ -1,8 +1,11 @@
-"""fabserve as users install it: a wheel built from the checkout, in a fresh virtualenv."""
+"""fabserve as users install it: a wheel built from the checkout, in a fresh
+virtualenv; or, where building one would only cost time, the `fabserve` command
+run from the checkout's own code."""
 
 from __future__ import annotations
 
 import shutil
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,20 @@ class Installed:
                 info = path.lstat()
                 found[str(path.relative_to(site))] = (info.st_mtime_ns, info.st_size)
         return found
+
+
+def checkout_command(command: Path, tools: Path) -> Path:
+    """`command`, a `fabserve` command that imports the checkout's tasks/ as the
+    package fabserve (linked into `tools`/site-packages), run by this Python."""
+    packages = tools / "site-packages"
+    packages.mkdir(parents=True, exist_ok=True)
+    if not (packages / "fabserve").exists():
+        (packages / "fabserve").symlink_to(REPO / "tasks")
+    command.parent.mkdir(parents=True, exist_ok=True)
+    command.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(packages)!r})\n"
+                       "from fabserve.program import program\nprogram.run()\n")
+    command.chmod(command.stat().st_mode | stat.S_IXUSR)
+    return command
 
 
 def build_wheel(out_dir: Path) -> Path:
