@@ -6,6 +6,7 @@ from __future__ import annotations
 from bench.ansible_module import module_cases, ratio_lines as module_ratio_lines
 from bench.baseline import baseline
 from bench.ciflow import ci_flow
+from bench.expose import expose_cases
 from bench.fanout import fanout
 from bench.lifetimes import lifetimes, ratio_lines as lifetimes_ratio_lines
 from bench.logs import big_log
@@ -36,6 +37,7 @@ GROUPS = (
     Group("sync", sync_cases),
     Group("up", up_cases),
     Group("procs", procs_cases),
+    Group("expose", expose_cases),
 )
 # Not a group: the client-side profile of one `fab status` runs once, after the repetitions.
 PROFILE = "profile"

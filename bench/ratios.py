@@ -13,7 +13,8 @@ from bench.samples import Case, Sample, fmt_count, spread
 FABSERVE_OPS = ["fabserve_status", "fabserve_start", "fabserve_stop", "fabserve_restart", "fabserve_logs",
                 "installed_status",
                 "fabserve_list_20", "fabserve_start_auto",
-                "procs_start_1", "procs_start_3", "procs_stop_1", "procs_stop_3"]
+                "procs_start_1", "procs_start_3", "procs_stop_1", "procs_stop_3",
+                "expose_start_plain", "expose_start_exposed", "expose_stop_plain", "expose_stop_exposed"]
 INSTALLED_LIMIT = 1.02  # the installed `fabserve` command: at most this many times `fab` in the checkout
 LOGS_LIMIT = 3.0  # a big log's tail: at most this many times OpenSSH's `tail -n`
 FANOUT_TARGET_SIZE = 10  # fan-out target: this many hosts take at most FANOUT_LIMIT x one host
@@ -29,6 +30,8 @@ SYNC_LIMIT = 1.5
 UP_LIMIT = 1.5
 # start and stop of a three-process instance (Procfile: web, worker, watch) at most this many times one process
 PROCS_LIMIT = 1.3
+# start --expose (published through the host's Caddy) and its stop (route withdrawn) at most this many times without
+EXPOSE_LIMIT = 1.2
 
 
 @dataclass
@@ -110,6 +113,12 @@ def ratios(cases: dict[str, Case], sizes: Sequence[int], cpus: int) -> list[Rati
         out.append(Ratio(f"procs_{verb}_3-1", f"procs {verb} 3 - 1: what two companions add",
                          pairwise(cases, [f"procs_{verb}_3", f"procs_{verb}_1"], lambda three, one: three - one),
                          "s"))
+    for verb in ("start", "stop"):
+        ratio(f"expose_{verb}/plain", f"{verb} --expose / {verb} without", f"expose_{verb}_exposed",
+              f"expose_{verb}_plain", EXPOSE_LIMIT)
+        out.append(Ratio(f"expose_{verb}-plain", f"{verb} --expose - {verb} without: what Caddy's route adds",
+                         pairwise(cases, [f"expose_{verb}_exposed", f"expose_{verb}_plain"],
+                                  lambda exposed, plain: exposed - plain), "s"))
     for verb in ("status", "start", "stop", "restart"):
         ratio(f"{verb}/ssh_true", f"{verb} / ssh true", "fabserve_" + verb, "ssh_true")
     ratio("ssh_agent_status/ssh_true", "agent status over OpenSSH / ssh true", "ssh_agent_status", "ssh_true")

@@ -365,3 +365,27 @@ def test_every_procs_operation_is_one_ssh_command() -> None:
     verdicts = {row["name"]: row["verdict"] for row in command_targets(measured, [])}
     assert verdicts == {"ssh_commands:procs_start_1": "PASS", "ssh_commands:procs_start_3": "MISS",
                         "ssh_commands:procs_stop_1": "PASS", "ssh_commands:procs_stop_3": "PASS"}
+
+
+# --- exposed previews
+
+
+@pytest.mark.parametrize(("verb", "exposed", "verdict"),
+                         [("start", 1.0, "PASS"), ("start", 1.2, "PASS"), ("start", 1.3, "MISS"),
+                          ("stop", 1.1, "PASS"), ("stop", 1.25, "MISS")])
+def test_an_exposed_start_and_stop_take_at_most_1_2_times_a_plain_one(verb: str, exposed: float,
+                                                                       verdict: str) -> None:
+    measured = cases(case(f"expose_{verb}_exposed", [exposed]), case(f"expose_{verb}_plain", [1.0]))
+    ratio = by_name(ratios(measured, [], cpus=2))[f"expose_{verb}/plain"]
+    assert ratio.limit == 1.2 and ratio.values == [exposed] and ratio.verdict() == verdict
+    assert ratio.label == f"{verb} --expose / {verb} without"
+    difference = by_name(ratios(measured, [], cpus=2))[f"expose_{verb}-plain"]
+    assert difference.unit == "s" and difference.values == [pytest.approx(exposed - 1.0)]
+
+
+def test_every_expose_operation_is_one_ssh_command() -> None:
+    measured = cases(case("expose_start_plain", [0.6]), case("expose_start_exposed", [0.7], sessions=[2]),
+                     case("expose_stop_plain", [0.4]), case("expose_stop_exposed", [0.5]))
+    verdicts = {row["name"]: row["verdict"] for row in command_targets(measured, [])}
+    assert verdicts == {"ssh_commands:expose_start_plain": "PASS", "ssh_commands:expose_start_exposed": "MISS",
+                        "ssh_commands:expose_stop_plain": "PASS", "ssh_commands:expose_stop_exposed": "PASS"}

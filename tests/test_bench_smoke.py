@@ -54,7 +54,8 @@ def test_quick_run_writes_the_result(tmp_path: Path) -> None:
                  "fabserve_status_of_20", "fabserve_list_20", "fabserve_start_port", "fabserve_start_auto",
                  "ciflow_fabserve", "ciflow_fabserve_steps", "ciflow_fabric", "ciflow_ansible",
                  "lifetimes_status", "lifetimes_status_ttl", "lifetimes_status_cut", "lifetimes_start",
-                 "lifetimes_start_ttl", "procs_start_1", "procs_stop_1", "procs_start_3", "procs_stop_3"):
+                 "lifetimes_start_ttl", "procs_start_1", "procs_stop_1", "procs_start_3", "procs_stop_3",
+                 "expose_start_plain", "expose_stop_plain", "expose_start_exposed", "expose_stop_exposed"):
         case = result["cases"][name]
         assert len(case["times"]) == 1 and case["median"] > 0, (name, case)
     # Counted from the sshd logs; the value itself is a target, reported but not asserted.
@@ -65,7 +66,7 @@ def test_quick_run_writes_the_result(tmp_path: Path) -> None:
     # Every group runs from bench/run, their own ratios printed with the report.
     assert result["meta"]["groups"] == ["baseline", "fabserve", "package", "logs", "many", "ciflow", "diy",
                                         "ansible", "fanout", "module", "lifetimes", "sync", "up", "procs",
-                                        "profile"]
+                                        "expose", "profile"]
     for heading in ("agent payload per call (status): ", "module / fab ", "lifetimes: the agent's own time"):
         assert any(line.startswith(heading) for line in result["notes"]), heading
         assert heading in run.stdout

@@ -192,13 +192,14 @@ def test_the_documented_per_branch_jobs_bring_a_preview_up_and_tear_it_down(prev
     github, gitlab = yaml_blocks(ci_section())
     branch = "feature/login"
     runner = Runner(tmp_path, target, workdir=preview_src)
-    summary = tmp_path / "summary.md"
+    summary, outputs = tmp_path / "summary.md", tmp_path / "outputs"
 
     def github_step(job: str, name: str) -> subprocess.CompletedProcess:
         step = next(step for step in github["jobs"][job]["steps"] if step.get("name", "").startswith(name))
         env = {key: value.replace("${{ github.ref_name }}", branch).replace("${{ github.event.ref }}", branch)
                for key, value in github["jobs"][job]["env"].items()}
-        return runner.step(step["run"], {**env, "GITHUB_STEP_SUMMARY": str(summary)}, timeout=600)
+        return runner.step(step["run"], {**env, "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_OUTPUT": str(outputs)},
+                           timeout=600)
 
     def gitlab_job(name: str) -> subprocess.CompletedProcess:
         job = {**gitlab[".fabserve"], **gitlab[name]}
@@ -214,6 +215,8 @@ def test_the_documented_per_branch_jobs_bring_a_preview_up_and_tear_it_down(prev
     assert result["project"] == str(project) and result["state"] == "running" and result["http_status"] == 404
     assert summary.read_text() == (f"Preview of {branch} at {result['url']} on {target.user}@preview.example.com "
                                    f"until {result['expires_at']}\n")
+    assert outputs.read_text().splitlines() == [f"url={result['url']}", f"host={result['host']}",
+                                                f"port={result['port']}", f"expires_at={result['expires_at']}"]
     (preview_src / "up.json").unlink()
 
     review = gitlab_job("review")
