@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bed.caddy import SITE_TEXT, route_ids, running_caddy, through
+from bed.caddy import HOST_SITE_PORT, SITE_TEXT, route_ids, running_caddy, through
 
 from bench.hosts import Host
 from bench.layout import FAB, PROJECT, REPO, STATE
@@ -25,7 +25,6 @@ from bench.samples import Sample
 
 GROUP = "expose"
 PORT = 8400
-CADDY_PORT = 9080  # Caddy's site in the host's namespace, outside fabserve's port_range
 PUBLIC = f"bench-{PORT}.preview.test"
 KINDS = {"plain": (), "exposed": ("--expose", "--host-template", "bench-{port}.preview.test")}
 
@@ -61,9 +60,9 @@ def started(host: Host, kind: str) -> Check:
             return f"port {PORT} not listening"
         if kind == "plain":
             return None if not found.get("public_url") else f"a public URL without --expose: {found['public_url']}"
-        if found.get("public_url") != f"http://{PUBLIC}:{CADDY_PORT}/":
+        if found.get("public_url") != f"http://{PUBLIC}:{HOST_SITE_PORT}/":
             return f"public_url {found.get('public_url')!r}"
-        status, body = through(CADDY_PORT, PUBLIC, address=host.addr)
+        status, body = through(HOST_SITE_PORT, PUBLIC, address=host.addr)
         return None if status == 200 else f"through Caddy: {status} {body[:80]!r}"
     return check
 
@@ -79,7 +78,8 @@ def stopped(host: Host) -> Check:
         left = route_ids(netns(host))
         if left != [None]:
             return f"routes left in Caddy: {left}"
-        return None if through(CADDY_PORT, PUBLIC, address=host.addr) == (404, SITE_TEXT) else "the name still answers"
+        answer = through(HOST_SITE_PORT, PUBLIC, address=host.addr)
+        return None if answer == (404, SITE_TEXT) else f"the name still answers: {answer[0]}"
     return check
 
 
@@ -88,7 +88,7 @@ def expose_cases(runner: Runner) -> None:
     installs, the run fails saying so); then, each from a stopped server, start and
     stop without --expose, then with it (a stop only after its start succeeded)."""
     host, one = runner.host, [runner.host]
-    with running_caddy(STATE / f"caddy-{host.alias}", CADDY_PORT, netns(host)):
+    with running_caddy(STATE / f"caddy-{host.alias}", HOST_SITE_PORT, netns(host)):
         for kind, flags in KINDS.items():
             start = runner.measure(f"expose_start_{kind}", f"fabserve start ({kind})", GROUP,
                                    fab(runner, "start", *flags), one, check=started(host, kind))

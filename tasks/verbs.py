@@ -52,9 +52,8 @@ def prepare(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[s
         if "project" in flags and values["project"] is None and not remote.is_remote(c):
             values["project"] = entrypoints.local_project(c.config)
         values["project"] = expanded_project(values)
-        if values.get("host_template"):  # {port} is the host's to fill: --port auto chooses it there
-            values["host_template"] = naming.expand(values["host_template"], lambda: source_facts(values),
-                                                    str(values["src"]), "--host-template", ("port",))
+        if values.get("host_template"):
+            values["host_template"] = expanded_host_template(values)
         req = request(action, values, env)
         agent_python = checked(values, "agent_python")
     except UsageError as exc:
@@ -69,6 +68,16 @@ def expanded_project(values: Dict[str, Any]) -> Any:
     if not naming.templated(project):
         return project
     return naming.expand(project, lambda: source_facts(values), str(values["src"]))
+
+
+def expanded_host_template(values: Dict[str, Any]) -> Any:
+    """The host_template setting of merged `values`, `{branch}` and `{sha}` filled
+    in as expanded_project fills them; `{port}` is the host's to fill (--port auto
+    chooses it there)."""
+    template = values.get("host_template")
+    if not template:
+        return template
+    return naming.expand(template, lambda: source_facts(values), str(values["src"]), "--host-template", ("port",))
 
 
 def source_facts(values: Dict[str, Any]) -> naming.Facts:
@@ -563,7 +572,8 @@ def up_chain(c: Context, flags: Dict[str, Any], env: Optional[List[str]]) -> Dic
     it ends (not with --json); the result of the last step run, as up's."""
     as_json = config.setting(c.config, "json", flags)
     try:  # once, from --src: the later steps take no --src
-        flags = dict(flags, project=expanded_project(host_values(c, flags)))
+        values = host_values(c, flags)
+        flags = dict(flags, project=expanded_project(values), host_template=expanded_host_template(values))
     except UsageError as exc:
         raise Exit(f"{remote.host_label(c)}: {exc}", 2) from None
     synced: Dict[str, Any] = {}

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bed.caddy import BY_HAND, HAND_HOST, HAND_TEXT, SITE_TEXT, add_route_by_hand, route_ids, running_caddy, through
+from bed.caddy import (BY_HAND, HAND_HOST, HAND_TEXT, HOST_SITE_PORT, SITE_TEXT, add_route_by_hand, route_ids,
+                       running_caddy, through)
 from bed.package import checkout_command
 from bed.procs import children, cmdline
 from bed.state import ensure_dir
@@ -25,8 +26,6 @@ from bed.wheels import PROBE, probe_wheel
 from helpers import REPO, alive, wait_for
 
 PORT = 8000
-#: Caddy's HTTP port in each exposing host's own network namespace (outside port_range).
-CADDY_PORT = 9080
 #: What the preview tests' project reads its allowed hosts from (docs/expose.md).
 ALLOWED_FROM_ENV = """
 import os
@@ -343,14 +342,14 @@ def test_prune_with_branches_from_stdin_sweeps_every_host_in_one_ssh_command_eac
 @pytest.fixture
 def caddies(machines, tmp_path):
     """The first two hosts, each with a real Caddy of its own (admin API on the
-    host's localhost:2019, its site on CADDY_PORT) and a route added by hand; the
+    host's localhost:2019, its site on HOST_SITE_PORT) and a route added by hand; the
     project reads its allowed hosts from the environment."""
     with open(machines.site / "mysite" / "settings.py", "a") as settings:
         settings.write(ALLOWED_FROM_ENV)
     exposing = [machines.hosts[name] for name in sorted(machines.hosts)[:2]]
     with contextlib.ExitStack() as stack:
         for host in exposing:
-            stack.enter_context(running_caddy(tmp_path / f"caddy-{host.name}", CADDY_PORT, host.netns_path))
+            stack.enter_context(running_caddy(tmp_path / f"caddy-{host.name}", HOST_SITE_PORT, host.netns_path))
             add_route_by_hand(host.netns_path)
         yield exposing
 
@@ -365,13 +364,13 @@ def test_expose_on_two_hosts_each_hosts_name_reaches_its_server_until_stop(machi
                            "{branch}-{port}.preview.test", "--github-output", str(outputs), "--json")
     assert started.returncode == 0, started.stdout + started.stderr
     public = f"feature-many-hosts-{PORT}.preview.test"
-    url = f"http://{public}:{CADDY_PORT}/"
+    url = f"http://{public}:{HOST_SITE_PORT}/"
     assert {name: result["public_url"] for name, result in json_lines(started).items()} == {
         host.name: url for host in caddies}
     for host in caddies:
-        status, body = through(CADDY_PORT, public, address=host.address)
+        status, body = through(HOST_SITE_PORT, public, address=host.address)
         assert status == 200 and "django" in body.lower(), (host.name, status, body[:200])
-        assert through(CADDY_PORT, HAND_HOST, address=host.address) == (200, HAND_TEXT)
+        assert through(HOST_SITE_PORT, HAND_HOST, address=host.address) == (200, HAND_TEXT)
     written = outputs.read_text().splitlines()
     assert [line for line in written if line.startswith("url=")] == [f"url={url}"] * 2
     assert sorted(line for line in written if line.startswith("host=")) == [f"host={host.name}" for host in caddies]
@@ -381,7 +380,7 @@ def test_expose_on_two_hosts_each_hosts_name_reaches_its_server_until_stop(machi
     stopped = machines.fab("-H", names, "stop", "--json")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     for host in caddies:
-        assert through(CADDY_PORT, public, address=host.address) == (404, SITE_TEXT)
+        assert through(HOST_SITE_PORT, public, address=host.address) == (404, SITE_TEXT)
         assert route_ids(host.netns_path) == [BY_HAND, None]
 
 
@@ -408,15 +407,15 @@ def test_idle_extend_and_prune_of_exposed_previews_through_the_fabserve_command(
     # Nobody asks the second host (asking through Caddy would be a request): its watchdog,
     # alone there since the command returned, ends it and withdraws its route.
     assert wait_for(lambda: route_ids(second.netns_path) == [BY_HAND, None], timeout=30)
-    assert through(CADDY_PORT, public, address=second.address) == (404, SITE_TEXT)
+    assert through(HOST_SITE_PORT, public, address=second.address) == (404, SITE_TEXT)
     assert not any(second.as_user(["kill", "-0", str(pid)]).returncode == 0
                    for pid in results[second.name]["pids"])
-    assert through(CADDY_PORT, public, address=first.address)[0] == 200
+    assert through(HOST_SITE_PORT, public, address=first.address)[0] == 200
     pruned = command("-H", f"{first.name},{second.name}", "prune", "--older-than", "1s", "--json")
     assert pruned.returncode == 0, pruned.stdout + pruned.stderr
     reasons = {name: [row["reasons"] for row in result["rows"] if row["project"] == str(machines.site)]
                for name, result in json_lines(pruned).items()}
     assert reasons == {first.name: [["older than 1s"]], second.name: [["expired", "older than 1s"]]}, reasons
     for host in caddies:
-        assert through(CADDY_PORT, public, address=host.address) == (404, SITE_TEXT)
+        assert through(HOST_SITE_PORT, public, address=host.address) == (404, SITE_TEXT)
         assert route_ids(host.netns_path) == [BY_HAND, None]

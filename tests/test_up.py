@@ -7,6 +7,7 @@ processes and state as they were before up."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bed.caddy import HOST_SITE_PORT, SITE_TEXT, route_ids, running_caddy, through
 from bed.ci import Runner
 from bed.fab import fab_on_hosts
 from bed.trees import example_repo, git
@@ -236,16 +238,31 @@ def test_the_documented_per_branch_jobs_bring_a_preview_up_and_tear_it_down(prev
 
 
 def test_up_and_destroy_on_many_hosts_each_with_its_own_preview(bed_hosts, preview_src, tmp_path):
-    """Every namespaced host (its own /tmp, state and processes) gets the branch's
-    preview from one `up`, each serving its check path, and one `destroy` removes them all."""
+    """Every namespaced host (its own /tmp, state, processes and Caddy) gets the
+    branch's preview from one `up --expose`, each serving its check path under the
+    branch's name through its own Caddy, and one `destroy` removes them all, routes
+    included."""
     template = f"/tmp/up-{uuid.uuid4().hex[:8]}/{{branch}}"
 
     def fab(*words: str) -> dict[str, dict]:
         return fab_on_hosts(bed_hosts, tmp_path, *words, "--project", template, timeout=600)
 
-    up = fab("up", "--src", str(preview_src), "--port", "auto", "--check", "/hello/")
-    project = template.replace("{branch}", "main")
-    assert all(result["state"] == "running" and result["http_status"] == 200 and result["project"] == project
-               and result["step"] == "start" for result in up.values()), up
-    gone = fab("destroy", "--branch", "main")
-    assert all(result["removed"] is True and result["pid"] == up[host]["pid"] for host, result in gone.items()), gone
+    with contextlib.ExitStack() as caddies:
+        for host in bed_hosts:
+            caddies.enter_context(running_caddy(tmp_path / f"caddy-{host.name}", HOST_SITE_PORT,
+                                                host.netns_path))
+        up = fab("up", "--src", str(preview_src), "--port", "auto", "--check", "/hello/", "--expose",
+                 "--host-template", "{branch}.preview.test")
+        expected = ("running", 200, template.replace("{branch}", "main"), "start",
+                    f"http://main.preview.test:{HOST_SITE_PORT}/")
+        assert {host: (result["state"], result["http_status"], result["project"], result["step"], result["public_url"])
+                for host, result in up.items()} == {host: expected for host in up}
+        for host in bed_hosts:
+            hello = through(HOST_SITE_PORT, "main.preview.test", address=host.address, path="/hello/")
+            assert hello == (200, "v1"), (host.name, hello)  # HELLO_URLS' greeting
+        gone = fab("destroy", "--branch", "main")
+        assert all(result["removed"] is True and result["pid"] == up[host]["pid"]
+                   for host, result in gone.items()), gone
+        for host in bed_hosts:
+            assert route_ids(host.netns_path) == [None]
+            assert through(HOST_SITE_PORT, "main.preview.test", address=host.address) == (404, SITE_TEXT)

@@ -24,6 +24,8 @@ ADMIN_HOST, ADMIN_PORT = "localhost", 2019
 ADMIN = f"{ADMIN_HOST}:{ADMIN_PORT}"
 ROUTES = "/config/apps/http/servers/srv0/routes"
 SITE_TEXT = "the site's own page"
+#: The site's port of a Caddy in a host's own network namespace: outside fabserve's port_range.
+HOST_SITE_PORT = 9080
 
 
 def caddyfile(http_port: int) -> str:
@@ -76,13 +78,13 @@ def add_route_by_hand(netns: Path | None = None) -> None:
                                  "handle": [{"handler": "static_response", "body": HAND_TEXT}]}, netns)
 
 
-def through(port: int, host: str, address: str = "127.0.0.1",
-            headers: dict[str, str] | None = None) -> tuple[int, str]:
-    """(status, body) of GET / on address:port with Host `host`: what a browser
-    asking for that name gets from Caddy."""
+def through(port: int, host: str, address: str = "127.0.0.1", headers: dict[str, str] | None = None,
+            path: str = "/") -> tuple[int, str]:
+    """(status, body) of GET `path` on address:port with Host `host`: what a
+    browser asking for that name gets from Caddy."""
     connection = http.client.HTTPConnection(address, port, timeout=10)
     try:
-        connection.request("GET", "/", headers={"Host": host, **(headers or {})})
+        connection.request("GET", path, headers={"Host": host, **(headers or {})})
         answer = connection.getresponse()
         return answer.status, answer.read().decode()
     finally:
