@@ -12,9 +12,7 @@ DJANGO_ALLOWED_HOSTS), served on a port of its own.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from bed.caddy import HOST_SITE_PORT, SITE_TEXT, route_ids, running_caddy, through
 
@@ -34,17 +32,6 @@ def fab(runner: Runner, verb: str, *flags: str) -> list[str]:
             "--project", PROJECT, "--port", str(PORT), *flags, "--json"]
 
 
-def result(sample: Sample) -> dict[str, Any] | None:
-    """The host's one JSON result: the last line of the output that is an object."""
-    for line in reversed(sample.output.strip().splitlines()):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                return None
-    return None
-
-
 def netns(host: Host) -> Path:
     return Path("/run/netns") / host.netns
 
@@ -53,7 +40,7 @@ def started(host: Host, kind: str) -> Check:
     """Running and its port answering; exposed, its public URL given and the name
     answered by the server through Caddy (untimed, after the call)."""
     def check(sample: Sample) -> str | None:
-        found = result(sample)
+        found = sample.result()
         if found is None or found.get("state") != "running":
             return f"not running: {found}"
         if not host.listening(PORT):
@@ -70,7 +57,7 @@ def started(host: Host, kind: str) -> Check:
 def stopped(host: Host) -> Check:
     """Port free, and Caddy holding its own site's route alone."""
     def check(sample: Sample) -> str | None:
-        found = result(sample)
+        found = sample.result()
         if found is None or not found.get("ok"):
             return f"stop failed: {found}"
         if host.listening(PORT):

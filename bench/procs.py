@@ -10,7 +10,6 @@ served on a port of their own, one after the other.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -57,20 +56,9 @@ def fab(runner: Runner, processes: int, verb: str) -> list[str]:
             "--project", f"~/{PROJECTS[processes]}", "--port", str(PORT), "--json"]
 
 
-def result(sample: Sample) -> dict[str, Any] | None:
-    """The host's one JSON result: the last line of the output that is an object."""
-    for line in reversed(sample.output.strip().splitlines()):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                return None
-    return None
-
-
 def judged(judge: Callable[[dict[str, Any]], str | None]) -> Check:
     def check(sample: Sample) -> str | None:
-        found = result(sample)
+        found = sample.result()
         return "no JSON result" if found is None else judge(found)
     return check
 

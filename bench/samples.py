@@ -3,9 +3,11 @@ over the repetitions (Case), and how a list of values is summed up."""
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -18,6 +20,16 @@ class Sample:
     sessions: int = 0      # "Starting session:" lines, all hosts of the call
     connections: int = 0   # "Accepted publickey" lines, all hosts of the call
     output: str = ""
+
+    def result(self) -> dict[str, Any] | None:
+        """A one-host `--json` call's result: the last line of the output that is an object."""
+        for line in reversed(self.output.strip().splitlines()):
+            if line.startswith("{"):
+                try:
+                    return json.loads(line)
+                except ValueError:
+                    return None
+        return None
 
 
 @dataclass

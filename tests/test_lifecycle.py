@@ -11,6 +11,8 @@ import pytest
 
 from helpers import (REPO, alive, free_port, group_members, http_status, kill_pids, port_listening, wait_for,
                      where)
+from tasks.agent.state import instance_name
+
 
 def started(run, project, port, *extra):
     result = run("start", *where(project, port), *extra)
@@ -280,8 +282,9 @@ def test_a_port_taken_while_the_server_starts_up_fails_the_start_at_once(fab, si
     try:
         with ThreadPoolExecutor(1) as pool:
             starting = pool.submit(fab, "start", *where(site, port), "--noreload", "--timeout", "60", "--json")
-            # The log's first line is written once the port was checked, before the launch.
-            assert wait_for(lambda: list(logs.glob(f"*/site-{port}-*/server.log")), timeout=60)
+            # The log's first line is written once the port was checked, before the launch. (This
+            # instance's own: an earlier test's project may have had the same name and port.)
+            assert wait_for(lambda: list(logs.glob(f"*/{instance_name(str(site), port)}/server.log")), timeout=60)
             holder.bind(("127.0.0.1", port))
             holder.listen()
             result = starting.result()
