@@ -13,7 +13,8 @@ import threading
 
 import pytest
 
-from bed.caddy import ADMIN, BY_HAND, HAND_HOST, HAND_TEXT, SITE_TEXT, add_route_by_hand, route_ids, through
+from bed.caddy import (ADMIN, BY_HAND, HAND_HOST, HAND_TEXT, SITE_TEXT, add_route_by_hand, allow_exposed_names,
+                       route_ids, through)
 from helpers import alive, free_port, wait_for
 from tasks.agent import caddy
 from tasks.agent.protocol import AgentError
@@ -39,12 +40,6 @@ def upstream():
     server.shutdown()
     server.server_close()
 
-
-ALLOWED_FROM_ENV = """
-import os
-ALLOWED_HOSTS = [host for host in os.environ.get("DJANGO_ALLOWED_HOSTS", "").split(",") if host]
-CSRF_TRUSTED_ORIGINS = [origin for origin in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if origin]
-"""
 
 
 def test_a_route_reaches_its_upstream_by_host_and_goes_again(caddy_site, upstream):
@@ -75,8 +70,7 @@ def test_start_expose_publishes_the_server_and_stop_withdraws_it(fab, site, cadd
     http_port, port = caddy_site, free_port()
     add_route_by_hand()
     where = ["--project", str(site), "--port", str(port)]
-    with open(site / "mysite" / "settings.py", "a") as settings:  # as docs/expose.md tells a project to
-        settings.write(ALLOWED_FROM_ENV)
+    allow_exposed_names(site)  # as docs/expose.md tells a project to
     started = fab("start", *where, "--expose", "--host-template", "pr-{port}.example.test", "--json")
     assert started.returncode == 0, started.stdout + started.stderr
     host = f"pr-{port}.example.test"
@@ -84,9 +78,16 @@ def test_start_expose_publishes_the_server_and_stop_withdraws_it(fab, site, cadd
     status, body = through(http_port, host)
     assert status == 200 and "django" in body.lower(), (status, body[:200])
     assert fab("status", *where, "--json").json["public_url"] == started.json["public_url"]
-    assert caddy.remove_route(ADMIN, f"fabserve-{os.path.basename(started.json['state_dir'])}")  # a reload
+    route = f"fabserve-{os.path.basename(started.json['state_dir'])}"
+    held = caddy.route_now(ADMIN, route)
+    same = fab("start", *where, "--expose", "--host-template", "pr-{port}.example.test", "--json")
+    assert same.returncode == 0 and same.json["changed"] is False, same.json  # its route is there as asked
+    assert same.json["public_url"] == started.json["public_url"] and caddy.route_now(ADMIN, route) == held
+    assert route_ids() == [route, BY_HAND, None]
+    assert caddy.remove_route(ADMIN, route)  # as a reload of Caddy's config drops it
     again = fab("start", *where, "--expose", "--host-template", "pr-{port}.example.test", "--json")
     assert again.returncode == 0 and again.json["pids"] == started.json["pids"], again.json
+    assert again.json["changed"] is True and caddy.route_now(ADMIN, route) == held
     assert through(http_port, host)[0] == 200  # the route is back, the server the same
     restarted = fab("restart", *where, "--json")  # reruns --expose: the new server is published too
     assert restarted.returncode == 0 and restarted.json["public_url"] == started.json["public_url"]
@@ -112,8 +113,7 @@ def test_two_exposed_instances_each_reach_their_own_server_one_behind_basic_auth
     add_route_by_hand()
     first, second = make_project(), make_project()
     for project in (first, second):
-        with open(project / "mysite" / "settings.py", "a") as settings:
-            settings.write(ALLOWED_FROM_ENV)
+        allow_exposed_names(project)
     hashed = subprocess.run(["caddy", "hash-password", "--plaintext", "s3cret"], capture_output=True, text=True,
                             check=True).stdout.strip()
     ports = free_port(), free_port()

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bed.caddy import (BY_HAND, HAND_HOST, HAND_TEXT, HOST_SITE_PORT, SITE_TEXT, add_route_by_hand, route_ids,
-                       running_caddy, through)
+from bed.caddy import (BY_HAND, HAND_HOST, HAND_TEXT, HOST_SITE_PORT, SITE_TEXT, add_route_by_hand,
+                       allow_exposed_names, route_ids, running_caddy, through)
 from bed.package import checkout_command
 from bed.procs import children, cmdline
 from bed.state import ensure_dir
@@ -26,12 +26,6 @@ from bed.wheels import PROBE, probe_wheel
 from helpers import REPO, alive, wait_for
 
 PORT = 8000
-#: What the preview tests' project reads its allowed hosts from (docs/expose.md).
-ALLOWED_FROM_ENV = """
-import os
-ALLOWED_HOSTS = [host for host in os.environ.get("DJANGO_ALLOWED_HOSTS", "").split(",") if host]
-CSRF_TRUSTED_ORIGINS = [origin for origin in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if origin]
-"""
 
 
 @pytest.fixture
@@ -344,8 +338,7 @@ def caddies(machines, tmp_path):
     """The first two hosts, each with a real Caddy of its own (admin API on the
     host's localhost:2019, its site on HOST_SITE_PORT) and a route added by hand; the
     project reads its allowed hosts from the environment."""
-    with open(machines.site / "mysite" / "settings.py", "a") as settings:
-        settings.write(ALLOWED_FROM_ENV)
+    allow_exposed_names(machines.site)
     exposing = [machines.hosts[name] for name in sorted(machines.hosts)[:2]]
     with contextlib.ExitStack() as stack:
         for host in exposing:

@@ -38,7 +38,7 @@ class Unanswered(AgentError):
 
 def admin_call(admin, method, path, body=None):
     """(status, the decoded JSON answer or None) of one admin API call."""
-    import http.client
+    import http.client  # here: only calls that expose pay for importing it
     host, _, port = admin.rpartition(":")
     conn = http.client.HTTPConnection(host or "localhost", int(port), timeout=TIMEOUT)
     try:
@@ -87,10 +87,20 @@ def add_route(admin, route):
     if status != 200:
         raise AgentError(refusal(status, servers))
     name = site_server(servers)
-    from urllib.parse import quote
+    from urllib.parse import quote  # here, as http.client is
     status, answer = admin_call(admin, "PUT", f"/config/apps/http/servers/{quote(name, safe='')}/routes/0", route)
     if status != 200:
         raise AgentError(refusal(status, answer))
+
+
+def route_now(admin, identifier):
+    """The route of `@id` `identifier` as Caddy holds it, or None when it has none."""
+    status, answer = admin_call(admin, "GET", f"/id/{identifier}")
+    if status == 404:
+        return None
+    if status != 200:
+        raise AgentError(refusal(status, answer))
+    return answer
 
 
 def remove_route(admin, identifier):

@@ -11,7 +11,7 @@ import re
 
 from .protocol import AgentError
 from .state import write_atomic
-from .caddy import ADMIN, add_route, admin_call, refusal, route_id, route_of, site_server
+from .caddy import ADMIN, add_route, admin_call, refusal, route_id, route_now, route_of, site_server
 
 HOST_NAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
                        r"[A-Za-z0-9])?)*$")
@@ -66,18 +66,27 @@ def host_env(exposed):
             "CSRF_TRUSTED_ORIGINS": exposed["url"].rstrip("/")}
 
 
+def instance_route(inst, exposed):
+    """The route the instance's request asks for."""
+    auth = inst.req.basic_auth.split(":", 1) if inst.req.basic_auth else None
+    return route_of(instance_id(inst), exposed["host"], inst.port, auth)
+
+
 def publish(inst, exposed):
     """Add the instance's route (replacing one of its @id)."""
-    auth = inst.req.basic_auth.split(":", 1) if inst.req.basic_auth else None
-    add_route(exposed["admin"], route_of(instance_id(inst), exposed["host"], inst.port, auth))
+    add_route(exposed["admin"], instance_route(inst, exposed))
 
 
 def republish(inst, found):
-    """Publish a running server of ours through Caddy (again), recording it in its metadata."""
+    """Publish a running server of ours through Caddy again, recording it in its
+    metadata: "" when its route is there as asked (nothing changes), else what to say."""
     if not found.managed or not isinstance(inst.recorded, dict):
         raise AgentError(f"the server on port {inst.port} was not started by fabserve, so it is not exposed: "
                          f"stop it, then start it with --expose")
     inst.exposed = planned(inst)
+    if (inst.recorded.get("exposed") == inst.exposed
+            and route_now(inst.exposed["admin"], inst.exposed["route"]) == instance_route(inst, inst.exposed)):
+        return ""
     publish(inst, inst.exposed)
     write_atomic(inst.meta_path, json.dumps(dict(inst.recorded, exposed=inst.exposed)))
     return exposed_note(inst.exposed)

@@ -68,6 +68,20 @@ def route_ids(netns: Path | None = None) -> list[str | None]:
     return [route.get("@id") for route in admin_config(ROUTES, netns)]
 
 
+#: What a project's settings.py needs to serve an exposed name: docs/expose.md's lines.
+ALLOWED_FROM_ENV = """
+import os
+ALLOWED_HOSTS = [host for host in os.environ.get("DJANGO_ALLOWED_HOSTS", "").split(",") if host]
+CSRF_TRUSTED_ORIGINS = [origin for origin in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if origin]
+"""
+
+
+def allow_exposed_names(project: Path) -> None:
+    """`project`'s settings read their allowed hosts and CSRF origins from the environment."""
+    with open(project / "mysite" / "settings.py", "a") as settings:
+        settings.write(ALLOWED_FROM_ENV)
+
+
 #: The route of an operator's own that every test adds first: no verb may touch it.
 BY_HAND, HAND_HOST, HAND_TEXT = "by-hand", "hand.example.test", "by hand"
 
