@@ -156,7 +156,7 @@ def test_two_instances_of_a_project_without_a_port_are_exit_2_naming_both(fab, s
 
 
 def test_list_shows_managed_and_hand_started_servers_not_another_users_nor_decoys(
-        fab, make_project, spawn_as_user, spawn_as_other, other_user, target):
+        fab, make_project, spawn_as_user, spawn_as_other, target):
     managed, by_hand, stopped = make_project("managed"), make_project("by hand"), make_project("stopped")
     port, hand_port, stopped_port = free_port(), free_port(), free_port()
     running = ok(fab("start", *where(managed, port), "--json"))  # with the autoreloader: two processes
@@ -164,13 +164,7 @@ def test_list_shows_managed_and_hand_started_servers_not_another_users_nor_decoy
     ok(fab("stop", *where(stopped, stopped_port), "--json"))  # its log is kept
     python = str(target.python)
     hand = spawn_as_user([python, "manage.py", "runserver", f"127.0.0.1:{hand_port}", "--noreload"], cwd=by_hand)
-    # Another user's runserver of the same project, kept alive by a settings module that sleeps.
-    sleepy = os.path.join(other_user.pw_dir, "sleepy.py")
-    with open(sleepy, "w") as handle:
-        handle.write("import time\ntime.sleep(600)\n")
-    os.chmod(sleepy, 0o644)
-    theirs = spawn_as_other([python, by_hand / "manage.py", "runserver", f"127.0.0.1:{free_port()}"],
-                            env={"PYTHONPATH": other_user.pw_dir, "DJANGO_SETTINGS_MODULE": "sleepy"})
+    theirs = spawn_as_other.sleeping_runserver(python, by_hand, free_port())  # another user's, same project
     decoys = [
         spawn_as_user(["tail", "-f", "manage.py", "runserver"], cwd=by_hand),
         spawn_as_user(["bash", "-c", f"exec -a vim {python} -c 'import time; time.sleep(600)' "

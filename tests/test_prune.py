@@ -67,7 +67,7 @@ def synced(run, env, src: Path, dest: Path, branch: str, port: int, python: str)
 
 
 def test_dry_run_changes_nothing_and_prune_removes_exactly_the_expired_old_and_unlisted(
-        run, mode, make_project, spawn_as_user, spawn_as_other, other_user, target, own_state):
+        run, mode, make_project, spawn_as_user, spawn_as_other, target, own_state):
     env, state = own_state
     python = str(target.python)
     expired, old, fresh = make_project("expired"), make_project("old"), make_project("fresh")
@@ -81,12 +81,7 @@ def test_dry_run_changes_nothing_and_prune_removes_exactly_the_expired_old_and_u
     kept_data = synced(run, env, src, kept, "main", free_port(), python)
     hand_port = free_port()
     hand = spawn_as_user([python, "manage.py", "runserver", f"127.0.0.1:{hand_port}", "--noreload"], cwd=old)
-    sleepy = os.path.join(other_user.pw_dir, "sleepy.py")
-    with open(sleepy, "w") as handle:
-        handle.write("import time\ntime.sleep(600)\n")
-    os.chmod(sleepy, 0o644)
-    theirs = spawn_as_other([python, old / "manage.py", "runserver", f"127.0.0.1:{free_port()}"],
-                            env={"PYTHONPATH": other_user.pw_dir, "DJANGO_SETTINGS_MODULE": "sleepy"})
+    theirs = spawn_as_other.sleeping_runserver(python, old, free_port())
     keep = src.parent / "branches"  # where the test user, in local mode, reads it too
     keep.write_text("main\nrelease\n")
     keep.chmod(0o644)

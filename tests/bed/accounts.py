@@ -86,6 +86,16 @@ class Spawner:
         self.procs.append(proc)
         return proc
 
+    def sleeping_runserver(self, python: str, project: Path, port: int) -> subprocess.Popen[bytes]:
+        """`manage.py runserver` of `project` on `port` as this account, kept alive (and
+        never serving) by a settings module in the account's home that sleeps: another
+        user's server, which fabserve must leave alone."""
+        sleepy = self.home / "sleepy.py"
+        sleepy.write_text("import time\ntime.sleep(600)\n")
+        sleepy.chmod(0o644)
+        return self([python, str(project / "manage.py"), "runserver", f"127.0.0.1:{port}"],
+                    env={"PYTHONPATH": str(self.home), "DJANGO_SETTINGS_MODULE": "sleepy"})
+
     def cleanup(self) -> None:
         """Kill each spawned process group (runuser leads it; its child stays in it)."""
         for proc in self.procs:
