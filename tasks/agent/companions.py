@@ -12,7 +12,7 @@ import time
 
 from .protocol import AgentError, EXITED, FAILED, RUNNING, STOPPED, WEB
 from .procfs import proc_stat, uptime_seconds
-from .signals import end_token_carriers, pauses, terminate, terminate_all
+from .signals import end_all, end_token_carriers, pauses, terminate
 from .state import companion_pidfiles, instance_record, open_regular
 from .procfile import Process, exit_status, recorded_table
 from .logfiles import log_tail, read_tail
@@ -168,12 +168,9 @@ def stop_companion(comp):
     if found is None:
         comp.forget()
         return list(comp.ended or []), False
-    pids = found.members()
-    grace = comp.req.stop_timeout
-    killed = terminate_all(found, grace)
-    escaped, escaped_killed = end_token_carriers(token, grace, pids)
+    pids, escaped, killed = end_all(found, token, comp.req.stop_timeout)
     comp.forget()
-    return pids + escaped, killed or escaped_killed
+    return pids + escaped, killed
 
 
 def stop_companions(inst, names):

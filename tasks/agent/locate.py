@@ -15,7 +15,7 @@ from .protocol import (
 from .procfs import (
     alive, all_pids, ancestors, boot_id, environ_token, group_members, namespaces, own_namespaces, owner,
     proc_stat, snapshot)
-from .signals import Found, end_token_carriers, pauses, terminate_all, token_carriers
+from .signals import Found, end_all, pauses, token_carriers
 from .sockets import free_ports, tcp_tables
 from .identity import given_path, identify, is_candidate, is_ours, runservers
 from .state import (
@@ -194,12 +194,10 @@ def end_expired(inst, found, meta, procs):
                 return locate(inst, procs)
         ends_at = earliest(inst.expires_at, inst.idle_expires_at)
         idle = ends_at != inst.expires_at
-        left = found.members()
-        escaped, notes = [], []
+        left, escaped, notes = found.members(), [], []
         if left:
-            killed = terminate_all(found, grace)
-            escaped, escaped_killed = end_token_carriers(meta.get("token"), grace, left)
-            notes = [f"with SIGKILL after {grace:g}s grace" if killed or escaped_killed else "",
+            left, escaped, killed = end_all(found, meta.get("token"), grace)
+            notes = [f"with SIGKILL after {grace:g}s grace" if killed else "",
                      f"pids {' '.join(map(str, escaped))} had left the server's process group" if escaped else "",
                      f"its watchdog was gone, so {inst.req.action} stopped pids "
                      f"{' '.join(map(str, left + escaped))}"]

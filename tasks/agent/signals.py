@@ -169,6 +169,21 @@ def end_token_carriers(token, grace, ended=(), except_group=None):
                      f"{' '.join(map(str, found.members()))}", pids=found.members())
 
 
+def end_all(found, token, grace):
+    """End a server (or a companion) as stop does: its found set TERM then KILL,
+    then what left it still carrying `token`. Returns (the set's PIDs, those
+    that had left it, whether KILL was needed). The AgentError of a survivor
+    says whether anything ended before it (`changed`)."""
+    pids = found.members()
+    try:
+        killed = terminate_all(found, grace)
+    except AgentError as exc:
+        exc.extra["changed"] = any(pid not in exc.extra["pids"] for pid in pids)
+        raise
+    escaped, escaped_killed = end_token_carriers(token, grace, pids)
+    return pids, escaped, killed or escaped_killed
+
+
 def token_carriers(token, except_group=None):
     """Every process of this user in the agent's namespaces whose environment
     carries `token`, outside process group `except_group`, as a Found pinned by

@@ -7,7 +7,7 @@ import time
 
 from .protocol import AgentError, DEGRADED, EXITED, EXPIRED, FAILED, RUNNING, STOPPED, WEB, join, result_of
 from .procfs import proc_stat, uptime_seconds
-from .signals import end_token_carriers, pauses, terminate, terminate_all
+from .signals import end_all, pauses, terminate
 from .sockets import holders, listen_inodes, listeners, pids_holding, port_answers, port_held, tcp_tables
 from .logfiles import log_tail
 from .ttl import apply_ttl, expired_at, expiry_fields, launch_expiry
@@ -180,15 +180,7 @@ def stop_server(inst):
                         message=not_running(inst, note))
     managed = found.managed
     grace = inst.req.stop_timeout
-    pids = found.members()
-    try:
-        killed = terminate_all(found, grace)
-    except AgentError as exc:
-        # What did end is gone although a survivor stays: that changed the host.
-        exc.extra["changed"] = any(pid not in exc.extra["pids"] for pid in pids)
-        raise
-    escaped, escaped_killed = end_token_carriers(token, grace, pids)
-    killed = killed or escaped_killed
+    pids, escaped, killed = end_all(found, token, grace)
     inst.forget()
     withdrawn = withdraw((inst.recorded or {}).get("exposed"))
     stopped = pids + escaped
