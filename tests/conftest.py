@@ -17,6 +17,7 @@ import os
 import pwd
 import shutil
 import sys
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -256,6 +257,23 @@ def bed_hosts(target: Target) -> Iterator[hosts.Hosts]:
     See tests/bed/hosts.py."""
     with bed_outcome(), hosts.host_bed(target) as bed:
         yield bed.hosts
+
+
+@pytest.fixture
+def own_state_dir(target: Target, as_user: UserRunner) -> Iterator[Path]:
+    """A state directory of the test's own in the test user's home: `list` and
+    `prune` then see the test's instances alone, not every instance other
+    sessions of the test user keep."""
+    state = target.home / f"own-state-{uuid.uuid4().hex[:12]}"
+    as_user(["mkdir", "-m", "0700", "--", str(state)], check=True)
+    yield state
+    shutil.rmtree(state)
+
+
+@pytest.fixture
+def own_state(own_state_dir: Path) -> dict[str, str]:
+    """The settings (environment) that give fab own_state_dir."""
+    return {"FABRIC_FABSERVE_STATE_DIR": str(own_state_dir)}
 
 
 @pytest.fixture

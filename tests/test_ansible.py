@@ -13,8 +13,6 @@ import socket
 import tarfile
 import time
 
-import pytest
-
 from bed.ansible import save
 from helpers import alive, free_port, group_members, http_status, port_listening, wait_for, where
 

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from helpers import alive, free_port, group_members, pids_with_cwd_under, port_listening, wait_for, where
-from test_lifetimes import GRACE, last_log_line, own_state, recorded_watchdog, started, watchdog_of  # noqa: F401
+from test_lifetimes import GRACE, last_log_line, recorded_watchdog, started, watchdog_of
 from test_processes import every_pid, table, watch_child
 
 WINDOW = 5  # seconds of the idle windows below: short, yet seconds more than a request's gap under load

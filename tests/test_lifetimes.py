@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -24,16 +22,6 @@ from test_lifetimes_unit import LOSSLESS, kept_size, race, shown
 from test_logs import start_follower, wait_line
 
 GRACE = "2"  # seconds between the expiry's TERM and KILL; Django ends on TERM at once
-
-
-@pytest.fixture
-def own_state(target, as_user):
-    """Settings giving the test's instances a state_dir of their own: `list` then
-    lists them alone, not every instance other sessions of the test user keep."""
-    state = target.home / f"ttl-state-{uuid.uuid4().hex[:12]}"
-    as_user(["mkdir", "-m", "0700", "--", str(state)], check=True)
-    yield {"FABRIC_FABSERVE_STATE_DIR": str(state)}
-    shutil.rmtree(state)
 
 
 def started(fab, flags, *extra, env=None):

@@ -300,13 +300,11 @@ def test_setup_on_hosts_that_share_the_project_builds_its_venv_once(machines):
         shutil.rmtree(wheels)
 
 
-def test_prune_with_branches_from_stdin_sweeps_every_host_in_one_ssh_command_each(machines, target, as_user):
+def test_prune_with_branches_from_stdin_sweeps_every_host_in_one_ssh_command_each(machines, own_state):
     """The documented scheduled cleanup, in a state directory of the test's own on
     the hosts' shared home: each host's expired instance goes, in one SSH command per
     host, and stdin's list is read once for them all."""
-    state = target.home / f"prune-hosts-{os.urandom(6).hex()}"
-    as_user(["mkdir", "-m", "0700", "--", str(state)], check=True)
-    env = dict(machines.env, FABRIC_FABSERVE_STATE_DIR=str(state))
+    env = dict(machines.env, **own_state)
 
     def fab(*args, input=None):
         return subprocess.run(machines.command(*args), cwd=REPO, env=env, input=input or "",
@@ -330,7 +328,6 @@ def test_prune_with_branches_from_stdin_sweeps_every_host_in_one_ssh_command_eac
             assert commands(machines.hosts[name]) - before[name] == 1, name
     finally:
         fab("-H", "all", "stop", "--json")
-        shutil.rmtree(state)
 
 
 @pytest.fixture

@@ -40,22 +40,22 @@ def test_every_setting_has_a_row_that_matches_the_table():
     rows = documented_options()
     by_setting = {row[0].strip("`"): row for row in rows if row[0] != "—"}
     flag_only = {re.match(r"`--([a-z_-]+)", row[1]).group(1).replace("-", "_"): row for row in rows if row[0] == "—"}
-    assert set(by_setting) == {setting.name for setting in settings.SETTINGS if setting.config}
-    assert set(flag_only) == {setting.flag_name for setting in settings.SETTINGS if not setting.config}
-    for setting in settings.SETTINGS:
-        name, flag, per_host, meaning, default = by_setting[setting.name] if setting.config \
-            else flag_only[setting.flag_name]
-        assert meaning, setting.name
-        assert (per_host == "yes") == setting.per_host, setting.name
-        if setting.verbs:
-            assert flag.startswith(f"`--{setting.flag_name.replace('_', '-')}"), setting.name
+    assert set(by_setting) == {each.name for each in settings.SETTINGS if each.config}
+    assert set(flag_only) == {each.flag_name for each in settings.SETTINGS if not each.config}
+    for each in settings.SETTINGS:
+        name, flag, per_host, meaning, default = by_setting[each.name] if each.config \
+            else flag_only[each.flag_name]
+        assert meaning, each.name
+        assert (per_host == "yes") == each.per_host, each.name
+        if each.verbs:
+            assert flag.startswith(f"`--{each.flag_name.replace('_', '-')}"), each.name
             verbs = re.search(r"\(([a-z, ]+)\)$", flag)
             listed = tuple(verbs.group(1).split(", ")) if verbs else settings.TASKS
-            assert listed == setting.verbs, setting.name
+            assert listed == each.verbs, each.name
         else:
-            assert flag == "", setting.name
-        if setting.default not in (None, {}):
-            assert default == stated(setting.default), setting.name
+            assert flag == "", each.name
+        if each.default not in (None, {}):
+            assert default == stated(each.default), each.name
 
 
 def test_each_task_takes_exactly_the_flags_the_table_gives_its_verb():

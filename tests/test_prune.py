@@ -10,27 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
-import uuid
 from pathlib import Path
-
-import pytest
 
 from bed.run import run_in_group
 from helpers import alive, free_port, http_status, port_listening, wait_for, where
 
 DAY = 86400
-
-
-@pytest.fixture
-def own_state(target, as_user):
-    """Settings giving the test's instances a state_dir of their own."""
-    state = target.home / f"prune-state-{uuid.uuid4().hex[:12]}"
-    as_user(["mkdir", "-m", "0700", "--", str(state)], check=True)
-    yield {"FABRIC_FABSERVE_STATE_DIR": str(state)}, state
-    shutil.rmtree(state)
 
 
 def ok(result):
@@ -67,8 +54,8 @@ def synced(run, env, src: Path, dest: Path, branch: str, port: int, python: str)
 
 
 def test_dry_run_changes_nothing_and_prune_removes_exactly_the_expired_old_and_unlisted(
-        run, mode, make_project, spawn_as_user, spawn_as_other, target, own_state):
-    env, state = own_state
+        run, mode, make_project, spawn_as_user, spawn_as_other, target, own_state, own_state_dir):
+    env, state = own_state, own_state_dir
     python = str(target.python)
     expired, old, fresh = make_project("expired"), make_project("old"), make_project("fresh")
     src = make_project("tree")
@@ -127,7 +114,7 @@ def test_dry_run_changes_nothing_and_prune_removes_exactly_the_expired_old_and_u
 
 
 def test_keep_branches_from_stdin_in_ls_remote_format_in_one_ssh_command(fab, make_project, target, own_state):
-    env, _ = own_state
+    env = own_state
     python = str(target.python)
     src = make_project("tree")
     gone, kept = src.parent / "gone", src.parent / "kept"
