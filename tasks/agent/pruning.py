@@ -13,12 +13,12 @@ import shutil
 import time
 
 from .protocol import AgentError, RUNNING, STOPPED, join, result_of
-from .state import (Instance, check_levels, companion_pidfiles, instance_name, instance_record, other_host,
+from .state import (Instance, check_levels, companion_pidfiles, instance_name, instance_record,
                     read_state, recorded_project)
 from .projects import Project
-from .locate import verify
+from .locate import trusted
 from .ttl import expired_at, expiry_of
-from .teardown import remove_tree
+from .teardown import clear_project
 from .verbs import do_stop
 
 EXPIRED_REASON, OLDER_REASON, BRANCH_REASON = "expired", "older than", "branch gone"
@@ -109,15 +109,6 @@ def live_processes(inst):
     return trusted(inst), [name for name in companion_pidfiles(inst.dir) if trusted(inst.companion(name))]
 
 
-def trusted(inst):
-    """Whether the pidfile of `inst` (or of its companion) names a process of this host that runs."""
-    try:
-        pid, meta = inst.read_meta()
-    except (ValueError, AgentError):
-        return False
-    return pid is not None and other_host(meta, inst.machine_id, inst.hostname) is None and verify(pid, meta) is None
-
-
 def candidate(inst, now):
     """The row of `inst` when it is a candidate, else None; nothing is changed."""
     project = Project(inst.host, inst.req.but(project=inst.given))
@@ -180,9 +171,4 @@ def remove_project(project, inst):
     directory where sync created it, and its record. Whether the directory went."""
     if any(name == instance_name(inst.given, port) for name, port in inst.host.instances()):
         return False
-    record = project.record()
-    removed = record.get("created") is True and os.path.isdir(project.dir)
-    if removed:
-        remove_tree(project.dir)
-    project.forget()
-    return removed
+    return clear_project(project)[2]

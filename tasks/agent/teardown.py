@@ -18,7 +18,6 @@ def do_destroy(project):
     remove its directory when the record says sync created it (unless
     keep_files). Of what does not exist: ok, nothing changed."""
     host, req = project.host, project.req
-    record = project.record()
     named = req.but(project=project.given)
     live, _ = project_instances(host, named, runservers())
     stopped = []
@@ -30,12 +29,7 @@ def do_destroy(project):
         finally:
             os.close(fd)
     forgotten = forget_instances(host, project.given)
-    created = record.get("created") is True and os.path.isdir(project.dir)
-    removed = created and not req.keep_files
-    if removed:
-        remove_tree(project.dir)
-    had_record = bool(record)
-    project.forget()
+    had_record, created, removed = clear_project(project, req.keep_files)
     if not (stopped or forgotten or had_record):
         return result_of(ok=True, changed=False, state=STOPPED, project=project.dir, port=None, removed=False,
                          message=f"nothing to destroy for {project.dir}")
@@ -51,6 +45,19 @@ def do_destroy(project):
     return result_of(ok=True, changed=True, state=STOPPED, project=project.dir, port=None, pids=stopped,
                      pid=stopped[0] if stopped else None, removed=removed,
                      message=join(pids, f"forgot {forgotten} instance{'s' if forgotten != 1 else ''}", files))
+
+
+def clear_project(project, keep_files=False):
+    """Forget the project's record and remove its directory where that record
+    says sync created it (unless `keep_files`): (whether there was a record,
+    whether sync created the directory, whether it was removed)."""
+    record = project.record()
+    created = record.get("created") is True and os.path.isdir(project.dir)
+    removed = created and not keep_files
+    if removed:
+        remove_tree(project.dir)
+    project.forget()
+    return bool(record), created, removed
 
 
 def forget_instances(host, given):
