@@ -231,13 +231,7 @@ def project_instances(host, req, procs):
         if lock_held(os.path.join(inst.dir, "lock")):
             live.add(port)
             continue
-        try:
-            pid, meta = inst.read_meta()
-        except (ValueError, AgentError):
-            pid = meta = None
-        if pid is not None and other_host(meta, host.machine_id, host.hostname) is None and verify(pid, meta) is None:
-            live.add(port)
-        elif companions_live(inst):
+        if trusted(inst) or companions_live(inst):
             live.add(port)
         elif os.path.lexists(inst.pidfile) or os.path.lexists(inst.log):
             recorded[port] = last_written(inst)
@@ -249,18 +243,19 @@ def project_instances(host, req, procs):
     return sorted(live), sorted((port for port in recorded if port not in live), key=lambda port: recorded[port])
 
 
+def trusted(inst):
+    """Whether the pidfile of `inst` (or of its companion) names a process of this host that runs."""
+    try:
+        pid, meta = inst.read_meta()
+    except (ValueError, AgentError):
+        return False
+    return pid is not None and other_host(meta, inst.machine_id, inst.hostname) is None and verify(pid, meta) is None
+
+
 def companions_live(inst):
     """Whether a process of the instance's Procfile other than web runs, by its
     trusted pidfile (web may have been stopped alone: stop --only web)."""
-    for name in companion_pidfiles(inst.dir):
-        comp = inst.companion(name)
-        try:
-            pid, meta = comp.read_meta()
-        except (ValueError, AgentError):
-            continue
-        if pid is not None and verify(pid, meta) is None:
-            return True
-    return False
+    return any(trusted(inst.companion(name)) for name in companion_pidfiles(inst.dir))
 
 
 def taken_ports(host):
