@@ -52,8 +52,7 @@ def prepare(c: Context, action: str, flags: Dict[str, Any], env: Optional[List[s
         if "project" in flags and values["project"] is None and not remote.is_remote(c):
             values["project"] = entrypoints.local_project(c.config)
         values["project"] = expanded_project(values)
-        if values.get("host_template"):
-            values["host_template"] = expanded_host_template(values)
+        values["host_template"] = expanded_host_template(values)
         req = request(action, values, env)
         agent_python = checked(values, "agent_python")
     except UsageError as exc:

@@ -17,11 +17,12 @@ def durations(inst):
     started = (instance_record(inst.dir) or {}).get("started_with")
     started = started if isinstance(started, dict) else {}
     ttl = started.get("ttl") if expiry_of(inst.recorded) is not None else None
+    ttl = ttl if isinstance(ttl, int) and ttl > 0 else None
     renew_idle = bool((inst.recorded or {}).get("idle_ttl"))
-    if not (isinstance(ttl, int) and ttl > 0) and not renew_idle:
+    if ttl is None and not renew_idle:
         raise AgentError(f"the server on port {inst.port} has no ttl and no idle ttl to extend: "
                          f"give --ttl or --idle-ttl")
-    return ttl if isinstance(ttl, int) and ttl > 0 else None, None, renew_idle
+    return ttl, None, renew_idle
 
 
 def do_extend(inst):
