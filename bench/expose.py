@@ -12,7 +12,6 @@ DJANGO_ALLOWED_HOSTS), served on a port of its own.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from bed.caddy import HOST_SITE_PORT, SITE_TEXT, route_ids, running_caddy, through
 
@@ -30,10 +29,6 @@ KINDS = {"plain": (), "exposed": ("--expose", "--host-template", "bench-{port}.p
 def fab(runner: Runner, verb: str, *flags: str) -> list[str]:
     return [str(FAB), "-r", str(REPO), "-S", str(runner.bed.ssh_config), "-H", runner.host.alias, verb,
             "--project", PROJECT, "--port", str(PORT), *flags, "--json"]
-
-
-def netns(host: Host) -> Path:
-    return Path("/run/netns") / host.netns
 
 
 def started(host: Host, kind: str) -> Check:
@@ -62,7 +57,7 @@ def stopped(host: Host) -> Check:
             return f"stop failed: {found}"
         if host.listening(PORT):
             return f"port {PORT} still taken"
-        left = route_ids(netns(host))
+        left = route_ids(host.netns_path)
         if left != [None]:
             return f"routes left in Caddy: {left}"
         answer = through(HOST_SITE_PORT, PUBLIC, address=host.addr)
@@ -75,7 +70,7 @@ def expose_cases(runner: Runner) -> None:
     installs, the run fails saying so); then, each from a stopped server, start and
     stop without --expose, then with it (a stop only after its start succeeded)."""
     host, one = runner.host, [runner.host]
-    with running_caddy(STATE / f"caddy-{host.alias}", HOST_SITE_PORT, netns(host)):
+    with running_caddy(STATE / f"caddy-{host.alias}", HOST_SITE_PORT, host.netns_path):
         for kind, flags in KINDS.items():
             start = runner.measure(f"expose_start_{kind}", f"fabserve start ({kind})", GROUP,
                                    fab(runner, "start", *flags), one, check=started(host, kind))

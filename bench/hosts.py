@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bed import net, procs, sshd, state, users, venv, wait_for
+from bed.hosts import NETNS_DIR
 from bed.run import run_checked
 
 from bench.layout import BENCH, BENCH_VENV, PORT, PROJECT, REPO, STATE, SYSTEM_PYTHON
@@ -69,6 +70,10 @@ class Host:
     @property
     def project(self) -> Path:
         return self.home / PROJECT[2:]
+
+    @property
+    def netns_path(self) -> Path:
+        return NETNS_DIR / self.netns
 
     def listening(self, port: int = PORT) -> bool:
         """Whether anything listens on `port` in this host's namespace, read from

@@ -11,20 +11,13 @@ import json
 import os
 import signal
 import time
-import urllib.request
 from pathlib import Path
 
-from helpers import alive, free_port, group_members, pids_with_cwd_under, port_listening, wait_for, where
+from helpers import alive, free_port, group_members, http_status, pids_with_cwd_under, port_listening, wait_for, where
 from test_lifetimes import GRACE, last_log_line, recorded_watchdog, started, watchdog_of
 from test_processes import every_pid, table, watch_child
 
 WINDOW = 5  # seconds of the idle windows below: short, yet seconds more than a request's gap under load
-
-
-def request(url: str) -> int:
-    """GET `url`, as a reviewer's browser would: one access line in the server's log."""
-    with urllib.request.urlopen(url, timeout=30) as answer:
-        return answer.status
 
 
 def recorded(data) -> dict:
@@ -56,10 +49,10 @@ def test_a_server_requested_every_second_outlives_twice_its_idle_window(fab, sit
     data = started(fab, flags, "--idle-ttl", f"{WINDOW}s", env={"FABRIC_FABSERVE_STOP_TIMEOUT": GRACE})
     until = time.monotonic() + 2 * WINDOW + 1
     while time.monotonic() < until:
-        assert request(data["url"]) == 200
+        assert http_status(data["url"], timeout=30) == 200
         time.sleep(1)
     assert all(alive(pid) for pid in data["pids"]) and port_listening(data["port"])
-    request(data["url"])  # the status call below may take seconds under load
+    http_status(data["url"], timeout=30)  # a request: the status call below may take seconds under load
     status = fab("status", *flags, "--json").json
     assert status["state"] == "running" and status["pids"] == data["pids"]
     assert status["idle_expires_at"] > data["idle_expires_at"]  # pushed on by the requests
