@@ -61,13 +61,19 @@ def written(inst, name, record):
     os.chmod(os.path.join(inst.dir, name), 0o600)
 
 
+def reasons(inst, now, branch):
+    """The reasons prune's candidate() finds for `inst`, from its files as they are."""
+    meta = pruning.server_meta(inst.dir)
+    return pruning.reasons_of(inst, now, branch, meta, pruning.started_at(inst, meta))
+
+
 def test_the_reasons_follow_expiry_age_and_branch(tmp_path):
     now = time.time()
     inst = instance(tmp_path, older_than=3600, keep_branches=["main"])
     written(inst, "instance.json", {"project": inst.given, "port": 8001, "started": now - 7200})
-    assert pruning.reasons_of(inst, now, "gone") == ["older than 1h", "branch gone"]
-    assert pruning.reasons_of(inst, now, "main") == ["older than 1h"]
-    assert pruning.reasons_of(inst, now, None) == ["older than 1h"]  # no known branch: never by the list
+    assert reasons(inst, now, "gone") == ["older than 1h", "branch gone"]
+    assert reasons(inst, now, "main") == ["older than 1h"]
+    assert reasons(inst, now, None) == ["older than 1h"]  # no known branch: never by the list
 
 
 def test_an_expiry_line_last_in_the_log_makes_it_expired(tmp_path):
@@ -75,16 +81,16 @@ def test_an_expiry_line_last_in_the_log_makes_it_expired(tmp_path):
     with open(inst.log, "w") as handle:
         handle.write("--- fabserve 2026-12-07 10:00:00 expired: the ttl ended at 2026-12-07T10:00:00Z, "
                      "so the server was stopped\n")
-    assert pruning.reasons_of(inst, time.time(), None) == ["expired"]
+    assert reasons(inst, time.time(), None) == ["expired"]
 
 
 def test_without_a_record_its_age_is_its_log_s_mtime(tmp_path):
     inst = instance(tmp_path, older_than=60)
     with open(inst.log, "w") as handle:
         handle.write("started\n")
-    assert pruning.reasons_of(inst, time.time(), None) == []
+    assert reasons(inst, time.time(), None) == []
     os.utime(inst.log, (time.time() - 120, time.time() - 120))
-    assert pruning.reasons_of(inst, time.time(), None) == ["older than 1m"]
+    assert reasons(inst, time.time(), None) == ["older than 1m"]
 
 
 @pytest.mark.parametrize("seconds, shown", [(604800, "7d"), (7200, "2h"), (90, "90s"), (120, "2m")])

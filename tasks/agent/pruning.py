@@ -17,7 +17,7 @@ from .state import (Instance, check_levels, companion_pidfiles, instance_name, i
                     read_state, recorded_project)
 from .projects import Project
 from .locate import trusted
-from .ttl import expired_at, expiry_of
+from .ttl import expired_at, expiry_of, iso_time
 from .teardown import clear_project
 from .verbs import do_stop
 
@@ -65,10 +65,11 @@ def server_meta(directory):
     return meta if isinstance(meta, dict) else None
 
 
-def started_at(inst):
+def started_at(inst, meta):
     """When the instance last started (epoch seconds): its record's `started`,
-    else its metadata's, else its log's mtime; None when none says."""
-    for record in (instance_record(inst.dir), server_meta(inst.dir)):
+    else its metadata's (`meta`, see server_meta), else its log's mtime; None
+    when none says."""
+    for record in (instance_record(inst.dir), meta):
         value = (record or {}).get("started")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -78,14 +79,14 @@ def started_at(inst):
         return None
 
 
-def reasons_of(inst, now, branch):
-    """Why the instance is a candidate: the reasons that hold, in the order
-    expired, older than, branch gone; empty when none does."""
+def reasons_of(inst, now, branch, meta, started):
+    """Why the instance (its metadata `meta`, last `started`) is a candidate:
+    the reasons that hold, in the order expired, older than, branch gone; empty
+    when none does."""
     req, reasons = inst.req, []
-    expiry = expiry_of(server_meta(inst.dir))
+    expiry = expiry_of(meta)
     if (expiry is not None and now >= expiry) or expired_at(inst):
         reasons.append(EXPIRED_REASON)
-    started = started_at(inst)
     if req.older_than is not None and started is not None and now - started > req.older_than:
         reasons.append(f"{OLDER_REASON} {duration(req.older_than)}")
     # An instance whose branch is unknown (never synced with one) is never pruned by the list.
@@ -113,14 +114,15 @@ def candidate(inst, now):
     """The row of `inst` when it is a candidate, else None; nothing is changed."""
     project = Project(inst.host, inst.req.but(project=inst.given))
     branch, _ = project.source()
-    reasons = reasons_of(inst, now, branch)
+    meta = server_meta(inst.dir)
+    started = started_at(inst, meta)
+    reasons = reasons_of(inst, now, branch, meta, started)
     if not reasons:
         return None
     web, others = live_processes(inst)
-    started = started_at(inst)
     return result_of(project=inst.project, port=inst.port, state_dir=inst.dir, log=inst.log, branch=branch,
                      state=RUNNING if web or others else STOPPED, reasons=reasons, removed=False,
-                     started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)) if started else None,
+                     started_at=iso_time(started or None),
                      message=", ".join(reasons))
 
 
