@@ -99,15 +99,22 @@ def locate(inst, procs=None):
     return search(inst, token, procs), note
 
 
+def metadata_at(path):
+    """The metadata a start wrote at `path` (a dict), or None when it is missing,
+    unreadable, not an object or not this user's private file."""
+    try:
+        meta = json.loads(read_state(path, "metadata"))
+    except (OSError, ValueError, AgentError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def left_token(inst):
     """The token of the instance's metadata when its pidfile is gone (removed by
     hand, or never written: the metadata is written first), recorded on `inst`
     so a stop ends what carries it; else None. Only this host's private metadata counts."""
-    try:
-        meta = json.loads(read_state(inst.meta_path, "metadata"))
-    except (OSError, ValueError, AgentError):
-        return None
-    if not isinstance(meta, dict) or other_host(meta, inst.machine_id, inst.hostname) is not None:
+    meta = metadata_at(inst.meta_path)
+    if meta is None or other_host(meta, inst.machine_id, inst.hostname) is not None:
         return None
     token = meta.get("token")
     if not isinstance(token, str) or not token:

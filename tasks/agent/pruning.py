@@ -7,16 +7,14 @@ start has none, so it is never a candidate, and another user's state is in
 their home, out of reach.
 """
 
-import json
 import os
 import shutil
 import time
 
 from .protocol import AgentError, RUNNING, STOPPED, join, result_of
-from .state import (Instance, check_levels, companion_pidfiles, instance_name, instance_record,
-                    read_state, recorded_project)
+from .state import Instance, check_levels, companion_pidfiles, instance_name, instance_record, recorded_project
 from .projects import Project
-from .locate import trusted
+from .locate import metadata_at, trusted
 from .ttl import expired_at, expiry_of, iso_time
 from .teardown import clear_project
 from .verbs import do_stop
@@ -58,11 +56,7 @@ def do_prune(host, req):
 
 def server_meta(directory):
     """server.json of the instance `directory` (a dict), or None."""
-    try:
-        meta = json.loads(read_state(os.path.join(directory, "server.json"), "metadata"))
-    except (OSError, ValueError, AgentError):
-        return None
-    return meta if isinstance(meta, dict) else None
+    return metadata_at(os.path.join(directory, "server.json"))
 
 
 def started_at(inst, meta):
