@@ -23,7 +23,8 @@ from .state import (
     try_lock)
 from .logfiles import append_log, cap_log
 from .caddy import withdraw
-from .ttl import WATCH_POLL, activity_log, earliest, expiry_line, expiry_of, idle_expiry, idle_ttl_of, iso_time, ttl_word
+from .ttl import (
+    WATCH_POLL, activity_log, earliest, expiry_line, expiry_of, idle_expiry, idle_ttl_of, iso_time, ttl_word)
 
 
 def verify(pid, meta):

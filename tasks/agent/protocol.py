@@ -204,7 +204,8 @@ def run_limit(req):
     if req["action"] == "sync":
         return SYNC_LIMIT
     # prune stops as many instances as the host holds: a count only the host knows.
-    if req.get("follow") or req["action"] == "prune" or (req["action"] == "manage" and req.get("manage_timeout") is None):
+    unbounded_manage = req["action"] == "manage" and req.get("manage_timeout") is None
+    if req.get("follow") or req["action"] == "prune" or unbounded_manage:
         return None
     if req["action"] == "setup":
         # Its one bound covers making the venv and installing; then its group and what
