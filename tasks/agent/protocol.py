@@ -195,7 +195,8 @@ SYNC_LIMIT = 900  # seconds a sync call may take: hashing and writing a large tr
 
 def run_limit(req):
     """Seconds a call may take by its request's own deadlines; None for what may
-    run as long as it likes (a follower, a manage command without --timeout).
+    run as long as it likes (a follower, a manage command without --timeout, a
+    prune).
     Its start's (or manage's) timeout, and what a stop may wait on top (a restart
     stops, then starts): for the group and each later round of what left it
     (ESCAPE_ROUNDS in all), TERM, the grace, KILL and KILL_WAIT; then PORT_WAIT;
