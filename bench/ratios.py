@@ -84,6 +84,10 @@ def ratios(cases: dict[str, Case], sizes: Sequence[int], cpus: int) -> list[Rati
     def ratio(name: str, label: str, a: str, b: str, limit: float | None = None) -> None:
         out.append(Ratio(name, label, pairwise(cases, [a, b], lambda x, y: x / y), "x", limit))
 
+    def difference(name: str, label: str, a: str, b: str) -> None:
+        """What case `a` takes beyond case `b`, in seconds, pair by pair."""
+        out.append(Ratio(name, label, pairwise(cases, [a, b], lambda x, y: x - y), "s"))
+
     ratio("fab_trivial/ssh_true", "Fabric floor / OpenSSH", "fab_trivial", "ssh_true")
     ratio("status/fab_trivial", "status / trivial fab task", "fabserve_status", "fab_trivial", 1.10)
     ratio("stop/fab_trivial", "stop / trivial fab task", "fabserve_stop", "fab_trivial", 1.20)
@@ -110,15 +114,13 @@ def ratios(cases: dict[str, Case], sizes: Sequence[int], cpus: int) -> list[Rati
     for verb in ("start", "stop"):
         ratio(f"procs_{verb}_3/1", f"procs {verb} 3/1: three processes / one", f"procs_{verb}_3",
               f"procs_{verb}_1", PROCS_LIMIT)
-        out.append(Ratio(f"procs_{verb}_3-1", f"procs {verb} 3 - 1: what two companions add",
-                         pairwise(cases, [f"procs_{verb}_3", f"procs_{verb}_1"], lambda three, one: three - one),
-                         "s"))
+        difference(f"procs_{verb}_3-1", f"procs {verb} 3 - 1: what two companions add", f"procs_{verb}_3",
+                   f"procs_{verb}_1")
     for verb in ("start", "stop"):
         ratio(f"expose_{verb}/plain", f"{verb} --expose / {verb} without", f"expose_{verb}_exposed",
               f"expose_{verb}_plain", EXPOSE_LIMIT)
-        out.append(Ratio(f"expose_{verb}-plain", f"{verb} --expose - {verb} without",
-                         pairwise(cases, [f"expose_{verb}_exposed", f"expose_{verb}_plain"],
-                                  lambda exposed, plain: exposed - plain), "s"))
+        difference(f"expose_{verb}-plain", f"{verb} --expose - {verb} without", f"expose_{verb}_exposed",
+                   f"expose_{verb}_plain")
     for verb in ("status", "start", "stop", "restart"):
         ratio(f"{verb}/ssh_true", f"{verb} / ssh true", "fabserve_" + verb, "ssh_true")
     ratio("ssh_agent_status/ssh_true", "agent status over OpenSSH / ssh true", "ssh_agent_status", "ssh_true")
